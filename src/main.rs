@@ -1,3 +1,5 @@
+//! Thin entry point: all the work is in the library.
+
 fn main() {
-    println!("Hello, world!");
+    std::process::exit(bpfplan::run());
 }

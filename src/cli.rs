@@ -1,0 +1,68 @@
+//! The command line: `plan`, `apply`, `destroy`, and their shared options.
+
+use clap::{Args, Parser, Subcommand};
+use std::path::PathBuf;
+
+use crate::render::Format;
+
+const EXIT_CODES: &str = "\
+Exit codes:
+  0  success
+  1  a command failed (apply rolled back what it had done)
+  2  usage or manifest error; nothing was changed";
+
+#[derive(Debug, Parser)]
+#[command(
+    name = "bpfplan",
+    version,
+    about = "Declarative, auditable eBPF deployments: a TOML manifest becomes a plan of plain bpftool commands",
+    after_help = EXIT_CODES
+)]
+pub struct Cli {
+    #[command(subcommand)]
+    pub command: Command,
+}
+
+#[derive(Debug, Subcommand)]
+pub enum Command {
+    /// Show the commands apply (or destroy) would run, changing nothing.
+    Plan {
+        #[command(flatten)]
+        target: Target,
+        /// How to show the plan.
+        #[arg(long, value_enum, default_value_t = Format::Text)]
+        format: Format,
+        /// Show the teardown instead.
+        #[arg(long)]
+        destroy: bool,
+    },
+    /// Compile, load, pin and attach what the manifest describes.
+    Apply {
+        #[command(flatten)]
+        target: Target,
+    },
+    /// Detach and unpin what apply set up.
+    Destroy {
+        #[command(flatten)]
+        target: Target,
+    },
+}
+
+#[derive(Debug, Args)]
+pub struct Target {
+    /// The manifest (TOML).
+    pub manifest: PathBuf,
+    /// Override a variable declared in `[vars]` (repeatable).
+    #[arg(long = "var", value_name = "NAME=VALUE", value_parser = parse_var)]
+    pub vars: Vec<(String, String)>,
+    /// Where compiled objects go.
+    #[arg(long, value_name = "DIR", default_value = "target/bpf")]
+    pub build_dir: PathBuf,
+}
+
+fn parse_var(s: &str) -> Result<(String, String), String> {
+    match s.split_once('=') {
+        Some((k, v)) if !k.is_empty() => Ok((k.to_string(), v.to_string())),
+        _ => Err(format!("expected NAME=VALUE, found `{s}`")),
+    }
+}

@@ -1,0 +1,108 @@
+//! bpfplan: a TOML manifest of eBPF programs, maps, pins and attach points
+//! becomes an ordered plan of plain `bpftool` commands to review, run and
+//! reverse.
+
+pub mod cli;
+pub mod diag;
+pub mod host;
+pub mod manifest;
+pub mod model;
+pub mod plan;
+pub mod render;
+pub mod step;
+pub mod validate;
+
+use anyhow::{Context, Result};
+use clap::Parser;
+use std::path::Path;
+
+use crate::cli::{Cli, Command, Target};
+use crate::diag::Source;
+use crate::host::HostFacts;
+use crate::plan::{Plan, PlanOptions};
+use crate::render::Direction;
+
+/// Why bpfplan stopped.
+#[derive(Debug)]
+pub enum Failure {
+    /// The manifest (or a `--var`) is wrong; already reported. Exit 2.
+    Manifest,
+    /// A command or the host failed. Exit 1.
+    Runtime(anyhow::Error),
+}
+
+impl From<anyhow::Error> for Failure {
+    fn from(e: anyhow::Error) -> Self {
+        Failure::Runtime(e)
+    }
+}
+
+/// Run the command line; returns the exit code.
+pub fn run() -> i32 {
+    let cli = Cli::parse();
+    match dispatch(cli) {
+        Ok(()) => 0,
+        Err(Failure::Manifest) => 2,
+        Err(Failure::Runtime(e)) => {
+            eprintln!("error: {e:#}");
+            1
+        }
+    }
+}
+
+fn dispatch(cli: Cli) -> Result<(), Failure> {
+    match cli.command {
+        Command::Plan {
+            target,
+            format,
+            destroy,
+        } => {
+            let plan = load_plan(&target)?;
+            let (plan, dir) = if destroy {
+                (plan.destroy(), Direction::Destroy)
+            } else {
+                (plan, Direction::Apply)
+            };
+            print!("{}", render::render(&plan, format, dir)?);
+            Ok(())
+        }
+        Command::Apply { target } | Command::Destroy { target } => {
+            let _plan = load_plan(&target)?;
+            Err(Failure::Runtime(anyhow::anyhow!("not implemented yet")))
+        }
+    }
+}
+
+/// Read, validate and plan a manifest, printing its diagnostics to stderr.
+pub fn load_plan(target: &Target) -> Result<Plan, Failure> {
+    let host = HostFacts::read().context("reading /proc/self/mountinfo")?;
+    let text = std::fs::read_to_string(&target.manifest)
+        .with_context(|| format!("reading manifest {}", target.manifest.display()))?;
+    let src = Source::new(&target.manifest, text);
+    let env = validate::Env {
+        host: &host,
+        overrides: &target.vars,
+        exists: &|p: &Path| p.is_file(),
+    };
+    match validate::validate(&src, &env) {
+        Ok(checked) => {
+            for w in &checked.warnings {
+                eprint!("{}", src.render(w));
+            }
+            let opts = PlanOptions::for_host(target.build_dir.clone());
+            Ok(plan::plan(&checked.model, &opts))
+        }
+        Err(diags) => {
+            let errors = diags.iter().filter(|d| d.is_error()).count();
+            for d in &diags {
+                eprint!("{}\n", src.render(d));
+            }
+            eprintln!(
+                "error: {} has {errors} error{}; nothing was changed",
+                target.manifest.display(),
+                if errors == 1 { "" } else { "s" }
+            );
+            Err(Failure::Manifest)
+        }
+    }
+}

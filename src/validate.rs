@@ -1,0 +1,730 @@
+//! Raw manifest → checked model. Pure: the host facts and a file-exists probe
+//! come in as arguments. Collects every error instead of stopping at the first.
+
+use std::collections::{BTreeMap, BTreeSet};
+use std::ops::Range;
+use std::path::{Component, Path, PathBuf};
+
+use crate::diag::{Diagnostic, ManifestErrorKind as K, Source};
+use crate::host::{DEFAULT_BPFFS, HostFacts};
+use crate::manifest::{self, RawAttach, RawManifest, S};
+use crate::model::*;
+
+/// What validation needs besides the manifest text.
+pub struct Env<'a> {
+    pub host: &'a HostFacts,
+    /// `--var NAME=VALUE` overrides, in command-line order.
+    pub overrides: &'a [(String, String)],
+    /// Whether a file exists (the real file system, or a table in tests).
+    pub exists: &'a dyn Fn(&Path) -> bool,
+}
+
+/// A checked model plus the warnings found on the way.
+#[derive(Debug)]
+pub struct Checked {
+    pub model: Model,
+    pub warnings: Vec<Diagnostic>,
+}
+
+/// Validate a manifest. On failure, every diagnostic found (errors and
+/// warnings) is returned, in source order.
+pub fn validate(src: &Source, env: &Env) -> Result<Checked, Vec<Diagnostic>> {
+    let raw = manifest::parse(&src.text).map_err(|d| vec![d])?;
+    let mut v = Validator {
+        src,
+        env,
+        vars: BTreeMap::new(),
+        diags: Vec::new(),
+    };
+    let model = v.run(raw);
+    let mut diags = v.diags;
+    diags.sort_by_key(|d| d.span.as_ref().map_or(0, |s| s.start));
+    match model {
+        Some(model) if !diags.iter().any(Diagnostic::is_error) => Ok(Checked {
+            model,
+            warnings: diags,
+        }),
+        _ => Err(diags),
+    }
+}
+
+struct Validator<'a> {
+    src: &'a Source,
+    env: &'a Env<'a>,
+    vars: BTreeMap<String, String>,
+    diags: Vec<Diagnostic>,
+}
+
+impl Validator<'_> {
+    fn error(&mut self, kind: K, span: Option<Range<usize>>) {
+        self.diags.push(Diagnostic::error(kind, span));
+    }
+
+    fn run(&mut self, raw: RawManifest) -> Option<Model> {
+        self.vars(&raw);
+        let manifest_dir = self
+            .src
+            .path
+            .parent()
+            .map(Path::to_path_buf)
+            .unwrap_or_default();
+
+        // Programs.
+        let mut programs = Vec::new();
+        let mut prog_names: BTreeMap<String, usize> = BTreeMap::new();
+        let mut pins: BTreeMap<String, usize> = BTreeMap::new();
+        for p in &raw.programs {
+            let p = p.get_ref();
+            let name = self.name("program", &p.name);
+            if let Some(first) = prog_names.get(p.name.get_ref()) {
+                self.error(
+                    K::DuplicateName {
+                        kind: "program",
+                        name: p.name.get_ref().clone(),
+                        first_line: *first,
+                    },
+                    Some(p.name.span()),
+                );
+            } else {
+                prog_names.insert(p.name.get_ref().clone(), self.line(&p.name));
+            }
+            let code = self.code(p, &manifest_dir);
+            let prog_type = self.prog_type(&p.prog_type);
+            let pin = self.pin(&p.pin, &mut pins);
+            let reuse: Vec<MapName> = p.maps.iter().map(|m| MapName(m.get_ref().clone())).collect();
+            if let (Some(name), Some(code), Some(prog_type), Some(pin)) =
+                (name, code, prog_type, pin)
+            {
+                programs.push(Program {
+                    name: ProgName(name),
+                    code,
+                    prog_type,
+                    pin: ProgPin(pin),
+                    reuse,
+                });
+            }
+        }
+
+        // Maps.
+        let mut maps = Vec::new();
+        let mut map_names: BTreeMap<String, usize> = BTreeMap::new();
+        for m in &raw.maps {
+            let m = m.get_ref();
+            let name = self.name("map", &m.name);
+            if let Some(first) = map_names.get(m.name.get_ref()) {
+                self.error(
+                    K::DuplicateName {
+                        kind: "map",
+                        name: m.name.get_ref().clone(),
+                        first_line: *first,
+                    },
+                    Some(m.name.span()),
+                );
+            } else {
+                map_names.insert(m.name.get_ref().clone(), self.line(&m.name));
+            }
+            if !prog_names.contains_key(m.program.get_ref()) {
+                self.error(
+                    K::UnknownProgram(m.program.get_ref().clone()),
+                    Some(m.program.span()),
+                );
+            }
+            let pin = self.pin(&m.pin, &mut pins);
+            if let (Some(name), Some(pin)) = (name, pin) {
+                maps.push(MapDef {
+                    name: MapName(name),
+                    owner: ProgName(m.program.get_ref().clone()),
+                    pin: MapPin(pin),
+                });
+            }
+        }
+
+        // Map reuse: each named map must exist and belong to another program.
+        let owners: BTreeMap<&str, &str> = raw
+            .maps
+            .iter()
+            .map(|m| (m.get_ref().name.get_ref().as_str(), m.get_ref().program.get_ref().as_str()))
+            .collect();
+        for p in &raw.programs {
+            let p = p.get_ref();
+            for m in &p.maps {
+                match owners.get(m.get_ref().as_str()) {
+                    None => self.error(K::UnknownMap(m.get_ref().clone()), Some(m.span())),
+                    Some(owner) if *owner == p.name.get_ref() => self.error(
+                        K::MapOwnReuse {
+                            program: p.name.get_ref().clone(),
+                            map: m.get_ref().clone(),
+                        },
+                        Some(m.span()),
+                    ),
+                    Some(_) => {}
+                }
+            }
+        }
+        if let Some((cycle, span)) = find_cycle(&raw, &owners) {
+            self.error(K::DependencyCycle(cycle), Some(span));
+        }
+
+        // Attachments.
+        let mut attachments = Vec::new();
+        for a in &raw.attachments {
+            let span = a.span();
+            if let Some(att) = self.attachment(a.get_ref(), span, &raw, &owners) {
+                attachments.push(att);
+            }
+        }
+
+        Some(Model {
+            manifest: self.src.path.clone(),
+            programs,
+            maps,
+            attachments,
+        })
+    }
+
+    fn vars(&mut self, raw: &RawManifest) {
+        let declared: BTreeMap<String, String> = raw
+            .vars
+            .as_ref()
+            .map(|v| {
+                v.get_ref()
+                    .iter()
+                    .map(|(k, v)| (k.get_ref().clone(), v.get_ref().clone()))
+                    .collect()
+            })
+            .unwrap_or_default();
+        let vars_span = raw.vars.as_ref().map(|v| v.span());
+        self.vars = declared;
+        for (name, value) in self.env.overrides {
+            if let Some(slot) = self.vars.get_mut(name) {
+                slot.clone_from(value);
+            } else {
+                self.error(K::UnknownVarOverride(name.clone()), vars_span.clone());
+            }
+        }
+    }
+
+    fn line(&self, s: &S) -> usize {
+        self.src.line_col(s.span().start).0
+    }
+
+    /// Expand `${name}` in a string value; `$${` is a literal `${`.
+    fn interp(&mut self, s: &S) -> Option<String> {
+        let value = s.get_ref();
+        let mut out = String::with_capacity(value.len());
+        let mut rest = value.as_str();
+        let mut consumed = 0;
+        let mut ok = true;
+        while let Some(i) = rest.find('$') {
+            out.push_str(&rest[..i]);
+            let after = &rest[i..];
+            if after.starts_with("$${") {
+                out.push_str("${");
+                rest = &after[3..];
+                consumed += i + 3;
+            } else if let Some(body) = after.strip_prefix("${") {
+                match body.find('}') {
+                    Some(end) => {
+                        let name = &body[..end];
+                        let len = end + 3;
+                        match self.vars.get(name) {
+                            Some(v) => out.push_str(v),
+                            None => {
+                                let span = self.inner_span(s, consumed + i, len);
+                                self.error(K::UnknownVariable(name.to_string()), Some(span));
+                                ok = false;
+                            }
+                        }
+                        rest = &after[len..];
+                        consumed += i + len;
+                    }
+                    None => {
+                        let span = self.inner_span(s, consumed + i, after.len());
+                        self.error(K::UnterminatedVariable, Some(span));
+                        return None;
+                    }
+                }
+            } else {
+                out.push('$');
+                rest = &after[1..];
+                consumed += i + 1;
+            }
+        }
+        out.push_str(rest);
+        ok.then_some(out)
+    }
+
+    /// The span of `value[offset..offset+len]` in the source, when the value
+    /// is written without escapes; else the whole value.
+    fn inner_span(&self, s: &S, offset: usize, len: usize) -> Range<usize> {
+        let span = s.span();
+        let raw = self.src.text.get(span.clone()).unwrap_or("");
+        let value = s.get_ref();
+        let plain = raw.len() == value.len() + 2 && raw.get(1..raw.len() - 1) == Some(value);
+        if plain {
+            span.start + 1 + offset..span.start + 1 + offset + len
+        } else {
+            span
+        }
+    }
+
+    /// Program and map names: safe for shells, bpffs and the kernel.
+    fn name(&mut self, kind: &'static str, s: &S) -> Option<String> {
+        let name = s.get_ref();
+        let valid = !name.is_empty()
+            && name.chars().all(|c| c.is_ascii_alphanumeric() || c == '_')
+            && !name.starts_with(|c: char| c.is_ascii_digit());
+        if !valid {
+            self.error(
+                K::BadName {
+                    kind,
+                    name: name.clone(),
+                },
+                Some(s.span()),
+            );
+            return None;
+        }
+        if name.len() > 15 {
+            self.diags.push(Diagnostic::warning(
+                K::NameTooLong {
+                    kind,
+                    name: name.clone(),
+                },
+                Some(s.span()),
+            ));
+        }
+        Some(name.clone())
+    }
+
+    fn code(&mut self, p: &manifest::RawProgram, dir: &Path) -> Option<Code> {
+        let (what, s, make): (_, _, fn(PathBuf) -> Code) = match (&p.source, &p.object) {
+            (Some(s), None) => ("source file", s, Code::Source),
+            (None, Some(o)) => ("object file", o, Code::Object),
+            (a, b) => {
+                self.error(
+                    K::SourceAndObject {
+                        program: p.name.get_ref().clone(),
+                        found: usize::from(a.is_some()) + usize::from(b.is_some()),
+                    },
+                    Some(p.name.span()),
+                );
+                return None;
+            }
+        };
+        let value = self.interp(s)?;
+        let path = normalize(&dir.join(&value));
+        if !(self.env.exists)(&path) {
+            self.error(
+                K::MissingFile {
+                    what,
+                    path: path.display().to_string(),
+                },
+                Some(s.span()),
+            );
+            return None;
+        }
+        Some(make(path))
+    }
+
+    fn prog_type(&mut self, s: &S) -> Option<ProgType> {
+        let found = PROG_TYPES.iter().find(|t| t.name == s.get_ref()).copied();
+        if found.is_none() {
+            let expected = PROG_TYPES
+                .iter()
+                .map(|t| t.name)
+                .collect::<Vec<_>>()
+                .join(", ");
+            self.error(
+                K::UnknownProgramType {
+                    found: s.get_ref().clone(),
+                    expected,
+                },
+                Some(s.span()),
+            );
+        }
+        found
+    }
+
+    /// A pin path: absolute, plain characters, no `.`/`..`, unique, on bpffs.
+    fn pin(&mut self, s: &S, seen: &mut BTreeMap<String, usize>) -> Option<String> {
+        let pin = self.interp(s)?;
+        let span = Some(s.span());
+        if !pin
+            .chars()
+            .all(|c| c.is_ascii_alphanumeric() || "_-./".contains(c))
+        {
+            self.error(K::PinBadChars(pin), span);
+            return None;
+        }
+        if !pin.starts_with('/') {
+            self.error(K::PinNotAbsolute(pin), span);
+            return None;
+        }
+        if pin
+            .split('/')
+            .skip(1)
+            .any(|c| c == "." || c == ".." || c.is_empty())
+        {
+            self.error(K::PinDotDot(pin), span);
+            return None;
+        }
+        let path = Path::new(&pin);
+        let on_default = path.starts_with(DEFAULT_BPFFS) && path != Path::new(DEFAULT_BPFFS);
+        let on_mount = self
+            .env
+            .host
+            .bpffs_for(path)
+            .is_some_and(|m| m != path);
+        if !on_default && !on_mount {
+            let mut mounts: Vec<String> = self
+                .env
+                .host
+                .bpffs
+                .iter()
+                .map(|m| m.display().to_string())
+                .collect();
+            if !mounts.iter().any(|m| m == DEFAULT_BPFFS) {
+                mounts.insert(0, DEFAULT_BPFFS.to_string());
+            }
+            self.error(
+                K::PinOutsideBpffs {
+                    pin,
+                    mounts: format!("bpffs: {}", mounts.join(", ")),
+                },
+                span,
+            );
+            return None;
+        }
+        if let Some(first) = seen.get(&pin) {
+            self.error(
+                K::DuplicatePin {
+                    pin,
+                    first_line: *first,
+                },
+                span,
+            );
+            return None;
+        }
+        seen.insert(pin.clone(), self.line(s));
+        Some(pin)
+    }
+
+    fn attachment(
+        &mut self,
+        a: &RawAttach,
+        span: Range<usize>,
+        raw: &RawManifest,
+        owners: &BTreeMap<&str, &str>,
+    ) -> Option<Attachment> {
+        let program = raw
+            .programs
+            .iter()
+            .map(|p| p.get_ref())
+            .find(|p| p.name.get_ref() == a.program.get_ref());
+        if program.is_none() {
+            self.error(
+                K::UnknownProgram(a.program.get_ref().clone()),
+                Some(a.program.span()),
+            );
+        }
+        let kind_name = a.attach_type.get_ref().as_str();
+        let all = all_attach_types();
+        let Some(kind) = all.iter().copied().find(|k| *k == kind_name) else {
+            self.error(
+                K::UnknownAttachType {
+                    found: kind_name.to_string(),
+                    expected: all.join(", "),
+                },
+                Some(a.attach_type.span()),
+            );
+            return None;
+        };
+        // Compatibility with the program's type (when that type is known).
+        if let Some(p) = program
+            && let Some(t) = PROG_TYPES.iter().find(|t| t.name == p.prog_type.get_ref())
+            && !t.attach.contains(&kind)
+        {
+            self.error(
+                K::IncompatibleAttach {
+                    program: p.name.get_ref().clone(),
+                    prog_type: t.name.to_string(),
+                    attach_type: kind.to_string(),
+                    expected: t.attach.join(", "),
+                },
+                Some(a.attach_type.span()),
+            );
+        }
+
+        let targets: Vec<(&S, TargetKind)> = [
+            (&a.cgroup, TargetKind::Cgroup),
+            (&a.map, TargetKind::Map),
+            (&a.interface, TargetKind::Interface),
+        ]
+        .into_iter()
+        .filter_map(|(t, k)| t.as_ref().map(|t| (t, k)))
+        .collect();
+        let [(target, target_kind)] = targets[..] else {
+            self.error(K::AttachTarget { found: targets.len() }, Some(span));
+            return None;
+        };
+        let expected = TargetKind::of(kind);
+        if expected != target_kind {
+            self.error(
+                K::AttachTargetKind {
+                    attach_type: kind.to_string(),
+                    target: target_kind.describe(),
+                    expected: expected.describe(),
+                },
+                Some(target.span()),
+            );
+            return None;
+        }
+        if let Some(mode) = &a.mode
+            && target_kind != TargetKind::Interface
+        {
+            self.error(K::XdpModeWithoutXdp, Some(mode.span()));
+        }
+        let point = match target_kind {
+            TargetKind::Cgroup => AttachPoint::Cgroup {
+                path: CgroupPath(self.cgroup(target)?),
+                kind,
+            },
+            TargetKind::Map => {
+                let map = target.get_ref();
+                match owners.get(map.as_str()) {
+                    None => {
+                        self.error(K::UnknownMap(map.clone()), Some(target.span()));
+                        return None;
+                    }
+                    Some(owner) => {
+                        if let Some(p) = program {
+                            let reuses = p.maps.iter().any(|m| m.get_ref() == map);
+                            if *owner != p.name.get_ref() && !reuses {
+                                self.error(
+                                    K::MapNotReused {
+                                        program: p.name.get_ref().clone(),
+                                        map: map.clone(),
+                                        owner: owner.to_string(),
+                                    },
+                                    Some(target.span()),
+                                );
+                            }
+                        }
+                    }
+                }
+                AttachPoint::Map {
+                    map: MapName(map.clone()),
+                    kind,
+                }
+            }
+            TargetKind::Interface => {
+                let iface = self.interp(target)?;
+                let valid = (1..=15).contains(&iface.len())
+                    && iface
+                        .chars()
+                        .all(|c| c.is_ascii_alphanumeric() || "_-.".contains(c));
+                if !valid {
+                    self.error(K::BadInterface(iface), Some(target.span()));
+                    return None;
+                }
+                let mode = match &a.mode {
+                    None => XdpMode::Auto,
+                    Some(m) => match XdpMode::parse(m.get_ref()) {
+                        Some(mode) => mode,
+                        None => {
+                            self.error(K::UnknownXdpMode(m.get_ref().clone()), Some(m.span()));
+                            return None;
+                        }
+                    },
+                };
+                AttachPoint::Xdp {
+                    iface: IfaceName(iface),
+                    mode,
+                }
+            }
+        };
+        Some(Attachment {
+            program: ProgName(a.program.get_ref().clone()),
+            point,
+        })
+    }
+
+    /// A cgroup v2 directory; `auto` means the cgroup v2 mount itself.
+    fn cgroup(&mut self, s: &S) -> Option<String> {
+        let value = self.interp(s)?;
+        let span = Some(s.span());
+        let path = if value == "auto" {
+            match &self.env.host.cgroup2 {
+                Some(p) => p.display().to_string(),
+                None => {
+                    self.error(K::NoCgroup2, span);
+                    return None;
+                }
+            }
+        } else {
+            value
+        };
+        let reason = if !path.starts_with('/') {
+            Some("must be absolute")
+        } else if path.chars().any(char::is_control) {
+            Some("must not hold control characters")
+        } else if path.split('/').any(|c| c == "." || c == "..") {
+            Some("must not contain `.` or `..` components")
+        } else if let Some(root) = &self.env.host.cgroup2
+            && !Path::new(&path).starts_with(root)
+        {
+            Some("is not under the cgroup v2 mount")
+        } else {
+            None
+        };
+        if let Some(reason) = reason {
+            self.error(K::CgroupPath { path, reason }, span);
+            return None;
+        }
+        Some(path)
+    }
+}
+
+/// A cycle among programs through reused maps, as `a -> b -> a`.
+fn find_cycle(raw: &RawManifest, owners: &BTreeMap<&str, &str>) -> Option<(String, Range<usize>)> {
+    let deps: BTreeMap<&str, Vec<&str>> = raw
+        .programs
+        .iter()
+        .map(|p| {
+            let p = p.get_ref();
+            let deps = p
+                .maps
+                .iter()
+                .filter_map(|m| owners.get(m.get_ref().as_str()).copied())
+                .filter(|o| *o != p.name.get_ref())
+                .collect();
+            (p.name.get_ref().as_str(), deps)
+        })
+        .collect();
+    for p in &raw.programs {
+        let start = p.get_ref().name.get_ref().as_str();
+        let mut path = vec![start];
+        let mut seen = BTreeSet::new();
+        if walk(start, start, &deps, &mut path, &mut seen) {
+            return Some((path.join(" -> "), p.get_ref().name.span()));
+        }
+    }
+    None
+}
+
+fn walk<'a>(
+    start: &str,
+    at: &'a str,
+    deps: &BTreeMap<&'a str, Vec<&'a str>>,
+    path: &mut Vec<&'a str>,
+    seen: &mut BTreeSet<&'a str>,
+) -> bool {
+    for next in deps.get(at).into_iter().flatten() {
+        if *next == start {
+            path.push(next);
+            return true;
+        }
+        if seen.insert(next) {
+            path.push(next);
+            if walk(start, next, deps, path, seen) {
+                return true;
+            }
+            path.pop();
+        }
+    }
+    false
+}
+
+/// Lexically remove `.` and resolve `..` against earlier components, so
+/// `manifests/../bpf/x.c` reads `bpf/x.c` in plans.
+pub fn normalize(path: &Path) -> PathBuf {
+    let mut out: Vec<Component> = Vec::new();
+    for c in path.components() {
+        match c {
+            Component::CurDir => {}
+            Component::ParentDir => match out.last() {
+                Some(Component::Normal(_)) => {
+                    out.pop();
+                }
+                Some(Component::RootDir) => {}
+                _ => out.push(c),
+            },
+            _ => out.push(c),
+        }
+    }
+    out.iter().collect()
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[track_caller]
+    fn norm(input: &str, want: &str) {
+        assert_eq!(normalize(Path::new(input)), PathBuf::from(want));
+    }
+
+    #[test]
+    fn normalizes() {
+        norm("manifests/../bpf/x.c", "bpf/x.c");
+        norm("./a/./b", "a/b");
+        norm("../a", "../a");
+        norm("/../a", "/a");
+        norm("a/b/../../../c", "../c");
+    }
+
+    fn check(text: &str, overrides: &[(&str, &str)]) -> Result<Checked, Vec<Diagnostic>> {
+        let host = HostFacts {
+            cgroup2: Some(PathBuf::from("/sys/fs/cgroup")),
+            bpffs: vec![PathBuf::from("/sys/fs/bpf")],
+        };
+        let overrides: Vec<(String, String)> = overrides
+            .iter()
+            .map(|(k, v)| (k.to_string(), v.to_string()))
+            .collect();
+        let env = Env {
+            host: &host,
+            overrides: &overrides,
+            exists: &|_| true,
+        };
+        validate(&Source::new(Path::new("m.toml"), text.to_string()), &env)
+    }
+
+    #[track_caller]
+    fn interp_case(value: &str, want: Result<&str, &str>) {
+        let text = format!(
+            "[vars]\nd = \"/sys/fs/bpf/t\"\n[[program]]\nname = \"p\"\nobject = \"p.o\"\ntype = \"xdp\"\npin = \"{value}\"\n"
+        );
+        match (check(&text, &[]), want) {
+            (Ok(c), Ok(w)) => assert_eq!(c.model.programs[0].pin.as_str(), w),
+            (Err(d), Err(w)) => assert_eq!(d[0].kind.to_string(), w),
+            (got, want) => panic!("got {got:?}, want {want:?}"),
+        }
+    }
+
+    #[test]
+    fn interpolation() {
+        interp_case("${d}/x", Ok("/sys/fs/bpf/t/x"));
+        interp_case("${d}/${d}", Err("pin path `/sys/fs/bpf/t//sys/fs/bpf/t` must not contain `.` or `..` components"));
+        interp_case("${e}/x", Err("unknown variable `e`; declare it in `[vars]` with a default"));
+        interp_case("${d", Err("unterminated `${`; write `$${` for a literal"));
+        interp_case("/sys/fs/bpf/a$b", Err("pin path `/sys/fs/bpf/a$b` may hold only ASCII letters, digits, `_`, `-`, `.` and `/`"));
+    }
+
+    #[test]
+    fn overrides_replace_defaults_and_unknown_ones_fail() {
+        let text = "[vars]\nd = \"/sys/fs/bpf\"\n[[program]]\nname = \"p\"\nobject = \"p.o\"\ntype = \"xdp\"\npin = \"${d}/p\"\n";
+        let c = check(text, &[("d", "/sys/fs/bpf/other")]).expect("valid");
+        assert_eq!(c.model.programs[0].pin.as_str(), "/sys/fs/bpf/other/p");
+        let e = check(text, &[("x", "1")]).expect_err("unknown override");
+        assert!(matches!(e[0].kind, K::UnknownVarOverride(ref n) if n == "x"));
+    }
+
+    #[test]
+    fn unknown_variable_caret_points_inside_the_string() {
+        let text = "[[program]]\nname = \"p\"\nobject = \"p.o\"\ntype = \"xdp\"\npin = \"/sys/fs/bpf/${nope}\"\n";
+        let e = check(text, &[]).expect_err("unknown var");
+        let span = e[0].span.clone().expect("span");
+        assert_eq!(&text[span], "${nope}");
+    }
+}
