@@ -117,10 +117,16 @@ impl fmt::Display for ManifestErrorKind {
             UnknownProgram(name) => write!(f, "no program named `{name}` in this manifest"),
             UnknownMap(name) => write!(f, "no map named `{name}` in this manifest"),
             UnknownProgramType { found, expected } => {
-                write!(f, "unknown program type `{found}`; expected one of: {expected}")
+                write!(
+                    f,
+                    "unknown program type `{found}`; expected one of: {expected}"
+                )
             }
             UnknownAttachType { found, expected } => {
-                write!(f, "unknown attach type `{found}`; expected one of: {expected}")
+                write!(
+                    f,
+                    "unknown attach type `{found}`; expected one of: {expected}"
+                )
             }
             IncompatibleAttach {
                 program,
@@ -164,7 +170,10 @@ impl fmt::Display for ManifestErrorKind {
                 name.len()
             ),
             PinNotAbsolute(pin) => write!(f, "pin path `{pin}` must be absolute"),
-            PinDotDot(pin) => write!(f, "pin path `{pin}` must not contain `.` or `..` components"),
+            PinDotDot(pin) => write!(
+                f,
+                "pin path `{pin}` must not contain `.` or `..` components"
+            ),
             PinBadChars(pin) => write!(
                 f,
                 "pin path `{}` may hold only ASCII letters, digits, `_`, `-`, `.` and `/`",
@@ -198,12 +207,18 @@ impl fmt::Display for ManifestErrorKind {
                 f,
                 "program `{program}` creates map `{map}`; it cannot also reuse it"
             ),
-            MapNotReused { program, map, owner } => write!(
+            MapNotReused {
+                program,
+                map,
+                owner,
+            } => write!(
                 f,
                 "program `{program}` is attached to map `{map}` but neither creates it nor reuses it \
                  (add `maps = [\"{map}\"]`; its creator is `{owner}`)"
             ),
-            DependencyCycle(cycle) => write!(f, "programs reuse each other's maps in a cycle: {cycle}"),
+            DependencyCycle(cycle) => {
+                write!(f, "programs reuse each other's maps in a cycle: {cycle}")
+            }
         }
     }
 }
@@ -323,7 +338,7 @@ mod tests {
         case("abc", 0, (1, 1));
         case("abc\ndef", 4, (2, 1));
         case("abc\ndef", 6, (2, 3));
-        case("é = 1\nx", 3, (1, 2));
+        case("é = 1\nx", 3, (1, 3));
         case("abc", 99, (1, 4));
     }
 

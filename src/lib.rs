@@ -76,8 +76,16 @@ fn dispatch(cli: Cli) -> Result<(), Failure> {
 /// Read, validate and plan a manifest, printing its diagnostics to stderr.
 pub fn load_plan(target: &Target) -> Result<Plan, Failure> {
     let host = HostFacts::read().context("reading /proc/self/mountinfo")?;
-    let text = std::fs::read_to_string(&target.manifest)
-        .with_context(|| format!("reading manifest {}", target.manifest.display()))?;
+    let text = match std::fs::read_to_string(&target.manifest) {
+        Ok(text) => text,
+        Err(e) => {
+            eprintln!(
+                "error: cannot read manifest {}: {e}",
+                target.manifest.display()
+            );
+            return Err(Failure::Manifest);
+        }
+    };
     let src = Source::new(&target.manifest, text);
     let env = validate::Env {
         host: &host,
@@ -95,7 +103,7 @@ pub fn load_plan(target: &Target) -> Result<Plan, Failure> {
         Err(diags) => {
             let errors = diags.iter().filter(|d| d.is_error()).count();
             for d in &diags {
-                eprint!("{}\n", src.render(d));
+                eprintln!("{}", src.render(d));
             }
             eprintln!(
                 "error: {} has {errors} error{}; nothing was changed",

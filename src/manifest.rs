@@ -72,10 +72,13 @@ pub struct RawAttach {
 }
 
 /// Parse the manifest text; a TOML or schema error becomes one diagnostic.
-pub fn parse(text: &str) -> Result<RawManifest, Diagnostic> {
+pub fn parse(text: &str) -> Result<RawManifest, Box<Diagnostic>> {
     toml::from_str(text).map_err(|e| {
         let msg = e.message().trim_end().to_string();
-        Diagnostic::error(ManifestErrorKind::Syntax(lowercase_first(&msg)), e.span())
+        Box::new(Diagnostic::error(
+            ManifestErrorKind::Syntax(lowercase_first(&msg)),
+            e.span(),
+        ))
     })
 }
 

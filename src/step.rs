@@ -182,7 +182,11 @@ impl Step {
             } => {
                 let mut argv = vec![Arg::lit("clang")];
                 argv.extend(CLANG_FLAGS.iter().map(|f| Arg::lit(*f)));
-                argv.extend(include.iter().map(|i| Arg::lit(format!("-I{}", i.display()))));
+                argv.extend(
+                    include
+                        .iter()
+                        .map(|i| Arg::lit(format!("-I{}", i.display()))),
+                );
                 argv.extend([
                     Arg::lit("-c"),
                     Arg::path(source),
@@ -309,10 +313,20 @@ impl Step {
                 argv
             }
             UnpinProgram { pin, .. } => {
-                vec![Arg::lit("rm"), Arg::lit("-f"), Arg::lit("--"), Arg::lit(pin.as_str())]
+                vec![
+                    Arg::lit("rm"),
+                    Arg::lit("-f"),
+                    Arg::lit("--"),
+                    Arg::lit(pin.as_str()),
+                ]
             }
             UnpinMap { pin, .. } => {
-                vec![Arg::lit("rm"), Arg::lit("-f"), Arg::lit("--"), Arg::lit(pin.as_str())]
+                vec![
+                    Arg::lit("rm"),
+                    Arg::lit("-f"),
+                    Arg::lit("--"),
+                    Arg::lit(pin.as_str()),
+                ]
             }
         }
     }
@@ -385,7 +399,7 @@ impl Step {
                 map,
                 program_pin,
                 pin,
-            } => format!("pin map `{map}` of the program at {program_pin} at {pin}"),
+            } => format!("pin map `{map}`, created by the program at {program_pin}, at {pin}"),
             AttachMap {
                 program, map, kind, ..
             } => format!("attach program `{program}` to map `{map}` as {kind}"),
@@ -437,9 +451,9 @@ impl Step {
                  programs only when the socket is inserted, so a connection made before the \
                  msg_verdict attach would never be redirected",
             ),
-            DetachCgroup { .. } => Some(
-                "detached first, so no new socket enters a map while the rest is torn down",
-            ),
+            DetachCgroup { .. } => {
+                Some("detached first, so no new socket enters a map while the rest is torn down")
+            }
             _ => None,
         }
     }

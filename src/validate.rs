@@ -29,7 +29,7 @@ pub struct Checked {
 /// Validate a manifest. On failure, every diagnostic found (errors and
 /// warnings) is returned, in source order.
 pub fn validate(src: &Source, env: &Env) -> Result<Checked, Vec<Diagnostic>> {
-    let raw = manifest::parse(&src.text).map_err(|d| vec![d])?;
+    let raw = manifest::parse(&src.text).map_err(|d| vec![*d])?;
     let mut v = Validator {
         src,
         env,
@@ -91,7 +91,11 @@ impl Validator<'_> {
             let code = self.code(p, &manifest_dir);
             let prog_type = self.prog_type(&p.prog_type);
             let pin = self.pin(&p.pin, &mut pins);
-            let reuse: Vec<MapName> = p.maps.iter().map(|m| MapName(m.get_ref().clone())).collect();
+            let reuse: Vec<MapName> = p
+                .maps
+                .iter()
+                .map(|m| MapName(m.get_ref().clone()))
+                .collect();
             if let (Some(name), Some(code), Some(prog_type), Some(pin)) =
                 (name, code, prog_type, pin)
             {
@@ -143,7 +147,12 @@ impl Validator<'_> {
         let owners: BTreeMap<&str, &str> = raw
             .maps
             .iter()
-            .map(|m| (m.get_ref().name.get_ref().as_str(), m.get_ref().program.get_ref().as_str()))
+            .map(|m| {
+                (
+                    m.get_ref().name.get_ref().as_str(),
+                    m.get_ref().program.get_ref().as_str(),
+                )
+            })
             .collect();
         for p in &raw.programs {
             let p = p.get_ref();
@@ -218,9 +227,9 @@ impl Validator<'_> {
         while let Some(i) = rest.find('$') {
             out.push_str(&rest[..i]);
             let after = &rest[i..];
-            if after.starts_with("$${") {
+            if let Some(tail) = after.strip_prefix("$${") {
                 out.push_str("${");
-                rest = &after[3..];
+                rest = tail;
                 consumed += i + 3;
             } else if let Some(body) = after.strip_prefix("${") {
                 match body.find('}') {
@@ -370,11 +379,7 @@ impl Validator<'_> {
         }
         let path = Path::new(&pin);
         let on_default = path.starts_with(DEFAULT_BPFFS) && path != Path::new(DEFAULT_BPFFS);
-        let on_mount = self
-            .env
-            .host
-            .bpffs_for(path)
-            .is_some_and(|m| m != path);
+        let on_mount = self.env.host.bpffs_for(path).is_some_and(|m| m != path);
         if !on_default && !on_mount {
             let mut mounts: Vec<String> = self
                 .env
@@ -464,7 +469,12 @@ impl Validator<'_> {
         .filter_map(|(t, k)| t.as_ref().map(|t| (t, k)))
         .collect();
         let [(target, target_kind)] = targets[..] else {
-            self.error(K::AttachTarget { found: targets.len() }, Some(span));
+            self.error(
+                K::AttachTarget {
+                    found: targets.len(),
+                },
+                Some(span),
+            );
             return None;
         };
         let expected = TargetKind::of(kind);
@@ -529,13 +539,16 @@ impl Validator<'_> {
                 }
                 let mode = match &a.mode {
                     None => XdpMode::Auto,
-                    Some(m) => match XdpMode::parse(m.get_ref()) {
-                        Some(mode) => mode,
-                        None => {
-                            self.error(K::UnknownXdpMode(m.get_ref().clone()), Some(m.span()));
-                            return None;
+                    Some(m) => {
+                        let value = self.interp(m)?;
+                        match XdpMode::parse(&value) {
+                            Some(mode) => mode,
+                            None => {
+                                self.error(K::UnknownXdpMode(value), Some(m.span()));
+                                return None;
+                            }
                         }
-                    },
+                    }
                 };
                 AttachPoint::Xdp {
                     iface: IfaceName(iface),
@@ -705,10 +718,21 @@ mod tests {
     #[test]
     fn interpolation() {
         interp_case("${d}/x", Ok("/sys/fs/bpf/t/x"));
-        interp_case("${d}/${d}", Err("pin path `/sys/fs/bpf/t//sys/fs/bpf/t` must not contain `.` or `..` components"));
-        interp_case("${e}/x", Err("unknown variable `e`; declare it in `[vars]` with a default"));
+        interp_case(
+            "${d}/${d}",
+            Err("pin path `/sys/fs/bpf/t//sys/fs/bpf/t` must not contain `.` or `..` components"),
+        );
+        interp_case(
+            "${e}/x",
+            Err("unknown variable `e`; declare it in `[vars]` with a default"),
+        );
         interp_case("${d", Err("unterminated `${`; write `$${` for a literal"));
-        interp_case("/sys/fs/bpf/a$b", Err("pin path `/sys/fs/bpf/a$b` may hold only ASCII letters, digits, `_`, `-`, `.` and `/`"));
+        interp_case(
+            "/sys/fs/bpf/a$b",
+            Err(
+                "pin path `/sys/fs/bpf/a$b` may hold only ASCII letters, digits, `_`, `-`, `.` and `/`",
+            ),
+        );
     }
 
     #[test]

@@ -1,0 +1,126 @@
+//! The real binary: exit codes, stdout and stderr, snapshotted.
+
+use std::process::Command;
+
+use bpfplan::host::HostFacts;
+
+use crate::common;
+
+/// Run bpfplan and format the result like uv's CLI snapshots.
+fn run(args: &[&str]) -> (i32, String) {
+    let out = Command::new(common::bin()).args(args).output().unwrap();
+    let code = out.status.code().unwrap_or(-1);
+    let text = format!(
+        "exit_code: {code}\n----- stdout -----\n{}\n----- stderr -----\n{}",
+        String::from_utf8_lossy(&out.stdout),
+        String::from_utf8_lossy(&out.stderr)
+    );
+    (code, text)
+}
+
+/// Snapshots must not depend on where this host mounts cgroup v2.
+fn settings() -> insta::Settings {
+    let mut s = common::settings();
+    if let Some(cg) = HostFacts::read().ok().and_then(|h| h.cgroup2) {
+        s.add_filter(&regex_escape(&cg.display().to_string()), "[CGROUP2]");
+    }
+    s
+}
+
+fn regex_escape(s: &str) -> String {
+    s.chars()
+        .flat_map(|c| {
+            if c.is_ascii_alphanumeric() || c == '/' || c == '_' {
+                vec![c]
+            } else {
+                vec!['\\', c]
+            }
+        })
+        .collect()
+}
+
+#[track_caller]
+fn case(name: &str, args: &[&str], want_code: i32) {
+    let (code, text) = run(args);
+    assert_eq!(code, want_code, "{text}");
+    settings().bind(|| insta::assert_snapshot!(format!("cli-{name}"), text));
+}
+
+#[test]
+fn plan_text_of_bypass() {
+    case("plan-bypass", &["plan", "manifests/bypass.toml"], 0);
+}
+
+#[test]
+fn plan_with_var_override() {
+    case(
+        "plan-bypass-vars",
+        &[
+            "plan",
+            "manifests/bypass.toml",
+            "--var",
+            "pin_dir=/sys/fs/bpf/team_a",
+            "--format",
+            "sh",
+            "--destroy",
+        ],
+        0,
+    );
+}
+
+#[test]
+fn manifest_errors_exit_2() {
+    case(
+        "many-errors",
+        &["plan", "tests/fixtures/invalid/many_errors.toml"],
+        2,
+    );
+}
+
+#[test]
+fn unknown_var_override_exits_2() {
+    case(
+        "unknown-var",
+        &["plan", "manifests/bypass.toml", "--var", "pin_dri=/x"],
+        2,
+    );
+}
+
+#[test]
+fn malformed_var_is_a_usage_error() {
+    let (code, text) = run(&["plan", "manifests/bypass.toml", "--var", "novalue"]);
+    assert_eq!(code, 2, "{text}");
+    assert!(text.contains("expected NAME=VALUE"), "{text}");
+}
+
+#[test]
+fn missing_manifest_exits_2() {
+    case("missing-manifest", &["plan", "manifests/nope.toml"], 2);
+}
+
+#[test]
+fn warnings_do_not_fail_the_plan() {
+    let (code, text) = run(&["plan", "tests/fixtures/invalid/warn_long_names.toml"]);
+    assert_eq!(code, 0, "{text}");
+    assert!(text.contains("warning: program name `a_very_long_program_name` is 24 characters"));
+}
+
+#[test]
+fn help_documents_exit_codes() {
+    let (code, text) = run(&["--help"]);
+    assert_eq!(code, 0);
+    assert!(text.contains("Exit codes:"), "{text}");
+    assert!(text.contains("2  usage or manifest error"), "{text}");
+}
+
+#[test]
+fn json_plan_is_valid_json() {
+    let out = Command::new(common::bin())
+        .args(["plan", "manifests/bypass.toml", "--format", "json"])
+        .output()
+        .unwrap();
+    assert!(out.status.success());
+    let v: serde_json::Value = serde_json::from_slice(&out.stdout).unwrap();
+    assert_eq!(v["steps"].as_array().unwrap().len(), 8);
+    assert_eq!(v["steps"][4]["argv"][4]["map"], "sock_ops_map");
+}

@@ -1,0 +1,76 @@
+//! Helpers shared by the integration tests.
+
+use std::path::{Path, PathBuf};
+
+use bpfplan::diag::Source;
+use bpfplan::host::HostFacts;
+use bpfplan::plan::{Plan, PlanOptions};
+use bpfplan::validate::{self, Env};
+
+/// A host with the unified layout, so snapshots do not depend on the machine.
+pub fn fixed_host() -> HostFacts {
+    HostFacts {
+        cgroup2: Some(PathBuf::from("/sys/fs/cgroup")),
+        bpffs: vec![PathBuf::from("/sys/fs/bpf")],
+    }
+}
+
+/// Validate and plan a manifest file against `fixed_host`; on failure, the
+/// rendered diagnostics.
+pub fn plan_file(path: &Path, overrides: &[(&str, &str)]) -> Result<Plan, String> {
+    let text = std::fs::read_to_string(path).expect("read manifest");
+    plan_text(path, &text, overrides)
+}
+
+pub fn plan_text(path: &Path, text: &str, overrides: &[(&str, &str)]) -> Result<Plan, String> {
+    let host = fixed_host();
+    let overrides: Vec<(String, String)> = overrides
+        .iter()
+        .map(|(k, v)| (k.to_string(), v.to_string()))
+        .collect();
+    let env = Env {
+        host: &host,
+        overrides: &overrides,
+        exists: &|p: &Path| p.is_file(),
+    };
+    let src = Source::new(path, text.to_string());
+    match validate::validate(&src, &env) {
+        Ok(checked) => Ok(bpfplan::plan::plan(
+            &checked.model,
+            &PlanOptions {
+                build_dir: PathBuf::from("target/bpf"),
+                include: vec![PathBuf::from("/usr/include/x86_64-linux-gnu")],
+            },
+        )),
+        Err(diags) => Err(diags
+            .iter()
+            .map(|d| src.render(d))
+            .collect::<Vec<_>>()
+            .join("\n")),
+    }
+}
+
+/// insta settings: snapshots in the top-level `snapshots/`, no module prefix.
+pub fn settings() -> insta::Settings {
+    let mut s = insta::Settings::clone_current();
+    s.set_snapshot_path(concat!(env!("CARGO_MANIFEST_DIR"), "/snapshots"));
+    s.set_prepend_module_to_snapshot(false);
+    s
+}
+
+/// The bpfplan binary under test.
+pub fn bin() -> &'static str {
+    env!("CARGO_BIN_EXE_bpfplan")
+}
+
+/// Every manifest in `manifests/`, sorted.
+pub fn manifests() -> Vec<PathBuf> {
+    let mut all: Vec<PathBuf> = std::fs::read_dir("manifests")
+        .expect("manifests/")
+        .filter_map(|e| e.ok().map(|e| e.path()))
+        .filter(|p| p.extension().is_some_and(|e| e == "toml"))
+        .map(|p| PathBuf::from("manifests").join(p.file_name().expect("name")))
+        .collect();
+    all.sort();
+    all
+}

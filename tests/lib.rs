@@ -1,0 +1,10 @@
+//! The one integration test binary: plan snapshots, manifest errors, the CLI,
+//! hostile input, and the kernel tests.
+#![allow(clippy::unwrap_used, clippy::expect_used)]
+
+mod common;
+
+mod cli;
+mod errors;
+mod hostile;
+mod plans;

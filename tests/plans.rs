@@ -1,0 +1,119 @@
+//! Snapshots of the text, sh and json plans, and of the destroy plan, of
+//! every manifest in `manifests/`.
+
+use bpfplan::render::{Direction, Format, render};
+
+use crate::common;
+
+#[test]
+fn every_manifest_plans_and_snapshots() {
+    let manifests = common::manifests();
+    assert!(
+        manifests.len() >= 3,
+        "expected at least 3 manifests, found {manifests:?}"
+    );
+    for path in manifests {
+        let stem = path.file_stem().unwrap().to_string_lossy().to_string();
+        let plan = common::plan_file(&path, &[]).unwrap_or_else(|e| panic!("{e}"));
+        let destroy = plan.destroy();
+        common::settings().bind(|| {
+            for (format, ext) in [
+                (Format::Text, "text"),
+                (Format::Sh, "sh"),
+                (Format::Json, "json"),
+            ] {
+                let apply = render(&plan, format, Direction::Apply).unwrap();
+                insta::assert_snapshot!(format!("plan-{stem}-{ext}"), apply);
+            }
+            let text = render(&destroy, Format::Text, Direction::Destroy).unwrap();
+            insta::assert_snapshot!(format!("destroy-{stem}-text"), text);
+            let sh = render(&destroy, Format::Sh, Direction::Destroy).unwrap();
+            insta::assert_snapshot!(format!("destroy-{stem}-sh"), sh);
+        });
+    }
+}
+
+#[test]
+fn planning_is_deterministic() {
+    for path in common::manifests() {
+        let a = common::plan_file(&path, &[]).unwrap();
+        let b = common::plan_file(&path, &[]).unwrap();
+        assert_eq!(a, b);
+    }
+}
+
+#[test]
+fn bypass_order_is_the_classic_sequence_with_cgroup_attach_last() {
+    let plan = common::plan_file("manifests/bypass.toml".as_ref(), &[]).unwrap();
+    let ops: Vec<String> = plan
+        .steps
+        .iter()
+        .map(|s| {
+            serde_json::to_value(s).unwrap()["op"]
+                .as_str()
+                .unwrap()
+                .to_string()
+        })
+        .collect();
+    assert_eq!(
+        ops,
+        [
+            "make_build_dir",
+            "compile",
+            "compile",
+            "load_program",
+            "pin_map",
+            "load_program",
+            "attach_map",
+            "attach_cgroup"
+        ]
+    );
+    let last = bpfplan::render::display_argv(&plan.steps[7].argv()).unwrap();
+    assert_eq!(
+        last,
+        "bpftool cgroup attach /sys/fs/cgroup sock_ops pinned /sys/fs/bpf/bpf_sockops multi"
+    );
+}
+
+#[test]
+fn destroy_is_the_reverse_of_the_undos() {
+    let plan = common::plan_file("manifests/bypass.toml".as_ref(), &[]).unwrap();
+    let destroy = plan.destroy();
+    let expected: Vec<_> = plan.steps.iter().rev().filter_map(|s| s.undo()).collect();
+    assert_eq!(destroy.steps, expected);
+    assert_eq!(destroy.steps.len(), 5);
+    assert!(destroy.steps.iter().all(|s| s.undo().is_none()));
+}
+
+#[test]
+fn a_program_reusing_a_map_loads_after_its_creator_whatever_the_file_order() {
+    let text = r#"
+[[program]]
+name = "user"
+object = "../bpf/redir.c"
+type = "sk_msg"
+pin = "/sys/fs/bpf/user"
+maps = ["m"]
+
+[[program]]
+name = "maker"
+object = "../bpf/sockops.c"
+type = "sockops"
+pin = "/sys/fs/bpf/maker"
+
+[[map]]
+name = "m"
+program = "maker"
+pin = "/sys/fs/bpf/m"
+"#;
+    let plan = common::plan_text("manifests/x.toml".as_ref(), text, &[]).unwrap();
+    let summaries: Vec<String> = plan.steps.iter().map(|s| s.summary()).collect();
+    assert_eq!(
+        summaries,
+        [
+            "load sockops program `maker` and pin it at /sys/fs/bpf/maker",
+            "pin map `m`, created by the program at /sys/fs/bpf/maker, at /sys/fs/bpf/m",
+            "load sk_msg program `user` and pin it at /sys/fs/bpf/user",
+        ]
+    );
+}
