@@ -4,11 +4,14 @@
 
 pub mod cli;
 pub mod diag;
+pub mod exec;
 pub mod host;
+pub mod inspect;
 pub mod manifest;
 pub mod model;
 pub mod plan;
 pub mod render;
+pub mod state;
 pub mod step;
 pub mod validate;
 
@@ -66,9 +69,15 @@ fn dispatch(cli: Cli) -> Result<(), Failure> {
             print!("{}", render::render(&plan, format, dir)?);
             Ok(())
         }
-        Command::Apply { target } | Command::Destroy { target } => {
-            let _plan = load_plan(&target)?;
-            Err(Failure::Runtime(anyhow::anyhow!("not implemented yet")))
+        Command::Apply { target } => {
+            let plan = load_plan(&target)?;
+            exec::apply(&plan)?;
+            Ok(())
+        }
+        Command::Destroy { target } => {
+            let plan = load_plan(&target)?;
+            exec::destroy(&plan)?;
+            Ok(())
         }
     }
 }

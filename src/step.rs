@@ -164,8 +164,9 @@ pub enum Step {
 }
 
 /// Flags every compile gets: optimised (the verifier needs it), with BTF
-/// (`-g`) so libbpf can read `.maps`.
-pub const CLANG_FLAGS: &[&str] = &["-O2", "-g", "-Wall", "-target", "bpf"];
+/// (`-g`) so libbpf can read `.maps`, and a depfile (`-MD`, next to the
+/// object) so a changed header is noticed by the build cache.
+pub const CLANG_FLAGS: &[&str] = &["-O2", "-g", "-Wall", "-MD", "-target", "bpf"];
 
 impl Step {
     /// The exact command this step runs.

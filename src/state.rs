@@ -1,0 +1,179 @@
+//! What bpfplan applied, kept under /run (it lives as long as the kernel
+//! objects do: both are gone after a reboot), and the lock that keeps two
+//! applies or destroys of one deployment from running at once.
+
+use anyhow::{Context, Result, bail};
+use serde::{Deserialize, Serialize};
+use sha2::{Digest, Sha256};
+use std::fs::File;
+use std::io::Write;
+use std::path::{Path, PathBuf};
+use std::time::{Duration, Instant};
+
+use crate::plan::Plan;
+use crate::step::Step;
+
+/// Where state lives unless `BPFPLAN_STATE_DIR` says otherwise.
+pub const DEFAULT_STATE_DIR: &str = "/run/bpfplan";
+
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(rename_all = "snake_case")]
+pub enum Status {
+    /// Apply is under way, or was killed: `started` steps may have run.
+    Applying,
+    /// Every step ran.
+    Applied,
+}
+
+/// A loaded program as the kernel reported it after apply.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+pub struct LoadedProgram {
+    pub pin: String,
+    pub id: u32,
+    pub tag: String,
+    pub map_ids: Vec<u32>,
+}
+
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+pub struct State {
+    pub manifest: PathBuf,
+    pub status: Status,
+    /// The plan that was (being) applied.
+    pub plan: Plan,
+    /// How many steps were started; on a killed apply, these are undone.
+    pub started: usize,
+    /// sha256 of each compiled or prebuilt object, by path.
+    pub objects: Vec<(PathBuf, String)>,
+    /// Programs loaded, once apply finished.
+    pub programs: Vec<LoadedProgram>,
+}
+
+impl State {
+    /// The steps whose effects may be in the kernel.
+    pub fn started_steps(&self) -> &[Step] {
+        &self.plan.steps[..self.started.min(self.plan.steps.len())]
+    }
+}
+
+/// The state file and lock of one deployment.
+pub struct Store {
+    pub path: PathBuf,
+    lock_path: PathBuf,
+}
+
+impl Store {
+    /// A deployment is identified by its manifest and the pins it owns, so
+    /// the same manifest applied with another `pin_dir` is another one.
+    pub fn for_plan(plan: &Plan) -> Result<Store> {
+        let dir = std::env::var_os("BPFPLAN_STATE_DIR")
+            .map(PathBuf::from)
+            .unwrap_or_else(|| PathBuf::from(DEFAULT_STATE_DIR));
+        std::fs::create_dir_all(&dir)
+            .with_context(|| format!("creating the state directory {}", dir.display()))?;
+        let manifest = std::fs::canonicalize(&plan.manifest).unwrap_or(plan.manifest.clone());
+        let mut pins: Vec<String> = plan.steps.iter().filter_map(step_pin).collect();
+        pins.sort();
+        let mut h = Sha256::new();
+        h.update(manifest.as_os_str().as_encoded_bytes());
+        for p in &pins {
+            h.update(b"\n");
+            h.update(p.as_bytes());
+        }
+        let digest = hex(&h.finalize());
+        let stem = manifest
+            .file_stem()
+            .map(|s| s.to_string_lossy().into_owned())
+            .unwrap_or_default();
+        let name = format!("{stem}-{}", &digest[..16]);
+        Ok(Store {
+            path: dir.join(format!("{name}.json")),
+            lock_path: dir.join(format!("{name}.lock")),
+        })
+    }
+
+    pub fn load(&self) -> Result<Option<State>> {
+        match std::fs::read(&self.path) {
+            Ok(bytes) => serde_json::from_slice(&bytes)
+                .map(Some)
+                .with_context(|| format!("reading state {}", self.path.display())),
+            Err(e) if e.kind() == std::io::ErrorKind::NotFound => Ok(None),
+            Err(e) => Err(e).with_context(|| format!("reading state {}", self.path.display())),
+        }
+    }
+
+    /// Write atomically (temp file, fsync, rename): a kill leaves the old or
+    /// the new state, never half of one.
+    pub fn save(&self, state: &State) -> Result<()> {
+        let dir = self.path.parent().unwrap_or(Path::new("."));
+        let mut tmp = tempfile::NamedTempFile::new_in(dir)?;
+        serde_json::to_writer_pretty(&mut tmp, state)?;
+        tmp.write_all(b"\n")?;
+        tmp.as_file().sync_all()?;
+        tmp.persist(&self.path)
+            .with_context(|| format!("writing state {}", self.path.display()))?;
+        Ok(())
+    }
+
+    pub fn remove(&self) -> Result<()> {
+        match std::fs::remove_file(&self.path) {
+            Err(e) if e.kind() != std::io::ErrorKind::NotFound => {
+                Err(e).with_context(|| format!("removing state {}", self.path.display()))
+            }
+            _ => Ok(()),
+        }
+    }
+
+    /// Take the deployment's lock, waiting at most `timeout`.
+    pub fn lock(&self, timeout: Duration) -> Result<File> {
+        let file = File::options()
+            .create(true)
+            .truncate(false)
+            .write(true)
+            .open(&self.lock_path)
+            .with_context(|| format!("opening lock {}", self.lock_path.display()))?;
+        let start = Instant::now();
+        let mut told = false;
+        loop {
+            match file.try_lock() {
+                Ok(()) => return Ok(file),
+                Err(std::fs::TryLockError::WouldBlock) => {
+                    if start.elapsed() >= timeout {
+                        bail!(
+                            "another bpfplan apply or destroy of this deployment is running \
+                             (lock {} held for {:.1}s); try again when it ends",
+                            self.lock_path.display(),
+                            start.elapsed().as_secs_f64()
+                        );
+                    }
+                    if !told {
+                        eprintln!("waiting for another bpfplan run of this deployment to end...");
+                        told = true;
+                    }
+                    std::thread::sleep(Duration::from_millis(50));
+                }
+                Err(std::fs::TryLockError::Error(e)) => {
+                    return Err(e).context("taking the deployment lock");
+                }
+            }
+        }
+    }
+}
+
+fn step_pin(step: &Step) -> Option<String> {
+    match step {
+        Step::LoadProgram { pin, .. } => Some(pin.0.clone()),
+        Step::PinMap { pin, .. } => Some(pin.0.clone()),
+        _ => None,
+    }
+}
+
+/// Lower-case hex of a digest.
+pub fn hex(bytes: &[u8]) -> String {
+    bytes.iter().map(|b| format!("{b:02x}")).collect()
+}
+
+/// sha256 of a file's bytes.
+pub fn file_sha256(path: &Path) -> Result<String> {
+    let bytes = std::fs::read(path).with_context(|| format!("reading {}", path.display()))?;
+    Ok(hex(&Sha256::digest(&bytes)))
+}
