@@ -119,20 +119,19 @@ pub fn preflight(plan: &Plan) -> Result<()> {
     for step in &plan.steps {
         match step {
             Step::AttachCgroup { cgroup, .. } => check_cgroup2(Path::new(cgroup.as_str()))?,
-            Step::AttachXdp { iface, .. } => {
-                if !Path::new("/sys/class/net").join(iface.as_str()).exists() {
-                    bail!("interface {iface} does not exist");
-                }
+            Step::AttachXdp { iface, .. }
+                if !Path::new("/sys/class/net").join(iface.as_str()).exists() =>
+            {
+                bail!("interface {iface} does not exist");
             }
             Step::LoadProgram { object, .. }
-                if !plan
-                    .steps
-                    .iter()
-                    .any(|s| matches!(s, Step::Compile { object: o, .. } if o == object)) =>
+                if !object.is_file()
+                    && !plan
+                        .steps
+                        .iter()
+                        .any(|s| matches!(s, Step::Compile { object: o, .. } if o == object)) =>
             {
-                if !object.is_file() {
-                    bail!("object file {} does not exist", object.display());
-                }
+                bail!("object file {} does not exist", object.display());
             }
             _ => {}
         }
@@ -473,10 +472,8 @@ fn in_sync(st: &State) -> Result<()> {
             }
             Step::AttachXdp {
                 program_pin, iface, ..
-            } => {
-                if inspect::xdp_prog_id(iface.as_str())? != id_of(program_pin.as_str()) {
-                    bail!("program {program_pin} is no longer attached to {iface}");
-                }
+            } if inspect::xdp_prog_id(iface.as_str())? != id_of(program_pin.as_str()) => {
+                bail!("program {program_pin} is no longer attached to {iface}");
             }
             _ => {}
         }
