@@ -287,7 +287,7 @@ pub fn apply(plan: &Plan) -> Result<Applied> {
                 Ok(()) => {
                     store.remove()?;
                     e.context(format!(
-                        "step {}/{total} failed: {}; rolled back the {} step(s) before it, nothing is left behind",
+                        "step {}/{total} failed: {}; undid the {} kernel change(s) before it, nothing is left behind",
                         i + 1,
                         step.summary(),
                         done.len()

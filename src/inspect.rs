@@ -45,7 +45,12 @@ pub fn bpftool_json<T: serde::de::DeserializeOwned>(args: &[&str]) -> Result<T> 
             String::from_utf8_lossy(&out.stderr).trim()
         );
     }
-    serde_json::from_slice(&out.stdout)
+    let text = if out.stdout.iter().all(u8::is_ascii_whitespace) {
+        &b"null"[..]
+    } else {
+        &out.stdout[..]
+    };
+    serde_json::from_slice(text)
         .with_context(|| format!("parsing the JSON of `bpftool -j {}`", args.join(" ")))
 }
 
@@ -84,7 +89,8 @@ pub fn cgroup_attachments(cgroup: &str) -> Result<Vec<CgroupAttachment>> {
     if !Path::new(cgroup).is_dir() {
         return Ok(Vec::new());
     }
-    bpftool_json(&["cgroup", "show", cgroup])
+    // bpftool prints nothing at all (not `[]`) for a cgroup with no programs.
+    Ok(bpftool_json::<Option<Vec<CgroupAttachment>>>(&["cgroup", "show", cgroup])?.unwrap_or_default())
 }
 
 /// Whether a program id still exists in the kernel.

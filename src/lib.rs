@@ -13,6 +13,7 @@ pub mod plan;
 pub mod render;
 pub mod state;
 pub mod step;
+pub mod traffic;
 pub mod validate;
 
 use anyhow::{Context, Result};

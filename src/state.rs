@@ -68,7 +68,12 @@ impl Store {
         let dir = std::env::var_os("BPFPLAN_STATE_DIR")
             .map(PathBuf::from)
             .unwrap_or_else(|| PathBuf::from(DEFAULT_STATE_DIR));
-        std::fs::create_dir_all(&dir)
+        Store::in_dir(&dir, plan)
+    }
+
+    /// The store of a plan's deployment in a given state directory.
+    pub fn in_dir(dir: &Path, plan: &Plan) -> Result<Store> {
+        std::fs::create_dir_all(dir)
             .with_context(|| format!("creating the state directory {}", dir.display()))?;
         let manifest = std::fs::canonicalize(&plan.manifest).unwrap_or(plan.manifest.clone());
         let mut pins: Vec<String> = plan.steps.iter().filter_map(step_pin).collect();

@@ -7,4 +7,5 @@ mod common;
 mod cli;
 mod errors;
 mod hostile;
+mod kernel;
 mod plans;

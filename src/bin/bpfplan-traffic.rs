@@ -1,0 +1,100 @@
+//! Same-host TCP traffic for bpfplan's tests, demo and benchmarks. Joins a
+//! cgroup first (so its sockets are the cgroup's), then prints one JSON line
+//! per event and one with the result.
+
+use anyhow::Result;
+use clap::{Parser, Subcommand};
+use std::io::{Read, Write};
+use std::path::PathBuf;
+
+use bpfplan::traffic::{self, Length};
+
+#[derive(Parser)]
+#[command(name = "bpfplan-traffic", about = "Checked same-host TCP traffic on 127.0.0.1")]
+struct Cli {
+    /// Join this cgroup v2 directory before making any socket.
+    #[arg(long, global = true)]
+    cgroup: Option<PathBuf>,
+    #[command(subcommand)]
+    mode: Mode,
+}
+
+#[derive(Subcommand)]
+enum Mode {
+    /// Send BYTES per connection, checked byte for byte.
+    Stream {
+        #[arg(long, default_value_t = 1)]
+        conns: usize,
+        #[arg(long)]
+        bytes: u64,
+        /// The server sends everything back; the client checks it too.
+        #[arg(long)]
+        echo: bool,
+    },
+    /// Stream for SECONDS; prints `flowing` once every connection moves data.
+    Flow {
+        #[arg(long, default_value_t = 1)]
+        conns: usize,
+        #[arg(long)]
+        seconds: f64,
+        #[arg(long)]
+        echo: bool,
+    },
+    /// Round-trip latency of SIZE-byte requests and responses.
+    Rr {
+        #[arg(long, default_value_t = 64)]
+        size: usize,
+        #[arg(long, default_value_t = 10000)]
+        count: usize,
+    },
+    /// Keep one connection open until stdin closes; prints its ports.
+    Hold,
+}
+
+fn main() {
+    if let Err(e) = run() {
+        eprintln!("error: {e:#}");
+        std::process::exit(1);
+    }
+}
+
+fn event(json: serde_json::Value) {
+    let mut out = std::io::stdout().lock();
+    let _ = writeln!(out, "{json}");
+    let _ = out.flush();
+}
+
+fn run() -> Result<()> {
+    let cli = Cli::parse();
+    if let Some(cg) = &cli.cgroup {
+        traffic::join_cgroup(cg)?;
+    }
+    match cli.mode {
+        Mode::Stream { conns, bytes, echo } => {
+            let r = traffic::stream(conns, Length::Bytes(bytes), echo, || {})?;
+            event(serde_json::to_value(&r)?);
+        }
+        Mode::Flow {
+            conns,
+            seconds,
+            echo,
+        } => {
+            let r = traffic::stream(conns, Length::Seconds(seconds), echo, || {
+                event(serde_json::json!({"event": "flowing"}))
+            })?;
+            event(serde_json::to_value(&r)?);
+        }
+        Mode::Rr { size, count } => {
+            let r = traffic::request_response(size, count)?;
+            event(serde_json::to_value(&r)?);
+        }
+        Mode::Hold => traffic::hold(|server_port, client_port| {
+            event(serde_json::json!({
+                "event": "holding", "server_port": server_port, "client_port": client_port
+            }));
+            let mut sink = Vec::new();
+            let _ = std::io::stdin().read_to_end(&mut sink);
+        })?,
+    }
+    Ok(())
+}

@@ -1,0 +1,385 @@
+//! Same-host TCP traffic for tests, the demo and benchmarks: streams of
+//! pseudo-random bytes checked byte for byte, echo, request/response
+//! latency, all inside a cgroup of the caller's choosing, with the bytes that
+//! crossed `lo` counted from `/proc/net/dev`.
+
+use anyhow::{Context, Result, bail};
+use serde::Serialize;
+use std::io::{ErrorKind, Read, Write};
+use std::net::{Ipv4Addr, SocketAddr, TcpListener, TcpStream};
+use std::path::Path;
+use std::time::{Duration, Instant};
+
+/// Move this whole process into a cgroup v2 directory, before any socket is
+/// made: a socket belongs to the cgroup of the task that created it.
+pub fn join_cgroup(cgroup: &Path) -> Result<()> {
+    std::fs::write(cgroup.join("cgroup.procs"), std::process::id().to_string())
+        .with_context(|| format!("moving process into cgroup {}", cgroup.display()))
+}
+
+/// Bytes received on `lo` so far (loopback counts each byte once per side).
+pub fn lo_rx_bytes() -> Result<u64> {
+    let text = std::fs::read_to_string("/proc/net/dev").context("reading /proc/net/dev")?;
+    for line in text.lines() {
+        if let Some((name, rest)) = line.split_once(':')
+            && name.trim() == "lo"
+        {
+            return rest
+                .split_whitespace()
+                .next()
+                .context("no rx bytes for lo")?
+                .parse()
+                .context("parsing lo rx bytes");
+        }
+    }
+    bail!("no `lo` in /proc/net/dev")
+}
+
+/// The byte at `pos` of the pseudo-random stream `seed`; any chunking of a
+/// stream gives the same bytes, so a receiver can check every one.
+fn pattern_word(seed: u64, word: u64) -> u64 {
+    // splitmix64
+    let mut z = seed
+        .wrapping_add(word.wrapping_mul(0x9E37_79B9_7F4A_7C15))
+        .wrapping_add(0x9E37_79B9_7F4A_7C15);
+    z = (z ^ (z >> 30)).wrapping_mul(0xBF58_476D_1CE4_E5B9);
+    z = (z ^ (z >> 27)).wrapping_mul(0x94D0_49BB_1331_11EB);
+    z ^ (z >> 31)
+}
+
+pub fn fill(seed: u64, pos: u64, buf: &mut [u8]) {
+    for (i, b) in buf.iter_mut().enumerate() {
+        let p = pos + i as u64;
+        *b = (pattern_word(seed, p / 8) >> ((p % 8) * 8)) as u8;
+    }
+}
+
+/// Index of the first byte of `buf` that differs from the stream at `pos`.
+fn first_mismatch(seed: u64, pos: u64, buf: &[u8]) -> Option<usize> {
+    buf.iter().enumerate().find_map(|(i, b)| {
+        let p = pos + i as u64;
+        (*b != (pattern_word(seed, p / 8) >> ((p % 8) * 8)) as u8).then_some(i)
+    })
+}
+
+/// Blocking read that retries the spurious EAGAIN a socket with an sk_msg
+/// redirect can return (tcp_bpf_recvmsg gives up after one wake-up).
+fn read_retry(s: &mut TcpStream, buf: &mut [u8]) -> std::io::Result<usize> {
+    loop {
+        match s.read(buf) {
+            Err(e) if matches!(e.kind(), ErrorKind::WouldBlock | ErrorKind::Interrupted) => {
+                std::thread::yield_now();
+            }
+            r => return r,
+        }
+    }
+}
+
+fn write_all_retry(s: &mut TcpStream, mut buf: &[u8]) -> std::io::Result<()> {
+    while !buf.is_empty() {
+        match s.write(buf) {
+            Ok(0) => return Err(ErrorKind::WriteZero.into()),
+            Ok(n) => buf = &buf[n..],
+            Err(e) if matches!(e.kind(), ErrorKind::WouldBlock | ErrorKind::Interrupted) => {
+                std::thread::yield_now();
+            }
+            Err(e) => return Err(e),
+        }
+    }
+    Ok(())
+}
+
+fn read_exact_retry(s: &mut TcpStream, mut buf: &mut [u8]) -> std::io::Result<()> {
+    while !buf.is_empty() {
+        let n = read_retry(s, buf)?;
+        if n == 0 {
+            return Err(ErrorKind::UnexpectedEof.into());
+        }
+        buf = &mut buf[n..];
+    }
+    Ok(())
+}
+
+const CHUNK: usize = 64 * 1024;
+
+/// What a stream run saw.
+#[derive(Debug, Clone, Serialize)]
+pub struct StreamReport {
+    pub conns: usize,
+    /// Bytes each connection sent (and, with echo, received back).
+    pub bytes_per_conn: u64,
+    /// All payload bytes that crossed a socket, both directions.
+    pub payload_bytes: u64,
+    /// Bytes counted on `lo` during the run.
+    pub lo_bytes: u64,
+    /// Every byte arrived, in order, unchanged.
+    pub intact: bool,
+    pub errors: Vec<String>,
+    pub seconds: f64,
+}
+
+/// How long a stream lasts: a byte count, or a time (for destroy-while-streaming).
+#[derive(Debug, Clone, Copy)]
+pub enum Length {
+    Bytes(u64),
+    Seconds(f64),
+}
+
+/// Listen on loopback; the caller's cgroup applies to the accepted sockets.
+fn listen() -> Result<(TcpListener, SocketAddr)> {
+    let l = TcpListener::bind((Ipv4Addr::LOCALHOST, 0)).context("binding 127.0.0.1")?;
+    let addr = l.local_addr()?;
+    Ok((l, addr))
+}
+
+/// `conns` connections each send a checked pseudo-random stream; with
+/// `echo` the server sends it back and the client checks it too. `on_flowing`
+/// runs once every connection has moved data.
+pub fn stream(
+    conns: usize,
+    length: Length,
+    echo: bool,
+    on_flowing: impl FnOnce(),
+) -> Result<StreamReport> {
+    let (listener, addr) = listen()?;
+    let lo_before = lo_rx_bytes()?;
+    let start = Instant::now();
+    let deadline = match length {
+        Length::Seconds(s) => Some(start + Duration::from_secs_f64(s)),
+        Length::Bytes(_) => None,
+    };
+    let limit = match length {
+        Length::Bytes(b) => b,
+        Length::Seconds(_) => u64::MAX,
+    };
+
+    let server = std::thread::spawn(move || -> Vec<Result<u64>> {
+        let mut handles = Vec::new();
+        for i in 0..conns {
+            let (s, _) = match listener.accept() {
+                Ok(x) => x,
+                Err(e) => return vec![Err(e.into())],
+            };
+            handles.push(std::thread::spawn(move || serve(s, i as u64, echo)));
+        }
+        handles
+            .into_iter()
+            .map(|h| h.join().unwrap_or_else(|_| Err(anyhow::anyhow!("server thread panicked"))))
+            .collect()
+    });
+
+    let (flow_tx, flow_rx) = std::sync::mpsc::channel::<()>();
+    let mut clients = Vec::new();
+    for i in 0..conns {
+        let s = TcpStream::connect(addr).context("connecting to 127.0.0.1")?;
+        let tx = flow_tx.clone();
+        clients.push(std::thread::spawn(move || client(s, i as u64, limit, deadline, echo, tx)));
+    }
+    drop(flow_tx);
+    for _ in 0..conns {
+        if flow_rx.recv().is_err() {
+            break;
+        }
+    }
+    on_flowing();
+
+    let mut errors = Vec::new();
+    let mut sent_total = 0u64;
+    for (i, c) in clients.into_iter().enumerate() {
+        match c.join() {
+            Ok(Ok(sent)) => sent_total += sent,
+            Ok(Err(e)) => errors.push(format!("client {i}: {e:#}")),
+            Err(_) => errors.push(format!("client {i}: panicked")),
+        }
+    }
+    let served = server
+        .join()
+        .unwrap_or_else(|_| vec![Err(anyhow::anyhow!("server panicked"))]);
+    let mut received_total = 0u64;
+    for (i, r) in served.into_iter().enumerate() {
+        match r {
+            Ok(n) => received_total += n,
+            Err(e) => errors.push(format!("server {i}: {e:#}")),
+        }
+    }
+    if errors.is_empty() && received_total != sent_total {
+        errors.push(format!("sent {sent_total} bytes, the server got {received_total}"));
+    }
+    let seconds = start.elapsed().as_secs_f64();
+    let lo_bytes = lo_rx_bytes()?.saturating_sub(lo_before);
+    Ok(StreamReport {
+        conns,
+        bytes_per_conn: if conns > 0 { sent_total / conns as u64 } else { 0 },
+        payload_bytes: sent_total * if echo { 2 } else { 1 },
+        lo_bytes,
+        intact: errors.is_empty(),
+        errors,
+        seconds,
+    })
+}
+
+/// Server side: check every byte against the stream, echo it if asked.
+fn serve(mut s: TcpStream, seed: u64, echo: bool) -> Result<u64> {
+    let mut buf = vec![0u8; CHUNK];
+    let mut pos = 0u64;
+    loop {
+        let n = read_retry(&mut s, &mut buf).context("server read")?;
+        if n == 0 {
+            return Ok(pos);
+        }
+        if let Some(i) = first_mismatch(seed, pos, &buf[..n]) {
+            bail!("server: byte {} differs from what was sent", pos + i as u64);
+        }
+        if echo {
+            write_all_retry(&mut s, &buf[..n]).context("server echo")?;
+        }
+        pos += n as u64;
+    }
+}
+
+/// Client side: send the stream (from a second thread when echoing, so
+/// neither side blocks on full buffers) and check the echo.
+fn client(
+    s: TcpStream,
+    seed: u64,
+    limit: u64,
+    deadline: Option<Instant>,
+    echo: bool,
+    flowing: std::sync::mpsc::Sender<()>,
+) -> Result<u64> {
+    s.set_nodelay(true)?;
+    let mut w = s.try_clone()?;
+    let writer = std::thread::spawn(move || -> Result<u64> {
+        let mut buf = vec![0u8; CHUNK];
+        let mut pos = 0u64;
+        let mut told = false;
+        while pos < limit && deadline.is_none_or(|d| Instant::now() < d) {
+            let n = CHUNK.min((limit - pos) as usize);
+            fill(seed, pos, &mut buf[..n]);
+            write_all_retry(&mut w, &buf[..n]).context("client write")?;
+            pos += n as u64;
+            if !told {
+                let _ = flowing.send(());
+                told = true;
+            }
+        }
+        if !told {
+            let _ = flowing.send(());
+        }
+        w.shutdown(std::net::Shutdown::Write)?;
+        Ok(pos)
+    });
+    let mut r = s;
+    let mut echoed = 0u64;
+    if echo {
+        let mut buf = vec![0u8; CHUNK];
+        loop {
+            let n = read_retry(&mut r, &mut buf).context("client read")?;
+            if n == 0 {
+                break;
+            }
+            if let Some(i) = first_mismatch(seed, echoed, &buf[..n]) {
+                bail!("client: echoed byte {} differs from what was sent", echoed + i as u64);
+            }
+            echoed += n as u64;
+        }
+    }
+    let sent = writer
+        .join()
+        .map_err(|_| anyhow::anyhow!("writer thread panicked"))??;
+    if echo && echoed != sent {
+        bail!("sent {sent} bytes but {echoed} came back");
+    }
+    Ok(sent)
+}
+
+/// Request/response latency over one connection.
+#[derive(Debug, Clone, Serialize)]
+pub struct RrReport {
+    pub size: usize,
+    pub count: usize,
+    pub p50_us: f64,
+    pub p99_us: f64,
+    pub lo_bytes: u64,
+}
+
+/// `count` round trips of `size` bytes each way, after a short warm-up.
+pub fn request_response(size: usize, count: usize) -> Result<RrReport> {
+    let (listener, addr) = listen()?;
+    let server = std::thread::spawn(move || -> Result<()> {
+        let (mut s, _) = listener.accept()?;
+        s.set_nodelay(true)?;
+        let mut buf = vec![0u8; size];
+        loop {
+            match read_exact_retry(&mut s, &mut buf) {
+                Ok(()) => write_all_retry(&mut s, &buf)?,
+                Err(e) if e.kind() == ErrorKind::UnexpectedEof => return Ok(()),
+                Err(e) => return Err(e.into()),
+            }
+        }
+    });
+    let mut c = TcpStream::connect(addr)?;
+    c.set_nodelay(true)?;
+    let mut req = vec![0u8; size];
+    fill(7, 0, &mut req);
+    let mut resp = vec![0u8; size];
+    let warmup = (count / 10).max(10);
+    let lo_before = lo_rx_bytes()?;
+    let mut samples = Vec::with_capacity(count);
+    for i in 0..warmup + count {
+        let t = Instant::now();
+        write_all_retry(&mut c, &req)?;
+        read_exact_retry(&mut c, &mut resp)?;
+        if i >= warmup {
+            samples.push(t.elapsed().as_secs_f64() * 1e6);
+        }
+        if resp != req {
+            bail!("response {i} differs from its request");
+        }
+    }
+    let lo_bytes = lo_rx_bytes()?.saturating_sub(lo_before);
+    drop(c);
+    server
+        .join()
+        .map_err(|_| anyhow::anyhow!("server panicked"))??;
+    samples.sort_by(f64::total_cmp);
+    let pct = |p: f64| samples[((samples.len() - 1) as f64 * p).round() as usize];
+    Ok(RrReport {
+        size,
+        count,
+        p50_us: pct(0.50),
+        p99_us: pct(0.99),
+        lo_bytes,
+    })
+}
+
+/// Open one connection and keep it until `until` returns; reports the ports.
+pub fn hold(until: impl FnOnce(u16, u16)) -> Result<()> {
+    let (listener, addr) = listen()?;
+    let c = TcpStream::connect(addr)?;
+    let (s, peer) = listener.accept()?;
+    until(addr.port(), peer.port());
+    drop((c, s));
+    Ok(())
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn pattern_is_chunking_independent() {
+        let mut whole = vec![0u8; 100];
+        fill(3, 0, &mut whole);
+        let mut parts = vec![0u8; 100];
+        fill(3, 0, &mut parts[..13]);
+        fill(3, 13, &mut parts[13..]);
+        assert_eq!(whole, parts);
+        assert_eq!(first_mismatch(3, 0, &whole), None);
+        whole[42] ^= 1;
+        assert_eq!(first_mismatch(3, 0, &whole), Some(42));
+        let mut other = vec![0u8; 100];
+        fill(4, 0, &mut other);
+        assert_ne!(whole, other);
+    }
+}

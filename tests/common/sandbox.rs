@@ -1,0 +1,281 @@
+//! A kernel test's own world: a child cgroup v2, a pin directory, a state
+//! directory and a build directory, all removed on drop, even on failure.
+//! Kernel tests run one at a time (they share `lo`'s byte counters).
+
+use std::io::{BufRead, BufReader};
+use std::path::{Path, PathBuf};
+use std::process::{Child, Command, Output, Stdio};
+use std::sync::{Mutex, MutexGuard};
+use std::time::{Duration, Instant};
+
+use bpfplan::host::{DEFAULT_BPFFS, HostFacts};
+
+static KERNEL: Mutex<()> = Mutex::new(());
+
+pub struct Sandbox {
+    pub cgroup: PathBuf,
+    pub pin_dir: PathBuf,
+    pub tmp: tempfile::TempDir,
+    pub manifest: PathBuf,
+    _serial: MutexGuard<'static, ()>,
+}
+
+/// Why kernel tests cannot run here, if they cannot.
+fn missing_prerequisite() -> Option<String> {
+    // SAFETY: geteuid cannot fail.
+    if unsafe { libc::geteuid() } != 0 {
+        return Some("not root".into());
+    }
+    for tool in ["bpftool", "clang"] {
+        if which::which(tool).is_err() {
+            return Some(format!("`{tool}` not installed (run `make deps`)"));
+        }
+    }
+    match HostFacts::read() {
+        Ok(h) if h.cgroup2.is_some() => None,
+        _ => Some("no cgroup v2 mount".into()),
+    }
+}
+
+fn run_ok(argv: &[&str]) {
+    let out = Command::new(argv[0]).args(&argv[1..]).output().unwrap();
+    assert!(out.status.success(), "{argv:?}: {}", String::from_utf8_lossy(&out.stderr));
+}
+
+impl Sandbox {
+    /// A fresh sandbox for `manifest`, or `None` (with the reason printed)
+    /// when this machine cannot run kernel tests and CI did not require them.
+    pub fn new(name: &str, manifest: &str) -> Option<Sandbox> {
+        let serial = KERNEL.lock().unwrap_or_else(|e| e.into_inner());
+        if let Some(why) = missing_prerequisite() {
+            if std::env::var("BPFPLAN_REQUIRE_KERNEL").is_ok_and(|v| v == "1") {
+                panic!("BPFPLAN_REQUIRE_KERNEL=1 but kernel tests cannot run: {why}");
+            }
+            eprintln!("skipping kernel test {name}: {why}");
+            return None;
+        }
+        let host = HostFacts::read().unwrap();
+        let cg2 = host.cgroup2.clone().unwrap();
+        let unique = format!("bpfplan-test-{name}-{}", std::process::id());
+        let cgroup = cg2.join(&unique);
+        std::fs::create_dir(&cgroup).unwrap();
+        if !host.bpffs.iter().any(|m| m == Path::new(DEFAULT_BPFFS)) {
+            run_ok(&["mount", "-t", "bpf", "bpf", DEFAULT_BPFFS]);
+        }
+        let pin_dir = Path::new(DEFAULT_BPFFS).join(&unique);
+        let tmp = tempfile::tempdir().unwrap();
+        let sandbox = Sandbox {
+            cgroup,
+            pin_dir,
+            tmp,
+            manifest: PathBuf::from(manifest),
+            _serial: serial,
+        };
+        std::fs::create_dir(&sandbox.pin_dir).unwrap();
+        Some(sandbox)
+    }
+
+    pub fn vars(&self) -> Vec<String> {
+        vec![
+            "--var".into(),
+            format!("cgroup={}", self.cgroup.display()),
+            "--var".into(),
+            format!("pin_dir={}", self.pin_dir.display()),
+            "--build-dir".into(),
+            self.tmp.path().join("build").display().to_string(),
+        ]
+    }
+
+    pub fn state_dir(&self) -> PathBuf {
+        self.tmp.path().join("state")
+    }
+
+    /// `bpfplan VERB MANIFEST` with this sandbox's variables.
+    pub fn bpfplan_cmd(&self, verb: &str, manifest: &Path) -> Command {
+        let mut c = Command::new(crate::common::bin());
+        c.arg(verb)
+            .arg(manifest)
+            .args(self.vars())
+            .env("BPFPLAN_STATE_DIR", self.state_dir());
+        c
+    }
+
+    pub fn bpfplan(&self, verb: &str) -> Output {
+        self.bpfplan_cmd(verb, &self.manifest.clone()).output().unwrap()
+    }
+
+    /// Run bpfplan and insist it succeeds.
+    pub fn must(&self, verb: &str) -> String {
+        let out = self.bpfplan(verb);
+        let text = format!(
+            "{}{}",
+            String::from_utf8_lossy(&out.stdout),
+            String::from_utf8_lossy(&out.stderr)
+        );
+        assert!(out.status.success(), "bpfplan {verb} failed:\n{text}");
+        text
+    }
+
+    /// bpfplan-traffic inside this sandbox's cgroup.
+    pub fn traffic(&self, args: &[&str]) -> Command {
+        let mut c = Command::new(env!("CARGO_BIN_EXE_bpfplan-traffic"));
+        c.arg("--cgroup").arg(&self.cgroup).args(args);
+        c
+    }
+
+    pub fn pin(&self, name: &str) -> String {
+        self.pin_dir.join(name).display().to_string()
+    }
+
+    /// Files in the pin directory, sorted.
+    pub fn pins(&self) -> Vec<String> {
+        let mut v: Vec<String> = std::fs::read_dir(&self.pin_dir)
+            .map(|d| {
+                d.filter_map(|e| e.ok())
+                    .map(|e| e.file_name().to_string_lossy().into_owned())
+                    .collect()
+            })
+            .unwrap_or_default();
+        v.sort();
+        v
+    }
+
+    /// (program name, attach type) attached to the sandbox cgroup, sorted.
+    pub fn attachments(&self) -> Vec<(String, String)> {
+        let v: serde_json::Value = bpftool_json(&["cgroup", "show", &self.cgroup.display().to_string()]);
+        let mut out: Vec<(String, String)> = v
+            .as_array()
+            .into_iter()
+            .flatten()
+            .map(|a| {
+                (
+                    a["name"].as_str().unwrap_or("").to_string(),
+                    a["attach_type"].as_str().unwrap_or("").to_string(),
+                )
+            })
+            .collect();
+        out.sort();
+        out
+    }
+
+    /// Number of entries in a pinned map.
+    pub fn map_len(&self, pin: &str) -> usize {
+        let v: serde_json::Value = bpftool_json(&["map", "dump", "pinned", &self.pin(pin)]);
+        v.as_array().map_or(0, Vec::len)
+    }
+
+    /// Assert nothing of ours is left in the kernel (freed objects may linger
+    /// a moment: poll).
+    pub fn assert_clean(&self, prog_ids: &[u64]) {
+        assert_eq!(self.pins(), Vec::<String>::new(), "pins left behind");
+        assert_eq!(self.attachments(), Vec::<(String, String)>::new(), "attachments left behind");
+        let deadline = Instant::now() + Duration::from_secs(10);
+        for id in prog_ids {
+            while prog_alive(*id) {
+                assert!(Instant::now() < deadline, "program {id} still loaded");
+                std::thread::sleep(Duration::from_millis(20));
+            }
+        }
+    }
+
+    /// Ids of the programs pinned in the sandbox.
+    pub fn prog_ids(&self) -> Vec<u64> {
+        self.pins()
+            .iter()
+            .filter_map(|p| {
+                let out = Command::new("bpftool")
+                    .args(["-j", "prog", "show", "pinned", &self.pin(p)])
+                    .output()
+                    .ok()?;
+                let v: serde_json::Value = serde_json::from_slice(&out.stdout).ok()?;
+                v["id"].as_u64()
+            })
+            .collect()
+    }
+}
+
+pub fn prog_alive(id: u64) -> bool {
+    Command::new("bpftool")
+        .args(["prog", "show", "id", &id.to_string()])
+        .stdout(Stdio::null())
+        .stderr(Stdio::null())
+        .status()
+        .is_ok_and(|s| s.success())
+}
+
+pub fn bpftool_json(args: &[&str]) -> serde_json::Value {
+    let out = Command::new("bpftool").arg("-j").args(args).output().unwrap();
+    assert!(out.status.success(), "bpftool {args:?}: {}", String::from_utf8_lossy(&out.stderr));
+    // `cgroup show` prints nothing for a cgroup without programs.
+    if out.stdout.iter().all(u8::is_ascii_whitespace) {
+        return serde_json::Value::Array(Vec::new());
+    }
+    serde_json::from_slice(&out.stdout).unwrap()
+}
+
+/// Wait for the next JSON line of a child's stdout.
+pub fn next_event(lines: &mut impl BufRead) -> serde_json::Value {
+    let mut line = String::new();
+    let n = lines.read_line(&mut line).unwrap();
+    assert!(n > 0, "the traffic process ended early");
+    serde_json::from_str(&line).unwrap_or_else(|e| panic!("{e}: {line:?}"))
+}
+
+/// Spawn with piped stdin/stdout; returns the child and a line reader.
+pub fn spawn_piped(mut cmd: Command) -> (Child, BufReader<std::process::ChildStdout>) {
+    let mut child = cmd.stdin(Stdio::piped()).stdout(Stdio::piped()).spawn().unwrap();
+    let stdout = child.stdout.take().unwrap();
+    (child, BufReader::new(stdout))
+}
+
+/// Run a traffic command to completion and parse its last JSON line.
+pub fn report(mut cmd: Command) -> serde_json::Value {
+    let out = cmd.output().unwrap();
+    let stdout = String::from_utf8_lossy(&out.stdout);
+    assert!(
+        out.status.success(),
+        "traffic failed: {stdout}{}",
+        String::from_utf8_lossy(&out.stderr)
+    );
+    serde_json::from_str(stdout.lines().last().unwrap_or("")).unwrap()
+}
+
+impl Drop for Sandbox {
+    fn drop(&mut self) {
+        // First the tool's own teardown, then whatever it missed.
+        let _ = self.bpfplan("destroy");
+        let cg = self.cgroup.display().to_string();
+        if let Ok(out) = Command::new("bpftool").args(["-j", "cgroup", "show", &cg]).output()
+            && let Ok(v) = serde_json::from_slice::<serde_json::Value>(&out.stdout)
+        {
+            for a in v.as_array().into_iter().flatten() {
+                if let (Some(id), Some(t)) = (a["id"].as_u64(), a["attach_type"].as_str()) {
+                    let _ = Command::new("bpftool")
+                        .args(["cgroup", "detach", &cg, t, "id", &id.to_string()])
+                        .output();
+                }
+            }
+        }
+        if let Ok(d) = std::fs::read_dir(&self.pin_dir) {
+            for e in d.flatten() {
+                let _ = std::fs::remove_file(e.path());
+            }
+        }
+        let _ = std::fs::remove_dir(&self.pin_dir);
+        // Our traffic processes may still be in the cgroup: end them.
+        let deadline = Instant::now() + Duration::from_secs(5);
+        loop {
+            let procs = std::fs::read_to_string(self.cgroup.join("cgroup.procs")).unwrap_or_default();
+            if procs.trim().is_empty() || Instant::now() > deadline {
+                break;
+            }
+            for pid in procs.split_whitespace() {
+                let _ = Command::new("kill").args(["-9", pid]).output();
+            }
+            std::thread::sleep(Duration::from_millis(20));
+        }
+        while std::fs::remove_dir(&self.cgroup).is_err() && Instant::now() < deadline {
+            std::thread::sleep(Duration::from_millis(20));
+        }
+    }
+}

@@ -1,0 +1,317 @@
+//! apply and destroy on the real kernel, proven with real TCP traffic. Each
+//! test works in its own child cgroup and pin directory (see `Sandbox`).
+
+use std::process::Command;
+use std::time::Duration;
+
+use crate::common::sandbox::{Sandbox, bpftool_json, next_event, report, spawn_piped};
+
+const MIB: u64 = 1 << 20;
+
+fn stdout(out: &std::process::Output) -> String {
+    String::from_utf8_lossy(&out.stdout).into_owned()
+}
+
+fn stderr(out: &std::process::Output) -> String {
+    String::from_utf8_lossy(&out.stderr).into_owned()
+}
+
+#[test]
+fn apply_then_destroy_leaves_nothing() {
+    let Some(sb) = Sandbox::new("basic", "manifests/bypass.toml") else {
+        return;
+    };
+    sb.must("apply");
+    assert_eq!(sb.pins(), ["bpf_sockops", "bpf_tcpip_bypass", "sock_ops_map"]);
+    assert_eq!(
+        sb.attachments(),
+        [("bpf_sockops".to_string(), "cgroup_sock_ops".to_string())]
+    );
+    let ids = sb.prog_ids();
+    assert_eq!(ids.len(), 2);
+    sb.must("destroy");
+    sb.assert_clean(&ids);
+    // Idempotent: a second destroy has nothing to do and succeeds.
+    sb.must("destroy");
+}
+
+#[test]
+fn sockhash_holds_both_sockets_of_a_live_connection() {
+    let Some(sb) = Sandbox::new("sockhash", "manifests/bypass.toml") else {
+        return;
+    };
+    sb.must("apply");
+    assert_eq!(sb.map_len("sock_ops_map"), 0);
+    let (mut child, mut lines) = spawn_piped(sb.traffic(&["hold"]));
+    let ev = next_event(&mut lines);
+    assert_eq!(ev["event"], "holding");
+    assert_eq!(sb.map_len("sock_ops_map"), 2, "both ends of the connection");
+    drop(child.stdin.take()); // let it close the connection
+    assert!(child.wait().unwrap().success());
+    // Closed sockets leave the sockhash.
+    let deadline = std::time::Instant::now() + Duration::from_secs(5);
+    while sb.map_len("sock_ops_map") != 0 {
+        assert!(std::time::Instant::now() < deadline, "closed sockets stayed in the sockhash");
+        std::thread::sleep(Duration::from_millis(20));
+    }
+}
+
+#[test]
+fn bypass_keeps_the_payload_off_loopback() {
+    let Some(sb) = Sandbox::new("lo_bytes", "manifests/bypass.toml") else {
+        return;
+    };
+    sb.must("apply");
+    let bytes = (64 * MIB).to_string();
+    let inside = report(sb.traffic(&["stream", "--bytes", &bytes]));
+    assert_eq!(inside["intact"], true, "{inside}");
+    let payload = inside["payload_bytes"].as_u64().unwrap();
+    let lo = inside["lo_bytes"].as_u64().unwrap();
+    assert_eq!(payload, 64 * MIB);
+    assert!(lo * 100 < payload, "with the bypass {lo} bytes crossed lo for {payload}");
+
+    // The same transfer from outside the cgroup takes the TCP/IP path.
+    let mut outside = Command::new(env!("CARGO_BIN_EXE_bpfplan-traffic"));
+    outside.args(["stream", "--bytes", &bytes]);
+    let outside = report(outside);
+    assert_eq!(outside["intact"], true, "{outside}");
+    let lo = outside["lo_bytes"].as_u64().unwrap();
+    assert!(lo > payload, "without the bypass only {lo} bytes crossed lo for {payload}");
+}
+
+#[test]
+fn thirty_two_connections_echo_intact() {
+    let Some(sb) = Sandbox::new("integrity", "manifests/bypass.toml") else {
+        return;
+    };
+    sb.must("apply");
+    let bytes = (4 * MIB).to_string();
+    let r = report(sb.traffic(&["stream", "--conns", "32", "--bytes", &bytes, "--echo"]));
+    assert_eq!(r["intact"], true, "{r}");
+    assert_eq!(r["conns"], 32);
+    assert_eq!(r["payload_bytes"].as_u64().unwrap(), 32 * 4 * MIB * 2);
+    let lo = r["lo_bytes"].as_u64().unwrap();
+    assert!(lo * 100 < 32 * 4 * MIB * 2, "redirected traffic crossed lo: {lo}");
+}
+
+#[test]
+fn destroy_while_streaming_loses_nothing() {
+    let Some(sb) = Sandbox::new("live_destroy", "manifests/bypass.toml") else {
+        return;
+    };
+    sb.must("apply");
+    let (mut child, mut lines) = spawn_piped(sb.traffic(&[
+        "flow", "--conns", "4", "--seconds", "3", "--echo",
+    ]));
+    assert_eq!(next_event(&mut lines)["event"], "flowing");
+    std::thread::sleep(Duration::from_millis(300));
+    let ids = sb.prog_ids();
+    sb.must("destroy");
+    sb.assert_clean(&ids);
+    let end = next_event(&mut lines);
+    assert!(child.wait().unwrap().success());
+    assert_eq!(end["intact"], true, "{end}");
+    assert!(end["bytes_per_conn"].as_u64().unwrap() > 0);
+}
+
+#[test]
+fn a_program_the_verifier_rejects_rolls_back_everything() {
+    let Some(sb) = Sandbox::new("verifier", "tests/fixtures/kernel/rejected.toml") else {
+        return;
+    };
+    let out = sb.bpfplan("apply");
+    assert_eq!(out.status.code(), Some(1), "{}{}", stdout(&out), stderr(&out));
+    let err = stderr(&out);
+    assert!(err.contains("step 6/7 failed: load sockops program `rejected`"), "{err}");
+    assert!(err.contains("undid the 2 kernel change(s) before it"), "{err}");
+    // The verifier's own words reach the operator.
+    assert!(err.contains("invalid mem access"), "{err}");
+    sb.assert_clean(&[]);
+    assert!(!sb.state_dir().read_dir().unwrap().any(|e| {
+        e.unwrap().path().extension().is_some_and(|x| x == "json")
+    }));
+}
+
+#[test]
+fn a_failure_after_kernel_changes_undoes_them() {
+    let Some(sb) = Sandbox::new("halfway", "tests/fixtures/kernel/missing_map.toml") else {
+        return;
+    };
+    let out = sb.bpfplan("apply");
+    assert_eq!(out.status.code(), Some(1), "{}{}", stdout(&out), stderr(&out));
+    let err = stderr(&out);
+    assert!(err.contains("load sk_msg program `bpf_redir`"), "{err}");
+    assert!(err.contains("bpftool prog load"), "the failing command is shown: {err}");
+    let log = stdout(&out);
+    assert!(log.contains("unpin map `egress_stats`"), "{log}");
+    assert!(log.contains("unpin program `count_egress`"), "{log}");
+    sb.assert_clean(&[]);
+}
+
+#[test]
+fn reapply_changes_nothing_and_a_concurrent_apply_waits() {
+    let Some(sb) = Sandbox::new("reapply", "manifests/bypass.toml") else {
+        return;
+    };
+    sb.must("apply");
+    let ids = sb.prog_ids();
+    let again = sb.must("apply");
+    assert!(again.contains("No changes"), "{again}");
+    assert!(!again.contains("bpftool prog load"), "{again}");
+    assert_eq!(sb.prog_ids(), ids, "programs were reloaded");
+
+    // Hold the deployment's lock as another apply would.
+    let target = bpfplan::cli::Target {
+        manifest: sb.manifest.clone(),
+        vars: vec![
+            ("cgroup".into(), sb.cgroup.display().to_string()),
+            ("pin_dir".into(), sb.pin_dir.display().to_string()),
+        ],
+        build_dir: sb.tmp.path().join("build"),
+    };
+    let plan = bpfplan::load_plan(&target).unwrap_or_else(|_| panic!("plan"));
+    let store = bpfplan::state::Store::in_dir(&sb.state_dir(), &plan).unwrap();
+    let lock = store.lock(Duration::from_secs(1)).unwrap();
+    let out = sb
+        .bpfplan_cmd("apply", &sb.manifest)
+        .env("BPFPLAN_LOCK_TIMEOUT", "0.3")
+        .output()
+        .unwrap();
+    assert_eq!(out.status.code(), Some(1));
+    assert!(stderr(&out).contains("another bpfplan apply or destroy"), "{}", stderr(&out));
+    drop(lock);
+    assert!(sb.must("apply").contains("No changes"));
+}
+
+#[test]
+fn drift_is_repaired_by_apply() {
+    let Some(sb) = Sandbox::new("drift", "manifests/bypass.toml") else {
+        return;
+    };
+    sb.must("apply");
+    // Someone detaches the sockops program by hand.
+    let cg = sb.cgroup.display().to_string();
+    let pin = sb.pin("bpf_sockops");
+    let out = Command::new("bpftool")
+        .args(["cgroup", "detach", &cg, "sock_ops", "pinned", &pin])
+        .output()
+        .unwrap();
+    assert!(out.status.success());
+    let log = sb.must("apply");
+    assert!(log.contains("drift: program"), "{log}");
+    assert_eq!(sb.attachments().len(), 1);
+    let again = sb.must("apply");
+    assert!(again.contains("No changes"), "{again}");
+}
+
+#[test]
+fn a_killed_apply_is_cleaned_up_by_the_next_run() {
+    let Some(sb) = Sandbox::new("killed", "manifests/bypass.toml") else {
+        return;
+    };
+    // Warm the build cache so the kills land in the kernel steps.
+    sb.must("apply");
+    sb.must("destroy");
+    for delay_ms in [0u64, 2, 5, 10, 15, 20, 30, 45, 60] {
+        let mut child = sb.bpfplan_cmd("apply", &sb.manifest).spawn().unwrap();
+        std::thread::sleep(Duration::from_millis(delay_ms));
+        let _ = child.kill(); // SIGKILL
+        let _ = child.wait();
+        // The next apply finishes the job...
+        let log = sb.must("apply");
+        assert_eq!(sb.pins(), ["bpf_sockops", "bpf_tcpip_bypass", "sock_ops_map"], "{log}");
+        assert_eq!(sb.attachments().len(), 1, "{log}");
+        // ...and destroy leaves nothing.
+        let ids = sb.prog_ids();
+        sb.must("destroy");
+        sb.assert_clean(&ids);
+    }
+    // A kill followed directly by destroy also leaves nothing.
+    let mut child = sb.bpfplan_cmd("apply", &sb.manifest).spawn().unwrap();
+    std::thread::sleep(Duration::from_millis(25));
+    let _ = child.kill();
+    let _ = child.wait();
+    sb.must("destroy");
+    sb.assert_clean(&[]);
+}
+
+#[test]
+fn the_sh_script_reaches_the_same_state_as_apply() {
+    let Some(sb) = Sandbox::new("sh_script", "manifests/bypass.toml") else {
+        return;
+    };
+    sb.must("apply");
+    let applied = (sb.pins(), sb.attachments(), sb.map_len("sock_ops_map"));
+    let ids = sb.prog_ids();
+    sb.must("destroy");
+    sb.assert_clean(&ids);
+
+    let script = sb
+        .bpfplan_cmd("plan", &sb.manifest)
+        .args(["--format", "sh"])
+        .output()
+        .unwrap();
+    assert!(script.status.success());
+    let path = sb.tmp.path().join("apply.sh");
+    std::fs::write(&path, &script.stdout).unwrap();
+    let out = Command::new("sh").arg(&path).output().unwrap();
+    assert!(out.status.success(), "{}", stderr(&out));
+    assert_eq!((sb.pins(), sb.attachments(), sb.map_len("sock_ops_map")), applied);
+
+    // The bypass the script set up really redirects.
+    let r = report(sb.traffic(&["stream", "--bytes", &(8 * MIB).to_string()]));
+    assert!(r["lo_bytes"].as_u64().unwrap() * 100 < 8 * MIB, "{r}");
+
+    // destroy (with no record of an apply) tears down what the script made.
+    let ids = sb.prog_ids();
+    sb.must("destroy");
+    sb.assert_clean(&ids);
+}
+
+#[test]
+fn the_egress_counter_counts_the_cgroups_traffic() {
+    let Some(sb) = Sandbox::new("egress", "manifests/egress-counter.toml") else {
+        return;
+    };
+    sb.must("apply");
+    assert_eq!(
+        sb.attachments(),
+        [("count_egress".to_string(), "cgroup_inet_egress".to_string())]
+    );
+    let r = report(sb.traffic(&["stream", "--bytes", &MIB.to_string()]));
+    assert_eq!(r["intact"], true);
+    let dump = bpftool_json(&["map", "dump", "pinned", &sb.pin("egress_stats")]);
+    let value = |k: u64| -> u64 {
+        dump.as_array()
+            .unwrap()
+            .iter()
+            .find(|e| e["formatted"]["key"].as_u64() == Some(k))
+            .and_then(|e| e["formatted"]["value"].as_u64())
+            .unwrap_or(0)
+    };
+    assert!(value(0) > 0, "no packets counted: {dump}");
+    assert!(value(1) >= MIB, "fewer bytes counted than sent: {dump}");
+    let ids = sb.prog_ids();
+    sb.must("destroy");
+    sb.assert_clean(&ids);
+}
+
+#[test]
+fn preflight_failures_change_nothing() {
+    let Some(sb) = Sandbox::new("preflight", "manifests/bypass.toml") else {
+        return;
+    };
+    // A cgroup that does not exist.
+    let mut cmd = sb.bpfplan_cmd("apply", &sb.manifest);
+    cmd.args(["--var", &format!("cgroup={}/nope", sb.cgroup.display())]);
+    let out = cmd.output().unwrap();
+    assert_eq!(out.status.code(), Some(1));
+    assert!(stderr(&out).contains("cannot be used"), "{}", stderr(&out));
+    // A pin directory that does not exist.
+    let mut cmd = sb.bpfplan_cmd("apply", &sb.manifest);
+    cmd.args(["--var", &format!("pin_dir={}/nope", sb.pin_dir.display())]);
+    let out = cmd.output().unwrap();
+    assert_eq!(out.status.code(), Some(1));
+    assert!(stderr(&out).contains("does not exist"), "{}", stderr(&out));
+    sb.assert_clean(&[]);
+}
