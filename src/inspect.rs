@@ -90,7 +90,10 @@ pub fn cgroup_attachments(cgroup: &str) -> Result<Vec<CgroupAttachment>> {
         return Ok(Vec::new());
     }
     // bpftool prints nothing at all (not `[]`) for a cgroup with no programs.
-    Ok(bpftool_json::<Option<Vec<CgroupAttachment>>>(&["cgroup", "show", cgroup])?.unwrap_or_default())
+    Ok(
+        bpftool_json::<Option<Vec<CgroupAttachment>>>(&["cgroup", "show", cgroup])?
+            .unwrap_or_default(),
+    )
 }
 
 /// Whether a program id still exists in the kernel.

@@ -5,7 +5,7 @@ use serde::{Deserialize, Serialize};
 use std::collections::BTreeMap;
 use std::path::{Path, PathBuf};
 
-use crate::model::{AttachPoint, Code, Model, Program};
+use crate::model::{AttachPoint, Code, MapDef, MapName, Model, ProgName, Program};
 use crate::step::{ReusedMap, Step};
 
 /// Inputs to planning besides the model.
@@ -85,10 +85,17 @@ pub fn plan(model: &Model, opts: &PlanOptions) -> Plan {
 
     // Load in dependency order: a program that reuses a map loads after the
     // program that creates it, and after that map is pinned.
+    let programs: BTreeMap<&ProgName, &Program> =
+        model.programs.iter().map(|p| (&p.name, p)).collect();
+    let maps: BTreeMap<&MapName, &MapDef> = model.maps.iter().map(|m| (&m.name, m)).collect();
+    let mut owned: BTreeMap<&ProgName, Vec<&MapDef>> = BTreeMap::new();
+    for m in &model.maps {
+        owned.entry(&m.owner).or_default().push(m);
+    }
     for i in load_order(model) {
         let p = &model.programs[i];
-        steps.push(load_step(model, p, &objects[i]));
-        for m in model.maps.iter().filter(|m| m.owner == p.name) {
+        steps.push(load_step(&maps, p, &objects[i]));
+        for m in owned.get(&p.name).into_iter().flatten() {
             steps.push(Step::PinMap {
                 map: m.name.clone(),
                 program_pin: p.pin.clone(),
@@ -100,11 +107,11 @@ pub fn plan(model: &Model, opts: &PlanOptions) -> Plan {
     // Map attachments, then the attachments that make traffic reach the
     // programs (cgroups, interfaces): see `Step::note`.
     for a in &model.attachments {
-        let Some(p) = model.program(&a.program) else {
+        let Some(p) = programs.get(&a.program) else {
             continue;
         };
         if let AttachPoint::Map { map, kind } = &a.point
-            && let Some(m) = model.map(map)
+            && let Some(m) = maps.get(map)
         {
             steps.push(Step::AttachMap {
                 program: p.name.clone(),
@@ -116,7 +123,7 @@ pub fn plan(model: &Model, opts: &PlanOptions) -> Plan {
         }
     }
     for a in &model.attachments {
-        let Some(p) = model.program(&a.program) else {
+        let Some(p) = programs.get(&a.program) else {
             continue;
         };
         match &a.point {
@@ -142,7 +149,7 @@ pub fn plan(model: &Model, opts: &PlanOptions) -> Plan {
     }
 }
 
-fn load_step(model: &Model, p: &Program, object: &Path) -> Step {
+fn load_step(maps: &BTreeMap<&MapName, &MapDef>, p: &Program, object: &Path) -> Step {
     Step::LoadProgram {
         program: p.name.clone(),
         object: object.to_path_buf(),
@@ -151,7 +158,7 @@ fn load_step(model: &Model, p: &Program, object: &Path) -> Step {
         reuse: p
             .reuse
             .iter()
-            .filter_map(|name| model.map(name))
+            .filter_map(|name| maps.get(name))
             .map(|m| ReusedMap {
                 name: m.name.clone(),
                 pin: m.pin.clone(),

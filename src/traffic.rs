@@ -48,18 +48,33 @@ fn pattern_word(seed: u64, word: u64) -> u64 {
 }
 
 pub fn fill(seed: u64, pos: u64, buf: &mut [u8]) {
-    for (i, b) in buf.iter_mut().enumerate() {
+    let mut i = 0;
+    // Unaligned head, byte by byte; then whole words; then the tail.
+    while i < buf.len() && !(pos + i as u64).is_multiple_of(8) {
         let p = pos + i as u64;
-        *b = (pattern_word(seed, p / 8) >> ((p % 8) * 8)) as u8;
+        buf[i] = (pattern_word(seed, p / 8) >> ((p % 8) * 8)) as u8;
+        i += 1;
     }
+    let mut word = (pos + i as u64) / 8;
+    let mut chunks = buf[i..].chunks_exact_mut(8);
+    for c in &mut chunks {
+        c.copy_from_slice(&pattern_word(seed, word).to_le_bytes());
+        word += 1;
+    }
+    let tail = chunks.into_remainder();
+    let w = pattern_word(seed, word).to_le_bytes();
+    let n = tail.len();
+    tail.copy_from_slice(&w[..n]);
 }
 
 /// Index of the first byte of `buf` that differs from the stream at `pos`.
 fn first_mismatch(seed: u64, pos: u64, buf: &[u8]) -> Option<usize> {
-    buf.iter().enumerate().find_map(|(i, b)| {
-        let p = pos + i as u64;
-        (*b != (pattern_word(seed, p / 8) >> ((p % 8) * 8)) as u8).then_some(i)
-    })
+    let mut expected = vec![0u8; buf.len()];
+    fill(seed, pos, &mut expected);
+    if expected == buf {
+        return None;
+    }
+    buf.iter().zip(&expected).position(|(a, b)| a != b)
 }
 
 /// Blocking read that retries the spurious EAGAIN a socket with an sk_msg
@@ -164,7 +179,10 @@ pub fn stream(
         }
         handles
             .into_iter()
-            .map(|h| h.join().unwrap_or_else(|_| Err(anyhow::anyhow!("server thread panicked"))))
+            .map(|h| {
+                h.join()
+                    .unwrap_or_else(|_| Err(anyhow::anyhow!("server thread panicked")))
+            })
             .collect()
     });
 
@@ -173,7 +191,9 @@ pub fn stream(
     for i in 0..conns {
         let s = TcpStream::connect(addr).context("connecting to 127.0.0.1")?;
         let tx = flow_tx.clone();
-        clients.push(std::thread::spawn(move || client(s, i as u64, limit, deadline, echo, tx)));
+        clients.push(std::thread::spawn(move || {
+            client(s, i as u64, limit, deadline, echo, tx)
+        }));
     }
     drop(flow_tx);
     for _ in 0..conns {
@@ -203,13 +223,19 @@ pub fn stream(
         }
     }
     if errors.is_empty() && received_total != sent_total {
-        errors.push(format!("sent {sent_total} bytes, the server got {received_total}"));
+        errors.push(format!(
+            "sent {sent_total} bytes, the server got {received_total}"
+        ));
     }
     let seconds = start.elapsed().as_secs_f64();
     let lo_bytes = lo_rx_bytes()?.saturating_sub(lo_before);
     Ok(StreamReport {
         conns,
-        bytes_per_conn: if conns > 0 { sent_total / conns as u64 } else { 0 },
+        bytes_per_conn: if conns > 0 {
+            sent_total / conns as u64
+        } else {
+            0
+        },
         payload_bytes: sent_total * if echo { 2 } else { 1 },
         lo_bytes,
         intact: errors.is_empty(),
@@ -279,7 +305,10 @@ fn client(
                 break;
             }
             if let Some(i) = first_mismatch(seed, echoed, &buf[..n]) {
-                bail!("client: echoed byte {} differs from what was sent", echoed + i as u64);
+                bail!(
+                    "client: echoed byte {} differs from what was sent",
+                    echoed + i as u64
+                );
             }
             echoed += n as u64;
         }
@@ -371,10 +400,15 @@ mod tests {
     fn pattern_is_chunking_independent() {
         let mut whole = vec![0u8; 100];
         fill(3, 0, &mut whole);
-        let mut parts = vec![0u8; 100];
-        fill(3, 0, &mut parts[..13]);
-        fill(3, 13, &mut parts[13..]);
-        assert_eq!(whole, parts);
+        for cut in [1, 7, 8, 9, 13, 64, 99] {
+            let mut parts = vec![0u8; 100];
+            fill(3, 0, &mut parts[..cut]);
+            fill(3, cut as u64, &mut parts[cut..]);
+            assert_eq!(whole, parts, "cut at {cut}");
+            let mut mid = vec![0u8; 3];
+            fill(3, cut as u64 - 1, &mut mid[..1.min(100 - cut + 1)]);
+            assert_eq!(mid[0], whole[cut - 1]);
+        }
         assert_eq!(first_mismatch(3, 0, &whole), None);
         whole[42] ^= 1;
         assert_eq!(first_mismatch(3, 0, &whole), Some(42));

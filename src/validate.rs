@@ -175,10 +175,16 @@ impl Validator<'_> {
         }
 
         // Attachments.
+        let by_name: BTreeMap<&str, &manifest::RawProgram> = raw
+            .programs
+            .iter()
+            .rev() // the first of duplicate names wins, as in the error
+            .map(|p| (p.get_ref().name.get_ref().as_str(), p.get_ref()))
+            .collect();
         let mut attachments = Vec::new();
         for a in &raw.attachments {
             let span = a.span();
-            if let Some(att) = self.attachment(a.get_ref(), span, &raw, &owners) {
+            if let Some(att) = self.attachment(a.get_ref(), span, &by_name, &owners) {
                 attachments.push(att);
             }
         }
@@ -418,14 +424,10 @@ impl Validator<'_> {
         &mut self,
         a: &RawAttach,
         span: Range<usize>,
-        raw: &RawManifest,
+        programs: &BTreeMap<&str, &manifest::RawProgram>,
         owners: &BTreeMap<&str, &str>,
     ) -> Option<Attachment> {
-        let program = raw
-            .programs
-            .iter()
-            .map(|p| p.get_ref())
-            .find(|p| p.name.get_ref() == a.program.get_ref());
+        let program = programs.get(a.program.get_ref().as_str()).copied();
         if program.is_none() {
             self.error(
                 K::UnknownProgram(a.program.get_ref().clone()),

@@ -10,7 +10,10 @@ use std::path::PathBuf;
 use bpfplan::traffic::{self, Length};
 
 #[derive(Parser)]
-#[command(name = "bpfplan-traffic", about = "Checked same-host TCP traffic on 127.0.0.1")]
+#[command(
+    name = "bpfplan-traffic",
+    about = "Checked same-host TCP traffic on 127.0.0.1"
+)]
 struct Cli {
     /// Join this cgroup v2 directory before making any socket.
     #[arg(long, global = true)]
@@ -49,6 +52,16 @@ enum Mode {
     },
     /// Keep one connection open until stdin closes; prints its ports.
     Hold,
+    /// One row for the demo: bytes on `lo` for a 64 MiB stream, and the
+    /// round-trip latency of 64-byte requests.
+    Compare {
+        /// The row's label.
+        #[arg(long)]
+        label: String,
+        /// Print the table header first.
+        #[arg(long)]
+        header: bool,
+    },
 }
 
 fn main() {
@@ -87,6 +100,28 @@ fn run() -> Result<()> {
         Mode::Rr { size, count } => {
             let r = traffic::request_response(size, count)?;
             event(serde_json::to_value(&r)?);
+        }
+        Mode::Compare { label, header } => {
+            if header {
+                println!(
+                    "{:<18} {:>12} {:>14} {:>12} {:>12} {:>10}",
+                    "", "payload", "bytes on lo", "rr p50", "rr p99", "stream"
+                );
+            }
+            let s = traffic::stream(1, Length::Bytes(64 << 20), false, || {})?;
+            let rr = traffic::request_response(64, 20_000)?;
+            if !s.intact {
+                anyhow::bail!("stream corrupted: {:?}", s.errors);
+            }
+            println!(
+                "{:<18} {:>12} {:>14} {:>9.1} us {:>9.1} us {:>5.1} GB/s",
+                label,
+                "64 MiB",
+                s.lo_bytes,
+                rr.p50_us,
+                rr.p99_us,
+                s.payload_bytes as f64 / s.seconds / 1e9
+            );
         }
         Mode::Hold => traffic::hold(|server_port, client_port| {
             event(serde_json::json!({

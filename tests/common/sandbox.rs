@@ -39,7 +39,11 @@ fn missing_prerequisite() -> Option<String> {
 
 fn run_ok(argv: &[&str]) {
     let out = Command::new(argv[0]).args(&argv[1..]).output().unwrap();
-    assert!(out.status.success(), "{argv:?}: {}", String::from_utf8_lossy(&out.stderr));
+    assert!(
+        out.status.success(),
+        "{argv:?}: {}",
+        String::from_utf8_lossy(&out.stderr)
+    );
 }
 
 impl Sandbox {
@@ -101,7 +105,9 @@ impl Sandbox {
     }
 
     pub fn bpfplan(&self, verb: &str) -> Output {
-        self.bpfplan_cmd(verb, &self.manifest.clone()).output().unwrap()
+        self.bpfplan_cmd(verb, &self.manifest.clone())
+            .output()
+            .unwrap()
     }
 
     /// Run bpfplan and insist it succeeds.
@@ -142,7 +148,8 @@ impl Sandbox {
 
     /// (program name, attach type) attached to the sandbox cgroup, sorted.
     pub fn attachments(&self) -> Vec<(String, String)> {
-        let v: serde_json::Value = bpftool_json(&["cgroup", "show", &self.cgroup.display().to_string()]);
+        let v: serde_json::Value =
+            bpftool_json(&["cgroup", "show", &self.cgroup.display().to_string()]);
         let mut out: Vec<(String, String)> = v
             .as_array()
             .into_iter()
@@ -168,7 +175,11 @@ impl Sandbox {
     /// a moment: poll).
     pub fn assert_clean(&self, prog_ids: &[u64]) {
         assert_eq!(self.pins(), Vec::<String>::new(), "pins left behind");
-        assert_eq!(self.attachments(), Vec::<(String, String)>::new(), "attachments left behind");
+        assert_eq!(
+            self.attachments(),
+            Vec::<(String, String)>::new(),
+            "attachments left behind"
+        );
         let deadline = Instant::now() + Duration::from_secs(10);
         for id in prog_ids {
             while prog_alive(*id) {
@@ -204,8 +215,16 @@ pub fn prog_alive(id: u64) -> bool {
 }
 
 pub fn bpftool_json(args: &[&str]) -> serde_json::Value {
-    let out = Command::new("bpftool").arg("-j").args(args).output().unwrap();
-    assert!(out.status.success(), "bpftool {args:?}: {}", String::from_utf8_lossy(&out.stderr));
+    let out = Command::new("bpftool")
+        .arg("-j")
+        .args(args)
+        .output()
+        .unwrap();
+    assert!(
+        out.status.success(),
+        "bpftool {args:?}: {}",
+        String::from_utf8_lossy(&out.stderr)
+    );
     // `cgroup show` prints nothing for a cgroup without programs.
     if out.stdout.iter().all(u8::is_ascii_whitespace) {
         return serde_json::Value::Array(Vec::new());
@@ -223,7 +242,11 @@ pub fn next_event(lines: &mut impl BufRead) -> serde_json::Value {
 
 /// Spawn with piped stdin/stdout; returns the child and a line reader.
 pub fn spawn_piped(mut cmd: Command) -> (Child, BufReader<std::process::ChildStdout>) {
-    let mut child = cmd.stdin(Stdio::piped()).stdout(Stdio::piped()).spawn().unwrap();
+    let mut child = cmd
+        .stdin(Stdio::piped())
+        .stdout(Stdio::piped())
+        .spawn()
+        .unwrap();
     let stdout = child.stdout.take().unwrap();
     (child, BufReader::new(stdout))
 }
@@ -245,7 +268,9 @@ impl Drop for Sandbox {
         // First the tool's own teardown, then whatever it missed.
         let _ = self.bpfplan("destroy");
         let cg = self.cgroup.display().to_string();
-        if let Ok(out) = Command::new("bpftool").args(["-j", "cgroup", "show", &cg]).output()
+        if let Ok(out) = Command::new("bpftool")
+            .args(["-j", "cgroup", "show", &cg])
+            .output()
             && let Ok(v) = serde_json::from_slice::<serde_json::Value>(&out.stdout)
         {
             for a in v.as_array().into_iter().flatten() {
@@ -265,7 +290,8 @@ impl Drop for Sandbox {
         // Our traffic processes may still be in the cgroup: end them.
         let deadline = Instant::now() + Duration::from_secs(5);
         loop {
-            let procs = std::fs::read_to_string(self.cgroup.join("cgroup.procs")).unwrap_or_default();
+            let procs =
+                std::fs::read_to_string(self.cgroup.join("cgroup.procs")).unwrap_or_default();
             if procs.trim().is_empty() || Instant::now() > deadline {
                 break;
             }

@@ -1,0 +1,31 @@
+# bpfplan: run as root for anything that touches the kernel (test, demo).
+CARGO ?= cargo
+DEB_PACKAGES := clang bpftool libbpf-dev linux-libc-dev make
+
+.PHONY: deps build test lint demo bench
+
+# Install what a fresh Debian machine lacks (apt-get only when something is missing).
+deps:
+	@missing=""; for p in $(DEB_PACKAGES); do \
+		dpkg -s $$p >/dev/null 2>&1 || missing="$$missing $$p"; \
+	done; \
+	if [ -n "$$missing" ]; then \
+		echo "installing:$$missing"; \
+		apt-get update -qq && DEBIAN_FRONTEND=noninteractive apt-get install -y -qq $$missing; \
+	fi
+
+build:
+	$(CARGO) build --release
+
+test: deps
+	$(CARGO) test
+
+lint:
+	$(CARGO) fmt --check
+	$(CARGO) clippy --all-targets -- -D warnings
+
+demo: deps build
+	sh scripts/demo.sh
+
+bench: build
+	sh scripts/bench-plan.sh
