@@ -29,3 +29,4 @@ demo: deps build
 
 bench: build
 	sh scripts/bench-plan.sh
+	sh scripts/bench-apply.sh

@@ -1,0 +1,53 @@
+#!/bin/sh
+# Benchmark apply and destroy of manifests/bypass.toml against the exported
+# sh script doing the same, on a cgroup and pin directory of its own (root).
+# Prints the median of 7 runs of each.
+set -eu
+cd "$(dirname "$0")/.."
+BPFPLAN=${BPFPLAN:-target/release/bpfplan}
+mount_of() {
+    awk -v t="$1" '{ for (i = 1; i <= NF; i++) if ($i == "-") { if ($(i + 1) == t) print $5; break } }' /proc/self/mountinfo
+}
+cg2=$(mount_of cgroup2 | head -n 1)
+mount_of bpf | grep -qx /sys/fs/bpf || mount -t bpf bpf /sys/fs/bpf
+cgroup="$cg2/bpfplan-bench-$$"
+pin_dir="/sys/fs/bpf/bpfplan-bench-$$"
+work=$(mktemp -d)
+export BPFPLAN_STATE_DIR="$work/state"
+vars="--var cgroup=$cgroup --var pin_dir=$pin_dir --build-dir $work/build"
+cleanup() {
+    # shellcheck disable=SC2086
+    "$BPFPLAN" destroy manifests/bypass.toml $vars >/dev/null 2>&1 || true
+    rmdir "$pin_dir" "$cgroup" 2>/dev/null || true
+    rm -rf "$work"
+}
+trap cleanup EXIT INT TERM
+mkdir "$cgroup" "$pin_dir"
+# shellcheck disable=SC2086
+"$BPFPLAN" plan manifests/bypass.toml $vars --format sh > "$work/apply.sh"
+# shellcheck disable=SC2086
+"$BPFPLAN" plan manifests/bypass.toml $vars --format sh --destroy > "$work/destroy.sh"
+
+ms() { s=$(date +%s%N); "$@" > /dev/null 2>&1; e=$(date +%s%N); echo $(( (e - s) / 1000 )); }
+median() { sort -n | sed -n 4p | awk '{ printf "%.1f ms", $1 / 1000 }'; }
+
+for _ in 1 2 3 4 5 6 7; do ms sh "$work/apply.sh" >> "$work/sh_apply"; ms sh "$work/destroy.sh" >> "$work/sh_destroy"; done
+for _ in 1 2 3 4 5 6 7; do
+    rm -rf "$work/build"
+    # shellcheck disable=SC2086
+    ms "$BPFPLAN" apply manifests/bypass.toml $vars >> "$work/cold"
+    # shellcheck disable=SC2086
+    ms "$BPFPLAN" apply manifests/bypass.toml $vars >> "$work/noop"
+    # shellcheck disable=SC2086
+    ms "$BPFPLAN" destroy manifests/bypass.toml $vars >> "$work/destroy"
+    # shellcheck disable=SC2086
+    ms "$BPFPLAN" apply manifests/bypass.toml $vars >> "$work/warm"
+    # shellcheck disable=SC2086
+    ms "$BPFPLAN" destroy manifests/bypass.toml $vars > /dev/null
+done
+echo "sh script apply (compiles):   $(median < "$work/sh_apply")"
+echo "bpfplan apply, cold build:    $(median < "$work/cold")"
+echo "bpfplan apply, cached build:  $(median < "$work/warm")"
+echo "bpfplan apply, no changes:    $(median < "$work/noop")"
+echo "sh script destroy:            $(median < "$work/sh_destroy")"
+echo "bpfplan destroy (with waits): $(median < "$work/destroy")"
