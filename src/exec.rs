@@ -75,11 +75,7 @@ fn resolve(argv: &[Arg]) -> Result<Vec<String>> {
 /// Checks that change nothing (but mounting bpffs where none is): any
 /// failure here leaves the kernel as it was.
 pub fn preflight(plan: &Plan) -> Result<()> {
-    // SAFETY: geteuid has no preconditions and cannot fail.
-    let euid = unsafe { libc::geteuid() };
-    if euid != 0 {
-        bail!("bpfplan must run as root to load and attach BPF programs (euid is {euid})");
-    }
+    check_privileges()?;
     let compiles = plan.steps.iter().any(|s| matches!(s, Step::Compile { .. }));
     for (tool, needed) in [("bpftool", true), ("clang", compiles)] {
         if needed && which::which(tool).is_err() {
@@ -137,6 +133,35 @@ pub fn preflight(plan: &Plan) -> Result<()> {
         }
     }
     Ok(())
+}
+
+const CAP_NET_ADMIN: u32 = 12;
+const CAP_SYS_ADMIN: u32 = 21;
+const CAP_BPF: u32 = 39;
+
+/// Loading, pinning and attaching need CAP_SYS_ADMIN, or CAP_BPF with
+/// CAP_NET_ADMIN (kernel 5.8+): read them from the effective set.
+fn check_privileges() -> Result<()> {
+    let status =
+        std::fs::read_to_string("/proc/self/status").context("reading /proc/self/status")?;
+    let caps = effective_caps(&status).context("no CapEff in /proc/self/status")?;
+    if !has_bpf_privileges(caps) {
+        bail!(
+            "bpfplan needs root (CAP_SYS_ADMIN, or CAP_BPF and CAP_NET_ADMIN) to load and attach \
+             BPF programs; effective capabilities are {caps:#x}"
+        );
+    }
+    Ok(())
+}
+
+fn effective_caps(status: &str) -> Option<u64> {
+    let hex = status.lines().find_map(|l| l.strip_prefix("CapEff:"))?;
+    u64::from_str_radix(hex.trim(), 16).ok()
+}
+
+fn has_bpf_privileges(caps: u64) -> bool {
+    let has = |c: u32| caps & (1u64 << c) != 0;
+    has(CAP_SYS_ADMIN) || (has(CAP_BPF) && has(CAP_NET_ADMIN))
 }
 
 /// Mount bpffs at its default place, but never over a bpffs that is there
@@ -597,10 +622,7 @@ pub fn destroy(plan: &Plan) -> Result<()> {
 }
 
 fn preflight_destroy() -> Result<()> {
-    // SAFETY: geteuid has no preconditions and cannot fail.
-    if unsafe { libc::geteuid() } != 0 {
-        bail!("bpfplan must run as root to detach and unpin BPF objects");
-    }
+    check_privileges()?;
     if which::which("bpftool").is_err() {
         bail!("`bpftool` not found in PATH: run `make deps`");
     }
@@ -645,6 +667,21 @@ fn wait_freed(programs: &[LoadedProgram]) {
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    #[track_caller]
+    fn caps(status: &str, want: Option<bool>) {
+        assert_eq!(effective_caps(status).map(has_bpf_privileges), want);
+    }
+
+    #[test]
+    fn privileges() {
+        caps("Name:\tx\nCapEff:\t000001ffffffffff\n", Some(true));
+        caps("CapEff:\t0000000000200000\n", Some(true)); // CAP_SYS_ADMIN
+        caps("CapEff:\t0000008000001000\n", Some(true)); // CAP_BPF + CAP_NET_ADMIN
+        caps("CapEff:\t0000008000000000\n", Some(false)); // CAP_BPF alone
+        caps("CapEff:\t0000000000000000\n", Some(false));
+        caps("Name:\tx\n", None);
+    }
 
     #[test]
     fn depfile() {

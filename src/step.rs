@@ -265,32 +265,27 @@ impl Step {
                 cgroup,
                 kind,
                 ..
-            } => {
-                let mut argv = bpftool(&["bpftool", "cgroup", "attach"]);
-                argv.extend([
-                    Arg::lit(cgroup.as_str()),
-                    Arg::lit(kind),
-                    Arg::lit("pinned"),
-                    Arg::lit(program_pin.as_str()),
-                    // `multi` adds to what is attached; without it, a program
-                    // another tool attached could be silently replaced.
-                    Arg::lit("multi"),
-                ]);
-                argv
             }
-            DetachCgroup {
+            | DetachCgroup {
                 program_pin,
                 cgroup,
                 kind,
                 ..
             } => {
-                let mut argv = bpftool(&["bpftool", "cgroup", "detach"]);
+                let attach = matches!(self, AttachCgroup { .. });
+                let verb = if attach { "attach" } else { "detach" };
+                let mut argv = bpftool(&["bpftool", "cgroup", verb]);
                 argv.extend([
                     Arg::lit(cgroup.as_str()),
                     Arg::lit(kind),
                     Arg::lit("pinned"),
                     Arg::lit(program_pin.as_str()),
                 ]);
+                if attach {
+                    // `multi` adds to what is attached; without it, a program
+                    // another tool attached could be silently replaced.
+                    argv.push(Arg::lit("multi"));
+                }
                 argv
             }
             AttachXdp {

@@ -76,18 +76,7 @@ impl Validator<'_> {
         for p in &raw.programs {
             let p = p.get_ref();
             let name = self.name("program", &p.name);
-            if let Some(first) = prog_names.get(p.name.get_ref()) {
-                self.error(
-                    K::DuplicateName {
-                        kind: "program",
-                        name: p.name.get_ref().clone(),
-                        first_line: *first,
-                    },
-                    Some(p.name.span()),
-                );
-            } else {
-                prog_names.insert(p.name.get_ref().clone(), self.line(&p.name));
-            }
+            self.unique("program", &p.name, &mut prog_names);
             let code = self.code(p, &manifest_dir);
             let prog_type = self.prog_type(&p.prog_type);
             let pin = self.pin(&p.pin, &mut pins);
@@ -115,18 +104,7 @@ impl Validator<'_> {
         for m in &raw.maps {
             let m = m.get_ref();
             let name = self.name("map", &m.name);
-            if let Some(first) = map_names.get(m.name.get_ref()) {
-                self.error(
-                    K::DuplicateName {
-                        kind: "map",
-                        name: m.name.get_ref().clone(),
-                        first_line: *first,
-                    },
-                    Some(m.name.span()),
-                );
-            } else {
-                map_names.insert(m.name.get_ref().clone(), self.line(&m.name));
-            }
+            self.unique("map", &m.name, &mut map_names);
             if !prog_names.contains_key(m.program.get_ref()) {
                 self.error(
                     K::UnknownProgram(m.program.get_ref().clone()),
@@ -216,6 +194,22 @@ impl Validator<'_> {
             } else {
                 self.error(K::UnknownVarOverride(name.clone()), vars_span.clone());
             }
+        }
+    }
+
+    /// Record a name, or report it as a duplicate of an earlier one.
+    fn unique(&mut self, kind: &'static str, s: &S, seen: &mut BTreeMap<String, usize>) {
+        if let Some(first) = seen.get(s.get_ref()) {
+            self.error(
+                K::DuplicateName {
+                    kind,
+                    name: s.get_ref().clone(),
+                    first_line: *first,
+                },
+                Some(s.span()),
+            );
+        } else {
+            seen.insert(s.get_ref().clone(), self.line(s));
         }
     }
 

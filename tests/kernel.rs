@@ -8,10 +8,6 @@ use crate::common::sandbox::{Sandbox, bpftool_json, next_event, report, spawn_pi
 
 const MIB: u64 = 1 << 20;
 
-fn stdout(out: &std::process::Output) -> String {
-    String::from_utf8_lossy(&out.stdout).into_owned()
-}
-
 fn stderr(out: &std::process::Output) -> String {
     String::from_utf8_lossy(&out.stderr).into_owned()
 }
@@ -133,15 +129,7 @@ fn a_program_the_verifier_rejects_rolls_back_everything() {
     let Some(sb) = Sandbox::new("verifier", "tests/fixtures/kernel/rejected.toml") else {
         return;
     };
-    let out = sb.bpfplan("apply");
-    assert_eq!(
-        out.status.code(),
-        Some(1),
-        "{}{}",
-        stdout(&out),
-        stderr(&out)
-    );
-    let err = stderr(&out);
+    let (_, err) = sb.expect_exit("apply", 1);
     assert!(
         err.contains("step 6/7 failed: load sockops program `rejected`"),
         "{err}"
@@ -167,21 +155,12 @@ fn a_failure_after_kernel_changes_undoes_them() {
     let Some(sb) = Sandbox::new("halfway", "tests/fixtures/kernel/missing_map.toml") else {
         return;
     };
-    let out = sb.bpfplan("apply");
-    assert_eq!(
-        out.status.code(),
-        Some(1),
-        "{}{}",
-        stdout(&out),
-        stderr(&out)
-    );
-    let err = stderr(&out);
+    let (log, err) = sb.expect_exit("apply", 1);
     assert!(err.contains("load sk_msg program `bpf_redir`"), "{err}");
     assert!(
         err.contains("bpftool prog load"),
         "the failing command is shown: {err}"
     );
-    let log = stdout(&out);
     assert!(log.contains("unpin map `egress_stats`"), "{log}");
     assert!(log.contains("unpin program `count_egress`"), "{log}");
     sb.assert_clean(&[]);
@@ -200,16 +179,7 @@ fn reapply_changes_nothing_and_a_concurrent_apply_waits() {
     assert_eq!(sb.prog_ids(), ids, "programs were reloaded");
 
     // Hold the deployment's lock as another apply would.
-    let target = bpfplan::cli::Target {
-        manifest: sb.manifest.clone(),
-        vars: vec![
-            ("cgroup".into(), sb.cgroup.display().to_string()),
-            ("pin_dir".into(), sb.pin_dir.display().to_string()),
-        ],
-        build_dir: sb.tmp.path().join("build"),
-    };
-    let plan = bpfplan::load_plan(&target).unwrap_or_else(|_| panic!("plan"));
-    let store = bpfplan::state::Store::in_dir(&sb.state_dir(), &plan).unwrap();
+    let store = sb.store();
     let lock = store.lock(Duration::from_secs(1)).unwrap();
     let out = sb
         .bpfplan_cmd("apply", &sb.manifest)
@@ -373,16 +343,8 @@ fn an_apply_interrupted_after_any_step_is_recovered() {
     let Some(sb) = Sandbox::new("interrupted", "manifests/bypass.toml") else {
         return;
     };
-    let target = bpfplan::cli::Target {
-        manifest: sb.manifest.clone(),
-        vars: vec![
-            ("cgroup".into(), sb.cgroup.display().to_string()),
-            ("pin_dir".into(), sb.pin_dir.display().to_string()),
-        ],
-        build_dir: sb.tmp.path().join("build"),
-    };
-    let plan = bpfplan::load_plan(&target).unwrap_or_else(|_| panic!("plan"));
-    let store = bpfplan::state::Store::in_dir(&sb.state_dir(), &plan).unwrap();
+    let plan = sb.plan();
+    let store = sb.store();
     for n in 1..=plan.steps.len() {
         for step in &plan.steps[..n] {
             let argv: Vec<String> = step

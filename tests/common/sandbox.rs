@@ -90,6 +90,35 @@ impl Sandbox {
         ]
     }
 
+    /// The plan bpfplan makes of this sandbox's manifest.
+    pub fn plan(&self) -> bpfplan::plan::Plan {
+        let target = bpfplan::cli::Target {
+            manifest: self.manifest.clone(),
+            vars: vec![
+                ("cgroup".into(), self.cgroup.display().to_string()),
+                ("pin_dir".into(), self.pin_dir.display().to_string()),
+            ],
+            build_dir: self.tmp.path().join("build"),
+        };
+        bpfplan::load_plan(&target).unwrap_or_else(|_| panic!("planning {:?}", self.manifest))
+    }
+
+    /// The state store bpfplan uses for this sandbox's deployment.
+    pub fn store(&self) -> bpfplan::state::Store {
+        bpfplan::state::Store::in_dir(&self.state_dir(), &self.plan()).unwrap()
+    }
+
+    /// Run bpfplan and insist on an exit code; returns stdout and stderr.
+    pub fn expect_exit(&self, verb: &str, code: i32) -> (String, String) {
+        let out = self.bpfplan(verb);
+        let (o, e) = (
+            String::from_utf8_lossy(&out.stdout).into_owned(),
+            String::from_utf8_lossy(&out.stderr).into_owned(),
+        );
+        assert_eq!(out.status.code(), Some(code), "bpfplan {verb}:\n{o}{e}");
+        (o, e)
+    }
+
     pub fn state_dir(&self) -> PathBuf {
         self.tmp.path().join("state")
     }
