@@ -46,6 +46,20 @@ fn command_error(argv: &[String], stderr: &[u8], code: Option<i32>) -> anyhow::E
 fn run_argv(argv: &[String]) -> Result<()> {
     let (prog, args) = argv.split_first().context("empty command")?;
     let out = duct::cmd(prog, args)
+        .before_spawn(|cmd| {
+            use std::os::unix::process::CommandExt;
+            // SAFETY: prctl is async-signal-safe; nothing else runs between
+            // fork and exec.
+            unsafe {
+                cmd.pre_exec(|| {
+                    // A killed bpfplan must not leave a bpftool running on
+                    // its own, racing the next run's recovery.
+                    libc::prctl(libc::PR_SET_PDEATHSIG, libc::SIGKILL);
+                    Ok(())
+                });
+            }
+            Ok(())
+        })
         .stdout_capture()
         .stderr_capture()
         .unchecked()
@@ -483,6 +497,17 @@ fn in_sync(st: &State) -> Result<()> {
             Step::PinMap { pin, .. } if inspect::pinned_map_id(pin.as_str())?.is_none() => {
                 bail!("map pin {pin} is missing")
             }
+            Step::AttachMap {
+                program_pin,
+                map_pin,
+                kind,
+                ..
+            } => {
+                let attached = inspect::map_attached_prog_ids(map_pin.as_str(), kind)?;
+                if !id_of(program_pin.as_str()).is_some_and(|id| attached.contains(&id)) {
+                    bail!("program {program_pin} is no longer attached to {map_pin} as {kind}");
+                }
+            }
             Step::AttachCgroup {
                 program_pin,
                 cgroup,
@@ -557,17 +582,18 @@ fn teardown_step(step: &Step) -> Result<bool> {
         Step::DetachMap {
             program_pin,
             map_pin,
+            kind,
             ..
         } => {
-            if !Path::new(program_pin.as_str()).exists() || !Path::new(map_pin.as_str()).exists() {
+            let Some(prog) = inspect::pinned_prog(program_pin.as_str())? else {
+                return Ok(false);
+            };
+            if !Path::new(map_pin.as_str()).exists()
+                || !inspect::map_attached_prog_ids(map_pin.as_str(), kind)?.contains(&prog.id)
+            {
                 return Ok(false);
             }
-            match run() {
-                Ok(()) => Ok(true),
-                // The kernel answers ENOENT when the program is not attached.
-                Err(e) if format!("{e:#}").contains("No such file or directory") => Ok(false),
-                Err(e) => Err(e),
-            }
+            run().map(|()| true)
         }
         Step::DetachXdp { iface, .. } => {
             if inspect::xdp_prog_id(iface.as_str())?.is_none() {

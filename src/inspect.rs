@@ -135,3 +135,57 @@ pub fn xdp_prog_id(iface: &str) -> Result<Option<u32>> {
         .filter(|x| x.devname == iface)
         .find_map(|x| x.id.or_else(|| x.multi_attachments.first().map(|p| p.id))))
 }
+
+/// The ids of the programs attached to a sockmap or sockhash as `kind`.
+///
+/// bpftool 7.1 has no command for this, so it is the one query made with the
+/// bpf(2) syscall directly: `BPF_OBJ_GET` on the pin, then `BPF_PROG_QUERY`
+/// on the map (kernel 5.19+). A failed `prog detach` does not say whether the
+/// program was attached, so teardown and drift checks ask here first.
+pub fn map_attached_prog_ids(map_pin: &str, kind: &str) -> Result<Vec<u32>> {
+    use std::os::fd::{AsRawFd, FromRawFd, OwnedFd};
+    const BPF_OBJ_GET: libc::c_long = 7;
+    const BPF_PROG_QUERY: libc::c_long = 16;
+    let attach_type: u32 = match kind {
+        "stream_parser" => 4,
+        "stream_verdict" => 5,
+        "msg_verdict" => 7,
+        "skb_verdict" => 38,
+        _ => bail!("`{kind}` is not a map attach type"),
+    };
+    let path = std::ffi::CString::new(map_pin).context("pin path holds a NUL byte")?;
+
+    // union bpf_attr, BPF_OBJ_* layout: pathname (u64) at 0.
+    let mut attr = [0u8; 128];
+    attr[0..8].copy_from_slice(&(path.as_ptr() as u64).to_ne_bytes());
+    // SAFETY: bpf(2) reads `attr` (128 bytes, the size passed) and the
+    // NUL-terminated path it points to, both alive for the call.
+    let fd = unsafe { libc::syscall(libc::SYS_bpf, BPF_OBJ_GET, attr.as_mut_ptr(), attr.len()) };
+    if fd < 0 {
+        let e = std::io::Error::last_os_error();
+        bail!("opening the map pinned at {map_pin}: {e}");
+    }
+    let fd = i32::try_from(fd).context("bpf(2) returned an fd out of range")?;
+    // SAFETY: the kernel just returned this fd to us; we own it.
+    let fd = unsafe { OwnedFd::from_raw_fd(fd) };
+
+    // BPF_PROG_QUERY layout: target_fd (u32) at 0, attach_type (u32) at 4,
+    // prog_ids (u64 pointer) at 16, prog_cnt (u32, in/out) at 24.
+    let mut ids = [0u32; 64];
+    let mut attr = [0u8; 128];
+    attr[0..4].copy_from_slice(&(fd.as_raw_fd() as u32).to_ne_bytes());
+    attr[4..8].copy_from_slice(&attach_type.to_ne_bytes());
+    attr[16..24].copy_from_slice(&(ids.as_mut_ptr() as u64).to_ne_bytes());
+    attr[24..28].copy_from_slice(&(ids.len() as u32).to_ne_bytes());
+    // SAFETY: bpf(2) reads `attr` and writes at most prog_cnt (64) u32 ids
+    // into `ids`, both alive for the call.
+    let rc = unsafe { libc::syscall(libc::SYS_bpf, BPF_PROG_QUERY, attr.as_mut_ptr(), attr.len()) };
+    if rc < 0 {
+        let e = std::io::Error::last_os_error();
+        bail!("querying the programs attached to {map_pin}: {e}");
+    }
+    let mut cnt = [0u8; 4];
+    cnt.copy_from_slice(&attr[24..28]);
+    let cnt = (u32::from_ne_bytes(cnt) as usize).min(ids.len());
+    Ok(ids[..cnt].to_vec())
+}

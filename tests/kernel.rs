@@ -215,6 +215,23 @@ fn drift_is_repaired_by_apply() {
     assert_eq!(sb.attachments().len(), 1);
     let again = sb.must("apply");
     assert!(again.contains("No changes"), "{again}");
+
+    // Someone detaches the sk_msg program from the sockhash (bpftool cannot
+    // show this attachment; bpfplan asks the kernel with BPF_PROG_QUERY).
+    let out = Command::new("bpftool")
+        .args(["prog", "detach", "pinned", &sb.pin("bpf_tcpip_bypass")])
+        .args(["msg_verdict", "pinned", &sb.pin("sock_ops_map")])
+        .output()
+        .unwrap();
+    assert!(out.status.success(), "{}", stderr(&out));
+    let log = sb.must("apply");
+    assert!(log.contains("as msg_verdict; applying anew"), "{log}");
+    let r = report(sb.traffic(&["stream", "--bytes", &(8 * MIB).to_string()]));
+    assert!(
+        r["lo_bytes"].as_u64().unwrap() * 100 < 8 * MIB,
+        "not redirected: {r}"
+    );
+    assert!(sb.must("apply").contains("No changes"));
 }
 
 #[test]
@@ -226,7 +243,12 @@ fn a_killed_apply_is_cleaned_up_by_the_next_run() {
     sb.must("apply");
     sb.must("destroy");
     for delay_ms in [0u64, 2, 5, 10, 15, 20, 30, 45, 60] {
-        let mut child = sb.bpfplan_cmd("apply", &sb.manifest).spawn().unwrap();
+        let mut child = sb
+            .bpfplan_cmd("apply", &sb.manifest)
+            .stdout(std::process::Stdio::null())
+            .stderr(std::process::Stdio::null())
+            .spawn()
+            .unwrap();
         std::thread::sleep(Duration::from_millis(delay_ms));
         let _ = child.kill(); // SIGKILL
         let _ = child.wait();
@@ -244,7 +266,12 @@ fn a_killed_apply_is_cleaned_up_by_the_next_run() {
         sb.assert_clean(&ids);
     }
     // A kill followed directly by destroy also leaves nothing.
-    let mut child = sb.bpfplan_cmd("apply", &sb.manifest).spawn().unwrap();
+    let mut child = sb
+        .bpfplan_cmd("apply", &sb.manifest)
+        .stdout(std::process::Stdio::null())
+        .stderr(std::process::Stdio::null())
+        .spawn()
+        .unwrap();
     std::thread::sleep(Duration::from_millis(25));
     let _ = child.kill();
     let _ = child.wait();
