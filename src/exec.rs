@@ -298,6 +298,7 @@ pub fn apply(plan: &Plan) -> Result<Applied> {
         status: Status::Applying,
         plan: plan.clone(),
         started: 0,
+        sources: source_hashes(plan)?,
         objects,
         programs: Vec::new(),
     };
@@ -452,15 +453,27 @@ fn parse_depfile(text: &str) -> Vec<String> {
     files
 }
 
-fn object_hashes(plan: &Plan) -> Result<Vec<(PathBuf, String)>> {
+/// sha256 of the files some steps name: objects loaded, or sources compiled.
+fn hashes(plan: &Plan, pick: impl Fn(&Step) -> Option<&PathBuf>) -> Result<Vec<(PathBuf, String)>> {
     plan.steps
         .iter()
-        .filter_map(|s| match s {
-            Step::LoadProgram { object, .. } => Some(object),
-            _ => None,
-        })
-        .map(|o| Ok((o.clone(), state::file_sha256(o)?)))
+        .filter_map(pick)
+        .map(|f| Ok((f.clone(), state::file_sha256(f)?)))
         .collect()
+}
+
+fn object_hashes(plan: &Plan) -> Result<Vec<(PathBuf, String)>> {
+    hashes(plan, |s| match s {
+        Step::LoadProgram { object, .. } => Some(object),
+        _ => None,
+    })
+}
+
+fn source_hashes(plan: &Plan) -> Result<Vec<(PathBuf, String)>> {
+    hashes(plan, |s| match s {
+        Step::Compile { source, .. } => Some(source),
+        _ => None,
+    })
 }
 
 fn loaded_programs(plan: &Plan) -> Result<Vec<LoadedProgram>> {

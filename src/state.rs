@@ -42,6 +42,9 @@ pub struct State {
     pub plan: Plan,
     /// How many steps were started; on a killed apply, these are undone.
     pub started: usize,
+    /// sha256 of each C source compiled, by path.
+    #[serde(default)]
+    pub sources: Vec<(PathBuf, String)>,
     /// sha256 of each compiled or prebuilt object, by path.
     pub objects: Vec<(PathBuf, String)>,
     /// Programs loaded, once apply finished.

@@ -395,6 +395,7 @@ fn an_apply_interrupted_after_any_step_is_recovered() {
                 status: bpfplan::state::Status::Applying,
                 plan: plan.clone(),
                 started: n,
+                sources: Vec::new(),
                 objects: Vec::new(),
                 programs: Vec::new(),
             })
