@@ -46,9 +46,33 @@ pub enum Command {
         #[command(flatten)]
         target: Target,
     },
+    /// Measure a bypass manifest: loopback TCP vs the bypass vs Unix sockets,
+    /// in cgroups of its own (the manifest must declare `cgroup` and `pin_dir`).
+    Bench {
+        #[command(flatten)]
+        target: Target,
+        /// Rounds of interleaved runs (each figure is their median).
+        #[arg(long, default_value_t = 5)]
+        rounds: usize,
+        /// Tiny durations and one round: checks the harness, measures nothing.
+        #[arg(long)]
+        quick: bool,
+        /// Print JSON instead of the table.
+        #[arg(long)]
+        json: bool,
+        /// Also write an SVG chart.
+        #[arg(long, value_name = "FILE")]
+        chart: Option<PathBuf>,
+        /// Make the benchmark's cgroups under this cgroup v2 directory.
+        #[arg(long, value_name = "DIR")]
+        cgroup_parent: Option<PathBuf>,
+        /// Make the benchmark's pin directory under this bpffs directory.
+        #[arg(long, value_name = "DIR")]
+        pin_parent: Option<PathBuf>,
+    },
 }
 
-#[derive(Debug, Args)]
+#[derive(Debug, Clone, Args)]
 pub struct Target {
     /// The manifest (TOML).
     pub manifest: PathBuf,

@@ -180,7 +180,7 @@ fn has_bpf_privileges(caps: u64) -> bool {
 
 /// Mount bpffs at its default place, but never over a bpffs that is there
 /// already: each mount is a fresh, empty instance that would hide the pins.
-fn mount_bpffs(host: &HostFacts) -> Result<()> {
+pub fn mount_bpffs(host: &HostFacts) -> Result<()> {
     if host.bpffs.iter().any(|m| m == Path::new(DEFAULT_BPFFS)) {
         return Ok(());
     }

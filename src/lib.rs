@@ -2,6 +2,7 @@
 //! becomes an ordered plan of plain `bpftool` commands to review, run and
 //! reverse.
 
+pub mod bench;
 pub mod cli;
 pub mod diag;
 pub mod exec;
@@ -78,6 +79,35 @@ fn dispatch(cli: Cli) -> Result<(), Failure> {
         Command::Destroy { target } => {
             let plan = load_plan(&target)?;
             exec::destroy(&plan)?;
+            Ok(())
+        }
+        Command::Bench {
+            target,
+            rounds,
+            quick,
+            json,
+            chart,
+            cgroup_parent,
+            pin_parent,
+        } => {
+            // Validate first: a manifest error exits 2 before anything is made.
+            load_plan(&target)?;
+            let opts = bench::BenchOptions {
+                rounds,
+                quick,
+                cgroup_parent,
+                pin_parent,
+                chart,
+            };
+            let report = bench::bench(&target, &opts)?;
+            if json {
+                println!(
+                    "{}",
+                    serde_json::to_string_pretty(&report).context("encoding JSON")?
+                );
+            } else {
+                print!("{}", bench::text(&report));
+            }
             Ok(())
         }
     }

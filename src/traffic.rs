@@ -414,3 +414,271 @@ mod tests {
         assert_ne!(whole, other);
     }
 }
+
+/// The socket kind a benchmark workload runs over.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, clap::ValueEnum)]
+#[serde(rename_all = "snake_case")]
+pub enum Transport {
+    /// TCP over 127.0.0.1 with TCP_NODELAY.
+    Tcp,
+    /// A Unix domain stream socket: the floor for same-host stream sockets.
+    Unix,
+}
+
+/// What a benchmark workload measures.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, clap::ValueEnum)]
+#[serde(rename_all = "snake_case")]
+pub enum Workload {
+    /// Request/response round trips of SIZE bytes each way.
+    Rr,
+    /// One-way stream of SIZE-byte writes.
+    Stream,
+    /// Connect, one 64-byte exchange, close.
+    Connect,
+}
+
+/// One measurement of one workload.
+#[derive(Debug, Clone, Serialize, serde::Deserialize)]
+pub struct Measurement {
+    /// p50 round trip (rr), bytes per second (stream) or connections per
+    /// second (connect).
+    pub value: f64,
+    /// p99 round trip, for rr.
+    pub p99: Option<f64>,
+    pub unit: String,
+}
+
+trait Conn: Read + Write + Send + 'static {}
+impl Conn for TcpStream {}
+impl Conn for std::os::unix::net::UnixStream {}
+
+fn read_exact_any(s: &mut impl Read, mut buf: &mut [u8]) -> std::io::Result<()> {
+    while !buf.is_empty() {
+        match s.read(buf) {
+            Ok(0) => return Err(ErrorKind::UnexpectedEof.into()),
+            Ok(n) => buf = &mut buf[n..],
+            Err(e) if matches!(e.kind(), ErrorKind::WouldBlock | ErrorKind::Interrupted) => {
+                std::thread::yield_now();
+            }
+            Err(e) => return Err(e),
+        }
+    }
+    Ok(())
+}
+
+fn write_all_any(s: &mut impl Write, mut buf: &[u8]) -> std::io::Result<()> {
+    while !buf.is_empty() {
+        match s.write(buf) {
+            Ok(0) => return Err(ErrorKind::WriteZero.into()),
+            Ok(n) => buf = &buf[n..],
+            Err(e) if matches!(e.kind(), ErrorKind::WouldBlock | ErrorKind::Interrupted) => {
+                std::thread::yield_now();
+            }
+            Err(e) => return Err(e),
+        }
+    }
+    Ok(())
+}
+
+/// A listening endpoint of either transport, and a way to dial it.
+enum Endpoint {
+    Tcp(TcpListener, SocketAddr),
+    /// The temporary directory lives as long as the socket file in it.
+    Unix(
+        std::os::unix::net::UnixListener,
+        std::path::PathBuf,
+        #[allow(dead_code)] tempfile::TempDir,
+    ),
+}
+
+impl Endpoint {
+    fn new(t: Transport) -> Result<Endpoint> {
+        Ok(match t {
+            Transport::Tcp => {
+                let (l, a) = listen()?;
+                Endpoint::Tcp(l, a)
+            }
+            Transport::Unix => {
+                let dir = tempfile::tempdir()?;
+                let path = dir.path().join("s");
+                let l = std::os::unix::net::UnixListener::bind(&path)?;
+                Endpoint::Unix(l, path, dir)
+            }
+        })
+    }
+
+    fn dialer(&self) -> Dialer {
+        match self {
+            Endpoint::Tcp(_, a) => Dialer::Tcp(*a),
+            Endpoint::Unix(_, p, _) => Dialer::Unix(p.clone()),
+        }
+    }
+
+    fn accept(&self) -> Result<Box<dyn ConnObj>> {
+        Ok(match self {
+            Endpoint::Tcp(l, _) => {
+                let (s, _) = l.accept()?;
+                s.set_nodelay(true)?;
+                Box::new(s)
+            }
+            Endpoint::Unix(l, _, _) => Box::new(l.accept()?.0),
+        })
+    }
+}
+
+#[derive(Clone)]
+enum Dialer {
+    Tcp(SocketAddr),
+    Unix(std::path::PathBuf),
+}
+
+impl Dialer {
+    fn dial(&self) -> Result<Box<dyn ConnObj>> {
+        Ok(match self {
+            Dialer::Tcp(a) => {
+                let s = TcpStream::connect(a)?;
+                s.set_nodelay(true)?;
+                Box::new(s)
+            }
+            Dialer::Unix(p) => Box::new(std::os::unix::net::UnixStream::connect(p)?),
+        })
+    }
+}
+
+/// A connection of either transport, as a trait object.
+trait ConnObj: Read + Write + Send {}
+impl<T: Conn> ConnObj for T {}
+
+/// Run one benchmark workload for about `seconds` (rr: `count` round trips).
+pub fn measure(
+    t: Transport,
+    workload: Workload,
+    size: usize,
+    seconds: f64,
+    count: usize,
+) -> Result<Measurement> {
+    let ep = Endpoint::new(t)?;
+    let dialer = ep.dialer();
+    match workload {
+        Workload::Rr => {
+            let server = std::thread::spawn(move || -> Result<()> {
+                let mut s = ep.accept()?;
+                let mut buf = vec![0u8; size];
+                loop {
+                    match read_exact_any(&mut s, &mut buf) {
+                        Ok(()) => write_all_any(&mut s, &buf)?,
+                        Err(e) if e.kind() == ErrorKind::UnexpectedEof => return Ok(()),
+                        Err(e) => return Err(e.into()),
+                    }
+                }
+            });
+            let mut c = dialer.dial()?;
+            let req = vec![0x5a_u8; size];
+            let mut resp = vec![0u8; size];
+            let warmup = (count / 10).max(10);
+            let mut samples = Vec::with_capacity(count);
+            for i in 0..warmup + count {
+                let t0 = Instant::now();
+                write_all_any(&mut c, &req)?;
+                read_exact_any(&mut c, &mut resp)?;
+                if i >= warmup {
+                    samples.push(t0.elapsed().as_secs_f64() * 1e6);
+                }
+            }
+            drop(c);
+            server
+                .join()
+                .map_err(|_| anyhow::anyhow!("server panicked"))??;
+            samples.sort_by(f64::total_cmp);
+            let pct = |p: f64| samples[((samples.len() - 1) as f64 * p).round() as usize];
+            Ok(Measurement {
+                value: pct(0.5),
+                p99: Some(pct(0.99)),
+                unit: "us".into(),
+            })
+        }
+        Workload::Stream => {
+            let server = std::thread::spawn(move || -> Result<u64> {
+                let mut s = ep.accept()?;
+                let mut buf = vec![0u8; 256 * 1024];
+                let mut total = 0u64;
+                loop {
+                    match s.read(&mut buf) {
+                        Ok(0) => return Ok(total),
+                        Ok(n) => total += n as u64,
+                        Err(e)
+                            if matches!(
+                                e.kind(),
+                                ErrorKind::WouldBlock | ErrorKind::Interrupted
+                            ) => {}
+                        Err(e) => return Err(e.into()),
+                    }
+                }
+            });
+            let mut c = dialer.dial()?;
+            let buf = vec![0xa5_u8; size];
+            let start = Instant::now();
+            let end = start + Duration::from_secs_f64(seconds);
+            let mut sent = 0u64;
+            while Instant::now() < end {
+                for _ in 0..64 {
+                    write_all_any(&mut c, &buf)?;
+                }
+                sent += 64 * size as u64;
+            }
+            drop(c);
+            let got = server
+                .join()
+                .map_err(|_| anyhow::anyhow!("server panicked"))??;
+            let secs = start.elapsed().as_secs_f64();
+            if got != sent {
+                bail!("sent {sent} bytes, received {got}");
+            }
+            Ok(Measurement {
+                value: got as f64 / secs,
+                p99: None,
+                unit: "B/s".into(),
+            })
+        }
+        Workload::Connect => {
+            let server = std::thread::spawn(move || -> Result<u64> {
+                let mut n = 0u64;
+                let mut buf = [0u8; 64];
+                loop {
+                    let mut s = ep.accept()?;
+                    match read_exact_any(&mut s, &mut buf) {
+                        Ok(()) => write_all_any(&mut s, &buf)?,
+                        // The client's final, empty connection says stop.
+                        Err(e) if e.kind() == ErrorKind::UnexpectedEof => return Ok(n),
+                        Err(e) => return Err(e.into()),
+                    }
+                    n += 1;
+                }
+            });
+            let start = Instant::now();
+            let end = start + Duration::from_secs_f64(seconds);
+            let mut done = 0u64;
+            let msg = [1u8; 64];
+            let mut back = [0u8; 64];
+            while Instant::now() < end {
+                let mut c = dialer.dial()?;
+                write_all_any(&mut c, &msg)?;
+                read_exact_any(&mut c, &mut back)?;
+                done += 1;
+            }
+            let secs = start.elapsed().as_secs_f64();
+            drop(dialer.dial()?);
+            let served = server
+                .join()
+                .map_err(|_| anyhow::anyhow!("server panicked"))??;
+            if served != done {
+                bail!("made {done} exchanges, the server saw {served}");
+            }
+            Ok(Measurement {
+                value: done as f64 / secs,
+                p99: None,
+                unit: "conn/s".into(),
+            })
+        }
+    }
+}

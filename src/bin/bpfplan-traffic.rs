@@ -52,6 +52,19 @@ enum Mode {
     },
     /// Keep one connection open until stdin closes; prints its ports.
     Hold,
+    /// One benchmark measurement (see `bpfplan bench`).
+    Measure {
+        #[arg(long, value_enum)]
+        transport: traffic::Transport,
+        #[arg(long, value_enum)]
+        workload: traffic::Workload,
+        #[arg(long, default_value_t = 64)]
+        size: usize,
+        #[arg(long, default_value_t = 0.5)]
+        seconds: f64,
+        #[arg(long, default_value_t = 5000)]
+        count: usize,
+    },
     /// One row for the demo: bytes on `lo` for a 64 MiB stream, and the
     /// round-trip latency of 64-byte requests.
     Compare {
@@ -122,6 +135,16 @@ fn run() -> Result<()> {
                 rr.p99_us,
                 s.payload_bytes as f64 / s.seconds / 1e9
             );
+        }
+        Mode::Measure {
+            transport,
+            workload,
+            size,
+            seconds,
+            count,
+        } => {
+            let m = traffic::measure(transport, workload, size, seconds, count)?;
+            event(serde_json::to_value(&m)?);
         }
         Mode::Hold => traffic::hold(|server_port, client_port| {
             event(serde_json::json!({

@@ -1,0 +1,564 @@
+//! `bpfplan bench`: apply a manifest in cgroups of its own, run the same
+//! workloads over plain loopback TCP, over the bypass and over Unix sockets,
+//! interleaved and repeated, then destroy; and time the control plane next to
+//! the exported sh script.
+
+use anyhow::{Context, Result, bail};
+use serde::Serialize;
+use std::fmt::Write as _;
+use std::path::{Path, PathBuf};
+use std::process::Command;
+use std::time::Instant;
+
+use crate::cli::Target;
+use crate::host::{DEFAULT_BPFFS, HostFacts};
+use crate::traffic::{Measurement, Transport, Workload};
+
+/// How much to measure.
+#[derive(Debug, Clone)]
+pub struct BenchOptions {
+    /// Rounds of A B C interleaving.
+    pub rounds: usize,
+    /// Tiny durations, to prove the harness works (tests).
+    pub quick: bool,
+    /// Where bench makes its cgroups (default: the cgroup v2 mount).
+    pub cgroup_parent: Option<PathBuf>,
+    /// Where bench makes its pin directory (default: /sys/fs/bpf).
+    pub pin_parent: Option<PathBuf>,
+    /// Write an SVG chart here.
+    pub chart: Option<PathBuf>,
+}
+
+/// The three ways the same bytes travel.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize)]
+#[serde(rename_all = "snake_case")]
+enum Path3 {
+    Loopback,
+    Bypass,
+    Unix,
+}
+
+const PATHS: [Path3; 3] = [Path3::Loopback, Path3::Bypass, Path3::Unix];
+
+#[derive(Debug, Clone, Copy)]
+struct Spec {
+    workload: Workload,
+    size: usize,
+}
+
+const SPECS: &[Spec] = &[
+    Spec {
+        workload: Workload::Rr,
+        size: 64,
+    },
+    Spec {
+        workload: Workload::Rr,
+        size: 1024,
+    },
+    Spec {
+        workload: Workload::Rr,
+        size: 16384,
+    },
+    Spec {
+        workload: Workload::Stream,
+        size: 256,
+    },
+    Spec {
+        workload: Workload::Stream,
+        size: 4096,
+    },
+    Spec {
+        workload: Workload::Stream,
+        size: 65536,
+    },
+    Spec {
+        workload: Workload::Connect,
+        size: 64,
+    },
+];
+
+impl Spec {
+    fn label(&self) -> String {
+        let size = if self.size >= 1024 {
+            format!("{} KiB", self.size / 1024)
+        } else {
+            format!("{} B", self.size)
+        };
+        match self.workload {
+            Workload::Rr => format!("rr {size}"),
+            Workload::Stream => format!("stream {size} writes"),
+            Workload::Connect => "connect+exchange+close".to_string(),
+        }
+    }
+
+    /// Whether a bigger figure is better (throughput) or worse (latency).
+    fn higher_is_better(&self) -> bool {
+        !matches!(self.workload, Workload::Rr)
+    }
+}
+
+/// Median and spread of one workload over one path.
+#[derive(Debug, Clone, Serialize)]
+pub struct Stat {
+    pub median: f64,
+    pub min: f64,
+    pub max: f64,
+    /// Median p99, for request/response.
+    pub p99: Option<f64>,
+    pub unit: String,
+}
+
+#[derive(Debug, Clone, Serialize)]
+pub struct Row {
+    pub workload: String,
+    pub loopback: Stat,
+    pub bypass: Stat,
+    pub unix: Stat,
+    /// bypass median / loopback median.
+    pub bypass_vs_loopback: f64,
+    /// bypass median / unix median.
+    pub bypass_vs_unix: f64,
+    pub higher_is_better: bool,
+}
+
+#[derive(Debug, Clone, Serialize)]
+pub struct ControlRow {
+    pub what: String,
+    pub bpfplan_ms: f64,
+    pub sh_script_ms: Option<f64>,
+}
+
+#[derive(Debug, Clone, Serialize)]
+pub struct Report {
+    pub machine: String,
+    pub rounds: usize,
+    pub rows: Vec<Row>,
+    pub control_plane: Vec<ControlRow>,
+}
+
+/// Cgroups, pin directory and state made for the run; removed on drop.
+struct World {
+    root: PathBuf,
+    bypass: PathBuf,
+    plain: PathBuf,
+    pin_dir: PathBuf,
+    tmp: tempfile::TempDir,
+    manifest: PathBuf,
+    bpfplan: PathBuf,
+}
+
+impl World {
+    fn vars(&self) -> Vec<String> {
+        vec![
+            "--var".into(),
+            format!("cgroup={}", self.bypass.display()),
+            "--var".into(),
+            format!("pin_dir={}", self.pin_dir.display()),
+            "--build-dir".into(),
+            self.tmp.path().join("build").display().to_string(),
+        ]
+    }
+
+    fn bpfplan(&self, args: &[&str]) -> Command {
+        let mut c = Command::new(&self.bpfplan);
+        c.args(args)
+            .arg(&self.manifest)
+            .args(self.vars())
+            .env("BPFPLAN_STATE_DIR", self.tmp.path().join("state"));
+        c
+    }
+}
+
+impl Drop for World {
+    fn drop(&mut self) {
+        let _ = self.bpfplan(&["destroy"]).output();
+        let _ = std::fs::remove_dir(&self.pin_dir);
+        for cg in [&self.bypass, &self.plain, &self.root] {
+            let _ = std::fs::remove_dir(cg);
+        }
+    }
+}
+
+fn run_quiet(mut cmd: Command, what: &str) -> Result<f64> {
+    let t = Instant::now();
+    let out = cmd.output().with_context(|| format!("running {what}"))?;
+    let ms = t.elapsed().as_secs_f64() * 1000.0;
+    if !out.status.success() {
+        bail!(
+            "{what} failed:\n{}{}",
+            String::from_utf8_lossy(&out.stdout),
+            String::from_utf8_lossy(&out.stderr)
+        );
+    }
+    Ok(ms)
+}
+
+fn median(v: &mut [f64]) -> f64 {
+    v.sort_by(f64::total_cmp);
+    if v.is_empty() {
+        f64::NAN
+    } else {
+        v[v.len() / 2]
+    }
+}
+
+fn machine() -> String {
+    let kernel = std::fs::read_to_string("/proc/sys/kernel/osrelease").unwrap_or_default();
+    let cpu = std::fs::read_to_string("/proc/cpuinfo")
+        .ok()
+        .and_then(|c| {
+            c.lines().find_map(|l| {
+                l.strip_prefix("model name")
+                    .map(|r| r.trim_start_matches([' ', '\t', ':']).to_string())
+            })
+        })
+        .unwrap_or_else(|| "unknown CPU".into());
+    let cores = std::thread::available_parallelism().map_or(0, |n| n.get());
+    format!("{cpu}, {cores} cores, kernel {}", kernel.trim())
+}
+
+pub fn bench(target: &Target, opts: &BenchOptions) -> Result<Report> {
+    let host = HostFacts::read().context("reading /proc/self/mountinfo")?;
+    let parent = match &opts.cgroup_parent {
+        Some(p) => p.clone(),
+        None => host.cgroup2.clone().context("no cgroup v2 mount")?,
+    };
+    let pin_parent = opts
+        .pin_parent
+        .clone()
+        .unwrap_or_else(|| PathBuf::from(DEFAULT_BPFFS));
+    if pin_parent.starts_with(DEFAULT_BPFFS) {
+        crate::exec::mount_bpffs(&host)?;
+    }
+    let exe = std::env::current_exe().context("locating the bpfplan binary")?;
+    let traffic = exe.with_file_name("bpfplan-traffic");
+    if !traffic.is_file() {
+        bail!(
+            "{} not found: build it with `cargo build --release`",
+            traffic.display()
+        );
+    }
+    let unique = format!("bpfplan-bench-{}", std::process::id());
+    let root = parent.join(&unique);
+    std::fs::create_dir(&root).with_context(|| format!("creating cgroup {}", root.display()))?;
+    let world = World {
+        bypass: root.join("bypass"),
+        plain: root.join("plain"),
+        root,
+        pin_dir: pin_parent.join(&unique),
+        tmp: tempfile::tempdir()?,
+        manifest: target.manifest.clone(),
+        bpfplan: exe,
+    };
+    std::fs::create_dir(&world.bypass)?;
+    std::fs::create_dir(&world.plain)?;
+    std::fs::create_dir(&world.pin_dir)
+        .with_context(|| format!("creating pin directory {}", world.pin_dir.display()))?;
+
+    let rounds = if opts.quick { 1 } else { opts.rounds.max(1) };
+    let control_plane = control_plane(&world, rounds)?;
+
+    run_quiet(world.bpfplan(&["apply"]), "bpfplan apply")?;
+    let (seconds, count) = if opts.quick { (0.05, 200) } else { (0.5, 5000) };
+    // samples[spec][path] = measurements
+    let mut samples: Vec<[Vec<Measurement>; 3]> =
+        SPECS.iter().map(|_| Default::default()).collect();
+    for round in 0..rounds {
+        eprintln!("round {}/{rounds}", round + 1);
+        for (i, spec) in SPECS.iter().enumerate() {
+            for (j, path) in PATHS.iter().enumerate() {
+                let (cgroup, transport) = match path {
+                    Path3::Loopback => (&world.plain, Transport::Tcp),
+                    Path3::Bypass => (&world.bypass, Transport::Tcp),
+                    Path3::Unix => (&world.plain, Transport::Unix),
+                };
+                samples[i][j].push(measure(&traffic, cgroup, transport, spec, seconds, count)?);
+            }
+        }
+    }
+    run_quiet(world.bpfplan(&["destroy"]), "bpfplan destroy")?;
+
+    let rows = SPECS
+        .iter()
+        .zip(samples)
+        .map(|(spec, per_path)| {
+            let stat = |ms: &[Measurement]| {
+                let mut v: Vec<f64> = ms.iter().map(|m| m.value).collect();
+                let mut p99: Vec<f64> = ms.iter().filter_map(|m| m.p99).collect();
+                Stat {
+                    median: median(&mut v),
+                    min: v.first().copied().unwrap_or(f64::NAN),
+                    max: v.last().copied().unwrap_or(f64::NAN),
+                    p99: (!p99.is_empty()).then(|| median(&mut p99)),
+                    unit: ms.first().map_or(String::new(), |m| m.unit.clone()),
+                }
+            };
+            let [l, b, u] = &per_path;
+            let (loopback, bypass, unix) = (stat(l), stat(b), stat(u));
+            Row {
+                workload: spec.label(),
+                bypass_vs_loopback: bypass.median / loopback.median,
+                bypass_vs_unix: bypass.median / unix.median,
+                higher_is_better: spec.higher_is_better(),
+                loopback,
+                bypass,
+                unix,
+            }
+        })
+        .collect();
+    let report = Report {
+        machine: machine(),
+        rounds,
+        rows,
+        control_plane,
+    };
+    if let Some(chart) = &opts.chart {
+        std::fs::write(chart, svg(&report))
+            .with_context(|| format!("writing {}", chart.display()))?;
+    }
+    Ok(report)
+}
+
+fn measure(
+    traffic: &Path,
+    cgroup: &Path,
+    transport: Transport,
+    spec: &Spec,
+    seconds: f64,
+    count: usize,
+) -> Result<Measurement> {
+    let out = Command::new(traffic)
+        .arg("--cgroup")
+        .arg(cgroup)
+        .args(["measure", "--transport", &arg_name(&transport)])
+        .args(["--workload", &arg_name(&spec.workload)])
+        .args(["--size", &spec.size.to_string()])
+        .args([
+            "--seconds",
+            &seconds.to_string(),
+            "--count",
+            &count.to_string(),
+        ])
+        .output()
+        .context("running bpfplan-traffic")?;
+    if !out.status.success() {
+        bail!(
+            "bpfplan-traffic failed: {}",
+            String::from_utf8_lossy(&out.stderr)
+        );
+    }
+    serde_json::from_slice(&out.stdout).context("parsing bpfplan-traffic output")
+}
+
+/// clap's spelling of a value, for a subprocess command line.
+fn arg_name(v: &impl clap::ValueEnum) -> String {
+    v.to_possible_value()
+        .map(|p| p.get_name().to_string())
+        .unwrap_or_default()
+}
+
+/// plan, apply, no-op apply and destroy, next to the sh script, interleaved.
+fn control_plane(world: &World, rounds: usize) -> Result<Vec<ControlRow>> {
+    let script = |destroy: bool| -> Result<PathBuf> {
+        let mut c = world.bpfplan(&["plan", "--format", "sh"]);
+        if destroy {
+            c.arg("--destroy");
+        }
+        let out = c.output()?;
+        if !out.status.success() {
+            bail!(
+                "bpfplan plan failed: {}",
+                String::from_utf8_lossy(&out.stderr)
+            );
+        }
+        let path = world
+            .tmp
+            .path()
+            .join(if destroy { "destroy.sh" } else { "apply.sh" });
+        std::fs::write(&path, out.stdout)?;
+        Ok(path)
+    };
+    let (apply_sh, destroy_sh) = (script(false)?, script(true)?);
+    let sh = |p: &Path| {
+        let mut c = Command::new("sh");
+        c.arg(p);
+        c
+    };
+    let n = rounds.max(3);
+    let mut t: [Vec<f64>; 6] = Default::default();
+    for _ in 0..n {
+        t[0].push(run_quiet(world.bpfplan(&["plan"]), "bpfplan plan")?);
+        t[1].push(run_quiet(world.bpfplan(&["apply"]), "bpfplan apply")?);
+        t[2].push(run_quiet(
+            world.bpfplan(&["apply"]),
+            "bpfplan apply (no changes)",
+        )?);
+        t[3].push(run_quiet(world.bpfplan(&["destroy"]), "bpfplan destroy")?);
+        t[4].push(run_quiet(sh(&apply_sh), "the apply sh script")?);
+        t[5].push(run_quiet(sh(&destroy_sh), "the destroy sh script")?);
+    }
+    let [plan, apply, noop, destroy, sh_apply, sh_destroy] = &mut t;
+    Ok(vec![
+        ControlRow {
+            what: "plan".into(),
+            bpfplan_ms: median(plan),
+            sh_script_ms: None,
+        },
+        ControlRow {
+            what: "apply (build cached)".into(),
+            bpfplan_ms: median(apply),
+            sh_script_ms: Some(median(sh_apply)),
+        },
+        ControlRow {
+            what: "apply, no changes".into(),
+            bpfplan_ms: median(noop),
+            sh_script_ms: None,
+        },
+        ControlRow {
+            what: "destroy (waits for the kernel to free)".into(),
+            bpfplan_ms: median(destroy),
+            sh_script_ms: Some(median(sh_destroy)),
+        },
+    ])
+}
+
+fn fmt_value(v: f64, unit: &str) -> String {
+    match unit {
+        "us" => format!("{v:.1} us"),
+        "B/s" => format!("{:.2} GB/s", v / 1e9),
+        _ => format!("{v:.0}/s"),
+    }
+}
+
+/// The table people read.
+pub fn text(r: &Report) -> String {
+    let mut out = String::new();
+    let _ = writeln!(
+        out,
+        "machine: {}; {} round(s), medians (min..max)\n",
+        r.machine, r.rounds
+    );
+    let _ = writeln!(
+        out,
+        "{:<24} {:>26} {:>26} {:>26} {:>9} {:>9}",
+        "workload", "loopback TCP", "bypass", "unix socket", "byp/lo", "byp/unix"
+    );
+    for row in &r.rows {
+        let cell = |s: &Stat| {
+            let mut c = format!(
+                "{} ({}..{})",
+                fmt_value(s.median, &s.unit),
+                short(s.min, &s.unit),
+                short(s.max, &s.unit)
+            );
+            if let Some(p99) = s.p99 {
+                c = format!("{} p99 {:.0}", fmt_value(s.median, &s.unit), p99);
+            }
+            c
+        };
+        let _ = writeln!(
+            out,
+            "{:<24} {:>26} {:>26} {:>26} {:>8.2}x {:>8.2}x",
+            row.workload,
+            cell(&row.loopback),
+            cell(&row.bypass),
+            cell(&row.unix),
+            row.bypass_vs_loopback,
+            row.bypass_vs_unix
+        );
+    }
+    let _ = writeln!(out, "\ncontrol plane (median ms)      bpfplan   sh script");
+    for c in &r.control_plane {
+        let sh = c
+            .sh_script_ms
+            .map_or("-".to_string(), |v| format!("{v:.1}"));
+        let _ = writeln!(out, "{:<30} {:>8.1} {:>11}", c.what, c.bpfplan_ms, sh);
+    }
+    out
+}
+
+fn short(v: f64, unit: &str) -> String {
+    match unit {
+        "us" => format!("{v:.1}"),
+        "B/s" => format!("{:.2}", v / 1e9),
+        _ => format!("{v:.0}"),
+    }
+}
+
+/// A grouped bar chart: each workload's three paths, relative to loopback
+/// TCP (1.0), so latency and throughput share one axis. A dozen rectangles
+/// need no plotting library.
+pub fn svg(r: &Report) -> String {
+    let (w, h, left, top, bottom) = (900.0, 420.0, 60.0, 40.0, 110.0);
+    let group = (w - left - 20.0) / r.rows.len() as f64;
+    let bar = group / 4.0;
+    let max = r
+        .rows
+        .iter()
+        .flat_map(|row| {
+            [
+                1.0,
+                row.bypass_vs_loopback,
+                row.unix.median / row.loopback.median,
+            ]
+        })
+        .fold(1.0f64, f64::max)
+        * 1.1;
+    let y = |v: f64| top + (h - top - bottom) * (1.0 - v / max);
+    let colors = ["#8c8c8c", "#2b7bb9", "#e08a1e"];
+    let mut s = format!(
+        "<svg xmlns=\"http://www.w3.org/2000/svg\" width=\"{w}\" height=\"{h}\" font-family=\"sans-serif\" font-size=\"12\">\n\
+         <rect width=\"100%\" height=\"100%\" fill=\"white\"/>\n\
+         <text x=\"{left}\" y=\"20\" font-size=\"14\">bpfplan bench: relative to loopback TCP (latency: lower is better; throughput, rate: higher)</text>\n"
+    );
+    for tick in 0..=((max * 2.0).floor() as usize) {
+        let v = tick as f64 / 2.0;
+        let _ = writeln!(
+            s,
+            "<line x1=\"{left}\" x2=\"{}\" y1=\"{y:.1}\" y2=\"{y:.1}\" stroke=\"#ddd\"/><text x=\"{}\" y=\"{:.1}\" text-anchor=\"end\">{v:.1}</text>",
+            w - 20.0,
+            left - 6.0,
+            y(v) + 4.0,
+            y = y(v)
+        );
+    }
+    for (i, row) in r.rows.iter().enumerate() {
+        let x0 = left + group * i as f64 + bar / 2.0;
+        let vals = [
+            1.0,
+            row.bypass_vs_loopback,
+            row.unix.median / row.loopback.median,
+        ];
+        for (j, v) in vals.iter().enumerate() {
+            let x = x0 + bar * j as f64;
+            let _ = writeln!(
+                s,
+                "<rect x=\"{x:.1}\" y=\"{:.1}\" width=\"{:.1}\" height=\"{:.1}\" fill=\"{}\"><title>{v:.2}</title></rect>",
+                y(*v),
+                bar - 2.0,
+                y(0.0) - y(*v),
+                colors[j]
+            );
+        }
+        let _ = writeln!(
+            s,
+            "<text transform=\"translate({:.1},{:.1}) rotate(30)\">{}</text>",
+            x0,
+            h - bottom + 16.0,
+            row.workload
+        );
+    }
+    for (j, name) in ["loopback TCP", "bypass", "unix socket"].iter().enumerate() {
+        let x = w - 320.0 + 100.0 * j as f64;
+        let _ = writeln!(
+            s,
+            "<rect x=\"{x}\" y=\"{}\" width=\"12\" height=\"12\" fill=\"{}\"/><text x=\"{}\" y=\"{}\">{name}</text>",
+            h - 24.0,
+            colors[j],
+            x + 16.0,
+            h - 14.0
+        );
+    }
+    s.push_str("</svg>\n");
+    s
+}
