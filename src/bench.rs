@@ -489,8 +489,8 @@ fn short(v: f64, unit: &str) -> String {
 /// TCP (1.0), so latency and throughput share one axis. A dozen rectangles
 /// need no plotting library.
 pub fn svg(r: &Report) -> String {
-    let (w, h, left, top, bottom) = (900.0, 420.0, 60.0, 40.0, 110.0);
-    let group = (w - left - 20.0) / r.rows.len() as f64;
+    let (w, h, left, top, bottom) = (980.0, 440.0, 60.0, 40.0, 130.0);
+    let group = (w - left - 110.0) / r.rows.len() as f64;
     let bar = group / 4.0;
     let max = r
         .rows
@@ -549,7 +549,7 @@ pub fn svg(r: &Report) -> String {
         );
     }
     for (j, name) in ["loopback TCP", "bypass", "unix socket"].iter().enumerate() {
-        let x = w - 320.0 + 100.0 * j as f64;
+        let x = w - 360.0 + 115.0 * j as f64;
         let _ = writeln!(
             s,
             "<rect x=\"{x}\" y=\"{}\" width=\"12\" height=\"12\" fill=\"{}\"/><text x=\"{}\" y=\"{}\">{name}</text>",

@@ -90,8 +90,19 @@ fn dispatch(cli: Cli) -> Result<(), Failure> {
             cgroup_parent,
             pin_parent,
         } => {
-            // Validate first: a manifest error exits 2 before anything is made.
-            load_plan(&target)?;
+            // Validate first, with the two variables bench sets: a manifest
+            // error exits 2 before anything is made.
+            let mut probe = target.clone();
+            probe.vars.push(("cgroup".into(), "auto".into()));
+            probe
+                .vars
+                .push(("pin_dir".into(), host::DEFAULT_BPFFS.into()));
+            if let Err(e) = load_plan(&probe) {
+                eprintln!(
+                    "error: bench needs a manifest that declares `cgroup` and `pin_dir` in `[vars]`"
+                );
+                return Err(e);
+            }
             let opts = bench::BenchOptions {
                 rounds,
                 quick,

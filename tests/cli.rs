@@ -124,3 +124,13 @@ fn json_plan_is_valid_json() {
     assert_eq!(v["steps"].as_array().unwrap().len(), 8);
     assert_eq!(v["steps"][4]["argv"][4]["map"], "sock_ops_map");
 }
+
+#[test]
+fn bench_refuses_a_manifest_without_cgroup_and_pin_dir_vars() {
+    let (code, text) = run(&["bench", "manifests/xdp-counter.toml", "--quick"]);
+    assert_eq!(code, 2, "{text}");
+    assert!(
+        text.contains("bench needs a manifest that declares `cgroup` and `pin_dir`"),
+        "{text}"
+    );
+}

@@ -423,3 +423,61 @@ fn an_apply_interrupted_after_any_step_is_recovered() {
         sb.assert_clean(&ids);
     }
 }
+
+/// The bench harness runs end to end (tiny durations); only that figures
+/// were produced is checked, never their values.
+#[test]
+fn bench_smoke_produces_every_figure() {
+    let Some(sb) = Sandbox::new("bench", "manifests/bypass.toml") else {
+        return;
+    };
+    let chart = sb.tmp.path().join("chart.svg");
+    let out = Command::new(crate::common::bin())
+        .args([
+            "bench",
+            "manifests/bypass.toml",
+            "--quick",
+            "--json",
+            "--chart",
+        ])
+        .arg(&chart)
+        .arg("--cgroup-parent")
+        .arg(&sb.cgroup)
+        .arg("--pin-parent")
+        .arg(&sb.pin_dir)
+        .output()
+        .unwrap();
+    assert!(out.status.success(), "{}", stderr(&out));
+    let report: serde_json::Value = serde_json::from_slice(&out.stdout).unwrap();
+    let rows = report["rows"].as_array().unwrap();
+    assert_eq!(rows.len(), 7);
+    for row in rows {
+        for path in ["loopback", "bypass", "unix"] {
+            let median = row[path]["median"].as_f64().unwrap_or(f64::NAN);
+            assert!(median.is_finite() && median > 0.0, "{row}");
+        }
+        assert!(
+            row["bypass_vs_loopback"]
+                .as_f64()
+                .is_some_and(f64::is_finite),
+            "{row}"
+        );
+    }
+    assert_eq!(report["control_plane"].as_array().unwrap().len(), 4);
+    let svg = std::fs::read_to_string(&chart).unwrap();
+    assert!(svg.starts_with("<svg"));
+    assert_eq!(
+        svg.matches("<rect x=").count(),
+        7 * 3 + 3,
+        "bars and legend"
+    );
+    // The bench removed its own cgroups and pins.
+    assert_eq!(
+        std::fs::read_dir(&sb.cgroup)
+            .unwrap()
+            .filter(|e| e.as_ref().unwrap().path().is_dir())
+            .count(),
+        0
+    );
+    assert_eq!(sb.pins(), Vec::<String>::new());
+}
