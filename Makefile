@@ -27,6 +27,7 @@ lint:
 demo: deps build
 	sh scripts/demo.sh
 
-bench: build
+bench: deps build
 	sh scripts/bench-plan.sh
 	sh scripts/bench-apply.sh
+	target/release/bpfplan bench manifests/bypass.toml --chart docs/bench.svg | tee docs/bench.txt
