@@ -1,38 +1,75 @@
 /* SPDX-License-Identifier: GPL-2.0 */
 /*
- * The sockhash shared by sockops.c (which fills it) and redir.c (which
- * redirects through it). Both objects define the same map so that the second
- * one can be loaded with `bpftool prog load ... map name sock_ops_map pinned
- * PIN`, which makes libbpf reuse the pinned map instead of creating a new one.
+ * What sockops.c (which fills the sockhash) and redir.c (which redirects
+ * through it) share. Both objects define the same maps so that the second
+ * one can be loaded with `bpftool prog load ... map name NAME pinned PIN`,
+ * which makes libbpf reuse the pinned maps instead of creating new ones.
  */
 #ifndef BPFPLAN_SOCK_KEY_H
 #define BPFPLAN_SOCK_KEY_H
 
 #include <linux/bpf.h>
 #include <bpf/bpf_helpers.h>
+#include <bpf/bpf_endian.h>
+
+#define AF_INET 2
+#define AF_INET6 10
 
 /*
- * An IPv4 connection seen from one of its sockets. Ports are kept in network
- * byte order in the low 16 bits so both programs build identical keys.
+ * A TCP connection seen from one of its sockets. Addresses are in IPv6 form,
+ * IPv4 ones mapped (::ffff:a.b.c.d), so an IPv4 socket and a dual-stack IPv6
+ * socket on the two ends of one connection build matching keys. Ports are
+ * in host byte order, which reads naturally in `bpftool map dump`.
  */
 struct sock_key {
-	__u32 sip4;
-	__u32 dip4;
-	__u8 family;
-	__u8 pad1;
-	__u16 pad2;
-	__u32 pad3;
+	__u32 sip[4]; /* this socket's address */
+	__u32 dip[4]; /* the peer's address */
 	__u32 sport;
 	__u32 dport;
-} __attribute__((packed));
+};
 
 struct {
 	__uint(type, BPF_MAP_TYPE_SOCKHASH);
 	__uint(max_entries, 65535);
 	__type(key, struct sock_key);
-	__type(value, __u64); /* 8 bytes: a user-space lookup returns the socket cookie */
+	/* 8 bytes: a user-space lookup of a sockhash returns the socket cookie,
+	 * and fails with ENOSPC for a smaller value. */
+	__type(value, __u64);
 } sock_ops_map SEC(".maps");
 
-#define AF_INET 2
+/* Per-CPU counters; `bpfplan status` sums them over the CPUs. */
+enum bypass_stat {
+	STAT_INSERTED = 0,	  /* sockets put into the sockhash */
+	STAT_SKIPPED_REMOTE = 1,  /* established sockets whose peer is not local */
+	STAT_REDIRECTED_MSGS = 2, /* messages redirected to the peer */
+	STAT_REDIRECTED_BYTES = 3,
+	STAT_MISSES = 4,	  /* peer not in the sockhash: passed to TCP */
+	STAT_DROPPED = 5,	  /* messages dropped by the port policy */
+	STAT_MAX = 6,
+};
+
+struct {
+	__uint(type, BPF_MAP_TYPE_PERCPU_ARRAY);
+	__uint(max_entries, STAT_MAX);
+	__type(key, __u32);
+	__type(value, __u64);
+} bypass_stats SEC(".maps");
+
+static __always_inline void count(__u32 stat, __u64 n)
+{
+	__u64 *v = bpf_map_lookup_elem(&bypass_stats, &stat);
+
+	if (v)
+		*v += n; /* per-CPU: no other writer */
+}
+
+/* ::ffff:a.b.c.d from an IPv4 address in network order. */
+static __always_inline void map_v4(__u32 out[4], __u32 v4)
+{
+	out[0] = 0;
+	out[1] = 0;
+	out[2] = bpf_htonl(0xffff);
+	out[3] = v4;
+}
 
 #endif

@@ -1,36 +1,69 @@
 // SPDX-License-Identifier: GPL-2.0
 /*
- * sockops: put every established IPv4 TCP socket of the cgroup into
- * sock_ops_map, keyed by its 4-tuple as seen from that socket.
+ * sockops: put each established TCP socket (IPv4, IPv6, IPv4-mapped) whose
+ * peer is on this host into sock_ops_map, keyed by its connection as seen
+ * from that socket. Connections to other hosts gain nothing from the
+ * redirect, so they are left out and never pay for the sk_msg hook.
  */
-#include <bpf/bpf_endian.h>
 #include "sock_key.h"
+
+/* Extra addresses of this host (IPv6 form, IPv4 mapped) whose connections
+ * count as local; loopback always does. Seeded by the manifest. */
+struct {
+	__uint(type, BPF_MAP_TYPE_HASH);
+	__uint(max_entries, 256);
+	__type(key, __u32[4]);
+	__type(value, __u8);
+} local_addrs SEC(".maps");
+
+static __always_inline int is_local(__u32 ip[4])
+{
+	/* ::1 */
+	if (!ip[0] && !ip[1] && !ip[2] && ip[3] == bpf_htonl(1))
+		return 1;
+	/* ::ffff:127.0.0.0/104 */
+	if (!ip[0] && !ip[1] && ip[2] == bpf_htonl(0xffff) &&
+	    (bpf_ntohl(ip[3]) >> 24) == 127)
+		return 1;
+	return bpf_map_lookup_elem(&local_addrs, ip) != NULL;
+}
 
 SEC("sockops")
 int bpf_sockops(struct bpf_sock_ops *skops)
 {
-	if (skops->family != AF_INET)
+	struct sock_key key = {};
+	__u32 op = skops->op;
+
+	if (op != BPF_SOCK_OPS_PASSIVE_ESTABLISHED_CB &&
+	    op != BPF_SOCK_OPS_ACTIVE_ESTABLISHED_CB)
 		return 0;
 
-	switch (skops->op) {
-	case BPF_SOCK_OPS_PASSIVE_ESTABLISHED_CB:
-	case BPF_SOCK_OPS_ACTIVE_ESTABLISHED_CB: {
-		struct sock_key key = {
-			.sip4 = skops->local_ip4,
-			.dip4 = skops->remote_ip4,
-			.family = 1,
-			/* local_port is host order; remote_port is network order
-			 * in the high 16 bits of the u32 on this ABI. */
-			.sport = bpf_htonl(skops->local_port) >> 16,
-			.dport = skops->remote_port >> 16,
-		};
-		/* BPF_NOEXIST: a 4-tuple is unique while its socket lives. */
-		bpf_sock_hash_update(skops, &sock_ops_map, &key, BPF_NOEXIST);
-		break;
+	if (skops->family == AF_INET) {
+		map_v4(key.sip, skops->local_ip4);
+		map_v4(key.dip, skops->remote_ip4);
+	} else if (skops->family == AF_INET6) {
+		key.sip[0] = skops->local_ip6[0];
+		key.sip[1] = skops->local_ip6[1];
+		key.sip[2] = skops->local_ip6[2];
+		key.sip[3] = skops->local_ip6[3];
+		key.dip[0] = skops->remote_ip6[0];
+		key.dip[1] = skops->remote_ip6[1];
+		key.dip[2] = skops->remote_ip6[2];
+		key.dip[3] = skops->remote_ip6[3];
+	} else {
+		return 0;
 	}
-	default:
-		break;
+	/* local_port is in host order; remote_port is in network order. */
+	key.sport = skops->local_port;
+	key.dport = bpf_ntohl(skops->remote_port);
+
+	if (!is_local(key.dip)) {
+		count(STAT_SKIPPED_REMOTE, 1);
+		return 0;
 	}
+	/* BPF_NOEXIST: a connection's key is unique while its socket lives. */
+	if (bpf_sock_hash_update(skops, &sock_ops_map, &key, BPF_NOEXIST) == 0)
+		count(STAT_INSERTED, 1);
 	return 0;
 }
 

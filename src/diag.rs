@@ -95,6 +95,13 @@ pub enum ManifestErrorKind {
         owner: String,
     },
     DependencyCycle(String),
+    UnknownScalarType(String),
+    EntriesWithoutTypes,
+    BadEntry {
+        what: &'static str,
+        reason: String,
+    },
+    DuplicateEntry(String),
 }
 
 impl fmt::Display for ManifestErrorKind {
@@ -219,6 +226,16 @@ impl fmt::Display for ManifestErrorKind {
             DependencyCycle(cycle) => {
                 write!(f, "programs reuse each other's maps in a cycle: {cycle}")
             }
+            UnknownScalarType(t) => write!(
+                f,
+                "unknown entry type `{t}`; expected one of: u8, u16, u32, u64, ip"
+            ),
+            EntriesWithoutTypes => write!(
+                f,
+                "a map with `entries` needs `key` and `value` types (u8, u16, u32, u64 or ip)"
+            ),
+            BadEntry { what, reason } => write!(f, "bad entry {what}: {reason}"),
+            DuplicateEntry(key) => write!(f, "entry key `{key}` is listed twice"),
         }
     }
 }

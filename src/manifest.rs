@@ -51,6 +51,28 @@ pub struct RawMap {
     pub program: S,
     /// Where the map is pinned in bpffs.
     pub pin: S,
+    /// How keys of `entries` are encoded: u8, u16, u32, u64 or ip.
+    pub key: Option<S>,
+    /// How values of `entries` are encoded.
+    pub value: Option<S>,
+    /// The map's contents, kept exact by apply (absent: not managed).
+    pub entries: Option<Spanned<Vec<Spanned<RawEntry>>>>,
+}
+
+/// One declared map entry.
+#[derive(Debug, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct RawEntry {
+    pub key: Spanned<Scalar>,
+    pub value: Spanned<Scalar>,
+}
+
+/// An entry's key or value as written: a number or a string (an address).
+#[derive(Debug, Clone, Deserialize)]
+#[serde(untagged)]
+pub enum Scalar {
+    Int(i64),
+    Str(String),
 }
 
 #[derive(Debug, Deserialize)]

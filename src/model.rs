@@ -256,6 +256,101 @@ pub struct MapDef {
     /// The program whose object creates this map.
     pub owner: ProgName,
     pub pin: MapPin,
+    /// The exact contents apply keeps, when the manifest declares them.
+    pub entries: Option<Vec<Entry>>,
+}
+
+/// A map entry, encoded as the map stores it.
+#[derive(Debug, Clone, PartialEq, Eq, PartialOrd, Ord, Serialize, Deserialize)]
+pub struct Entry {
+    /// The key's bytes.
+    #[serde(with = "hex_bytes")]
+    pub key: Vec<u8>,
+    /// The value's bytes.
+    #[serde(with = "hex_bytes")]
+    pub value: Vec<u8>,
+    /// The key as the manifest wrote it.
+    pub key_text: String,
+    /// The value as the manifest wrote it.
+    pub value_text: String,
+}
+
+/// How an entry's key or value is encoded.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum ScalarType {
+    U8,
+    U16,
+    U32,
+    U64,
+    /// 16 bytes: an IPv6 address, or an IPv4 one mapped (::ffff:a.b.c.d).
+    Ip,
+}
+
+impl ScalarType {
+    pub fn parse(s: &str) -> Option<ScalarType> {
+        Some(match s {
+            "u8" => ScalarType::U8,
+            "u16" => ScalarType::U16,
+            "u32" => ScalarType::U32,
+            "u64" => ScalarType::U64,
+            "ip" => ScalarType::Ip,
+            _ => return None,
+        })
+    }
+
+    /// Encode a number (native byte order, as the BPF program reads it) or
+    /// an address; the error says what was expected.
+    pub fn encode(self, v: &crate::manifest::Scalar) -> Result<Vec<u8>, String> {
+        use crate::manifest::Scalar;
+        let int = |max: u64| -> Result<u64, String> {
+            let n = match v {
+                Scalar::Int(n) => u64::try_from(*n).map_err(|_| format!("{n} is negative"))?,
+                Scalar::Str(s) => s
+                    .parse::<u64>()
+                    .map_err(|_| format!("`{s}` is not a number"))?,
+            };
+            if n > max {
+                return Err(format!("{n} does not fit (at most {max})"));
+            }
+            Ok(n)
+        };
+        Ok(match self {
+            ScalarType::U8 => vec![int(u8::MAX.into())? as u8],
+            ScalarType::U16 => (int(u16::MAX.into())? as u16).to_ne_bytes().to_vec(),
+            ScalarType::U32 => (int(u32::MAX.into())? as u32).to_ne_bytes().to_vec(),
+            ScalarType::U64 => int(u64::MAX)?.to_ne_bytes().to_vec(),
+            ScalarType::Ip => {
+                let Scalar::Str(s) = v else {
+                    return Err("an address is a string, like \"198.18.0.1\" or \"::1\"".into());
+                };
+                match s.parse::<std::net::IpAddr>() {
+                    Ok(std::net::IpAddr::V4(a)) => a.to_ipv6_mapped().octets().to_vec(),
+                    Ok(std::net::IpAddr::V6(a)) => a.octets().to_vec(),
+                    Err(_) => return Err(format!("`{s}` is not an IP address")),
+                }
+            }
+        })
+    }
+}
+
+/// Bytes as a lower-case hex string in JSON.
+mod hex_bytes {
+    use serde::{Deserialize, Deserializer, Serializer};
+
+    pub fn serialize<S: Serializer>(b: &[u8], s: S) -> Result<S::Ok, S::Error> {
+        s.serialize_str(&crate::state::hex(b))
+    }
+
+    pub fn deserialize<'de, D: Deserializer<'de>>(d: D) -> Result<Vec<u8>, D::Error> {
+        let s = String::deserialize(d)?;
+        if s.len() % 2 != 0 {
+            return Err(serde::de::Error::custom("odd-length hex"));
+        }
+        (0..s.len())
+            .step_by(2)
+            .map(|i| u8::from_str_radix(&s[i..i + 2], 16).map_err(serde::de::Error::custom))
+            .collect()
+    }
 }
 
 #[derive(Debug, Clone, PartialEq, Eq)]

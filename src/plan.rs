@@ -101,6 +101,15 @@ pub fn plan(model: &Model, opts: &PlanOptions) -> Plan {
                 program_pin: p.pin.clone(),
                 pin: m.pin.clone(),
             });
+            // Declared contents go in before anything attaches, so a policy
+            // holds from the first packet.
+            for e in m.entries.iter().flatten() {
+                steps.push(Step::UpdateMapEntry {
+                    map: m.name.clone(),
+                    pin: m.pin.clone(),
+                    entry: e.clone(),
+                });
+            }
         }
     }
 

@@ -6,7 +6,7 @@
 use serde::{Deserialize, Serialize};
 use std::path::PathBuf;
 
-use crate::model::{CgroupPath, IfaceName, MapName, MapPin, ProgName, ProgPin, XdpMode};
+use crate::model::{CgroupPath, Entry, IfaceName, MapName, MapPin, ProgName, ProgPin, XdpMode};
 
 /// One word of a command.
 #[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
@@ -78,6 +78,24 @@ pub enum Step {
         program_pin: ProgPin,
         /// Where the map is pinned.
         pin: MapPin,
+    },
+    /// Write one declared entry into a pinned map.
+    UpdateMapEntry {
+        /// The map.
+        map: MapName,
+        /// Where the map is pinned.
+        pin: MapPin,
+        /// The entry.
+        entry: Entry,
+    },
+    /// Remove one entry from a pinned map.
+    DeleteMapEntry {
+        /// The map.
+        map: MapName,
+        /// Where the map is pinned.
+        pin: MapPin,
+        /// The entry (its key is what is removed).
+        entry: Entry,
     },
     /// Attach a program to a map (sockmap/sockhash verdict or parser).
     AttachMap {
@@ -234,6 +252,18 @@ impl Step {
                 argv.push(Arg::lit(pin.as_str()));
                 argv
             }
+            UpdateMapEntry { pin, entry, .. } | DeleteMapEntry { pin, entry, .. } => {
+                let update = matches!(self, UpdateMapEntry { .. });
+                let verb = if update { "update" } else { "delete" };
+                let mut argv = bpftool(&["bpftool", "map", verb, "pinned"]);
+                argv.extend([Arg::lit(pin.as_str()), Arg::lit("key"), Arg::lit("hex")]);
+                argv.extend(entry.key.iter().map(|b| Arg::lit(format!("{b:02x}"))));
+                if update {
+                    argv.extend([Arg::lit("value"), Arg::lit("hex")]);
+                    argv.extend(entry.value.iter().map(|b| Arg::lit(format!("{b:02x}"))));
+                }
+                argv
+            }
             AttachMap {
                 program_pin,
                 map_pin,
@@ -335,6 +365,8 @@ impl Step {
             MakeBuildDir { .. } | Compile { .. } => return None,
             LoadProgram { program, pin, .. } => UnpinProgram { program, pin },
             PinMap { map, pin, .. } => UnpinMap { map, pin },
+            // An entry goes away with its map, which the PinMap undo removes.
+            UpdateMapEntry { .. } => return None,
             AttachMap {
                 program,
                 program_pin,
@@ -370,6 +402,7 @@ impl Step {
                 mode,
             },
             DetachCgroup { .. }
+            | DeleteMapEntry { .. }
             | DetachMap { .. }
             | DetachXdp { .. }
             | UnpinProgram { .. }
@@ -396,6 +429,12 @@ impl Step {
                 program_pin,
                 pin,
             } => format!("pin map `{map}`, created by the program at {program_pin}, at {pin}"),
+            UpdateMapEntry { map, entry, .. } => {
+                format!("set `{map}`[{}] = {}", entry.key_text, entry.value_text)
+            }
+            DeleteMapEntry { map, entry, .. } => {
+                format!("remove `{map}`[{}]", entry.key_text)
+            }
             AttachMap {
                 program, map, kind, ..
             } => format!("attach program `{program}` to map `{map}` as {kind}"),

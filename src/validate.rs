@@ -112,11 +112,13 @@ impl Validator<'_> {
                 );
             }
             let pin = self.pin(&m.pin, &mut pins);
-            if let (Some(name), Some(pin)) = (name, pin) {
+            let entries = self.entries(m);
+            if let (Some(name), Some(pin), Some(entries)) = (name, pin, entries) {
                 maps.push(MapDef {
                     name: MapName(name),
                     owner: ProgName(m.program.get_ref().clone()),
                     pin: MapPin(pin),
+                    entries,
                 });
             }
         }
@@ -195,6 +197,68 @@ impl Validator<'_> {
                 self.error(K::UnknownVarOverride(name.clone()), vars_span.clone());
             }
         }
+    }
+
+    /// A map's declared entries, encoded; `Some(None)` when not managed.
+    fn entries(&mut self, m: &manifest::RawMap) -> Option<Option<Vec<Entry>>> {
+        let ty = |v: &mut Self, s: &Option<S>| -> Option<Option<ScalarType>> {
+            match s {
+                None => Some(None),
+                Some(s) => match ScalarType::parse(s.get_ref()) {
+                    Some(t) => Some(Some(t)),
+                    None => {
+                        v.error(K::UnknownScalarType(s.get_ref().clone()), Some(s.span()));
+                        None
+                    }
+                },
+            }
+        };
+        let (key_ty, value_ty) = (ty(self, &m.key)?, ty(self, &m.value)?);
+        let Some(raw) = &m.entries else {
+            return Some(None);
+        };
+        let (Some(key_ty), Some(value_ty)) = (key_ty, value_ty) else {
+            self.error(K::EntriesWithoutTypes, Some(raw.span()));
+            return None;
+        };
+        let mut out = Vec::new();
+        let mut seen = BTreeSet::new();
+        let mut ok = true;
+        for e in raw.get_ref() {
+            let e = e.get_ref();
+            let text = |v: &manifest::Scalar| match v {
+                manifest::Scalar::Int(n) => n.to_string(),
+                manifest::Scalar::Str(s) => s.clone(),
+            };
+            let key = key_ty.encode(e.key.get_ref());
+            let value = value_ty.encode(e.value.get_ref());
+            match (key, value) {
+                (Ok(key), Ok(value)) => {
+                    let key_text = text(e.key.get_ref());
+                    if !seen.insert(key.clone()) {
+                        self.error(K::DuplicateEntry(key_text), Some(e.key.span()));
+                        ok = false;
+                        continue;
+                    }
+                    out.push(Entry {
+                        key,
+                        value,
+                        key_text,
+                        value_text: text(e.value.get_ref()),
+                    });
+                }
+                (k, v) => {
+                    for (what, r, span) in [("key", k, e.key.span()), ("value", v, e.value.span())]
+                    {
+                        if let Err(reason) = r {
+                            self.error(K::BadEntry { what, reason }, Some(span));
+                        }
+                    }
+                    ok = false;
+                }
+            }
+        }
+        ok.then_some(Some(out))
     }
 
     /// Record a name, or report it as a duplicate of an earlier one.

@@ -7,6 +7,13 @@ use std::time::Duration;
 use crate::common::sandbox::{Sandbox, bpftool_json, next_event, report, spawn_piped};
 
 const MIB: u64 = 1 << 20;
+const BYPASS_PINS: [&str; 5] = [
+    "bpf_sockops",
+    "bpf_tcpip_bypass",
+    "bypass_stats",
+    "local_addrs",
+    "sock_ops_map",
+];
 
 fn stderr(out: &std::process::Output) -> String {
     String::from_utf8_lossy(&out.stderr).into_owned()
@@ -18,10 +25,7 @@ fn apply_then_destroy_leaves_nothing() {
         return;
     };
     sb.must("apply");
-    assert_eq!(
-        sb.pins(),
-        ["bpf_sockops", "bpf_tcpip_bypass", "sock_ops_map"]
-    );
+    assert_eq!(sb.pins(), BYPASS_PINS);
     assert_eq!(
         sb.attachments(),
         [("bpf_sockops".to_string(), "cgroup_sock_ops".to_string())]
@@ -254,11 +258,7 @@ fn a_killed_apply_is_cleaned_up_by_the_next_run() {
         let _ = child.wait();
         // The next apply finishes the job...
         let log = sb.must("apply");
-        assert_eq!(
-            sb.pins(),
-            ["bpf_sockops", "bpf_tcpip_bypass", "sock_ops_map"],
-            "{log}"
-        );
+        assert_eq!(sb.pins(), BYPASS_PINS, "{log}");
         assert_eq!(sb.attachments().len(), 1, "{log}");
         // ...and destroy leaves nothing.
         let ids = sb.prog_ids();
@@ -410,10 +410,7 @@ fn an_apply_interrupted_after_any_step_is_recovered() {
             if kernel_steps > 0 {
                 assert!(log.contains("was interrupted"), "{log}");
             }
-            assert_eq!(
-                sb.pins(),
-                ["bpf_sockops", "bpf_tcpip_bypass", "sock_ops_map"]
-            );
+            assert_eq!(sb.pins(), BYPASS_PINS);
             assert_eq!(sb.attachments().len(), 1);
             assert!(sb.must("apply").contains("No changes"));
         }

@@ -63,12 +63,14 @@ fn bypass_order_is_the_classic_sequence_with_cgroup_attach_last() {
             "compile",
             "load_program",
             "pin_map",
+            "pin_map",
+            "pin_map",
             "load_program",
             "attach_map",
             "attach_cgroup"
         ]
     );
-    let last = bpfplan::render::display_argv(&plan.steps[7].argv()).unwrap();
+    let last = bpfplan::render::display_argv(&plan.steps[9].argv()).unwrap();
     assert_eq!(
         last,
         "bpftool cgroup attach /sys/fs/cgroup sock_ops pinned /sys/fs/bpf/bpf_sockops multi"
@@ -81,7 +83,7 @@ fn destroy_is_the_reverse_of_the_undos() {
     let destroy = plan.destroy();
     let expected: Vec<_> = plan.steps.iter().rev().filter_map(|s| s.undo()).collect();
     assert_eq!(destroy.steps, expected);
-    assert_eq!(destroy.steps.len(), 5);
+    assert_eq!(destroy.steps.len(), 7);
     assert!(destroy.steps.iter().all(|s| s.undo().is_none()));
 }
 
