@@ -7,9 +7,10 @@ use crate::render::Format;
 
 const EXIT_CODES: &str = "\
 Exit codes:
-  0  success
+  0  success (status: in sync; plan --detailed-exitcode: no changes)
   1  a command failed (apply rolled back what it had done)
-  2  usage or manifest error; nothing was changed";
+  2  usage or manifest error, nothing was changed; or, for status and
+     plan --detailed-exitcode, the kernel differs from the manifest";
 
 #[derive(Debug, Parser)]
 #[command(
@@ -35,6 +36,19 @@ pub enum Command {
         /// Show the teardown instead.
         #[arg(long)]
         destroy: bool,
+        /// Compare with the live kernel (root): show only what apply would
+        /// change, exit 0 when nothing, 2 when something.
+        #[arg(long, conflicts_with = "destroy")]
+        detailed_exitcode: bool,
+    },
+    /// Compare the live kernel with the manifest: each program, map, entry
+    /// set and attachment, plus sockhash sizes and counters.
+    Status {
+        #[command(flatten)]
+        target: Target,
+        /// text or json.
+        #[arg(long, value_enum, default_value_t = StatusFormat::Text)]
+        format: StatusFormat,
     },
     /// Compile, load, pin and attach what the manifest describes.
     Apply {
@@ -70,6 +84,12 @@ pub enum Command {
         #[arg(long, value_name = "DIR")]
         pin_parent: Option<PathBuf>,
     },
+}
+
+#[derive(Debug, Clone, Copy, PartialEq, Eq, clap::ValueEnum)]
+pub enum StatusFormat {
+    Text,
+    Json,
 }
 
 #[derive(Debug, Clone, Args)]

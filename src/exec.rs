@@ -7,6 +7,7 @@ use std::collections::BTreeSet;
 use std::path::{Path, PathBuf};
 use std::time::{Duration, Instant};
 
+use crate::drift::{self, Changes};
 use crate::host::{DEFAULT_BPFFS, HostFacts};
 use crate::inspect;
 use crate::plan::Plan;
@@ -155,7 +156,7 @@ const CAP_BPF: u32 = 39;
 
 /// Loading, pinning and attaching need CAP_SYS_ADMIN, or CAP_BPF with
 /// CAP_NET_ADMIN (kernel 5.8+): read them from the effective set.
-fn check_privileges() -> Result<()> {
+pub fn check_privileges() -> Result<()> {
     let status =
         std::fs::read_to_string("/proc/self/status").context("reading /proc/self/status")?;
     let caps = effective_caps(&status).context("no CapEff in /proc/self/status")?;
@@ -240,7 +241,7 @@ pub fn apply(plan: &Plan) -> Result<Applied> {
             print_done(t, note);
         }
     }
-    let objects = object_hashes(plan)?;
+    let objects = state::object_hashes(plan)?;
 
     if let Some(old) = store.load()? {
         match old.status {
@@ -258,28 +259,42 @@ pub fn apply(plan: &Plan) -> Result<Applied> {
                 )?;
                 store.remove()?;
             }
-            Status::Applied => {
-                if old.plan == *plan && old.objects == objects {
-                    match in_sync(&old) {
-                        Ok(()) => {
-                            println!(
-                                "No changes: the kernel matches {} ({} ms)",
-                                plan.manifest.display(),
-                                started.elapsed().as_millis()
-                            );
-                            return Ok(Applied::NoChanges);
-                        }
-                        Err(drift) => println!("drift: {drift:#}; applying anew"),
-                    }
-                } else {
+            Status::Applied => match drift::changes(plan, &old, &objects)? {
+                Changes::None => {
                     println!(
-                        "the manifest or its programs changed since the last apply; replacing the deployment"
+                        "No changes: the kernel matches {} ({} ms)",
+                        plan.manifest.display(),
+                        started.elapsed().as_millis()
                     );
+                    return Ok(Applied::NoChanges);
                 }
-                teardown(&old.plan.destroy().steps)?;
-                wait_freed(&old.programs);
-                store.remove()?;
-            }
+                Changes::Entries(steps) => {
+                    println!(
+                        "only map contents differ: {} update(s), no program is reloaded",
+                        steps.len()
+                    );
+                    run_steps(&steps)?;
+                    let st = State {
+                        plan: plan.clone(),
+                        started: plan.steps.len(),
+                        sources: state::source_hashes(plan)?,
+                        ..old
+                    };
+                    store.save(&st)?;
+                    println!(
+                        "applied {} in {} ms",
+                        plan.manifest.display(),
+                        started.elapsed().as_millis()
+                    );
+                    return Ok(Applied::Changed);
+                }
+                Changes::Full(reason) => {
+                    println!("{reason}: replacing the deployment");
+                    teardown(&old.plan.destroy().steps)?;
+                    wait_freed(&old.programs);
+                    store.remove()?;
+                }
+            },
         }
     } else {
         // A fresh deployment must not take over pins it did not create.
@@ -298,7 +313,7 @@ pub fn apply(plan: &Plan) -> Result<Applied> {
         status: Status::Applying,
         plan: plan.clone(),
         started: 0,
-        sources: source_hashes(plan)?,
+        sources: state::source_hashes(plan)?,
         objects,
         programs: Vec::new(),
     };
@@ -453,29 +468,6 @@ fn parse_depfile(text: &str) -> Vec<String> {
     files
 }
 
-/// sha256 of the files some steps name: objects loaded, or sources compiled.
-fn hashes(plan: &Plan, pick: impl Fn(&Step) -> Option<&PathBuf>) -> Result<Vec<(PathBuf, String)>> {
-    plan.steps
-        .iter()
-        .filter_map(pick)
-        .map(|f| Ok((f.clone(), state::file_sha256(f)?)))
-        .collect()
-}
-
-fn object_hashes(plan: &Plan) -> Result<Vec<(PathBuf, String)>> {
-    hashes(plan, |s| match s {
-        Step::LoadProgram { object, .. } => Some(object),
-        _ => None,
-    })
-}
-
-fn source_hashes(plan: &Plan) -> Result<Vec<(PathBuf, String)>> {
-    hashes(plan, |s| match s {
-        Step::Compile { source, .. } => Some(source),
-        _ => None,
-    })
-}
-
 fn loaded_programs(plan: &Plan) -> Result<Vec<LoadedProgram>> {
     let mut out = Vec::new();
     for step in &plan.steps {
@@ -493,53 +485,32 @@ fn loaded_programs(plan: &Plan) -> Result<Vec<LoadedProgram>> {
     Ok(out)
 }
 
-/// Compare the live kernel with what was applied.
-fn in_sync(st: &State) -> Result<()> {
-    let id_of = |pin: &str| st.programs.iter().find(|p| p.pin == pin).map(|p| p.id);
-    for p in &st.programs {
-        match inspect::pinned_prog(&p.pin)? {
-            None => bail!("program pin {} is missing", p.pin),
-            Some(info) if info.id != p.id || info.tag != p.tag => {
-                bail!("the program pinned at {} is not the one applied", p.pin)
-            }
-            Some(_) => {}
-        }
+/// What apply would change, without building or changing anything: a
+/// changed source counts as a changed program.
+pub fn pending(plan: &Plan) -> Result<Changes> {
+    check_privileges()?;
+    let store = Store::for_plan(plan)?;
+    let Some(old) = store.load()? else {
+        return Ok(Changes::Full("not applied yet".into()));
+    };
+    if state::source_hashes(plan)? != old.sources {
+        return Ok(Changes::Full("a program's source changed".into()));
     }
-    for step in &st.plan.steps {
-        match step {
-            Step::PinMap { pin, .. } if inspect::pinned_map_id(pin.as_str())?.is_none() => {
-                bail!("map pin {pin} is missing")
-            }
-            Step::AttachMap {
-                program_pin,
-                map_pin,
-                kind,
-                ..
-            } => {
-                let attached = inspect::map_attached_prog_ids(map_pin.as_str(), kind)?;
-                if !id_of(program_pin.as_str()).is_some_and(|id| attached.contains(&id)) {
-                    bail!("program {program_pin} is no longer attached to {map_pin} as {kind}");
-                }
-            }
-            Step::AttachCgroup {
-                program_pin,
-                cgroup,
-                kind,
-                ..
-            } => {
-                let id = id_of(program_pin.as_str());
-                let attached = inspect::cgroup_attachments(cgroup.as_str())?;
-                if !attached.iter().any(|a| Some(a.id) == id) {
-                    bail!("program {program_pin} is no longer attached to {cgroup} as {kind}");
-                }
-            }
-            Step::AttachXdp {
-                program_pin, iface, ..
-            } if inspect::xdp_prog_id(iface.as_str())? != id_of(program_pin.as_str()) => {
-                bail!("program {program_pin} is no longer attached to {iface}");
-            }
-            _ => {}
-        }
+    let objects = old.objects.clone();
+    drift::changes(plan, &old, &objects)
+}
+
+/// Run steps in order, stopping at the first failure. Map updates are
+/// idempotent: after a failure the next apply writes them again.
+fn run_steps(steps: &[Step]) -> Result<()> {
+    let total = steps.len();
+    for (i, step) in steps.iter().enumerate() {
+        print_step(i, total, step)?;
+        let t = Instant::now();
+        resolve(&step.argv())
+            .and_then(|argv| run_argv(&argv))
+            .with_context(|| format!("step {}/{total} failed: {}", i + 1, step.summary()))?;
+        print_done(t, None);
     }
     Ok(())
 }

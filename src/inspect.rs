@@ -189,3 +189,62 @@ pub fn map_attached_prog_ids(map_pin: &str, kind: &str) -> Result<Vec<u32>> {
     let cnt = (u32::from_ne_bytes(cnt) as usize).min(ids.len());
     Ok(ids[..cnt].to_vec())
 }
+
+/// One entry of `bpftool -j map dump`: raw key, and the value (one per CPU
+/// for per-CPU maps).
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct DumpEntry {
+    pub key: Vec<u8>,
+    pub values: Vec<Vec<u8>>,
+}
+
+/// The entries of the map pinned at `pin`.
+pub fn map_dump(pin: &str) -> Result<Vec<DumpEntry>> {
+    #[derive(Deserialize)]
+    struct Raw {
+        key: Vec<String>,
+        value: Option<Vec<String>>,
+        values: Option<Vec<PerCpu>>,
+    }
+    #[derive(Deserialize)]
+    struct PerCpu {
+        value: Vec<String>,
+    }
+    fn bytes(hex: &[String]) -> Result<Vec<u8>> {
+        hex.iter()
+            .map(|h| {
+                u8::from_str_radix(h.trim_start_matches("0x"), 16)
+                    .with_context(|| format!("`{h}` in bpftool's map dump is not a hex byte"))
+            })
+            .collect()
+    }
+    let raw: Option<Vec<Raw>> = bpftool_json(&["map", "dump", "pinned", pin])?;
+    raw.unwrap_or_default()
+        .iter()
+        .map(|r| {
+            let values = match (&r.value, &r.values) {
+                (Some(v), _) => vec![bytes(v)?],
+                (None, Some(per_cpu)) => per_cpu
+                    .iter()
+                    .map(|c| bytes(&c.value))
+                    .collect::<Result<_>>()?,
+                (None, None) => Vec::new(),
+            };
+            Ok(DumpEntry {
+                key: bytes(&r.key)?,
+                values,
+            })
+        })
+        .collect()
+}
+
+/// The kernel's type name of the map pinned at `pin` (`hash`, `sockhash`, ...).
+pub fn map_type(pin: &str) -> Result<String> {
+    #[derive(Deserialize)]
+    struct Info {
+        #[serde(rename = "type")]
+        map_type: String,
+    }
+    let info: Info = bpftool_json(&["map", "show", "pinned", pin])?;
+    Ok(info.map_type)
+}

@@ -5,6 +5,7 @@
 pub mod bench;
 pub mod cli;
 pub mod diag;
+pub mod drift;
 pub mod exec;
 pub mod host;
 pub mod inspect;
@@ -34,6 +35,9 @@ pub enum Failure {
     Manifest,
     /// A command or the host failed. Exit 1.
     Runtime(anyhow::Error),
+    /// The kernel differs from the manifest (status, plan --detailed-exitcode).
+    /// Exit 2.
+    Differs,
 }
 
 impl From<anyhow::Error> for Failure {
@@ -47,7 +51,7 @@ pub fn run() -> i32 {
     let cli = Cli::parse();
     match dispatch(cli) {
         Ok(()) => 0,
-        Err(Failure::Manifest) => 2,
+        Err(Failure::Manifest | Failure::Differs) => 2,
         Err(Failure::Runtime(e)) => {
             eprintln!("error: {e:#}");
             1
@@ -60,7 +64,52 @@ fn dispatch(cli: Cli) -> Result<(), Failure> {
         Command::Plan {
             target,
             format,
+            destroy: false,
+            detailed_exitcode: true,
+        } => {
+            let plan = load_plan(&target)?;
+            match exec::pending(&plan)? {
+                drift::Changes::None => {
+                    println!("No changes: the kernel matches {}", plan.manifest.display());
+                    Ok(())
+                }
+                drift::Changes::Entries(steps) => {
+                    let changes = Plan {
+                        manifest: plan.manifest.clone(),
+                        steps,
+                    };
+                    print!("{}", render::render(&changes, format, Direction::Apply)?);
+                    Err(Failure::Differs)
+                }
+                drift::Changes::Full(reason) => {
+                    eprintln!("{reason}: apply runs the whole plan");
+                    print!("{}", render::render(&plan, format, Direction::Apply)?);
+                    Err(Failure::Differs)
+                }
+            }
+        }
+        Command::Status { target, format } => {
+            let plan = load_plan(&target)?;
+            exec::check_privileges()?;
+            let report = drift::status(&plan)?;
+            match format {
+                cli::StatusFormat::Text => print!("{}", drift::status_text(&report)),
+                cli::StatusFormat::Json => println!(
+                    "{}",
+                    serde_json::to_string_pretty(&report).context("encoding JSON")?
+                ),
+            }
+            if report.in_sync {
+                Ok(())
+            } else {
+                Err(Failure::Differs)
+            }
+        }
+        Command::Plan {
+            target,
+            format,
             destroy,
+            ..
         } => {
             let plan = load_plan(&target)?;
             let (plan, dir) = if destroy {

@@ -57,6 +57,9 @@ pub struct RawMap {
     pub value: Option<S>,
     /// The map's contents, kept exact by apply (absent: not managed).
     pub entries: Option<Spanned<Vec<Spanned<RawEntry>>>>,
+    /// Names of a counter array's slots, shown by `bpfplan status`.
+    #[serde(default)]
+    pub labels: Vec<String>,
 }
 
 /// One declared map entry.

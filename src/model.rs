@@ -258,6 +258,8 @@ pub struct MapDef {
     pub pin: MapPin,
     /// The exact contents apply keeps, when the manifest declares them.
     pub entries: Option<Vec<Entry>>,
+    /// Names of a counter array's slots, for `bpfplan status`.
+    pub labels: Vec<String>,
 }
 
 /// A map entry, encoded as the map stores it.

@@ -100,6 +100,8 @@ pub fn plan(model: &Model, opts: &PlanOptions) -> Plan {
                 map: m.name.clone(),
                 program_pin: p.pin.clone(),
                 pin: m.pin.clone(),
+                managed: m.entries.is_some(),
+                labels: m.labels.clone(),
             });
             // Declared contents go in before anything attaches, so a policy
             // holds from the first packet.

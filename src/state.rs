@@ -185,3 +185,28 @@ pub fn file_sha256(path: &Path) -> Result<String> {
     let bytes = std::fs::read(path).with_context(|| format!("reading {}", path.display()))?;
     Ok(hex(&Sha256::digest(&bytes)))
 }
+
+/// sha256 of the files some steps name.
+fn hashes(plan: &Plan, pick: impl Fn(&Step) -> Option<&PathBuf>) -> Result<Vec<(PathBuf, String)>> {
+    plan.steps
+        .iter()
+        .filter_map(pick)
+        .map(|f| Ok((f.clone(), file_sha256(f)?)))
+        .collect()
+}
+
+/// sha256 of every object the plan loads.
+pub fn object_hashes(plan: &Plan) -> Result<Vec<(PathBuf, String)>> {
+    hashes(plan, |s| match s {
+        Step::LoadProgram { object, .. } => Some(object),
+        _ => None,
+    })
+}
+
+/// sha256 of every C source the plan compiles.
+pub fn source_hashes(plan: &Plan) -> Result<Vec<(PathBuf, String)>> {
+    hashes(plan, |s| match s {
+        Step::Compile { source, .. } => Some(source),
+        _ => None,
+    })
+}

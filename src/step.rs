@@ -78,6 +78,12 @@ pub enum Step {
         program_pin: ProgPin,
         /// Where the map is pinned.
         pin: MapPin,
+        /// Apply keeps this map's contents exactly as the manifest lists them.
+        #[serde(default, skip_serializing_if = "std::ops::Not::not")]
+        managed: bool,
+        /// Names of a counter array's slots, for `bpfplan status`.
+        #[serde(default, skip_serializing_if = "Vec::is_empty")]
+        labels: Vec<String>,
     },
     /// Write one declared entry into a pinned map.
     UpdateMapEntry {
@@ -243,6 +249,7 @@ impl Step {
                 map,
                 program_pin,
                 pin,
+                ..
             } => {
                 let mut argv = bpftool(&["bpftool", "map", "pin", "id"]);
                 argv.push(Arg::MapId {
@@ -428,6 +435,7 @@ impl Step {
                 map,
                 program_pin,
                 pin,
+                ..
             } => format!("pin map `{map}`, created by the program at {program_pin}, at {pin}"),
             UpdateMapEntry { map, entry, .. } => {
                 format!("set `{map}`[{}] = {}", entry.key_text, entry.value_text)

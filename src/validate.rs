@@ -119,6 +119,7 @@ impl Validator<'_> {
                     owner: ProgName(m.program.get_ref().clone()),
                     pin: MapPin(pin),
                     entries,
+                    labels: m.labels.clone(),
                 });
             }
         }
