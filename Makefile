@@ -1,6 +1,6 @@
 # bpfplan: run as root for anything that touches the kernel (test, demo).
 CARGO ?= cargo
-DEB_PACKAGES := clang bpftool libbpf-dev linux-libc-dev make
+DEB_PACKAGES := clang bpftool libbpf-dev linux-libc-dev make iproute2
 
 .PHONY: deps build test lint demo bench
 

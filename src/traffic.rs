@@ -6,7 +6,7 @@
 use anyhow::{Context, Result, bail};
 use serde::Serialize;
 use std::io::{ErrorKind, Read, Write};
-use std::net::{Ipv4Addr, SocketAddr, TcpListener, TcpStream};
+use std::net::{IpAddr, Ipv4Addr, SocketAddr, TcpListener, TcpStream};
 use std::path::Path;
 use std::time::{Duration, Instant};
 
@@ -142,7 +142,11 @@ pub enum Length {
 
 /// Listen on loopback; the caller's cgroup applies to the accepted sockets.
 fn listen() -> Result<(TcpListener, SocketAddr)> {
-    let l = TcpListener::bind((Ipv4Addr::LOCALHOST, 0)).context("binding 127.0.0.1")?;
+    listen_on(IpAddr::V4(Ipv4Addr::LOCALHOST))
+}
+
+fn listen_on(ip: IpAddr) -> Result<(TcpListener, SocketAddr)> {
+    let l = TcpListener::bind((ip, 0)).with_context(|| format!("binding {ip}"))?;
     let addr = l.local_addr()?;
     Ok((l, addr))
 }
@@ -156,7 +160,22 @@ pub fn stream(
     echo: bool,
     on_flowing: impl FnOnce(),
 ) -> Result<StreamReport> {
-    let (listener, addr) = listen()?;
+    let lo = IpAddr::V4(Ipv4Addr::LOCALHOST);
+    stream_at(lo, lo, conns, length, echo, on_flowing)
+}
+
+/// `stream`, with the server bound to `bind` and clients dialing `connect`
+/// (`::` and `::ffff:127.0.0.1` make a dual-stack, IPv4-mapped connection).
+pub fn stream_at(
+    bind: IpAddr,
+    connect: IpAddr,
+    conns: usize,
+    length: Length,
+    echo: bool,
+    on_flowing: impl FnOnce(),
+) -> Result<StreamReport> {
+    let (listener, bound) = listen_on(bind)?;
+    let addr = SocketAddr::new(connect, bound.port());
     let lo_before = lo_rx_bytes()?;
     let start = Instant::now();
     let deadline = match length {
@@ -189,7 +208,7 @@ pub fn stream(
     let (flow_tx, flow_rx) = std::sync::mpsc::channel::<()>();
     let mut clients = Vec::new();
     for i in 0..conns {
-        let s = TcpStream::connect(addr).context("connecting to 127.0.0.1")?;
+        let s = TcpStream::connect(addr).with_context(|| format!("connecting to {addr}"))?;
         let tx = flow_tx.clone();
         clients.push(std::thread::spawn(move || {
             client(s, i as u64, limit, deadline, echo, tx)
@@ -383,13 +402,86 @@ pub fn request_response(size: usize, count: usize) -> Result<RrReport> {
 }
 
 /// Open one connection and keep it until `until` returns; reports the ports.
-pub fn hold(until: impl FnOnce(u16, u16)) -> Result<()> {
+/// With `to`, dial that server (in another network namespace, say) instead
+/// of one of our own.
+pub fn hold(to: Option<SocketAddr>, until: impl FnOnce(u16, u16)) -> Result<()> {
+    if let Some(to) = to {
+        let c = TcpStream::connect(to).with_context(|| format!("connecting to {to}"))?;
+        until(to.port(), c.local_addr()?.port());
+        drop(c);
+        return Ok(());
+    }
     let (listener, addr) = listen()?;
     let c = TcpStream::connect(addr)?;
     let (s, peer) = listener.accept()?;
     until(addr.port(), peer.port());
     drop((c, s));
     Ok(())
+}
+
+/// Accept connections on `bind` and echo each one until it closes; runs
+/// until `ready` returns (it gets the port).
+pub fn echo_server(bind: SocketAddr, ready: impl FnOnce(u16)) -> Result<()> {
+    let l = TcpListener::bind(bind).with_context(|| format!("binding {bind}"))?;
+    let port = l.local_addr()?.port();
+    std::thread::spawn(move || {
+        for s in l.incoming().flatten() {
+            std::thread::spawn(move || {
+                let mut s = s;
+                let mut buf = vec![0u8; CHUNK];
+                while let Ok(n) = read_retry(&mut s, &mut buf) {
+                    if n == 0 || write_all_retry(&mut s, &buf[..n]).is_err() {
+                        break;
+                    }
+                }
+            });
+        }
+    });
+    ready(port);
+    Ok(())
+}
+
+/// What one message to a given port met.
+#[derive(Debug, Clone, Serialize)]
+pub struct SendOnce {
+    pub port: u16,
+    /// The error `send()` returned, if any (a policy drop gives EACCES).
+    pub send_error: Option<String>,
+    /// Bytes the server received within the wait.
+    pub received: usize,
+}
+
+/// Listen on 127.0.0.1:`port`, connect, send `size` bytes once, and see what
+/// the server gets within `wait`.
+pub fn send_once(port: u16, size: usize, wait: Duration) -> Result<SendOnce> {
+    let l = TcpListener::bind((Ipv4Addr::LOCALHOST, port))
+        .with_context(|| format!("binding 127.0.0.1:{port}"))?;
+    let mut c = TcpStream::connect((Ipv4Addr::LOCALHOST, port))?;
+    let (mut s, _) = l.accept()?;
+    let msg = vec![0x42u8; size];
+    let send_error = c.write_all(&msg).err().map(|e| e.to_string());
+    s.set_read_timeout(Some(wait))?;
+    let mut received = 0;
+    let mut buf = vec![0u8; size.max(1)];
+    let deadline = Instant::now() + wait;
+    while received < size && Instant::now() < deadline {
+        match s.read(&mut buf) {
+            Ok(0) => break,
+            Ok(n) => received += n,
+            Err(e) if e.kind() == ErrorKind::Interrupted => {}
+            // A timeout, or EAGAIN from the redirect path: look again until
+            // the deadline.
+            Err(e) if e.kind() == ErrorKind::WouldBlock || e.kind() == ErrorKind::TimedOut => {
+                std::thread::sleep(Duration::from_millis(5));
+            }
+            Err(e) => return Err(e.into()),
+        }
+    }
+    Ok(SendOnce {
+        port,
+        send_error,
+        received,
+    })
 }
 
 #[cfg(test)]

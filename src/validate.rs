@@ -231,11 +231,16 @@ impl Validator<'_> {
                 manifest::Scalar::Int(n) => n.to_string(),
                 manifest::Scalar::Str(s) => s.clone(),
             };
-            let key = key_ty.encode(e.key.get_ref());
-            let value = value_ty.encode(e.value.get_ref());
+            // Strings may use variables, like every other string value.
+            let (Some(k), Some(v)) = (self.scalar(&e.key), self.scalar(&e.value)) else {
+                ok = false;
+                continue;
+            };
+            let key = key_ty.encode(&k);
+            let value = value_ty.encode(&v);
             match (key, value) {
                 (Ok(key), Ok(value)) => {
-                    let key_text = text(e.key.get_ref());
+                    let key_text = text(&k);
                     if !seen.insert(key.clone()) {
                         self.error(K::DuplicateEntry(key_text), Some(e.key.span()));
                         ok = false;
@@ -245,7 +250,7 @@ impl Validator<'_> {
                         key,
                         value,
                         key_text,
-                        value_text: text(e.value.get_ref()),
+                        value_text: text(&v),
                     });
                 }
                 (k, v) => {
@@ -260,6 +265,17 @@ impl Validator<'_> {
             }
         }
         ok.then_some(Some(out))
+    }
+
+    /// An entry's key or value with its variables expanded.
+    fn scalar(&mut self, s: &toml::Spanned<manifest::Scalar>) -> Option<manifest::Scalar> {
+        match s.get_ref() {
+            manifest::Scalar::Int(n) => Some(manifest::Scalar::Int(*n)),
+            manifest::Scalar::Str(text) => {
+                let spanned = toml::Spanned::new(s.span(), text.clone());
+                self.interp(&spanned).map(manifest::Scalar::Str)
+            }
+        }
     }
 
     /// Record a name, or report it as a duplicate of an earlier one.

@@ -215,7 +215,10 @@ fn drift_is_repaired_by_apply() {
         .unwrap();
     assert!(out.status.success());
     let log = sb.must("apply");
-    assert!(log.contains("drift: attachment `bpf_sockops (sock_ops)`"), "{log}");
+    assert!(
+        log.contains("drift: attachment `bpf_sockops (sock_ops)`"),
+        "{log}"
+    );
     assert_eq!(sb.attachments().len(), 1);
     let again = sb.must("apply");
     assert!(again.contains("No changes"), "{again}");
@@ -229,7 +232,10 @@ fn drift_is_repaired_by_apply() {
         .unwrap();
     assert!(out.status.success(), "{}", stderr(&out));
     let log = sb.must("apply");
-    assert!(log.contains("drift: attachment `bpf_redir (msg_verdict)`"), "{log}");
+    assert!(
+        log.contains("drift: attachment `bpf_redir (msg_verdict)`"),
+        "{log}"
+    );
     let r = report(sb.traffic(&["stream", "--bytes", &(8 * MIB).to_string()]));
     assert!(
         r["lo_bytes"].as_u64().unwrap() * 100 < 8 * MIB,

@@ -5,6 +5,7 @@
 use anyhow::Result;
 use clap::{Parser, Subcommand};
 use std::io::{Read, Write};
+use std::net::{IpAddr, SocketAddr};
 use std::path::PathBuf;
 
 use bpfplan::traffic::{self, Length};
@@ -33,6 +34,13 @@ enum Mode {
         /// The server sends everything back; the client checks it too.
         #[arg(long)]
         echo: bool,
+        /// The address the server binds (`::1` for IPv6, `::` for dual-stack).
+        #[arg(long, default_value = "127.0.0.1")]
+        bind: IpAddr,
+        /// The address clients dial (default: the bound one), e.g.
+        /// `::ffff:127.0.0.1` for an IPv4-mapped connection.
+        #[arg(long)]
+        connect: Option<IpAddr>,
     },
     /// Stream for SECONDS; prints `flowing` once every connection moves data.
     Flow {
@@ -51,7 +59,27 @@ enum Mode {
         count: usize,
     },
     /// Keep one connection open until stdin closes; prints its ports.
-    Hold,
+    Hold {
+        /// Dial this server instead of one of our own.
+        #[arg(long)]
+        connect: Option<SocketAddr>,
+    },
+    /// Echo server on ADDR until stdin closes; prints its port.
+    Listen {
+        #[arg(long)]
+        bind: SocketAddr,
+    },
+    /// Send one message to a server on 127.0.0.1:PORT; report the send
+    /// error, if any, and what the server received.
+    SendOnce {
+        #[arg(long)]
+        port: u16,
+        #[arg(long, default_value_t = 1024)]
+        size: usize,
+        /// How long the server waits for the message, in milliseconds.
+        #[arg(long, default_value_t = 300)]
+        wait_ms: u64,
+    },
     /// One benchmark measurement (see `bpfplan bench`).
     Measure {
         #[arg(long, value_enum)]
@@ -84,6 +112,11 @@ fn main() {
     }
 }
 
+fn wait_for_stdin_eof() {
+    let mut sink = Vec::new();
+    let _ = std::io::stdin().read_to_end(&mut sink);
+}
+
 fn event(json: serde_json::Value) {
     let mut out = std::io::stdout().lock();
     let _ = writeln!(out, "{json}");
@@ -96,8 +129,27 @@ fn run() -> Result<()> {
         traffic::join_cgroup(cg)?;
     }
     match cli.mode {
-        Mode::Stream { conns, bytes, echo } => {
-            let r = traffic::stream(conns, Length::Bytes(bytes), echo, || {})?;
+        Mode::Stream {
+            conns,
+            bytes,
+            echo,
+            bind,
+            connect,
+        } => {
+            let connect = connect.unwrap_or(bind);
+            let r = traffic::stream_at(bind, connect, conns, Length::Bytes(bytes), echo, || {})?;
+            event(serde_json::to_value(&r)?);
+        }
+        Mode::Listen { bind } => traffic::echo_server(bind, |port| {
+            event(serde_json::json!({"event": "listening", "port": port}));
+            wait_for_stdin_eof();
+        })?,
+        Mode::SendOnce {
+            port,
+            size,
+            wait_ms,
+        } => {
+            let r = traffic::send_once(port, size, std::time::Duration::from_millis(wait_ms))?;
             event(serde_json::to_value(&r)?);
         }
         Mode::Flow {
@@ -146,12 +198,11 @@ fn run() -> Result<()> {
             let m = traffic::measure(transport, workload, size, seconds, count)?;
             event(serde_json::to_value(&m)?);
         }
-        Mode::Hold => traffic::hold(|server_port, client_port| {
+        Mode::Hold { connect } => traffic::hold(connect, |server_port, client_port| {
             event(serde_json::json!({
                 "event": "holding", "server_port": server_port, "client_port": client_port
             }));
-            let mut sink = Vec::new();
-            let _ = std::io::stdin().read_to_end(&mut sink);
+            wait_for_stdin_eof();
         })?,
     }
     Ok(())

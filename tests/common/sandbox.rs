@@ -133,6 +133,55 @@ impl Sandbox {
         c
     }
 
+    /// Run bpfplan with extra arguments (`--var K=V`, ...), insisting it succeeds.
+    pub fn must_with(&self, verb: &str, extra: &[&str]) -> String {
+        let out = self
+            .bpfplan_cmd(verb, &self.manifest.clone())
+            .args(extra)
+            .output()
+            .unwrap();
+        let text = format!(
+            "{}{}",
+            String::from_utf8_lossy(&out.stdout),
+            String::from_utf8_lossy(&out.stderr)
+        );
+        assert!(
+            out.status.success(),
+            "bpfplan {verb} {extra:?} failed:\n{text}"
+        );
+        text
+    }
+
+    /// `bpfplan status --format json`: its exit code and report.
+    pub fn status(&self, extra: &[&str]) -> (i32, serde_json::Value) {
+        let out = self
+            .bpfplan_cmd("status", &self.manifest.clone())
+            .args(["--format", "json"])
+            .args(extra)
+            .output()
+            .unwrap();
+        let code = out.status.code().unwrap_or(-1);
+        let v = serde_json::from_slice(&out.stdout).unwrap_or_else(|e| {
+            panic!(
+                "{e}: {}{}",
+                String::from_utf8_lossy(&out.stdout),
+                String::from_utf8_lossy(&out.stderr)
+            )
+        });
+        (code, v)
+    }
+
+    /// A counter or gauge from a status report.
+    pub fn gauge(report: &serde_json::Value, map: &str, name: &str) -> u64 {
+        report["gauges"]
+            .as_array()
+            .unwrap()
+            .iter()
+            .find(|g| g["map"] == map && g["name"] == name)
+            .and_then(|g| g["value"].as_u64())
+            .unwrap_or_else(|| panic!("no gauge {map}.{name} in {report}"))
+    }
+
     pub fn bpfplan(&self, verb: &str) -> Output {
         self.bpfplan_cmd(verb, &self.manifest.clone())
             .output()
@@ -332,5 +381,71 @@ impl Drop for Sandbox {
         while std::fs::remove_dir(&self.cgroup).is_err() && Instant::now() < deadline {
             std::thread::sleep(Duration::from_millis(20));
         }
+    }
+}
+
+/// A network namespace of our own joined to this host by a veth pair,
+/// addressed from 198.18.0.0/15 (the benchmarking range): the host end is
+/// 198.18.0.1/30, the namespace end 198.18.0.2/30. Removed on drop.
+pub struct Netns {
+    pub name: String,
+    host_if: String,
+}
+
+impl Netns {
+    pub const HOST_IP: &'static str = "198.18.0.1";
+    pub const PEER_IP: &'static str = "198.18.0.2";
+
+    pub fn new(tag: &str) -> Netns {
+        let pid = std::process::id();
+        let ns = Netns {
+            name: format!("bpfplan-{tag}-{pid}"),
+            host_if: format!("bph{}", pid % 1_000_000),
+        };
+        let peer_if = format!("bpn{}", pid % 1_000_000);
+        run_ok(&["ip", "netns", "add", &ns.name]);
+        run_ok(&[
+            "ip",
+            "link",
+            "add",
+            &ns.host_if,
+            "type",
+            "veth",
+            "peer",
+            "name",
+            &peer_if,
+        ]);
+        run_ok(&["ip", "link", "set", &peer_if, "netns", &ns.name]);
+        run_ok(&["ip", "addr", "add", "198.18.0.1/30", "dev", &ns.host_if]);
+        run_ok(&["ip", "link", "set", &ns.host_if, "up"]);
+        ns.exec_ok(&["ip", "addr", "add", "198.18.0.2/30", "dev", &peer_if]);
+        ns.exec_ok(&["ip", "link", "set", &peer_if, "up"]);
+        ns.exec_ok(&["ip", "link", "set", "lo", "up"]);
+        ns
+    }
+
+    fn exec_ok(&self, argv: &[&str]) {
+        let mut full = vec!["ip", "netns", "exec", &self.name];
+        full.extend_from_slice(argv);
+        run_ok(&full);
+    }
+
+    /// A command run inside the namespace.
+    pub fn command(&self, program: &str) -> Command {
+        let mut c = Command::new("ip");
+        c.args(["netns", "exec", &self.name, program]);
+        c
+    }
+}
+
+impl Drop for Netns {
+    fn drop(&mut self) {
+        // Deleting the namespace deletes its veth end, and with it ours.
+        let _ = Command::new("ip")
+            .args(["netns", "del", &self.name])
+            .output();
+        let _ = Command::new("ip")
+            .args(["link", "del", &self.host_if])
+            .output();
     }
 }
