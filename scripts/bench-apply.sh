@@ -16,6 +16,7 @@ work=$(mktemp -d)
 export BPFPLAN_STATE_DIR="$work/state"
 vars="--var cgroup=$cgroup --var pin_dir=$pin_dir --build-dir $work/build"
 cleanup() {
+    set +e
     # shellcheck disable=SC2086
     "$BPFPLAN" destroy manifests/bypass.toml $vars >/dev/null 2>&1 || true
     rmdir "$pin_dir" "$cgroup" 2>/dev/null || true

@@ -23,6 +23,7 @@ pin_dir="/sys/fs/bpf/bpfplan-demo-$$"
 vars="--var cgroup=$cgroup --var pin_dir=$pin_dir"
 
 cleanup() {
+    set +e
     # shellcheck disable=SC2086
     "$BPFPLAN" destroy manifests/bypass.toml $vars >/dev/null 2>&1 || true
     rmdir "$pin_dir" 2>/dev/null || true

@@ -404,14 +404,14 @@ pub fn request_response(size: usize, count: usize) -> Result<RrReport> {
 /// Open one connection and keep it until `until` returns; reports the ports.
 /// With `to`, dial that server (in another network namespace, say) instead
 /// of one of our own.
-pub fn hold(to: Option<SocketAddr>, until: impl FnOnce(u16, u16)) -> Result<()> {
+pub fn hold(bind: IpAddr, to: Option<SocketAddr>, until: impl FnOnce(u16, u16)) -> Result<()> {
     if let Some(to) = to {
         let c = TcpStream::connect(to).with_context(|| format!("connecting to {to}"))?;
         until(to.port(), c.local_addr()?.port());
         drop(c);
         return Ok(());
     }
-    let (listener, addr) = listen()?;
+    let (listener, addr) = listen_on(bind)?;
     let c = TcpStream::connect(addr)?;
     let (s, peer) = listener.accept()?;
     until(addr.port(), peer.port());
@@ -419,9 +419,10 @@ pub fn hold(to: Option<SocketAddr>, until: impl FnOnce(u16, u16)) -> Result<()> 
     Ok(())
 }
 
-/// Accept connections on `bind` and echo each one until it closes; runs
-/// until `ready` returns (it gets the port).
-pub fn echo_server(bind: SocketAddr, ready: impl FnOnce(u16)) -> Result<()> {
+/// Accept connections on `bind` and echo each one (or, with `sink`, discard
+/// what it sends) until it closes; runs until `ready` returns (it gets the
+/// port).
+pub fn echo_server(bind: SocketAddr, sink: bool, ready: impl FnOnce(u16)) -> Result<()> {
     let l = TcpListener::bind(bind).with_context(|| format!("binding {bind}"))?;
     let port = l.local_addr()?.port();
     std::thread::spawn(move || {
@@ -430,7 +431,7 @@ pub fn echo_server(bind: SocketAddr, ready: impl FnOnce(u16)) -> Result<()> {
                 let mut s = s;
                 let mut buf = vec![0u8; CHUNK];
                 while let Ok(n) = read_retry(&mut s, &mut buf) {
-                    if n == 0 || write_all_retry(&mut s, &buf[..n]).is_err() {
+                    if n == 0 || (!sink && write_all_retry(&mut s, &buf[..n]).is_err()) {
                         break;
                     }
                 }
@@ -648,7 +649,11 @@ pub fn measure(
     size: usize,
     seconds: f64,
     count: usize,
+    remote: Option<SocketAddr>,
 ) -> Result<Measurement> {
+    if let (Workload::Stream, Some(to)) = (workload, remote) {
+        return remote_stream(to, size, seconds);
+    }
     let ep = Endpoint::new(t)?;
     let dialer = ep.dialer();
     match workload {
@@ -773,4 +778,26 @@ pub fn measure(
             })
         }
     }
+}
+
+/// Write SIZE-byte chunks for SECONDS to a `listen --sink` server elsewhere
+/// (in another network namespace, say); the figure is what was written.
+fn remote_stream(to: SocketAddr, size: usize, seconds: f64) -> Result<Measurement> {
+    let mut c = TcpStream::connect(to).with_context(|| format!("connecting to {to}"))?;
+    c.set_nodelay(true)?;
+    let buf = vec![0xa5_u8; size];
+    let start = Instant::now();
+    let end = start + Duration::from_secs_f64(seconds);
+    let mut sent = 0u64;
+    while Instant::now() < end {
+        for _ in 0..64 {
+            write_all_any(&mut c, &buf)?;
+        }
+        sent += 64 * size as u64;
+    }
+    Ok(Measurement {
+        value: sent as f64 / start.elapsed().as_secs_f64(),
+        p99: None,
+        unit: "B/s".into(),
+    })
 }

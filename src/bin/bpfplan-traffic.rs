@@ -60,6 +60,9 @@ enum Mode {
     },
     /// Keep one connection open until stdin closes; prints its ports.
     Hold {
+        /// The address our own server binds.
+        #[arg(long, default_value = "127.0.0.1")]
+        bind: IpAddr,
         /// Dial this server instead of one of our own.
         #[arg(long)]
         connect: Option<SocketAddr>,
@@ -68,6 +71,9 @@ enum Mode {
     Listen {
         #[arg(long)]
         bind: SocketAddr,
+        /// Discard what clients send instead of echoing it.
+        #[arg(long)]
+        sink: bool,
     },
     /// Send one message to a server on 127.0.0.1:PORT; report the send
     /// error, if any, and what the server received.
@@ -92,6 +98,9 @@ enum Mode {
         seconds: f64,
         #[arg(long, default_value_t = 5000)]
         count: usize,
+        /// stream only: write to this `listen --sink` server instead.
+        #[arg(long)]
+        connect: Option<SocketAddr>,
     },
     /// One row for the demo: bytes on `lo` for a 64 MiB stream, and the
     /// round-trip latency of 64-byte requests.
@@ -140,7 +149,7 @@ fn run() -> Result<()> {
             let r = traffic::stream_at(bind, connect, conns, Length::Bytes(bytes), echo, || {})?;
             event(serde_json::to_value(&r)?);
         }
-        Mode::Listen { bind } => traffic::echo_server(bind, |port| {
+        Mode::Listen { bind, sink } => traffic::echo_server(bind, sink, |port| {
             event(serde_json::json!({"event": "listening", "port": port}));
             wait_for_stdin_eof();
         })?,
@@ -194,16 +203,19 @@ fn run() -> Result<()> {
             size,
             seconds,
             count,
+            connect,
         } => {
-            let m = traffic::measure(transport, workload, size, seconds, count)?;
+            let m = traffic::measure(transport, workload, size, seconds, count, connect)?;
             event(serde_json::to_value(&m)?);
         }
-        Mode::Hold { connect } => traffic::hold(connect, |server_port, client_port| {
-            event(serde_json::json!({
-                "event": "holding", "server_port": server_port, "client_port": client_port
-            }));
-            wait_for_stdin_eof();
-        })?,
+        Mode::Hold { bind, connect } => {
+            traffic::hold(bind, connect, |server_port, client_port| {
+                event(serde_json::json!({
+                    "event": "holding", "server_port": server_port, "client_port": client_port
+                }));
+                wait_for_stdin_eof();
+            })?
+        }
     }
     Ok(())
 }
