@@ -579,8 +579,15 @@ fn teardown_step(step: &Step) -> Result<bool> {
             }
             run().map(|()| true)
         }
-        Step::DetachXdp { iface, .. } => {
-            if inspect::xdp_prog_id(iface.as_str())?.is_none() {
+        Step::DetachXdp {
+            program_pin, iface, ..
+        } => {
+            // Detach only our program: another tool's XDP program on the
+            // interface is not ours to remove.
+            let Some(prog) = inspect::pinned_prog(program_pin.as_str())? else {
+                return Ok(false);
+            };
+            if inspect::xdp_prog_id(iface.as_str())? != Some(prog.id) {
                 return Ok(false);
             }
             run().map(|()| true)

@@ -166,6 +166,8 @@ pub enum Step {
     DetachXdp {
         /// The program.
         program: ProgName,
+        /// Where the program is pinned (only that program is detached).
+        program_pin: ProgPin,
         /// The interface.
         iface: IfaceName,
         /// The XDP mode it was attached in.
@@ -400,11 +402,12 @@ impl Step {
             },
             AttachXdp {
                 program,
+                program_pin,
                 iface,
                 mode,
-                ..
             } => DetachXdp {
                 program,
+                program_pin,
                 iface,
                 mode,
             },

@@ -187,8 +187,10 @@ fn ipv6_and_ipv4_mapped_connections_are_redirected_intact() {
             "{bind} <- {connect}: {lo} bytes on lo"
         );
     }
-    let (mut child, mut lines) = spawn_piped(sb.traffic(&["hold"]));
+    // Both ends of a live IPv6 connection are in the sockhash.
+    let (mut child, mut lines) = spawn_piped(sb.traffic(&["hold", "--bind", "::1"]));
     assert_eq!(next_event(&mut lines)["event"], "holding");
+    assert_eq!(sb.map_len("sock_ops_map"), 2);
     drop(child.stdin.take());
     let _ = child.wait();
 }

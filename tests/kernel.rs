@@ -484,3 +484,40 @@ fn bench_smoke_produces_every_figure() {
     );
     assert_eq!(sb.pins(), Vec::<String>::new());
 }
+
+#[test]
+fn the_xdp_counter_counts_packets_on_a_veth() {
+    let Some(sb) = Sandbox::new("xdp", "manifests/xdp-counter.toml") else {
+        return;
+    };
+    let ns = crate::common::sandbox::Netns::new("xdp");
+    let iface = format!("interface={}", ns.host_if);
+    sb.must_with("apply", &["--var", &iface]);
+    let xdp_id = |dev: &str| bpftool_json(&["net", "show", "dev", dev])[0]["xdp"][0]["id"].as_u64();
+    let ids = sb.prog_ids();
+    assert_eq!(xdp_id(&ns.host_if), Some(ids[0]), "not attached");
+
+    // Packets from the namespace arrive on the host end of the veth.
+    let mut listen = ns.command(env!("CARGO_BIN_EXE_bpfplan-traffic"));
+    listen.args(["listen", "--bind", "198.18.0.2:0"]);
+    let (mut server, mut lines) = spawn_piped(listen);
+    let port = next_event(&mut lines)["port"].as_u64().unwrap();
+    let to = format!("198.18.0.2:{port}");
+    let (mut client, mut client_lines) = spawn_piped(sb.traffic(&["hold", "--connect", &to]));
+    assert_eq!(next_event(&mut client_lines)["event"], "holding");
+    let dump = bpftool_json(&["map", "dump", "pinned", &sb.pin("xdp_packets")]);
+    let counted: u64 = dump[0]["formatted"]["values"]
+        .as_array()
+        .unwrap()
+        .iter()
+        .filter_map(|v| v["value"].as_u64())
+        .sum();
+    assert!(counted >= 1, "no packet counted: {dump}");
+    for child in [&mut client, &mut server] {
+        drop(child.stdin.take());
+        let _ = child.wait();
+    }
+    sb.must_with("destroy", &["--var", &iface]);
+    assert_eq!(xdp_id(&ns.host_if), None, "still attached");
+    sb.assert_clean(&ids);
+}

@@ -79,15 +79,21 @@ impl Sandbox {
         Some(sandbox)
     }
 
+    /// `--var cgroup=` (when the manifest declares it), `--var pin_dir=` and
+    /// `--build-dir`, all pointing into this sandbox.
     pub fn vars(&self) -> Vec<String> {
-        vec![
-            "--var".into(),
-            format!("cgroup={}", self.cgroup.display()),
+        let text = std::fs::read_to_string(&self.manifest).unwrap_or_default();
+        let mut v = Vec::new();
+        if text.lines().any(|l| l.starts_with("cgroup = ")) {
+            v.extend(["--var".into(), format!("cgroup={}", self.cgroup.display())]);
+        }
+        v.extend([
             "--var".into(),
             format!("pin_dir={}", self.pin_dir.display()),
             "--build-dir".into(),
             self.tmp.path().join("build").display().to_string(),
-        ]
+        ]);
+        v
     }
 
     /// The plan bpfplan makes of this sandbox's manifest.
@@ -389,7 +395,8 @@ impl Drop for Sandbox {
 /// 198.18.0.1/30, the namespace end 198.18.0.2/30. Removed on drop.
 pub struct Netns {
     pub name: String,
-    host_if: String,
+    /// The veth end on this host's side.
+    pub host_if: String,
 }
 
 impl Netns {
