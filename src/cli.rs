@@ -47,8 +47,8 @@ pub enum Command {
         #[command(flatten)]
         target: Target,
         /// text or json.
-        #[arg(long, value_enum, default_value_t = StatusFormat::Text)]
-        format: StatusFormat,
+        #[arg(long, value_enum, default_value_t = ReportFormat::Text)]
+        format: ReportFormat,
     },
     /// Compile, load, pin and attach what the manifest describes.
     Apply {
@@ -71,9 +71,9 @@ pub enum Command {
         /// Tiny durations and one round: checks the harness, measures nothing.
         #[arg(long)]
         quick: bool,
-        /// Print JSON instead of the table.
-        #[arg(long)]
-        json: bool,
+        /// text (a table) or json.
+        #[arg(long, value_enum, default_value_t = ReportFormat::Text)]
+        format: ReportFormat,
         /// Also write an SVG chart.
         #[arg(long, value_name = "FILE")]
         chart: Option<PathBuf>,
@@ -87,7 +87,7 @@ pub enum Command {
 }
 
 #[derive(Debug, Clone, Copy, PartialEq, Eq, clap::ValueEnum)]
-pub enum StatusFormat {
+pub enum ReportFormat {
     Text,
     Json,
 }

@@ -93,8 +93,8 @@ fn dispatch(cli: Cli) -> Result<(), Failure> {
             exec::check_privileges()?;
             let report = drift::status(&plan)?;
             match format {
-                cli::StatusFormat::Text => print!("{}", drift::status_text(&report)),
-                cli::StatusFormat::Json => println!(
+                cli::ReportFormat::Text => print!("{}", drift::status_text(&report)),
+                cli::ReportFormat::Json => println!(
                     "{}",
                     serde_json::to_string_pretty(&report).context("encoding JSON")?
                 ),
@@ -134,7 +134,7 @@ fn dispatch(cli: Cli) -> Result<(), Failure> {
             target,
             rounds,
             quick,
-            json,
+            format,
             chart,
             cgroup_parent,
             pin_parent,
@@ -160,13 +160,12 @@ fn dispatch(cli: Cli) -> Result<(), Failure> {
                 chart,
             };
             let report = bench::bench(&target, &opts)?;
-            if json {
-                println!(
+            match format {
+                cli::ReportFormat::Text => print!("{}", bench::text(&report)),
+                cli::ReportFormat::Json => println!(
                     "{}",
                     serde_json::to_string_pretty(&report).context("encoding JSON")?
-                );
-            } else {
-                print!("{}", bench::text(&report));
+                ),
             }
             Ok(())
         }

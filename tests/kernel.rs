@@ -440,7 +440,8 @@ fn bench_smoke_produces_every_figure() {
             "bench",
             "manifests/bypass.toml",
             "--quick",
-            "--json",
+            "--format",
+            "json",
             "--chart",
         ])
         .arg(&chart)
