@@ -4,12 +4,10 @@
 # Prints the median of 7 runs of each.
 set -eu
 cd "$(dirname "$0")/.."
+. scripts/lib.sh
 BPFPLAN=${BPFPLAN:-target/release/bpfplan}
-mount_of() {
-    awk -v t="$1" '{ for (i = 1; i <= NF; i++) if ($i == "-") { if ($(i + 1) == t) print $5; break } }' /proc/self/mountinfo
-}
-cg2=$(mount_of cgroup2 | head -n 1)
-mount_of bpf | grep -qx /sys/fs/bpf || mount -t bpf bpf /sys/fs/bpf
+cg2=$(cgroup2_mount)
+ensure_bpffs
 cgroup="$cg2/bpfplan-bench-$$"
 pin_dir="/sys/fs/bpf/bpfplan-bench-$$"
 work=$(mktemp -d)

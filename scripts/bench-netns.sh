@@ -5,15 +5,13 @@
 # such a connection alone: its throughput should match. Root; cleans up.
 set -eu
 cd "$(dirname "$0")/.."
+. scripts/lib.sh
 BPFPLAN=${BPFPLAN:-target/release/bpfplan}
 TRAFFIC=${TRAFFIC:-target/release/bpfplan-traffic}
 ROUNDS=${ROUNDS:-7}
 SECONDS_EACH=${SECONDS_EACH:-1}
-mount_of() {
-    awk -v t="$1" '{ for (i = 1; i <= NF; i++) if ($i == "-") { if ($(i + 1) == t) print $5; break } }' /proc/self/mountinfo
-}
-cg2=$(mount_of cgroup2 | head -n 1)
-mount_of bpf | grep -qx /sys/fs/bpf || mount -t bpf bpf /sys/fs/bpf
+cg2=$(cgroup2_mount)
+ensure_bpffs
 root="$cg2/bpfplan-netns-$$"
 pin_dir="/sys/fs/bpf/bpfplan-netns-$$"
 ns="bpfplan-bench-$$"

@@ -4,6 +4,7 @@
 # to show the cost grows linearly. Prints the median of 15 runs.
 set -eu
 cd "$(dirname "$0")/.."
+. scripts/lib.sh
 BPFPLAN=${BPFPLAN:-target/release/bpfplan}
 work=$(mktemp -d)
 trap 'rm -rf "$work"' EXIT
@@ -30,7 +31,7 @@ gen() { # N
     done
 }
 
-cg2=$(awk '{ for (i = 1; i <= NF; i++) if ($i == "-") { if ($(i + 1) == "cgroup2") print $5; break } }' /proc/self/mountinfo | head -n 1)
+cg2=$(cgroup2_mount)
 echo "plan of manifests/bypass.toml: $(median_ms "$BPFPLAN" plan manifests/bypass.toml --var "cgroup=${cg2:-/sys/fs/cgroup}/bench") ms"
 for n in 250 500 1000 2000; do
     gen "$n" > "$work/m$n.toml"

@@ -4,19 +4,13 @@
 # destroys everything it made. Run as root, after `make deps build`.
 set -eu
 cd "$(dirname "$0")/.."
+. scripts/lib.sh
 BPFPLAN=target/release/bpfplan
 TRAFFIC=target/release/bpfplan-traffic
 
-# cgroup v2 and bpffs mounts, from mountinfo (the file system type follows " - ").
-mount_of() {
-    awk -v t="$1" '{ for (i = 1; i <= NF; i++) if ($i == "-") { if ($(i + 1) == t) print $5; break } }' /proc/self/mountinfo
-}
-cg2=$(mount_of cgroup2 | head -n 1)
+cg2=$(cgroup2_mount)
 [ -n "$cg2" ] || { echo "demo: no cgroup v2 mount found" >&2; exit 1; }
-if ! mount_of bpf | grep -qx /sys/fs/bpf; then
-    echo "demo: mounting bpffs at /sys/fs/bpf"
-    mount -t bpf bpf /sys/fs/bpf
-fi
+ensure_bpffs
 
 cgroup="$cg2/bpfplan-demo-$$"
 pin_dir="/sys/fs/bpf/bpfplan-demo-$$"

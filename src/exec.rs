@@ -281,11 +281,7 @@ pub fn apply(plan: &Plan) -> Result<Applied> {
                         ..old
                     };
                     store.save(&st)?;
-                    println!(
-                        "applied {} in {} ms",
-                        plan.manifest.display(),
-                        started.elapsed().as_millis()
-                    );
+                    print_applied(plan, started);
                     return Ok(Applied::Changed);
                 }
                 Changes::Full(reason) => {
@@ -364,12 +360,16 @@ pub fn apply(plan: &Plan) -> Result<Applied> {
     st.status = Status::Applied;
     st.programs = loaded_programs(plan)?;
     store.save(&st)?;
+    print_applied(plan, started);
+    Ok(Applied::Changed)
+}
+
+fn print_applied(plan: &Plan, started: Instant) {
     println!(
         "applied {} in {} ms",
         plan.manifest.display(),
         started.elapsed().as_millis()
     );
-    Ok(Applied::Changed)
 }
 
 fn refuse_existing(pin: &str) -> Result<()> {

@@ -79,7 +79,7 @@ fn first_mismatch(seed: u64, pos: u64, buf: &[u8]) -> Option<usize> {
 
 /// Blocking read that retries the spurious EAGAIN a socket with an sk_msg
 /// redirect can return (tcp_bpf_recvmsg gives up after one wake-up).
-fn read_retry(s: &mut TcpStream, buf: &mut [u8]) -> std::io::Result<usize> {
+fn read_retry(s: &mut impl Read, buf: &mut [u8]) -> std::io::Result<usize> {
     loop {
         match s.read(buf) {
             Err(e) if matches!(e.kind(), ErrorKind::WouldBlock | ErrorKind::Interrupted) => {
@@ -90,7 +90,7 @@ fn read_retry(s: &mut TcpStream, buf: &mut [u8]) -> std::io::Result<usize> {
     }
 }
 
-fn write_all_retry(s: &mut TcpStream, mut buf: &[u8]) -> std::io::Result<()> {
+fn write_all_retry(s: &mut impl Write, mut buf: &[u8]) -> std::io::Result<()> {
     while !buf.is_empty() {
         match s.write(buf) {
             Ok(0) => return Err(ErrorKind::WriteZero.into()),
@@ -104,7 +104,7 @@ fn write_all_retry(s: &mut TcpStream, mut buf: &[u8]) -> std::io::Result<()> {
     Ok(())
 }
 
-fn read_exact_retry(s: &mut TcpStream, mut buf: &mut [u8]) -> std::io::Result<()> {
+fn read_exact_retry(s: &mut impl Read, mut buf: &mut [u8]) -> std::io::Result<()> {
     while !buf.is_empty() {
         let n = read_retry(s, buf)?;
         if n == 0 {
@@ -341,66 +341,6 @@ fn client(
     Ok(sent)
 }
 
-/// Request/response latency over one connection.
-#[derive(Debug, Clone, Serialize)]
-pub struct RrReport {
-    pub size: usize,
-    pub count: usize,
-    pub p50_us: f64,
-    pub p99_us: f64,
-    pub lo_bytes: u64,
-}
-
-/// `count` round trips of `size` bytes each way, after a short warm-up.
-pub fn request_response(size: usize, count: usize) -> Result<RrReport> {
-    let (listener, addr) = listen()?;
-    let server = std::thread::spawn(move || -> Result<()> {
-        let (mut s, _) = listener.accept()?;
-        s.set_nodelay(true)?;
-        let mut buf = vec![0u8; size];
-        loop {
-            match read_exact_retry(&mut s, &mut buf) {
-                Ok(()) => write_all_retry(&mut s, &buf)?,
-                Err(e) if e.kind() == ErrorKind::UnexpectedEof => return Ok(()),
-                Err(e) => return Err(e.into()),
-            }
-        }
-    });
-    let mut c = TcpStream::connect(addr)?;
-    c.set_nodelay(true)?;
-    let mut req = vec![0u8; size];
-    fill(7, 0, &mut req);
-    let mut resp = vec![0u8; size];
-    let warmup = (count / 10).max(10);
-    let lo_before = lo_rx_bytes()?;
-    let mut samples = Vec::with_capacity(count);
-    for i in 0..warmup + count {
-        let t = Instant::now();
-        write_all_retry(&mut c, &req)?;
-        read_exact_retry(&mut c, &mut resp)?;
-        if i >= warmup {
-            samples.push(t.elapsed().as_secs_f64() * 1e6);
-        }
-        if resp != req {
-            bail!("response {i} differs from its request");
-        }
-    }
-    let lo_bytes = lo_rx_bytes()?.saturating_sub(lo_before);
-    drop(c);
-    server
-        .join()
-        .map_err(|_| anyhow::anyhow!("server panicked"))??;
-    samples.sort_by(f64::total_cmp);
-    let pct = |p: f64| samples[((samples.len() - 1) as f64 * p).round() as usize];
-    Ok(RrReport {
-        size,
-        count,
-        p50_us: pct(0.50),
-        p99_us: pct(0.99),
-        lo_bytes,
-    })
-}
-
 /// Open one connection and keep it until `until` returns; reports the ports.
 /// With `to`, dial that server (in another network namespace, say) instead
 /// of one of our own.
@@ -545,34 +485,6 @@ trait Conn: Read + Write + Send + 'static {}
 impl Conn for TcpStream {}
 impl Conn for std::os::unix::net::UnixStream {}
 
-fn read_exact_any(s: &mut impl Read, mut buf: &mut [u8]) -> std::io::Result<()> {
-    while !buf.is_empty() {
-        match s.read(buf) {
-            Ok(0) => return Err(ErrorKind::UnexpectedEof.into()),
-            Ok(n) => buf = &mut buf[n..],
-            Err(e) if matches!(e.kind(), ErrorKind::WouldBlock | ErrorKind::Interrupted) => {
-                std::thread::yield_now();
-            }
-            Err(e) => return Err(e),
-        }
-    }
-    Ok(())
-}
-
-fn write_all_any(s: &mut impl Write, mut buf: &[u8]) -> std::io::Result<()> {
-    while !buf.is_empty() {
-        match s.write(buf) {
-            Ok(0) => return Err(ErrorKind::WriteZero.into()),
-            Ok(n) => buf = &buf[n..],
-            Err(e) if matches!(e.kind(), ErrorKind::WouldBlock | ErrorKind::Interrupted) => {
-                std::thread::yield_now();
-            }
-            Err(e) => return Err(e),
-        }
-    }
-    Ok(())
-}
-
 /// A listening endpoint of either transport, and a way to dial it.
 enum Endpoint {
     Tcp(TcpListener, SocketAddr),
@@ -662,8 +574,8 @@ pub fn measure(
                 let mut s = ep.accept()?;
                 let mut buf = vec![0u8; size];
                 loop {
-                    match read_exact_any(&mut s, &mut buf) {
-                        Ok(()) => write_all_any(&mut s, &buf)?,
+                    match read_exact_retry(&mut s, &mut buf) {
+                        Ok(()) => write_all_retry(&mut s, &buf)?,
                         Err(e) if e.kind() == ErrorKind::UnexpectedEof => return Ok(()),
                         Err(e) => return Err(e.into()),
                     }
@@ -676,8 +588,8 @@ pub fn measure(
             let mut samples = Vec::with_capacity(count);
             for i in 0..warmup + count {
                 let t0 = Instant::now();
-                write_all_any(&mut c, &req)?;
-                read_exact_any(&mut c, &mut resp)?;
+                write_all_retry(&mut c, &req)?;
+                read_exact_retry(&mut c, &mut resp)?;
                 if i >= warmup {
                     samples.push(t0.elapsed().as_secs_f64() * 1e6);
                 }
@@ -713,21 +625,11 @@ pub fn measure(
                 }
             });
             let mut c = dialer.dial()?;
-            let buf = vec![0xa5_u8; size];
-            let start = Instant::now();
-            let end = start + Duration::from_secs_f64(seconds);
-            let mut sent = 0u64;
-            while Instant::now() < end {
-                for _ in 0..64 {
-                    write_all_any(&mut c, &buf)?;
-                }
-                sent += 64 * size as u64;
-            }
+            let (sent, secs) = write_for(&mut c, size, seconds)?;
             drop(c);
             let got = server
                 .join()
                 .map_err(|_| anyhow::anyhow!("server panicked"))??;
-            let secs = start.elapsed().as_secs_f64();
             if got != sent {
                 bail!("sent {sent} bytes, received {got}");
             }
@@ -743,8 +645,8 @@ pub fn measure(
                 let mut buf = [0u8; 64];
                 loop {
                     let mut s = ep.accept()?;
-                    match read_exact_any(&mut s, &mut buf) {
-                        Ok(()) => write_all_any(&mut s, &buf)?,
+                    match read_exact_retry(&mut s, &mut buf) {
+                        Ok(()) => write_all_retry(&mut s, &buf)?,
                         // The client's final, empty connection says stop.
                         Err(e) if e.kind() == ErrorKind::UnexpectedEof => return Ok(n),
                         Err(e) => return Err(e.into()),
@@ -759,8 +661,8 @@ pub fn measure(
             let mut back = [0u8; 64];
             while Instant::now() < end {
                 let mut c = dialer.dial()?;
-                write_all_any(&mut c, &msg)?;
-                read_exact_any(&mut c, &mut back)?;
+                write_all_retry(&mut c, &msg)?;
+                read_exact_retry(&mut c, &mut back)?;
                 done += 1;
             }
             let secs = start.elapsed().as_secs_f64();
@@ -785,19 +687,25 @@ pub fn measure(
 fn remote_stream(to: SocketAddr, size: usize, seconds: f64) -> Result<Measurement> {
     let mut c = TcpStream::connect(to).with_context(|| format!("connecting to {to}"))?;
     c.set_nodelay(true)?;
+    let (sent, secs) = write_for(&mut c, size, seconds)?;
+    Ok(Measurement {
+        value: sent as f64 / secs,
+        p99: None,
+        unit: "B/s".into(),
+    })
+}
+
+/// Write SIZE-byte chunks for about SECONDS; the bytes written and the time.
+fn write_for(c: &mut impl Write, size: usize, seconds: f64) -> Result<(u64, f64)> {
     let buf = vec![0xa5_u8; size];
     let start = Instant::now();
     let end = start + Duration::from_secs_f64(seconds);
     let mut sent = 0u64;
     while Instant::now() < end {
         for _ in 0..64 {
-            write_all_any(&mut c, &buf)?;
+            write_all_retry(c, &buf)?;
         }
         sent += 64 * size as u64;
     }
-    Ok(Measurement {
-        value: sent as f64 / start.elapsed().as_secs_f64(),
-        p99: None,
-        unit: "B/s".into(),
-    })
+    Ok((sent, start.elapsed().as_secs_f64()))
 }

@@ -8,7 +8,7 @@ use std::io::{Read, Write};
 use std::net::{IpAddr, SocketAddr};
 use std::path::PathBuf;
 
-use bpfplan::traffic::{self, Length};
+use bpfplan::traffic::{self, Length, Transport, Workload};
 
 #[derive(Parser)]
 #[command(
@@ -172,7 +172,7 @@ fn run() -> Result<()> {
             event(serde_json::to_value(&r)?);
         }
         Mode::Rr { size, count } => {
-            let r = traffic::request_response(size, count)?;
+            let r = traffic::measure(Transport::Tcp, Workload::Rr, size, 0.0, count, None)?;
             event(serde_json::to_value(&r)?);
         }
         Mode::Compare { label, header } => {
@@ -183,7 +183,7 @@ fn run() -> Result<()> {
                 );
             }
             let s = traffic::stream(1, Length::Bytes(64 << 20), false, || {})?;
-            let rr = traffic::request_response(64, 20_000)?;
+            let rr = traffic::measure(Transport::Tcp, Workload::Rr, 64, 0.0, 20_000, None)?;
             if !s.intact {
                 anyhow::bail!("stream corrupted: {:?}", s.errors);
             }
@@ -192,8 +192,8 @@ fn run() -> Result<()> {
                 label,
                 "64 MiB",
                 s.lo_bytes,
-                rr.p50_us,
-                rr.p99_us,
+                rr.value,
+                rr.p99.unwrap_or(f64::NAN),
                 s.payload_bytes as f64 / s.seconds / 1e9
             );
         }

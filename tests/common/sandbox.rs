@@ -456,3 +456,33 @@ impl Drop for Netns {
             .output();
     }
 }
+
+/// A traffic report whose bytes arrived intact and stayed off `lo` (under
+/// 1% of the payload): the bypass carried them.
+#[track_caller]
+pub fn assert_redirected(r: &serde_json::Value) {
+    assert_eq!(r["intact"], true, "{r}");
+    let (lo, payload) = (
+        r["lo_bytes"].as_u64().unwrap(),
+        r["payload_bytes"].as_u64().unwrap(),
+    );
+    assert!(
+        lo * 100 < payload,
+        "{lo} bytes crossed lo for {payload} of payload: {r}"
+    );
+}
+
+/// A traffic report whose bytes arrived intact over TCP/IP (more bytes on
+/// `lo` than the payload: headers and ACKs on top).
+#[track_caller]
+pub fn assert_not_redirected(r: &serde_json::Value) {
+    assert_eq!(r["intact"], true, "{r}");
+    let (lo, payload) = (
+        r["lo_bytes"].as_u64().unwrap(),
+        r["payload_bytes"].as_u64().unwrap(),
+    );
+    assert!(
+        lo > payload,
+        "only {lo} bytes crossed lo for {payload} of payload: {r}"
+    );
+}
