@@ -609,7 +609,12 @@ pub fn measure(
         Workload::Stream => {
             let server = std::thread::spawn(move || -> Result<u64> {
                 let mut s = ep.accept()?;
-                let mut buf = vec![0u8; 256 * 1024];
+                // 64 KiB reads, as applications commonly do. The read size
+                // matters to the bypass: tcp_bpf_recvmsg holds the socket
+                // lock for a whole read, and the sender needs that lock to
+                // queue each message, so very large reads stall the sender
+                // (see README, Benchmarks).
+                let mut buf = vec![0u8; 64 * 1024];
                 let mut total = 0u64;
                 loop {
                     match s.read(&mut buf) {
