@@ -261,6 +261,12 @@ pub fn apply(plan: &Plan) -> Result<Applied> {
             }
             Status::Applied => match drift::changes(plan, &old, &objects)? {
                 Changes::None => {
+                    // A source edit that compiles to the same object changes
+                    // nothing; record the new hashes so `status` agrees.
+                    let sources = state::source_hashes(plan)?;
+                    if sources != old.sources {
+                        store.save(&State { sources, ..old })?;
+                    }
                     println!(
                         "No changes: the kernel matches {} ({} ms)",
                         plan.manifest.display(),

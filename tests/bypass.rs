@@ -357,3 +357,50 @@ fn every_drift_is_detected_and_repaired() {
         &(4 * MIB).to_string(),
     ])));
 }
+
+/// A program's source edited after apply: `status` reports it, and `apply`
+/// either finds the object unchanged (a comment) or replaces the program (a
+/// code change); either way `status` is in sync afterwards.
+#[test]
+fn an_edited_source_is_reported_and_settled_by_apply() {
+    let dir = tempfile::tempdir().unwrap();
+    std::fs::create_dir_all(dir.path().join("manifests")).unwrap();
+    std::fs::create_dir_all(dir.path().join("bpf")).unwrap();
+    std::fs::copy(
+        "manifests/bypass.toml",
+        dir.path().join("manifests/bypass.toml"),
+    )
+    .unwrap();
+    for f in ["sockops.c", "redir.c", "sock_key.h"] {
+        std::fs::copy(format!("bpf/{f}"), dir.path().join("bpf").join(f)).unwrap();
+    }
+    let manifest = dir.path().join("manifests/bypass.toml");
+    let Some(sb) = Sandbox::new("edited", manifest.to_str().unwrap()) else {
+        return;
+    };
+    sb.must("apply");
+    let redir = dir.path().join("bpf/redir.c");
+    let edit = |extra: &str| {
+        let mut text = std::fs::read_to_string(&redir).unwrap();
+        text.push_str(extra);
+        std::fs::write(&redir, text).unwrap();
+    };
+
+    edit("/* a comment at the end changes no instruction */\n");
+    let (code, st) = sb.status(&[]);
+    assert_eq!(code, 2, "{st}");
+    assert!(st.to_string().contains("changed since apply"), "{st}");
+    sb.must("apply");
+    assert_eq!(sb.status(&[]).0, 0);
+
+    edit("static __attribute__((used)) int bpfplan_test_marker(void) { return 7; }\n");
+    assert_eq!(sb.status(&[]).0, 2);
+    let ids = sb.prog_ids();
+    let log = sb.must("apply");
+    assert!(
+        log.contains("a program changed: replacing the deployment"),
+        "{log}"
+    );
+    assert_ne!(sb.prog_ids(), ids);
+    assert_eq!(sb.status(&[]).0, 0);
+}
