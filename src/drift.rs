@@ -175,11 +175,12 @@ pub fn objects_findings(plan: &Plan, st: Option<&State>) -> Result<Vec<Finding>>
                 ..
             } => {
                 let id = prog_ids.get(program_pin.as_str()).copied();
+                let on_iface = inspect::xdp_prog_ids(iface.as_str())?;
                 out.push(Finding {
                     kind: "attachment",
                     name: format!("{program} (xdp)"),
                     place: format!("interface {iface}"),
-                    health: present(id.is_some() && inspect::xdp_prog_id(iface.as_str())? == id),
+                    health: present(id.is_some_and(|id| on_iface.contains(&id))),
                 });
             }
             _ => {}

@@ -256,6 +256,7 @@ pub fn apply(plan: &Plan) -> Result<Applied> {
                         .rev()
                         .filter_map(Step::undo)
                         .collect::<Vec<_>>(),
+                    &old.programs,
                 )?;
                 store.remove()?;
             }
@@ -292,7 +293,7 @@ pub fn apply(plan: &Plan) -> Result<Applied> {
                 }
                 Changes::Full(reason) => {
                     println!("{reason}: replacing the deployment");
-                    teardown(&old.plan.destroy().steps)?;
+                    teardown(&old.plan.destroy().steps, &old.programs)?;
                     wait_freed(&old.programs);
                     store.remove()?;
                 }
@@ -339,7 +340,7 @@ pub fn apply(plan: &Plan) -> Result<Applied> {
                 .rev()
                 .filter_map(Step::undo)
                 .collect();
-            let rollback = teardown(&done);
+            let rollback = teardown(&done, &[]);
             return Err(match rollback {
                 Ok(()) => {
                     store.remove()?;
@@ -522,14 +523,15 @@ fn run_steps(steps: &[Step]) -> Result<()> {
 }
 
 /// Run teardown steps, skipping objects already gone, trying every step and
-/// reporting each failure.
-pub fn teardown(steps: &[Step]) -> Result<()> {
+/// reporting each failure. `recorded` are the programs apply loaded: a
+/// program whose pin was removed by hand is still found by its id.
+pub fn teardown(steps: &[Step], recorded: &[LoadedProgram]) -> Result<()> {
     let total = steps.len();
     let mut failures = Vec::new();
     for (i, step) in steps.iter().enumerate() {
         print_step(i, total, step)?;
         let t = Instant::now();
-        match teardown_step(step) {
+        match teardown_step(step, recorded) {
             Ok(true) => print_done(t, None),
             Ok(false) => print_done(t, Some("already gone")),
             Err(e) => {
@@ -549,25 +551,67 @@ pub fn teardown(steps: &[Step]) -> Result<()> {
     }
 }
 
+/// The ids of our program behind `pin`: the one pinned there now, and the one
+/// apply recorded there (if the pin was removed or replaced by hand).
+fn our_ids(pin: &str, recorded: &[LoadedProgram]) -> Result<Vec<(u32, bool)>> {
+    let mut ids = Vec::new();
+    if let Some(p) = inspect::pinned_prog(pin)? {
+        ids.push((p.id, true));
+    }
+    for r in recorded.iter().filter(|r| r.pin == pin) {
+        if !ids.iter().any(|(id, _)| *id == r.id) && inspect::prog_exists(r.id) {
+            ids.push((r.id, false));
+        }
+    }
+    Ok(ids)
+}
+
+/// Run a command that stands in for a step's own (its pin is gone), showing it.
+fn run_instead(argv: &[String]) -> Result<()> {
+    let words: Vec<&str> = argv.iter().map(String::as_str).collect();
+    println!(
+        "      the pin is gone; by id instead: $ {}",
+        shlex::try_join(words).unwrap_or_else(|_| argv.join(" "))
+    );
+    run_argv(argv)
+}
+
 /// Ok(true) when the step ran, Ok(false) when its object was already gone.
-fn teardown_step(step: &Step) -> Result<bool> {
+fn teardown_step(step: &Step, recorded: &[LoadedProgram]) -> Result<bool> {
     let run = || resolve(&step.argv()).and_then(|argv| run_argv(&argv));
+    let words = |w: &[&str]| -> Vec<String> { w.iter().map(|s| s.to_string()).collect() };
     match step {
         Step::UnpinProgram { pin, .. } if !Path::new(pin.as_str()).exists() => Ok(false),
         Step::UnpinMap { pin, .. } if !Path::new(pin.as_str()).exists() => Ok(false),
         Step::DetachCgroup {
             program_pin,
             cgroup,
+            kind,
             ..
         } => {
-            let Some(prog) = inspect::pinned_prog(program_pin.as_str())? else {
-                return Ok(false);
-            };
             let attached = inspect::cgroup_attachments(cgroup.as_str())?;
-            if !attached.iter().any(|a| a.id == prog.id) {
-                return Ok(false);
+            let mut done = false;
+            for (id, pinned) in our_ids(program_pin.as_str(), recorded)? {
+                if !attached.iter().any(|a| a.id == id) {
+                    continue;
+                }
+                if pinned {
+                    run()?;
+                } else {
+                    let id = id.to_string();
+                    run_instead(&words(&[
+                        "bpftool",
+                        "cgroup",
+                        "detach",
+                        cgroup.as_str(),
+                        kind,
+                        "id",
+                        &id,
+                    ]))?;
+                }
+                done = true;
             }
-            run().map(|()| true)
+            Ok(done)
         }
         Step::DetachMap {
             program_pin,
@@ -575,25 +619,42 @@ fn teardown_step(step: &Step) -> Result<bool> {
             kind,
             ..
         } => {
-            let Some(prog) = inspect::pinned_prog(program_pin.as_str())? else {
-                return Ok(false);
-            };
-            if !Path::new(map_pin.as_str()).exists()
-                || !inspect::map_attached_prog_ids(map_pin.as_str(), kind)?.contains(&prog.id)
-            {
+            if !Path::new(map_pin.as_str()).exists() {
                 return Ok(false);
             }
-            run().map(|()| true)
+            let attached = inspect::map_attached_prog_ids(map_pin.as_str(), kind)?;
+            let mut done = false;
+            for (id, pinned) in our_ids(program_pin.as_str(), recorded)? {
+                if !attached.contains(&id) {
+                    continue;
+                }
+                if pinned {
+                    run()?;
+                } else {
+                    let id = id.to_string();
+                    run_instead(&words(&[
+                        "bpftool",
+                        "prog",
+                        "detach",
+                        "id",
+                        &id,
+                        kind,
+                        "pinned",
+                        map_pin.as_str(),
+                    ]))?;
+                }
+                done = true;
+            }
+            Ok(done)
         }
         Step::DetachXdp {
             program_pin, iface, ..
         } => {
             // Detach only our program: another tool's XDP program on the
             // interface is not ours to remove.
-            let Some(prog) = inspect::pinned_prog(program_pin.as_str())? else {
-                return Ok(false);
-            };
-            if inspect::xdp_prog_id(iface.as_str())? != Some(prog.id) {
+            let on_iface = inspect::xdp_prog_ids(iface.as_str())?;
+            let ours = our_ids(program_pin.as_str(), recorded)?;
+            if !ours.iter().any(|(id, _)| on_iface.contains(id)) {
                 return Ok(false);
             }
             run().map(|()| true)
@@ -637,7 +698,7 @@ pub fn destroy(plan: &Plan) -> Result<()> {
     if steps.is_empty() {
         println!("nothing to destroy");
     }
-    teardown(&steps)?;
+    teardown(&steps, &programs)?;
     store.remove()?;
     wait_freed(&programs);
     println!("destroyed {}", plan.manifest.display());

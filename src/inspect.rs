@@ -106,8 +106,8 @@ pub fn map_exists(id: u32) -> bool {
     bpftool_json::<MapInfo>(&["map", "show", "id", &id.to_string()]).is_ok()
 }
 
-/// The id of the XDP program attached to an interface, if any.
-pub fn xdp_prog_id(iface: &str) -> Result<Option<u32>> {
+/// The ids of the XDP programs attached to an interface (in any mode).
+pub fn xdp_prog_ids(iface: &str) -> Result<Vec<u32>> {
     #[derive(Deserialize)]
     struct Net {
         #[serde(default)]
@@ -126,14 +126,19 @@ pub fn xdp_prog_id(iface: &str) -> Result<Option<u32>> {
         id: u32,
     }
     if !Path::new("/sys/class/net").join(iface).exists() {
-        return Ok(None);
+        return Ok(Vec::new());
     }
-    let nets: Vec<Net> = bpftool_json(&["net", "show", "dev", iface])?;
+    let nets: Option<Vec<Net>> = bpftool_json(&["net", "show", "dev", iface])?;
     Ok(nets
+        .unwrap_or_default()
         .iter()
         .flat_map(|n| &n.xdp)
         .filter(|x| x.devname == iface)
-        .find_map(|x| x.id.or_else(|| x.multi_attachments.first().map(|p| p.id))))
+        .flat_map(|x| {
+            x.id.into_iter()
+                .chain(x.multi_attachments.iter().map(|p| p.id))
+        })
+        .collect())
 }
 
 /// The ids of the programs attached to a sockmap or sockhash as `kind`.

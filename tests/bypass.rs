@@ -272,6 +272,14 @@ fn every_drift_is_detected_and_repaired() {
             false,
         ),
         (
+            // The program stays attached to the cgroup through its link; the
+            // repair must find it by the id apply recorded and detach it.
+            "program pin deleted",
+            Box::new(|| run(&["rm", &sockops_pin])),
+            "bpf_sockops",
+            false,
+        ),
+        (
             "program replaced behind its pin",
             Box::new(|| {
                 run(&[
@@ -350,6 +358,11 @@ fn every_drift_is_detected_and_repaired() {
         }
         let (code, st) = sb.status(&[]);
         assert_eq!(code, 0, "{what} ({finding}) not repaired: {st}");
+        assert_eq!(
+            sb.attachments().len(),
+            1,
+            "{what}: an old program is still attached"
+        );
     }
     assert_redirected(&report(sb.traffic(&[
         "stream",
