@@ -145,18 +145,28 @@ struct World {
     tmp: tempfile::TempDir,
     manifest: PathBuf,
     bpfplan: PathBuf,
+    /// The user's `--var`s (bench sets `cgroup` and `pin_dir` itself).
+    user_vars: Vec<(String, String)>,
+    build_dir: PathBuf,
 }
 
 impl World {
     fn vars(&self) -> Vec<String> {
-        vec![
+        let mut v = Vec::new();
+        for (k, val) in &self.user_vars {
+            if k != "cgroup" && k != "pin_dir" {
+                v.extend(["--var".to_string(), format!("{k}={val}")]);
+            }
+        }
+        v.extend([
             "--var".into(),
             format!("cgroup={}", self.bypass.display()),
             "--var".into(),
             format!("pin_dir={}", self.pin_dir.display()),
             "--build-dir".into(),
-            self.tmp.path().join("build").display().to_string(),
-        ]
+            self.build_dir.display().to_string(),
+        ]);
+        v
     }
 
     fn bpfplan(&self, args: &[&str]) -> Command {
@@ -249,6 +259,8 @@ pub fn bench(target: &Target, opts: &BenchOptions) -> Result<Report> {
         tmp: tempfile::tempdir()?,
         manifest: target.manifest.clone(),
         bpfplan: exe,
+        user_vars: target.vars.clone(),
+        build_dir: target.build_dir.clone(),
     };
     std::fs::create_dir(&world.bypass)?;
     std::fs::create_dir(&world.plain)?;

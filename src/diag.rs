@@ -173,8 +173,9 @@ impl fmt::Display for ManifestErrorKind {
             ),
             NameTooLong { kind, name } => write!(
                 f,
-                "{kind} name `{name}` is {} characters; the kernel keeps only the first 15, so bpftool lookups by name will not find it",
-                name.len()
+                "{kind} name `{name}` is {} characters; the kernel keeps only the first 15 (`{}`), so `bpftool ... name` lookups must use that",
+                name.len(),
+                &name[..15]
             ),
             PinNotAbsolute(pin) => write!(f, "pin path `{pin}` must be absolute"),
             PinDotDot(pin) => write!(

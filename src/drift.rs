@@ -43,11 +43,28 @@ pub enum Changes {
     Full(String),
 }
 
-/// The plan without its map-entry steps: what a reload depends on.
-fn base(plan: &Plan) -> Vec<&Step> {
+/// The plan without what can change without a reload: map entries, and the
+/// labels `status` shows counters under.
+fn base(plan: &Plan) -> Vec<Step> {
     plan.steps
         .iter()
         .filter(|s| !matches!(s, Step::UpdateMapEntry { .. } | Step::DeleteMapEntry { .. }))
+        .map(|s| match s {
+            Step::PinMap {
+                map,
+                program_pin,
+                pin,
+                managed,
+                ..
+            } => Step::PinMap {
+                map: map.clone(),
+                program_pin: program_pin.clone(),
+                pin: pin.clone(),
+                managed: *managed,
+                labels: Vec::new(),
+            },
+            s => s.clone(),
+        })
         .collect()
 }
 
@@ -221,6 +238,14 @@ pub fn entry_changes(plan: &Plan, old: Option<&State>) -> Result<Vec<Step>> {
                 _ => None,
             })
             .collect();
+        // Every slot of an array always exists: an undeclared one is left as
+        // it is, never deleted (the kernel refuses that).
+        let is_array = matches!(
+            inspect::map_type(pin.as_str())?.as_str(),
+            "array" | "percpu_array"
+        );
+        // Per-CPU maps are compared on the first CPU, the one `bpftool map
+        // update` writes a single value for.
         let live: BTreeMap<Vec<u8>, Vec<u8>> = inspect::map_dump(pin.as_str())?
             .into_iter()
             .map(|e| (e.key, e.values.into_iter().next().unwrap_or_default()))
@@ -235,7 +260,7 @@ pub fn entry_changes(plan: &Plan, old: Option<&State>) -> Result<Vec<Step>> {
             }
         }
         for (key, value) in &live {
-            if declared.iter().any(|e| &e.key == key) {
+            if is_array || declared.iter().any(|e| &e.key == key) {
                 continue;
             }
             // Name the key as the manifest did when it was declared.
@@ -334,24 +359,41 @@ pub struct StatusReport {
 pub fn status(plan: &Plan) -> Result<StatusReport> {
     let st = state::Store::for_plan(plan)?.load()?;
     let mut findings = objects_findings(plan, st.as_ref())?;
-    // A program whose source changed since apply is not what the manifest says.
     if let Some(st) = &st {
+        // A manifest changed since apply (another program type, attach
+        // point, reused map...) is not what the kernel holds.
+        if base(&st.plan) != base(plan) {
+            findings.push(Finding {
+                kind: "manifest",
+                name: plan.manifest.display().to_string(),
+                place: "the plan".into(),
+                health: Health::Different("changed since apply".into()),
+            });
+        }
+        // Nor is a program whose source, headers or object changed.
         let now = state::source_hashes(plan)?;
-        for step in &plan.steps {
-            let Step::Compile {
-                program, source, ..
-            } = step
-            else {
+        for (path, hash) in &now {
+            if st.sources.iter().any(|(p, h)| p == path && h == hash) {
                 continue;
-            };
-            let then = st.sources.iter().find(|(p, _)| p == source).map(|(_, h)| h);
-            let current = now.iter().find(|(p, _)| p == source).map(|(_, h)| h);
-            if then != current
+            }
+            let program = plan.steps.iter().find_map(|s| match s {
+                Step::Compile {
+                    program, source, ..
+                } if source == path => Some(program),
+                Step::LoadProgram {
+                    program, object, ..
+                } if object == path => Some(program),
+                _ => None,
+            });
+            if let Some(program) = program
                 && let Some(f) = findings.iter_mut().find(|f| {
                     f.kind == "program" && f.name == program.0 && f.health == Health::Present
                 })
             {
-                f.health = Health::Different(format!("{} changed since apply", source.display()));
+                f.health = Health::Different(format!(
+                    "{} (or a file it includes) changed since apply",
+                    path.display()
+                ));
             }
         }
     }

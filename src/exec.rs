@@ -300,6 +300,24 @@ pub fn apply(plan: &Plan) -> Result<Applied> {
             },
         }
     } else {
+        for other in store.others(plan) {
+            let pins: Vec<String> = other
+                .plan
+                .steps
+                .iter()
+                .filter_map(|s| match s {
+                    Step::LoadProgram { pin, .. } => Some(pin.0.clone()),
+                    _ => None,
+                })
+                .collect();
+            eprintln!(
+                "warning: {} has another deployment, with programs pinned at {}; it stays in \
+                 place (a deployment is its manifest and its pins): destroy it with the \
+                 variables it was applied with if it should go",
+                plan.manifest.display(),
+                pins.join(", ")
+            );
+        }
         // A fresh deployment must not take over pins it did not create.
         for step in &plan.steps {
             if let Step::LoadProgram { pin, .. } = step {
@@ -312,7 +330,7 @@ pub fn apply(plan: &Plan) -> Result<Applied> {
     }
 
     let mut st = State {
-        manifest: plan.manifest.clone(),
+        manifest: std::fs::canonicalize(&plan.manifest).unwrap_or(plan.manifest.clone()),
         status: Status::Applying,
         plan: plan.clone(),
         started: 0,
@@ -382,8 +400,9 @@ fn print_applied(plan: &Plan, started: Instant) {
 fn refuse_existing(pin: &str) -> Result<()> {
     if Path::new(pin).exists() {
         bail!(
-            "{pin} already exists and bpfplan has no record of creating it: \
-             remove it with `bpfplan destroy` (or by hand), or choose another pin directory"
+            "{pin} already exists and bpfplan has no record of creating it: choose another \
+             pin directory, or, if it is this manifest's own deployment (made by the sh \
+             script, say), remove it first with `bpfplan destroy` and the same variables"
         );
     }
     Ok(())
@@ -441,38 +460,11 @@ fn compile_key(argv: &[String], object: &Path) -> Option<String> {
         h.update(a.as_bytes());
         h.update([0]);
     }
-    for file in parse_depfile(&deps) {
+    for file in state::parse_depfile(&deps) {
         h.update(file.as_bytes());
         h.update(std::fs::read(&file).ok()?);
     }
     Some(state::hex(&h.finalize()))
-}
-
-/// The prerequisites in a make-style depfile (`obj: a.c b.h \`).
-fn parse_depfile(text: &str) -> Vec<String> {
-    let joined = text.replace("\\\n", " ");
-    let rest = joined.split_once(": ").map_or("", |(_, r)| r);
-    let mut files = Vec::new();
-    let mut cur = String::new();
-    let mut chars = rest.chars().peekable();
-    while let Some(c) = chars.next() {
-        match c {
-            '\\' if chars.peek() == Some(&' ') => {
-                cur.push(' ');
-                chars.next();
-            }
-            c if c.is_whitespace() => {
-                if !cur.is_empty() {
-                    files.push(std::mem::take(&mut cur));
-                }
-            }
-            c => cur.push(c),
-        }
-    }
-    if !cur.is_empty() {
-        files.push(cur);
-    }
-    files
 }
 
 fn loaded_programs(plan: &Plan) -> Result<Vec<LoadedProgram>> {
@@ -501,7 +493,9 @@ pub fn pending(plan: &Plan) -> Result<Changes> {
         return Ok(Changes::Full("not applied yet".into()));
     };
     if state::source_hashes(plan)? != old.sources {
-        return Ok(Changes::Full("a program's source changed".into()));
+        return Ok(Changes::Full(
+            "a program's source, header or object changed".into(),
+        ));
     }
     let objects = old.objects.clone();
     drift::changes(plan, &old, &objects)
@@ -771,9 +765,9 @@ mod tests {
     fn depfile() {
         let d = "target/bpf/x.o: bpf/x.c /usr/include/linux/bpf.h \\\n  bpf/my\\ key.h\n";
         assert_eq!(
-            parse_depfile(d),
+            state::parse_depfile(d),
             ["bpf/x.c", "/usr/include/linux/bpf.h", "bpf/my key.h"]
         );
-        assert!(parse_depfile("").is_empty());
+        assert!(state::parse_depfile("").is_empty());
     }
 }

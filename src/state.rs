@@ -99,6 +99,25 @@ impl Store {
         })
     }
 
+    /// Other deployments recorded for the same manifest (applied with other
+    /// pins): apply warns about them, as they stay in place.
+    pub fn others(&self, plan: &Plan) -> Vec<State> {
+        let manifest = std::fs::canonicalize(&plan.manifest).unwrap_or(plan.manifest.clone());
+        let Some(dir) = self.path.parent() else {
+            return Vec::new();
+        };
+        let Ok(entries) = std::fs::read_dir(dir) else {
+            return Vec::new();
+        };
+        entries
+            .flatten()
+            .map(|e| e.path())
+            .filter(|p| p != &self.path && p.extension().is_some_and(|x| x == "json"))
+            .filter_map(|p| serde_json::from_slice::<State>(&std::fs::read(p).ok()?).ok())
+            .filter(|st| std::fs::canonicalize(&st.manifest).is_ok_and(|m| m == manifest))
+            .collect()
+    }
+
     pub fn load(&self) -> Result<Option<State>> {
         match std::fs::read(&self.path) {
             Ok(bytes) => serde_json::from_slice(&bytes)
@@ -203,10 +222,68 @@ pub fn object_hashes(plan: &Plan) -> Result<Vec<(PathBuf, String)>> {
     })
 }
 
-/// sha256 of every C source the plan compiles.
+/// sha256 of what each program is built from, without building: a C source
+/// together with every file its last compile read (the `-MD` depfile next to
+/// the object, so headers count), or a prebuilt object.
 pub fn source_hashes(plan: &Plan) -> Result<Vec<(PathBuf, String)>> {
-    hashes(plan, |s| match s {
-        Step::Compile { source, .. } => Some(source),
-        _ => None,
-    })
+    let compiled: Vec<&PathBuf> = plan
+        .steps
+        .iter()
+        .filter_map(|s| match s {
+            Step::Compile { object, .. } => Some(object),
+            _ => None,
+        })
+        .collect();
+    let mut out = Vec::new();
+    for step in &plan.steps {
+        match step {
+            Step::Compile { source, object, .. } => {
+                let mut h = Sha256::new();
+                h.update(
+                    std::fs::read(source)
+                        .with_context(|| format!("reading {}", source.display()))?,
+                );
+                if let Ok(deps) = std::fs::read_to_string(object.with_extension("d")) {
+                    for dep in parse_depfile(&deps) {
+                        h.update(dep.as_bytes());
+                        // A header that vanished counts as a change, not an error.
+                        h.update(std::fs::read(&dep).unwrap_or_default());
+                    }
+                }
+                out.push((source.clone(), hex(&h.finalize())));
+            }
+            Step::LoadProgram { object, .. } if !compiled.contains(&object) => {
+                out.push((object.clone(), file_sha256(object)?));
+            }
+            _ => {}
+        }
+    }
+    Ok(out)
+}
+
+/// The prerequisites in a make-style depfile (`obj: a.c b.h \`).
+pub fn parse_depfile(text: &str) -> Vec<String> {
+    let joined = text.replace("\\\n", " ");
+    let rest = joined.split_once(": ").map_or("", |(_, r)| r);
+    let mut files = Vec::new();
+    let mut cur = String::new();
+    let mut chars = rest.chars().peekable();
+    while let Some(c) = chars.next() {
+        match c {
+            '\\' if chars.peek() == Some(&' ') => {
+                cur.push(' ');
+                chars.next();
+            }
+            c if c.is_whitespace() => {
+                if !cur.is_empty() {
+                    files.push(std::mem::take(&mut cur));
+                }
+            }
+            c => cur.push(c),
+        }
+    }
+    if !cur.is_empty() {
+        files.push(cur);
+    }
+    files
 }

@@ -500,6 +500,10 @@ impl Step {
             DetachCgroup { .. } => {
                 Some("detached first, so no new socket enters a map while the rest is torn down")
             }
+            DetachXdp { .. } => Some(
+                "`net detach` removes whatever XDP program the interface has in this mode; \
+                 bpfplan destroy first checks it is this deployment's, this command does not",
+            ),
             _ => None,
         }
     }

@@ -174,6 +174,9 @@ pub fn stream_at(
     echo: bool,
     on_flowing: impl FnOnce(),
 ) -> Result<StreamReport> {
+    if let Length::Seconds(s) = length {
+        check_seconds(s)?;
+    }
     let (listener, bound) = listen_on(bind)?;
     let addr = SocketAddr::new(connect, bound.port());
     let lo_before = lo_rx_bytes()?;
@@ -563,6 +566,12 @@ pub fn measure(
     count: usize,
     remote: Option<SocketAddr>,
 ) -> Result<Measurement> {
+    if size == 0 || count == 0 {
+        bail!("--size and --count must be at least 1");
+    }
+    if workload != Workload::Rr {
+        check_seconds(seconds)?;
+    }
     if let (Workload::Stream, Some(to)) = (workload, remote) {
         return remote_stream(to, size, seconds);
     }
@@ -713,4 +722,12 @@ fn write_for(c: &mut impl Write, size: usize, seconds: f64) -> Result<(u64, f64)
         sent += 64 * size as u64;
     }
     Ok((sent, start.elapsed().as_secs_f64()))
+}
+
+/// A duration in seconds a run can last: positive, finite, under a day.
+fn check_seconds(s: f64) -> Result<()> {
+    if !(s > 0.0 && s < 86_400.0) {
+        bail!("seconds must be positive and under a day, not {s}");
+    }
+    Ok(())
 }
