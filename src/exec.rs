@@ -560,6 +560,29 @@ fn our_ids(pin: &str, recorded: &[LoadedProgram]) -> Result<Vec<(u32, bool)>> {
     Ok(ids)
 }
 
+/// Detach each of our programs that is `attached`: with the step's own
+/// command when it is the pinned one, else by id. Ok(false) when none was.
+fn detach_ours(
+    ours: Vec<(u32, bool)>,
+    attached: &[u32],
+    run: impl Fn() -> Result<()>,
+    by_id: impl Fn(&str) -> Vec<String>,
+) -> Result<bool> {
+    let mut done = false;
+    for (id, pinned) in ours {
+        if !attached.contains(&id) {
+            continue;
+        }
+        if pinned {
+            run()?;
+        } else {
+            run_instead(&by_id(&id.to_string()))?;
+        }
+        done = true;
+    }
+    Ok(done)
+}
+
 /// Run a command that stands in for a step's own (its pin is gone), showing it.
 fn run_instead(argv: &[String]) -> Result<()> {
     let words: Vec<&str> = argv.iter().map(String::as_str).collect();
@@ -583,29 +606,26 @@ fn teardown_step(step: &Step, recorded: &[LoadedProgram]) -> Result<bool> {
             kind,
             ..
         } => {
-            let attached = inspect::cgroup_attachments(cgroup.as_str())?;
-            let mut done = false;
-            for (id, pinned) in our_ids(program_pin.as_str(), recorded)? {
-                if !attached.iter().any(|a| a.id == id) {
-                    continue;
-                }
-                if pinned {
-                    run()?;
-                } else {
-                    let id = id.to_string();
-                    run_instead(&words(&[
+            let attached: Vec<u32> = inspect::cgroup_attachments(cgroup.as_str())?
+                .iter()
+                .map(|a| a.id)
+                .collect();
+            detach_ours(
+                our_ids(program_pin.as_str(), recorded)?,
+                &attached,
+                run,
+                |id| {
+                    words(&[
                         "bpftool",
                         "cgroup",
                         "detach",
                         cgroup.as_str(),
                         kind,
                         "id",
-                        &id,
-                    ]))?;
-                }
-                done = true;
-            }
-            Ok(done)
+                        id,
+                    ])
+                },
+            )
         }
         Step::DetachMap {
             program_pin,
@@ -617,29 +637,23 @@ fn teardown_step(step: &Step, recorded: &[LoadedProgram]) -> Result<bool> {
                 return Ok(false);
             }
             let attached = inspect::map_attached_prog_ids(map_pin.as_str(), kind)?;
-            let mut done = false;
-            for (id, pinned) in our_ids(program_pin.as_str(), recorded)? {
-                if !attached.contains(&id) {
-                    continue;
-                }
-                if pinned {
-                    run()?;
-                } else {
-                    let id = id.to_string();
-                    run_instead(&words(&[
+            detach_ours(
+                our_ids(program_pin.as_str(), recorded)?,
+                &attached,
+                run,
+                |id| {
+                    words(&[
                         "bpftool",
                         "prog",
                         "detach",
                         "id",
-                        &id,
+                        id,
                         kind,
                         "pinned",
                         map_pin.as_str(),
-                    ]))?;
-                }
-                done = true;
-            }
-            Ok(done)
+                    ])
+                },
+            )
         }
         Step::DetachXdp {
             program_pin, iface, ..
