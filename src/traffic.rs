@@ -267,7 +267,14 @@ pub fn stream_at(
 }
 
 /// Server side: check every byte against the stream, echo it if asked.
+/// The byte a stream server sends first. By the time `accept` returns, both
+/// ends of the connection have been through the sockops callbacks, so a
+/// client that waits for this byte never races its own first message past a
+/// sockhash that does not hold the peer yet (which would send it over TCP).
+const READY: u8 = 0x06;
+
 fn serve(mut s: TcpStream, seed: u64, echo: bool) -> Result<u64> {
+    write_all_retry(&mut s, &[READY]).context("server ready")?;
     let mut buf = vec![0u8; CHUNK];
     let mut pos = 0u64;
     loop {
@@ -296,6 +303,12 @@ fn client(
     flowing: std::sync::mpsc::Sender<()>,
 ) -> Result<u64> {
     s.set_nodelay(true)?;
+    let mut s = s;
+    let mut ready = [0u8; 1];
+    read_exact_retry(&mut s, &mut ready).context("waiting for the server")?;
+    if ready[0] != READY {
+        bail!("the server's first byte is {:#x}, not the ready byte", ready[0]);
+    }
     let mut w = s.try_clone()?;
     let writer = std::thread::spawn(move || -> Result<u64> {
         let mut buf = vec![0u8; CHUNK];
