@@ -307,7 +307,10 @@ fn client(
     let mut ready = [0u8; 1];
     read_exact_retry(&mut s, &mut ready).context("waiting for the server")?;
     if ready[0] != READY {
-        bail!("the server's first byte is {:#x}, not the ready byte", ready[0]);
+        bail!(
+            "the server's first byte is {:#x}, not the ready byte",
+            ready[0]
+        );
     }
     let mut w = s.try_clone()?;
     let writer = std::thread::spawn(move || -> Result<u64> {
