@@ -175,7 +175,7 @@ impl fmt::Display for ManifestErrorKind {
                 f,
                 "{kind} name `{name}` is {} characters; the kernel keeps only the first 15 (`{}`), so `bpftool ... name` lookups must use that",
                 name.len(),
-                &name[..15]
+                crate::model::kernel_name(name)
             ),
             PinNotAbsolute(pin) => write!(f, "pin path `{pin}` must be absolute"),
             PinDotDot(pin) => write!(

@@ -62,17 +62,11 @@ pub fn pinned_prog(pin: &str) -> Result<Option<ProgInfo>> {
     bpftool_json(&["prog", "show", "pinned", pin]).map(Some)
 }
 
-/// An object name as the kernel keeps it: at most 15 bytes (BPF_OBJ_NAME_LEN
-/// is 16 with the NUL); names are ASCII, so any cut is a char boundary.
-pub fn kernel_name(name: &str) -> &str {
-    &name[..name.len().min(15)]
-}
-
 /// The id of the map named `map` among the maps of the program at `prog_pin`.
 pub fn map_id_of(prog_pin: &str, map: &str) -> Result<u32> {
     let prog =
         pinned_prog(prog_pin)?.with_context(|| format!("no program is pinned at {prog_pin}"))?;
-    let kernel_name = kernel_name(map);
+    let kernel_name = crate::model::kernel_name(map);
     for id in &prog.map_ids {
         let info: MapInfo = bpftool_json(&["map", "show", "id", &id.to_string()])?;
         if info.name == kernel_name {

@@ -158,6 +158,13 @@ pub const PROG_TYPES: &[ProgType] = &[
     },
 ];
 
+/// An object name as the kernel keeps it: at most 15 bytes (BPF_OBJ_NAME_LEN
+/// is 16 with the NUL). Validated names are ASCII, so any cut is a char
+/// boundary; anything else is kept whole rather than cut mid-character.
+pub fn kernel_name(name: &str) -> &str {
+    name.get(..name.len().min(15)).unwrap_or(name)
+}
+
 /// What an attach type attaches to.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 pub enum TargetKind {

@@ -145,7 +145,7 @@ fn sh(plan: &Plan, dir: Direction) -> Result<String> {
                         out,
                         "map_id=$(bpfplan_map_id {} {})",
                         quote(program_pin.as_str())?,
-                        quote(crate::inspect::kernel_name(map.as_str()))?
+                        quote(crate::model::kernel_name(map.as_str()))?
                     );
                     words.push("\"$map_id\"".to_string());
                 }
