@@ -3,7 +3,7 @@
 use clap::{Args, Parser, Subcommand};
 use std::path::PathBuf;
 
-use crate::render::Format;
+use crate::plan::render::Format;
 
 const EXIT_CODES: &str = "\
 Exit codes:
@@ -54,11 +54,17 @@ pub enum Command {
     Apply {
         #[command(flatten)]
         target: Target,
+        /// text (progress for people) or json (one event per line).
+        #[arg(long, value_enum, default_value_t = ReportFormat::Text)]
+        format: ReportFormat,
     },
     /// Detach and unpin what apply set up.
     Destroy {
         #[command(flatten)]
         target: Target,
+        /// text (progress for people) or json (one event per line).
+        #[arg(long, value_enum, default_value_t = ReportFormat::Text)]
+        format: ReportFormat,
     },
     /// Measure a bypass manifest: loopback TCP vs the bypass vs Unix sockets,
     /// in cgroups of its own (the manifest must declare `cgroup` and `pin_dir`).

@@ -1,6 +1,8 @@
-//! Facts about this host that the manifest depends on (the cgroup v2 and bpffs
-//! mounts), read once from `/proc/self/mountinfo` before validation.
+//! Facts about this host that bpfplan depends on: the cgroup v2 and bpffs
+//! mounts (read from `/proc/self/mountinfo` before validation) and this
+//! process's capabilities. Reads procfs only; starts no process.
 
+use anyhow::{Context, Result, bail};
 use std::path::{Path, PathBuf};
 
 /// The mount facts validation and preflight need.
@@ -55,6 +57,37 @@ impl HostFacts {
             .max_by_key(|m| m.as_os_str().len())
             .map(PathBuf::as_path)
     }
+}
+
+const CAP_NET_ADMIN: u32 = 12;
+const CAP_SYS_ADMIN: u32 = 21;
+const CAP_BPF: u32 = 39;
+
+/// Loading, pinning and attaching need CAP_SYS_ADMIN, or CAP_BPF with
+/// CAP_NET_ADMIN (kernel 5.8+): read them from the effective set.
+pub fn check_privileges() -> Result<()> {
+    let status =
+        std::fs::read_to_string("/proc/self/status").context("reading /proc/self/status")?;
+    let caps = effective_caps(&status).context("no CapEff in /proc/self/status")?;
+    if !has_bpf_privileges(caps) {
+        bail!(
+            "bpfplan needs root (CAP_SYS_ADMIN, or CAP_BPF and CAP_NET_ADMIN) to load and attach \
+             BPF programs; effective capabilities are {caps:#x}"
+        );
+    }
+    Ok(())
+}
+
+/// The effective capability set from `/proc/self/status`.
+pub fn effective_caps(status: &str) -> Option<u64> {
+    let hex = status.lines().find_map(|l| l.strip_prefix("CapEff:"))?;
+    u64::from_str_radix(hex.trim(), 16).ok()
+}
+
+/// Whether a capability set may load and attach BPF programs.
+pub fn has_bpf_privileges(caps: u64) -> bool {
+    let has = |c: u32| caps & (1u64 << c) != 0;
+    has(CAP_SYS_ADMIN) || (has(CAP_BPF) && has(CAP_NET_ADMIN))
 }
 
 /// mountinfo escapes space, tab, newline and backslash as `\ooo`.
@@ -113,6 +146,21 @@ mod tests {
         assert_eq!(f.cgroup2, Some(PathBuf::from("/sys/fs/cgroup")));
         assert!(f.bpffs.is_empty());
         assert_eq!(HostFacts::from_mountinfo("garbage\n"), HostFacts::default());
+    }
+
+    #[track_caller]
+    fn caps(status: &str, want: Option<bool>) {
+        assert_eq!(effective_caps(status).map(has_bpf_privileges), want);
+    }
+
+    #[test]
+    fn privileges() {
+        caps("Name:\tx\nCapEff:\t000001ffffffffff\n", Some(true));
+        caps("CapEff:\t0000000000200000\n", Some(true)); // CAP_SYS_ADMIN
+        caps("CapEff:\t0000008000001000\n", Some(true)); // CAP_BPF + CAP_NET_ADMIN
+        caps("CapEff:\t0000008000000000\n", Some(false)); // CAP_BPF alone
+        caps("CapEff:\t0000000000000000\n", Some(false));
+        caps("Name:\tx\n", None);
     }
 
     #[test]

@@ -96,7 +96,7 @@ fn a_peer_in_another_namespace_is_not_redirected() {
     };
     let ns = Netns::new("peer");
     sb.must("apply");
-    let mut listen = ns.command(env!("CARGO_BIN_EXE_bpfplan-traffic"));
+    let mut listen = ns.command(crate::common::traffic_bin());
     listen.args(["listen", "--bind", &format!("{}:0", Netns::PEER_IP)]);
     let (mut server, mut server_lines) = spawn_piped(listen);
     let port = next_event(&mut server_lines)["port"].as_u64().unwrap();

@@ -3,8 +3,8 @@
 
 use std::path::{Path, PathBuf};
 
-use bpfplan::diag::Source;
-use bpfplan::validate::{self, Env};
+use bpfplan::manifest::diag::Source;
+use bpfplan::manifest::validate::{self, Env};
 
 use crate::common;
 

@@ -6,7 +6,7 @@ use std::os::unix::fs::PermissionsExt;
 use std::path::Path;
 use std::process::Command;
 
-use bpfplan::render::{Direction, Format, render};
+use bpfplan::plan::render::{Direction, Format, render};
 
 use crate::common;
 

@@ -77,7 +77,7 @@ fn bypass_keeps_the_payload_off_loopback() {
     assert_redirected(&inside);
 
     // The same transfer from outside the cgroup takes the TCP/IP path.
-    let mut outside = Command::new(env!("CARGO_BIN_EXE_bpfplan-traffic"));
+    let mut outside = Command::new(crate::common::traffic_bin());
     outside.args(["stream", "--bytes", &bytes]);
     assert_not_redirected(&report(outside));
 }
@@ -170,7 +170,7 @@ fn reapply_changes_nothing_and_a_concurrent_apply_waits() {
 
     // Hold the deployment's lock as another apply would.
     let store = sb.store();
-    let lock = store.lock(Duration::from_secs(1)).unwrap();
+    let lock = store.lock(Some(Duration::from_secs(1))).unwrap();
     let out = sb
         .bpfplan_cmd("apply", &sb.manifest)
         .env("BPFPLAN_LOCK_TIMEOUT", "0.3")
@@ -349,12 +349,19 @@ fn preflight_failures_change_nothing() {
     let out = cmd.output().unwrap();
     assert_eq!(out.status.code(), Some(1));
     assert!(stderr(&out).contains("cannot be used"), "{}", stderr(&out));
-    // A pin directory that does not exist.
-    let mut cmd = sb.bpfplan_cmd("apply", &sb.manifest);
-    cmd.args(["--var", &format!("pin_dir={}/nope", sb.pin_dir.display())]);
-    let out = cmd.output().unwrap();
-    assert_eq!(out.status.code(), Some(1));
-    assert!(stderr(&out).contains("does not exist"), "{}", stderr(&out));
+    sb.assert_clean(&[]);
+    // A pin directory that does not exist is made (private to root),
+    // recorded, and removed by destroy.
+    let missing = sb.pin_dir.join("team_a");
+    let var = format!("pin_dir={}", missing.display());
+    sb.must_with("apply", &["--var", &var]);
+    let mode = std::fs::metadata(&missing).unwrap().permissions();
+    assert_eq!(
+        std::os::unix::fs::PermissionsExt::mode(&mode) & 0o777,
+        0o700
+    );
+    sb.must_with("destroy", &["--var", &var]);
+    assert!(!missing.exists(), "destroy left the pin directory it made");
     sb.assert_clean(&[]);
 }
 
@@ -373,9 +380,9 @@ fn an_apply_interrupted_after_any_step_is_recovered() {
                 .argv()
                 .iter()
                 .map(|a| match a {
-                    bpfplan::step::Arg::Lit(s) => s.clone(),
-                    bpfplan::step::Arg::MapId { program_pin, map } => {
-                        bpfplan::inspect::map_id_of(program_pin.as_str(), map.as_str())
+                    bpfplan::plan::step::Arg::Lit(s) => s.clone(),
+                    bpfplan::plan::step::Arg::MapId { program_pin, map } => {
+                        bpfplan::kernel::inspect::map_id_of(program_pin.as_str(), map.as_str())
                             .unwrap()
                             .to_string()
                     }
@@ -384,24 +391,43 @@ fn an_apply_interrupted_after_any_step_is_recovered() {
             let out = Command::new(&argv[0]).args(&argv[1..]).output().unwrap();
             assert!(out.status.success(), "{argv:?}: {}", stderr(&out));
         }
+        // The record apply writes before its first kernel step, and the
+        // journal lines it appends before each one.
+        let ops: Vec<bpfplan::plan::Op> = plan
+            .steps
+            .iter()
+            .filter(|s| s.touches_kernel())
+            .cloned()
+            .map(bpfplan::plan::Op::of)
+            .collect();
+        use bpfplan::kernel::record::{FORMAT_VERSION, Record, Run, RunKind};
         store
-            .save(&bpfplan::state::State {
+            .save(&Record {
+                format_version: FORMAT_VERSION,
                 manifest: plan.manifest.clone(),
-                status: bpfplan::state::Status::Applying,
-                plan: plan.clone(),
-                started: n,
-                sources: Vec::new(),
-                objects: Vec::new(),
-                programs: Vec::new(),
+                deployed: None,
+                run: Some(Run {
+                    kind: RunKind::Fresh,
+                    plan: plan.clone(),
+                    ops,
+                    commit_at: None,
+                    sources: Vec::new(),
+                    objects: Vec::new(),
+                    pin_dirs: Vec::new(),
+                }),
             })
             .unwrap();
+        let kernel_steps = plan.steps[..n]
+            .iter()
+            .filter(|s| s.touches_kernel())
+            .count();
+        let mut journal = store.journal().unwrap();
+        for i in 0..kernel_steps {
+            journal.started(i).unwrap();
+        }
         if n % 2 == 0 {
             // The next apply undoes the partial run and applies anew.
             let log = sb.must("apply");
-            let kernel_steps = plan.steps[..n]
-                .iter()
-                .filter(|s| s.touches_kernel())
-                .count();
             if kernel_steps > 0 {
                 assert!(log.contains("was interrupted"), "{log}");
             }
@@ -488,7 +514,7 @@ fn the_xdp_counter_counts_packets_on_a_veth() {
     assert_eq!(xdp_id(&ns.host_if), Some(ids[0]), "not attached");
 
     // Packets from the namespace arrive on the host end of the veth.
-    let mut listen = ns.command(env!("CARGO_BIN_EXE_bpfplan-traffic"));
+    let mut listen = ns.command(crate::common::traffic_bin());
     listen.args(["listen", "--bind", "198.18.0.2:0"]);
     let (mut server, mut lines) = spawn_piped(listen);
     let port = next_event(&mut lines)["port"].as_u64().unwrap();

@@ -1,7 +1,7 @@
 //! Snapshots of the text, sh and json plans, and of the destroy plan, of
 //! every manifest in `manifests/`.
 
-use bpfplan::render::{Direction, Format, render};
+use bpfplan::plan::render::{Direction, Format, render};
 
 use crate::common;
 
@@ -66,11 +66,25 @@ fn bypass_order_is_the_classic_sequence_with_cgroup_attach_last() {
             "pin_map",
             "pin_map",
             "load_program",
-            "attach_map",
-            "attach_cgroup"
+            "attach",
+            "attach"
         ]
     );
-    let last = bpfplan::render::display_argv(&plan.steps[9].argv()).unwrap();
+    // The map attachment, then the cgroup one.
+    let points: Vec<String> = plan.steps[8..]
+        .iter()
+        .map(|s| {
+            serde_json::to_value(s).unwrap()["point"]
+                .as_object()
+                .unwrap()
+                .keys()
+                .next()
+                .unwrap()
+                .clone()
+        })
+        .collect();
+    assert_eq!(points, ["map", "cgroup"]);
+    let last = bpfplan::plan::render::display_argv(&plan.steps[9].argv()).unwrap();
     assert_eq!(
         last,
         "bpftool cgroup attach /sys/fs/cgroup sock_ops pinned /sys/fs/bpf/bpf_sockops multi"

@@ -4,10 +4,10 @@ pub mod sandbox;
 
 use std::path::{Path, PathBuf};
 
-use bpfplan::diag::Source;
 use bpfplan::host::HostFacts;
+use bpfplan::manifest::diag::Source;
+use bpfplan::manifest::validate::{self, Env};
 use bpfplan::plan::{Plan, PlanOptions};
-use bpfplan::validate::{self, Env};
 
 /// A host with the unified layout, so snapshots do not depend on the machine.
 pub fn fixed_host() -> HostFacts {
@@ -63,6 +63,12 @@ pub fn settings() -> insta::Settings {
 /// The bpfplan binary under test.
 pub fn bin() -> &'static str {
     env!("CARGO_BIN_EXE_bpfplan")
+}
+
+/// The traffic generator, built beside bpfplan (it is its own package in
+/// the workspace, so cargo does not name it for these tests).
+pub fn traffic_bin() -> PathBuf {
+    Path::new(bin()).with_file_name("bpfplan-traffic")
 }
 
 /// Every manifest in `manifests/`, sorted.

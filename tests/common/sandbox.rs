@@ -1,6 +1,7 @@
-//! A kernel test's own world: a child cgroup v2, a pin directory, a state
-//! directory and a build directory, all removed on drop, even on failure.
-//! Kernel tests run one at a time (they share `lo`'s byte counters).
+//! A kernel test's own world: a child cgroup v2 and a pin directory (the
+//! library's `Sandbox`, shared with `bpfplan bench`), a state directory and a
+//! build directory, all removed on drop, even on failure. Kernel tests run
+//! one at a time (they share `lo`'s byte counters).
 
 use std::io::{BufRead, BufReader};
 use std::path::{Path, PathBuf};
@@ -8,7 +9,7 @@ use std::process::{Child, Command, Output, Stdio};
 use std::sync::{Mutex, MutexGuard};
 use std::time::{Duration, Instant};
 
-use bpfplan::host::{DEFAULT_BPFFS, HostFacts};
+use bpfplan::host::HostFacts;
 
 static KERNEL: Mutex<()> = Mutex::new(());
 
@@ -17,6 +18,8 @@ pub struct Sandbox {
     pub pin_dir: PathBuf,
     pub tmp: tempfile::TempDir,
     pub manifest: PathBuf,
+    /// Dropped after `bpfplan destroy` ran: removes what is left.
+    _world: bpfplan::sandbox::Sandbox,
     _serial: MutexGuard<'static, ()>,
 }
 
@@ -58,25 +61,16 @@ impl Sandbox {
             eprintln!("skipping kernel test {name}: {why}");
             return None;
         }
-        let host = HostFacts::read().unwrap();
-        let cg2 = host.cgroup2.clone().unwrap();
-        let unique = format!("bpfplan-test-{name}-{}", std::process::id());
-        let cgroup = cg2.join(&unique);
-        std::fs::create_dir(&cgroup).unwrap();
-        if !host.bpffs.iter().any(|m| m == Path::new(DEFAULT_BPFFS)) {
-            run_ok(&["mount", "-t", "bpf", "bpf", DEFAULT_BPFFS]);
-        }
-        let pin_dir = Path::new(DEFAULT_BPFFS).join(&unique);
-        let tmp = tempfile::tempdir().unwrap();
-        let sandbox = Sandbox {
-            cgroup,
-            pin_dir,
-            tmp,
+        let world =
+            bpfplan::sandbox::Sandbox::create(&format!("bpfplan-test-{name}"), None, None).unwrap();
+        Some(Sandbox {
+            cgroup: world.cgroup.clone(),
+            pin_dir: world.pin_dir.clone(),
+            tmp: tempfile::tempdir().unwrap(),
             manifest: PathBuf::from(manifest),
+            _world: world,
             _serial: serial,
-        };
-        std::fs::create_dir(&sandbox.pin_dir).unwrap();
-        Some(sandbox)
+        })
     }
 
     /// `--var cgroup=` (when the manifest declares it), `--var pin_dir=` and
@@ -110,8 +104,8 @@ impl Sandbox {
     }
 
     /// The state store bpfplan uses for this sandbox's deployment.
-    pub fn store(&self) -> bpfplan::state::Store {
-        bpfplan::state::Store::in_dir(&self.state_dir(), &self.plan()).unwrap()
+    pub fn store(&self) -> bpfplan::kernel::record::Store {
+        bpfplan::kernel::record::Store::in_dir(&self.state_dir(), &self.plan()).unwrap()
     }
 
     /// Run bpfplan and insist on an exit code; returns stdout and stderr.
@@ -208,7 +202,7 @@ impl Sandbox {
 
     /// bpfplan-traffic inside this sandbox's cgroup.
     pub fn traffic(&self, args: &[&str]) -> Command {
-        let mut c = Command::new(env!("CARGO_BIN_EXE_bpfplan-traffic"));
+        let mut c = Command::new(crate::common::traffic_bin());
         c.arg("--cgroup").arg(&self.cgroup).args(args);
         c
     }
@@ -349,44 +343,9 @@ pub fn report(mut cmd: Command) -> serde_json::Value {
 
 impl Drop for Sandbox {
     fn drop(&mut self) {
-        // First the tool's own teardown, then whatever it missed.
+        // First the tool's own teardown; `_world` then removes whatever it
+        // missed.
         let _ = self.bpfplan("destroy");
-        let cg = self.cgroup.display().to_string();
-        if let Ok(out) = Command::new("bpftool")
-            .args(["-j", "cgroup", "show", &cg])
-            .output()
-            && let Ok(v) = serde_json::from_slice::<serde_json::Value>(&out.stdout)
-        {
-            for a in v.as_array().into_iter().flatten() {
-                if let (Some(id), Some(t)) = (a["id"].as_u64(), a["attach_type"].as_str()) {
-                    let _ = Command::new("bpftool")
-                        .args(["cgroup", "detach", &cg, t, "id", &id.to_string()])
-                        .output();
-                }
-            }
-        }
-        if let Ok(d) = std::fs::read_dir(&self.pin_dir) {
-            for e in d.flatten() {
-                let _ = std::fs::remove_file(e.path());
-            }
-        }
-        let _ = std::fs::remove_dir(&self.pin_dir);
-        // Our traffic processes may still be in the cgroup: end them.
-        let deadline = Instant::now() + Duration::from_secs(5);
-        loop {
-            let procs =
-                std::fs::read_to_string(self.cgroup.join("cgroup.procs")).unwrap_or_default();
-            if procs.trim().is_empty() || Instant::now() > deadline {
-                break;
-            }
-            for pid in procs.split_whitespace() {
-                let _ = Command::new("kill").args(["-9", pid]).output();
-            }
-            std::thread::sleep(Duration::from_millis(20));
-        }
-        while std::fs::remove_dir(&self.cgroup).is_err() && Instant::now() < deadline {
-            std::thread::sleep(Duration::from_millis(20));
-        }
     }
 }
 
@@ -438,9 +397,9 @@ impl Netns {
     }
 
     /// A command run inside the namespace.
-    pub fn command(&self, program: &str) -> Command {
+    pub fn command(&self, program: impl AsRef<std::ffi::OsStr>) -> Command {
         let mut c = Command::new("ip");
-        c.args(["netns", "exec", &self.name, program]);
+        c.args(["netns", "exec", &self.name]).arg(program);
         c
     }
 }

@@ -5,10 +5,10 @@ use std::collections::{BTreeMap, BTreeSet};
 use std::ops::Range;
 use std::path::{Component, Path, PathBuf};
 
-use crate::diag::{Diagnostic, ManifestErrorKind as K, Source};
+use super::diag::{Diagnostic, ManifestErrorKind as K, Source};
+use super::model::*;
+use super::raw::{self, RawAttach, RawManifest, S};
 use crate::host::{DEFAULT_BPFFS, HostFacts};
-use crate::manifest::{self, RawAttach, RawManifest, S};
-use crate::model::*;
 
 /// What validation needs besides the manifest text.
 pub struct Env<'a> {
@@ -29,7 +29,7 @@ pub struct Checked {
 /// Validate a manifest. On failure, every diagnostic found (errors and
 /// warnings) is returned, in source order.
 pub fn validate(src: &Source, env: &Env) -> Result<Checked, Vec<Diagnostic>> {
-    let raw = manifest::parse(&src.text).map_err(|d| vec![*d])?;
+    let raw = raw::parse(&src.text).map_err(|d| vec![*d])?;
     let mut v = Validator {
         src,
         env,
@@ -62,24 +62,50 @@ impl Validator<'_> {
 
     fn run(&mut self, raw: RawManifest) -> Option<Model> {
         self.vars(&raw);
+        let mut pins: BTreeMap<String, usize> = BTreeMap::new();
+        let programs = self.programs(&raw, &mut pins);
+        let maps = self.maps(&raw, &mut pins);
+        // Map reuse: each named map must exist, belong to another program,
+        // and be named once.
+        let owners: BTreeMap<&str, &str> = raw
+            .maps
+            .iter()
+            .map(|m| {
+                (
+                    m.get_ref().name.get_ref().as_str(),
+                    m.get_ref().program.get_ref().as_str(),
+                )
+            })
+            .collect();
+        self.reuse(&raw, &owners);
+        if let Some((cycle, span)) = find_cycle(&raw, &owners) {
+            self.error(K::DependencyCycle(cycle), Some(span));
+        }
+        let attachments = self.attachments(&raw, &owners);
+        Some(Model {
+            manifest: self.src.path.clone(),
+            programs,
+            maps,
+            attachments,
+        })
+    }
+
+    fn programs(&mut self, raw: &RawManifest, pins: &mut BTreeMap<String, usize>) -> Vec<Program> {
         let manifest_dir = self
             .src
             .path
             .parent()
             .map(Path::to_path_buf)
             .unwrap_or_default();
-
-        // Programs.
         let mut programs = Vec::new();
         let mut prog_names: BTreeMap<String, usize> = BTreeMap::new();
-        let mut pins: BTreeMap<String, usize> = BTreeMap::new();
         for p in &raw.programs {
             let p = p.get_ref();
             let name = self.name("program", &p.name);
             self.unique("program", &p.name, &mut prog_names);
             let code = self.code(p, &manifest_dir);
             let prog_type = self.prog_type(&p.prog_type);
-            let pin = self.pin(&p.pin, &mut pins);
+            let pin = self.pin(&p.pin, pins);
             let reuse: Vec<MapName> = p
                 .maps
                 .iter()
@@ -97,21 +123,47 @@ impl Validator<'_> {
                 });
             }
         }
+        programs
+    }
 
-        // Maps.
+    fn maps(&mut self, raw: &RawManifest, pins: &mut BTreeMap<String, usize>) -> Vec<MapDef> {
+        let prog_names: BTreeSet<&str> = raw
+            .programs
+            .iter()
+            .map(|p| p.get_ref().name.get_ref().as_str())
+            .collect();
         let mut maps = Vec::new();
         let mut map_names: BTreeMap<String, usize> = BTreeMap::new();
+        // (owner, kernel name) -> the first map's name: apply finds a map
+        // among its program's maps by the name the kernel keeps.
+        let mut kernel_names: BTreeMap<(String, String), String> = BTreeMap::new();
         for m in &raw.maps {
             let m = m.get_ref();
             let name = self.name("map", &m.name);
             self.unique("map", &m.name, &mut map_names);
-            if !prog_names.contains_key(m.program.get_ref()) {
+            if !prog_names.contains(m.program.get_ref().as_str()) {
                 self.error(
                     K::UnknownProgram(m.program.get_ref().clone()),
                     Some(m.program.span()),
                 );
             }
-            let pin = self.pin(&m.pin, &mut pins);
+            if let Some(name) = &name {
+                let key = (m.program.get_ref().clone(), kernel_name(name).to_string());
+                match kernel_names.get(&key) {
+                    Some(first) if first != name => self.error(
+                        K::KernelNameClash {
+                            name: name.clone(),
+                            other: first.clone(),
+                            program: m.program.get_ref().clone(),
+                        },
+                        Some(m.name.span()),
+                    ),
+                    _ => {
+                        kernel_names.insert(key, name.clone());
+                    }
+                }
+            }
+            let pin = self.pin(&m.pin, pins);
             let entries = self.entries(m);
             if let (Some(name), Some(pin), Some(entries)) = (name, pin, entries) {
                 maps.push(MapDef {
@@ -123,21 +175,18 @@ impl Validator<'_> {
                 });
             }
         }
+        maps
+    }
 
-        // Map reuse: each named map must exist and belong to another program.
-        let owners: BTreeMap<&str, &str> = raw
-            .maps
-            .iter()
-            .map(|m| {
-                (
-                    m.get_ref().name.get_ref().as_str(),
-                    m.get_ref().program.get_ref().as_str(),
-                )
-            })
-            .collect();
+    fn reuse(&mut self, raw: &RawManifest, owners: &BTreeMap<&str, &str>) {
         for p in &raw.programs {
             let p = p.get_ref();
+            let mut seen = BTreeSet::new();
             for m in &p.maps {
+                if !seen.insert(m.get_ref().as_str()) {
+                    self.error(K::DuplicateReuse(m.get_ref().clone()), Some(m.span()));
+                    continue;
+                }
                 match owners.get(m.get_ref().as_str()) {
                     None => self.error(K::UnknownMap(m.get_ref().clone()), Some(m.span())),
                     Some(owner) if *owner == p.name.get_ref() => self.error(
@@ -151,31 +200,44 @@ impl Validator<'_> {
                 }
             }
         }
-        if let Some((cycle, span)) = find_cycle(&raw, &owners) {
-            self.error(K::DependencyCycle(cycle), Some(span));
-        }
+    }
 
-        // Attachments.
-        let by_name: BTreeMap<&str, &manifest::RawProgram> = raw
+    fn attachments(&mut self, raw: &RawManifest, owners: &BTreeMap<&str, &str>) -> Vec<Attachment> {
+        let by_name: BTreeMap<&str, &raw::RawProgram> = raw
             .programs
             .iter()
             .rev() // the first of duplicate names wins, as in the error
             .map(|p| (p.get_ref().name.get_ref().as_str(), p.get_ref()))
             .collect();
-        let mut attachments = Vec::new();
+        let mut attachments: Vec<Attachment> = Vec::new();
+        let mut seen: BTreeSet<(String, String)> = BTreeSet::new();
+        // An interface holds one XDP program (per mode); the first claim wins.
+        let mut xdp: BTreeMap<String, String> = BTreeMap::new();
         for a in &raw.attachments {
             let span = a.span();
-            if let Some(att) = self.attachment(a.get_ref(), span, &by_name, &owners) {
-                attachments.push(att);
+            let Some(att) = self.attachment(a.get_ref(), span.clone(), &by_name, owners) else {
+                continue;
+            };
+            if !seen.insert((att.program.0.clone(), format!("{:?}", att.point))) {
+                self.error(K::DuplicateAttachment(att.program.0.clone()), Some(span));
+                continue;
             }
+            if let AttachPoint::Xdp { iface, .. } = &att.point {
+                if let Some(first) = xdp.get(iface.as_str()) {
+                    self.error(
+                        K::XdpInterfaceTaken {
+                            iface: iface.0.clone(),
+                            first: first.clone(),
+                        },
+                        Some(span),
+                    );
+                    continue;
+                }
+                xdp.insert(iface.0.clone(), att.program.0.clone());
+            }
+            attachments.push(att);
         }
-
-        Some(Model {
-            manifest: self.src.path.clone(),
-            programs,
-            maps,
-            attachments,
-        })
+        attachments
     }
 
     fn vars(&mut self, raw: &RawManifest) {
@@ -201,7 +263,7 @@ impl Validator<'_> {
     }
 
     /// A map's declared entries, encoded; `Some(None)` when not managed.
-    fn entries(&mut self, m: &manifest::RawMap) -> Option<Option<Vec<Entry>>> {
+    fn entries(&mut self, m: &raw::RawMap) -> Option<Option<Vec<Entry>>> {
         let ty = |v: &mut Self, s: &Option<S>| -> Option<Option<ScalarType>> {
             match s {
                 None => Some(None),
@@ -227,17 +289,17 @@ impl Validator<'_> {
         let mut ok = true;
         for e in raw.get_ref() {
             let e = e.get_ref();
-            let text = |v: &manifest::Scalar| match v {
-                manifest::Scalar::Int(n) => n.to_string(),
-                manifest::Scalar::Str(s) => s.clone(),
+            let text = |v: &raw::Scalar| match v {
+                raw::Scalar::Int(n) => n.to_string(),
+                raw::Scalar::Str(s) => s.clone(),
             };
             // Strings may use variables, like every other string value.
             let (Some(k), Some(v)) = (self.scalar(&e.key), self.scalar(&e.value)) else {
                 ok = false;
                 continue;
             };
-            let key = key_ty.encode(&k);
-            let value = value_ty.encode(&v);
+            let key = encode(key_ty, &k);
+            let value = encode(value_ty, &v);
             match (key, value) {
                 (Ok(key), Ok(value)) => {
                     let key_text = text(&k);
@@ -268,12 +330,12 @@ impl Validator<'_> {
     }
 
     /// An entry's key or value with its variables expanded.
-    fn scalar(&mut self, s: &toml::Spanned<manifest::Scalar>) -> Option<manifest::Scalar> {
+    fn scalar(&mut self, s: &toml::Spanned<raw::Scalar>) -> Option<raw::Scalar> {
         match s.get_ref() {
-            manifest::Scalar::Int(n) => Some(manifest::Scalar::Int(*n)),
-            manifest::Scalar::Str(text) => {
+            raw::Scalar::Int(n) => Some(raw::Scalar::Int(*n)),
+            raw::Scalar::Str(text) => {
                 let spanned = toml::Spanned::new(s.span(), text.clone());
-                self.interp(&spanned).map(manifest::Scalar::Str)
+                self.interp(&spanned).map(raw::Scalar::Str)
             }
         }
     }
@@ -386,7 +448,7 @@ impl Validator<'_> {
         Some(name.clone())
     }
 
-    fn code(&mut self, p: &manifest::RawProgram, dir: &Path) -> Option<Code> {
+    fn code(&mut self, p: &raw::RawProgram, dir: &Path) -> Option<Code> {
         let (what, s, make): (_, _, fn(PathBuf) -> Code) = match (&p.source, &p.object) {
             (Some(s), None) => ("source file", s, Code::Source),
             (None, Some(o)) => ("object file", o, Code::Object),
@@ -402,6 +464,10 @@ impl Validator<'_> {
             }
         };
         let value = self.interp(s)?;
+        if value.chars().any(char::is_control) {
+            self.error(K::ControlChars { what, value }, Some(s.span()));
+            return None;
+        }
         let path = normalize(&dir.join(&value));
         if !(self.env.exists)(&path) {
             self.error(
@@ -417,11 +483,11 @@ impl Validator<'_> {
     }
 
     fn prog_type(&mut self, s: &S) -> Option<ProgType> {
-        let found = PROG_TYPES.iter().find(|t| t.name == s.get_ref()).copied();
+        let found = ProgType::parse(s.get_ref());
         if found.is_none() {
-            let expected = PROG_TYPES
+            let expected = ProgType::ALL
                 .iter()
-                .map(|t| t.name)
+                .map(|t| t.word())
                 .collect::<Vec<_>>()
                 .join(", ");
             self.error(
@@ -460,7 +526,21 @@ impl Validator<'_> {
         }
         let path = Path::new(&pin);
         let on_default = path.starts_with(DEFAULT_BPFFS) && path != Path::new(DEFAULT_BPFFS);
-        let on_mount = self.env.host.bpffs_for(path).is_some_and(|m| m != path);
+        let mount = self.env.host.bpffs_for(path).filter(|m| *m != path);
+        let on_mount = mount.is_some();
+        // bpffs refuses every name below its mount that holds a `.` (dots are
+        // kept for the kernel's own files, like maps.debug).
+        let below = mount
+            .or(on_default.then_some(Path::new(DEFAULT_BPFFS)))
+            .and_then(|m| path.strip_prefix(m).ok());
+        if let Some(name) = below.and_then(|rest| {
+            rest.components()
+                .map(|c| c.as_os_str().to_string_lossy().into_owned())
+                .find(|c| c.contains('.'))
+        }) {
+            self.error(K::PinDot { pin, name }, span);
+            return None;
+        }
         if !on_default && !on_mount {
             let mut mounts: Vec<String> = self
                 .env
@@ -499,7 +579,7 @@ impl Validator<'_> {
         &mut self,
         a: &RawAttach,
         span: Range<usize>,
-        programs: &BTreeMap<&str, &manifest::RawProgram>,
+        programs: &BTreeMap<&str, &raw::RawProgram>,
         owners: &BTreeMap<&str, &str>,
     ) -> Option<Attachment> {
         let program = programs.get(a.program.get_ref().as_str()).copied();
@@ -510,8 +590,9 @@ impl Validator<'_> {
             );
         }
         let kind_name = a.attach_type.get_ref().as_str();
-        let all = all_attach_types();
-        let Some(kind) = all.iter().copied().find(|k| *k == kind_name) else {
+        let Some(kind) = AttachKind::parse(kind_name) else {
+            let mut all: Vec<&str> = AttachKind::ALL.iter().map(|k| k.word()).collect();
+            all.sort_unstable();
             self.error(
                 K::UnknownAttachType {
                     found: kind_name.to_string(),
@@ -523,15 +604,20 @@ impl Validator<'_> {
         };
         // Compatibility with the program's type (when that type is known).
         if let Some(p) = program
-            && let Some(t) = PROG_TYPES.iter().find(|t| t.name == p.prog_type.get_ref())
-            && !t.attach.contains(&kind)
+            && let Some(t) = ProgType::parse(p.prog_type.get_ref())
+            && !t.attach_kinds().contains(&kind)
         {
             self.error(
                 K::IncompatibleAttach {
                     program: p.name.get_ref().clone(),
-                    prog_type: t.name.to_string(),
+                    prog_type: t.word().to_string(),
                     attach_type: kind.to_string(),
-                    expected: t.attach.join(", "),
+                    expected: t
+                        .attach_kinds()
+                        .iter()
+                        .map(|k| k.word())
+                        .collect::<Vec<_>>()
+                        .join(", "),
                 },
                 Some(a.attach_type.span()),
             );
@@ -554,7 +640,7 @@ impl Validator<'_> {
             );
             return None;
         };
-        let expected = TargetKind::of(kind);
+        let expected = kind.target();
         if expected != target_kind {
             self.error(
                 K::AttachTargetKind {
@@ -675,54 +761,100 @@ impl Validator<'_> {
     }
 }
 
-/// A cycle among programs through reused maps, as `a -> b -> a`.
+/// A cycle among programs through reused maps, as `a -> b -> a`: an
+/// iterative depth-first search, linear in programs and reused maps (a long
+/// chain of programs neither recurses nor revisits).
 fn find_cycle(raw: &RawManifest, owners: &BTreeMap<&str, &str>) -> Option<(String, Range<usize>)> {
-    let deps: BTreeMap<&str, Vec<&str>> = raw
+    let index: BTreeMap<&str, usize> = raw
+        .programs
+        .iter()
+        .enumerate()
+        .rev() // the first of duplicate names wins
+        .map(|(i, p)| (p.get_ref().name.get_ref().as_str(), i))
+        .collect();
+    let deps: Vec<Vec<usize>> = raw
         .programs
         .iter()
         .map(|p| {
             let p = p.get_ref();
-            let deps = p
-                .maps
+            p.maps
                 .iter()
-                .filter_map(|m| owners.get(m.get_ref().as_str()).copied())
-                .filter(|o| *o != p.name.get_ref())
-                .collect();
-            (p.name.get_ref().as_str(), deps)
+                .filter_map(|m| owners.get(m.get_ref().as_str()))
+                .filter(|o| **o != p.name.get_ref())
+                .filter_map(|o| index.get(o).copied())
+                .collect()
         })
         .collect();
-    for p in &raw.programs {
-        let start = p.get_ref().name.get_ref().as_str();
-        let mut path = vec![start];
-        let mut seen = BTreeSet::new();
-        if walk(start, start, &deps, &mut path, &mut seen) {
-            return Some((path.join(" -> "), p.get_ref().name.span()));
+    // 0: not seen, 1: on the current path, 2: done (no cycle through it).
+    let mut color = vec![0u8; deps.len()];
+    for root in 0..deps.len() {
+        if color[root] != 0 {
+            continue;
+        }
+        // The current path, each with the index of its next dependency.
+        let mut stack: Vec<(usize, usize)> = vec![(root, 0)];
+        color[root] = 1;
+        while let Some(&mut (node, ref mut next)) = stack.last_mut() {
+            let Some(&dep) = deps[node].get(*next) else {
+                color[node] = 2;
+                stack.pop();
+                continue;
+            };
+            *next += 1;
+            match color[dep] {
+                0 => {
+                    color[dep] = 1;
+                    stack.push((dep, 0));
+                }
+                1 => {
+                    let from = stack.iter().position(|(n, _)| *n == dep).unwrap_or(0);
+                    let mut names: Vec<&str> = stack[from..]
+                        .iter()
+                        .map(|(n, _)| raw.programs[*n].get_ref().name.get_ref().as_str())
+                        .collect();
+                    names.push(raw.programs[dep].get_ref().name.get_ref().as_str());
+                    let span = raw.programs[dep].get_ref().name.span();
+                    return Some((names.join(" -> "), span));
+                }
+                _ => {}
+            }
         }
     }
     None
 }
 
-fn walk<'a>(
-    start: &str,
-    at: &'a str,
-    deps: &BTreeMap<&'a str, Vec<&'a str>>,
-    path: &mut Vec<&'a str>,
-    seen: &mut BTreeSet<&'a str>,
-) -> bool {
-    for next in deps.get(at).into_iter().flatten() {
-        if *next == start {
-            path.push(next);
-            return true;
+/// Encode an entry's key or value: a number (native byte order, as the BPF
+/// program reads it) or an address; the error says what was expected.
+fn encode(ty: ScalarType, v: &raw::Scalar) -> Result<Vec<u8>, String> {
+    use raw::Scalar;
+    let int = |max: u64| -> Result<u64, String> {
+        let n = match v {
+            Scalar::Int(n) => u64::try_from(*n).map_err(|_| format!("{n} is negative"))?,
+            Scalar::Str(s) => s
+                .parse::<u64>()
+                .map_err(|_| format!("`{s}` is not a number"))?,
+        };
+        if n > max {
+            return Err(format!("{n} does not fit (at most {max})"));
         }
-        if seen.insert(next) {
-            path.push(next);
-            if walk(start, next, deps, path, seen) {
-                return true;
+        Ok(n)
+    };
+    Ok(match ty {
+        ScalarType::U8 => vec![int(u8::MAX.into())? as u8],
+        ScalarType::U16 => (int(u16::MAX.into())? as u16).to_ne_bytes().to_vec(),
+        ScalarType::U32 => (int(u32::MAX.into())? as u32).to_ne_bytes().to_vec(),
+        ScalarType::U64 => int(u64::MAX)?.to_ne_bytes().to_vec(),
+        ScalarType::Ip => {
+            let Scalar::Str(s) = v else {
+                return Err("an address is a string, like \"198.18.0.1\" or \"::1\"".into());
+            };
+            match s.parse::<std::net::IpAddr>() {
+                Ok(std::net::IpAddr::V4(a)) => a.to_ipv6_mapped().octets().to_vec(),
+                Ok(std::net::IpAddr::V6(a)) => a.octets().to_vec(),
+                Err(_) => return Err(format!("`{s}` is not an IP address")),
             }
-            path.pop();
         }
-    }
-    false
+    })
 }
 
 /// Lexically remove `.` and resolve `..` against earlier components, so

@@ -1,60 +1,73 @@
 //! Reads the live kernel through `bpftool -j` (never scraped from text) and
-//! the file system: programs behind pins, their maps, cgroup attachments.
+//! the file system: programs behind pins, their maps, cgroup, sockmap and
+//! XDP attachments, map contents. Changes nothing.
 
 use anyhow::{Context, Result, bail};
-use serde::Deserialize;
+use serde::{Deserialize, Serialize};
 use std::path::Path;
 
+use super::cmd::bpftool_json;
+use crate::manifest::model::AttachKind;
+
 /// What `bpftool -j prog show` says of one program (the fields we use).
-#[derive(Debug, Clone, Deserialize, PartialEq, Eq)]
+#[derive(Debug, Clone, Serialize, Deserialize, PartialEq, Eq)]
 pub struct ProgInfo {
     pub id: u32,
     pub tag: String,
+    /// The kernel's type name (`sock_ops`, `sk_msg`, ...).
+    #[serde(rename = "type", default)]
+    pub prog_type: String,
     #[serde(default)]
     pub name: String,
     #[serde(default)]
     pub map_ids: Vec<u32>,
 }
 
-#[derive(Debug, Clone, Deserialize)]
-struct MapInfo {
-    id: u32,
-    #[serde(default)]
-    name: String,
-}
-
-#[derive(Debug, Clone, Deserialize)]
-pub struct CgroupAttachment {
+/// What `bpftool -j map show` says of one map (the fields we use).
+#[derive(Debug, Clone, Serialize, Deserialize, PartialEq, Eq)]
+pub struct MapInfo {
     pub id: u32,
+    /// The kernel's type name (`hash`, `sockhash`, ...).
+    #[serde(rename = "type", default)]
+    pub map_type: String,
     #[serde(default)]
-    pub attach_type: String,
+    pub name: String,
 }
 
-/// Run `bpftool -j ARGS` and parse its JSON.
-pub fn bpftool_json<T: serde::de::DeserializeOwned>(args: &[&str]) -> Result<T> {
-    let out = duct::cmd("bpftool", std::iter::once("-j").chain(args.iter().copied()))
-        .stdout_capture()
-        .stderr_capture()
-        .unchecked()
-        .run()
-        .context("running bpftool")?;
-    if !out.status.success() {
-        bail!(
-            "`bpftool -j {}` failed: {}",
-            args.join(" "),
-            String::from_utf8_lossy(&out.stderr).trim()
-        );
+#[derive(Debug, Clone, Deserialize)]
+struct CgroupAttachment {
+    id: u32,
+}
+
+/// What a pin holds.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize)]
+#[serde(rename_all = "snake_case")]
+pub enum PinState {
+    Program(ProgInfo),
+    Map(MapInfo),
+    /// A directory, or something bpftool cannot read.
+    Other,
+}
+
+/// What is pinned at `pin`, or `None` when nothing is.
+pub fn pinned(pin: &str) -> Result<Option<PinState>> {
+    let path = Path::new(pin);
+    match path.symlink_metadata() {
+        Err(e) if e.kind() == std::io::ErrorKind::NotFound => return Ok(None),
+        Err(e) => return Err(e).with_context(|| format!("reading {pin}")),
+        Ok(m) if !m.file_type().is_file() => return Ok(Some(PinState::Other)),
+        Ok(_) => {}
     }
-    let text = if out.stdout.iter().all(u8::is_ascii_whitespace) {
-        &b"null"[..]
-    } else {
-        &out.stdout[..]
-    };
-    serde_json::from_slice(text)
-        .with_context(|| format!("parsing the JSON of `bpftool -j {}`", args.join(" ")))
+    if let Ok(p) = bpftool_json::<ProgInfo>(&["prog", "show", "pinned", pin]) {
+        return Ok(Some(PinState::Program(p)));
+    }
+    if let Ok(m) = bpftool_json::<MapInfo>(&["map", "show", "pinned", pin]) {
+        return Ok(Some(PinState::Map(m)));
+    }
+    Ok(Some(PinState::Other))
 }
 
-/// The program pinned at `pin`, or `None` when nothing is pinned there.
+/// The program pinned at `pin`, or `None` when no program is pinned there.
 pub fn pinned_prog(pin: &str) -> Result<Option<ProgInfo>> {
     if !Path::new(pin).exists() {
         return Ok(None);
@@ -62,11 +75,21 @@ pub fn pinned_prog(pin: &str) -> Result<Option<ProgInfo>> {
     bpftool_json(&["prog", "show", "pinned", pin]).map(Some)
 }
 
+/// The program with this id, if it still exists.
+pub fn prog_by_id(id: u32) -> Option<ProgInfo> {
+    bpftool_json::<ProgInfo>(&["prog", "show", "id", &id.to_string()]).ok()
+}
+
+/// The map with this id, if it still exists.
+pub fn map_by_id(id: u32) -> Option<MapInfo> {
+    bpftool_json::<MapInfo>(&["map", "show", "id", &id.to_string()]).ok()
+}
+
 /// The id of the map named `map` among the maps of the program at `prog_pin`.
 pub fn map_id_of(prog_pin: &str, map: &str) -> Result<u32> {
     let prog =
         pinned_prog(prog_pin)?.with_context(|| format!("no program is pinned at {prog_pin}"))?;
-    let kernel_name = crate::model::kernel_name(map);
+    let kernel_name = crate::manifest::model::kernel_name(map);
     for id in &prog.map_ids {
         let info: MapInfo = bpftool_json(&["map", "show", "id", &id.to_string()])?;
         if info.name == kernel_name {
@@ -76,35 +99,19 @@ pub fn map_id_of(prog_pin: &str, map: &str) -> Result<u32> {
     bail!("the program pinned at {prog_pin} uses no map named `{map}`")
 }
 
-/// The id of the map pinned at `pin`, or `None` when nothing is pinned there.
-pub fn pinned_map_id(pin: &str) -> Result<Option<u32>> {
-    if !Path::new(pin).exists() {
-        return Ok(None);
-    }
-    let info: MapInfo = bpftool_json(&["map", "show", "pinned", pin])?;
-    Ok(Some(info.id))
-}
-
-/// The programs attached to a cgroup (directly, not inherited).
-pub fn cgroup_attachments(cgroup: &str) -> Result<Vec<CgroupAttachment>> {
+/// The ids of the programs attached to a cgroup (directly, not inherited).
+pub fn cgroup_prog_ids(cgroup: &str) -> Result<Vec<u32>> {
     if !Path::new(cgroup).is_dir() {
         return Ok(Vec::new());
     }
     // bpftool prints nothing at all (not `[]`) for a cgroup with no programs.
     Ok(
         bpftool_json::<Option<Vec<CgroupAttachment>>>(&["cgroup", "show", cgroup])?
-            .unwrap_or_default(),
+            .unwrap_or_default()
+            .iter()
+            .map(|a| a.id)
+            .collect(),
     )
-}
-
-/// Whether a program id still exists in the kernel.
-pub fn prog_exists(id: u32) -> bool {
-    bpftool_json::<ProgInfo>(&["prog", "show", "id", &id.to_string()]).is_ok()
-}
-
-/// Whether a map id still exists in the kernel.
-pub fn map_exists(id: u32) -> bool {
-    bpftool_json::<MapInfo>(&["map", "show", "id", &id.to_string()]).is_ok()
 }
 
 /// The ids of the XDP programs attached to an interface (in any mode).
@@ -148,16 +155,12 @@ pub fn xdp_prog_ids(iface: &str) -> Result<Vec<u32>> {
 /// bpf(2) syscall directly: `BPF_OBJ_GET` on the pin, then `BPF_PROG_QUERY`
 /// on the map (kernel 5.19+). A failed `prog detach` does not say whether the
 /// program was attached, so teardown and drift checks ask here first.
-pub fn map_attached_prog_ids(map_pin: &str, kind: &str) -> Result<Vec<u32>> {
+pub fn map_attached_prog_ids(map_pin: &str, kind: AttachKind) -> Result<Vec<u32>> {
     use std::os::fd::{AsRawFd, FromRawFd, OwnedFd};
     const BPF_OBJ_GET: libc::c_long = 7;
     const BPF_PROG_QUERY: libc::c_long = 16;
-    let attach_type: u32 = match kind {
-        "stream_parser" => 4,
-        "stream_verdict" => 5,
-        "msg_verdict" => 7,
-        "skb_verdict" => 38,
-        _ => bail!("`{kind}` is not a map attach type"),
+    let Some(attach_type) = kind.map_attach_type() else {
+        bail!("`{kind}` is not a map attach type");
     };
     let path = std::ffi::CString::new(map_pin).context("pin path holds a NUL byte")?;
 
@@ -242,15 +245,4 @@ pub fn map_dump(pin: &str) -> Result<Vec<DumpEntry>> {
             })
         })
         .collect()
-}
-
-/// The kernel's type name of the map pinned at `pin` (`hash`, `sockhash`, ...).
-pub fn map_type(pin: &str) -> Result<String> {
-    #[derive(Deserialize)]
-    struct Info {
-        #[serde(rename = "type")]
-        map_type: String,
-    }
-    let info: Info = bpftool_json(&["map", "show", "pinned", pin])?;
-    Ok(info.map_type)
 }

@@ -102,6 +102,25 @@ pub enum ManifestErrorKind {
         reason: String,
     },
     DuplicateEntry(String),
+    KernelNameClash {
+        name: String,
+        other: String,
+        program: String,
+    },
+    DuplicateReuse(String),
+    DuplicateAttachment(String),
+    XdpInterfaceTaken {
+        iface: String,
+        first: String,
+    },
+    PinDot {
+        pin: String,
+        name: String,
+    },
+    ControlChars {
+        what: &'static str,
+        value: String,
+    },
 }
 
 impl fmt::Display for ManifestErrorKind {
@@ -175,7 +194,7 @@ impl fmt::Display for ManifestErrorKind {
                 f,
                 "{kind} name `{name}` is {} characters; the kernel keeps only the first 15 (`{}`), so `bpftool ... name` lookups must use that",
                 name.len(),
-                crate::model::kernel_name(name)
+                crate::manifest::model::kernel_name(name)
             ),
             PinNotAbsolute(pin) => write!(f, "pin path `{pin}` must be absolute"),
             PinDotDot(pin) => write!(
@@ -237,6 +256,33 @@ impl fmt::Display for ManifestErrorKind {
             ),
             BadEntry { what, reason } => write!(f, "bad entry {what}: {reason}"),
             DuplicateEntry(key) => write!(f, "entry key `{key}` is listed twice"),
+            KernelNameClash {
+                name,
+                other,
+                program,
+            } => write!(
+                f,
+                "maps `{other}` and `{name}` of program `{program}` share the name the kernel keeps \
+                 (`{}`, the first 15 characters), so apply could not tell them apart; rename one",
+                crate::manifest::model::kernel_name(name)
+            ),
+            DuplicateReuse(map) => write!(f, "map `{map}` is listed twice in `maps`"),
+            DuplicateAttachment(program) => {
+                write!(f, "program `{program}` is attached here the same way twice")
+            }
+            XdpInterfaceTaken { iface, first } => write!(
+                f,
+                "interface `{iface}` already gets XDP program `{first}`; an interface holds one"
+            ),
+            PinDot { pin, name } => write!(
+                f,
+                "pin path `{pin}`: bpffs refuses names holding `.` (`{name}`)"
+            ),
+            ControlChars { what, value } => write!(
+                f,
+                "{what} `{}` holds a control character",
+                value.escape_debug()
+            ),
         }
     }
 }

@@ -5,7 +5,7 @@ use serde::Deserialize;
 use std::collections::BTreeMap;
 use toml::Spanned;
 
-use crate::diag::{Diagnostic, ManifestErrorKind};
+use super::diag::{Diagnostic, ManifestErrorKind};
 
 pub type S = Spanned<String>;
 

@@ -6,8 +6,8 @@ use anyhow::{Context, Result};
 use serde::Serialize;
 use std::fmt::Write as _;
 
-use crate::plan::Plan;
-use crate::step::{Arg, Step};
+use super::Plan;
+use super::step::{Arg, Step};
 
 /// Which way a plan is rendered.
 #[derive(Debug, Clone, Copy, PartialEq, Eq, clap::ValueEnum)]
@@ -145,7 +145,7 @@ fn sh(plan: &Plan, dir: Direction) -> Result<String> {
                         out,
                         "map_id=$(bpfplan_map_id {} {})",
                         quote(program_pin.as_str())?,
-                        quote(crate::model::kernel_name(map.as_str()))?
+                        quote(crate::manifest::model::kernel_name(map.as_str()))?
                     );
                     words.push("\"$map_id\"".to_string());
                 }

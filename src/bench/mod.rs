@@ -11,8 +11,36 @@ use std::process::Command;
 use std::time::Instant;
 
 use crate::cli::Target;
-use crate::host::{DEFAULT_BPFFS, HostFacts};
-use crate::traffic::{Measurement, Transport, Workload};
+use crate::sandbox::Sandbox;
+
+/// What `bpfplan-traffic measure` runs.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+enum Workload {
+    /// Request/response latency.
+    Rr,
+    /// One-way stream throughput.
+    Stream,
+    /// Connect, one exchange, close: connections per second.
+    Connect,
+}
+
+impl Workload {
+    fn arg(self) -> &'static str {
+        match self {
+            Workload::Rr => "rr",
+            Workload::Stream => "stream",
+            Workload::Connect => "connect",
+        }
+    }
+}
+
+/// One measurement, as `bpfplan-traffic measure` prints it.
+#[derive(Debug, Clone, serde::Deserialize)]
+struct Measurement {
+    value: f64,
+    p99: Option<f64>,
+    unit: String,
+}
 
 /// How much to measure.
 #[derive(Debug, Clone)]
@@ -136,18 +164,19 @@ pub struct Report {
     pub control_plane: Vec<ControlRow>,
 }
 
-/// Cgroups, pin directory and state made for the run; removed on drop.
+/// The benchmark's sandbox (a cgroup with `bypass` and `plain` children, a
+/// pin directory) and how to run bpfplan in it.
 struct World {
-    root: PathBuf,
     bypass: PathBuf,
     plain: PathBuf,
-    pin_dir: PathBuf,
     tmp: tempfile::TempDir,
     manifest: PathBuf,
     bpfplan: PathBuf,
     /// The user's `--var`s (bench sets `cgroup` and `pin_dir` itself).
     user_vars: Vec<(String, String)>,
     build_dir: PathBuf,
+    // Last: dropped after the deployment in it is destroyed.
+    sandbox: Sandbox,
 }
 
 impl World {
@@ -162,7 +191,7 @@ impl World {
             "--var".into(),
             format!("cgroup={}", self.bypass.display()),
             "--var".into(),
-            format!("pin_dir={}", self.pin_dir.display()),
+            format!("pin_dir={}", self.sandbox.pin_dir.display()),
             "--build-dir".into(),
             self.build_dir.display().to_string(),
         ]);
@@ -182,10 +211,6 @@ impl World {
 impl Drop for World {
     fn drop(&mut self) {
         let _ = self.bpfplan(&["destroy"]).output();
-        let _ = std::fs::remove_dir(&self.pin_dir);
-        for cg in [&self.bypass, &self.plain, &self.root] {
-            let _ = std::fs::remove_dir(cg);
-        }
     }
 }
 
@@ -228,18 +253,6 @@ fn machine() -> String {
 }
 
 pub fn bench(target: &Target, opts: &BenchOptions) -> Result<Report> {
-    let host = HostFacts::read().context("reading /proc/self/mountinfo")?;
-    let parent = match &opts.cgroup_parent {
-        Some(p) => p.clone(),
-        None => host.cgroup2.clone().context("no cgroup v2 mount")?,
-    };
-    let pin_parent = opts
-        .pin_parent
-        .clone()
-        .unwrap_or_else(|| PathBuf::from(DEFAULT_BPFFS));
-    if pin_parent.starts_with(DEFAULT_BPFFS) {
-        crate::exec::mount_bpffs(&host)?;
-    }
     let exe = std::env::current_exe().context("locating the bpfplan binary")?;
     let traffic = exe.with_file_name("bpfplan-traffic");
     if !traffic.is_file() {
@@ -248,24 +261,21 @@ pub fn bench(target: &Target, opts: &BenchOptions) -> Result<Report> {
             traffic.display()
         );
     }
-    let unique = format!("bpfplan-bench-{}", std::process::id());
-    let root = parent.join(&unique);
-    std::fs::create_dir(&root).with_context(|| format!("creating cgroup {}", root.display()))?;
+    let mut sandbox = Sandbox::create(
+        "bpfplan-bench",
+        opts.cgroup_parent.as_deref(),
+        opts.pin_parent.as_deref(),
+    )?;
     let world = World {
-        bypass: root.join("bypass"),
-        plain: root.join("plain"),
-        root,
-        pin_dir: pin_parent.join(&unique),
+        bypass: sandbox.child("bypass")?,
+        plain: sandbox.child("plain")?,
         tmp: tempfile::tempdir()?,
         manifest: target.manifest.clone(),
         bpfplan: exe,
         user_vars: target.vars.clone(),
         build_dir: target.build_dir.clone(),
+        sandbox,
     };
-    std::fs::create_dir(&world.bypass)?;
-    std::fs::create_dir(&world.plain)?;
-    std::fs::create_dir(&world.pin_dir)
-        .with_context(|| format!("creating pin directory {}", world.pin_dir.display()))?;
 
     let rounds = if opts.quick { 1 } else { opts.rounds.max(1) };
     let control_plane = control_plane(&world, rounds)?;
@@ -280,9 +290,9 @@ pub fn bench(target: &Target, opts: &BenchOptions) -> Result<Report> {
         for (i, spec) in SPECS.iter().enumerate() {
             for (j, path) in PATHS.iter().enumerate() {
                 let (cgroup, transport) = match path {
-                    Path3::Loopback => (&world.plain, Transport::Tcp),
-                    Path3::Bypass => (&world.bypass, Transport::Tcp),
-                    Path3::Unix => (&world.plain, Transport::Unix),
+                    Path3::Loopback => (&world.plain, "tcp"),
+                    Path3::Bypass => (&world.bypass, "tcp"),
+                    Path3::Unix => (&world.plain, "unix"),
                 };
                 samples[i][j].push(measure(&traffic, cgroup, transport, spec, seconds, count)?);
             }
@@ -334,7 +344,7 @@ pub fn bench(target: &Target, opts: &BenchOptions) -> Result<Report> {
 fn measure(
     traffic: &Path,
     cgroup: &Path,
-    transport: Transport,
+    transport: &str,
     spec: &Spec,
     seconds: f64,
     count: usize,
@@ -342,8 +352,8 @@ fn measure(
     let out = Command::new(traffic)
         .arg("--cgroup")
         .arg(cgroup)
-        .args(["measure", "--transport", &arg_name(&transport)])
-        .args(["--workload", &arg_name(&spec.workload)])
+        .args(["measure", "--transport", transport])
+        .args(["--workload", spec.workload.arg()])
         .args(["--size", &spec.size.to_string()])
         .args([
             "--seconds",
@@ -360,13 +370,6 @@ fn measure(
         );
     }
     serde_json::from_slice(&out.stdout).context("parsing bpfplan-traffic output")
-}
-
-/// clap's spelling of a value, for a subprocess command line.
-fn arg_name(v: &impl clap::ValueEnum) -> String {
-    v.to_possible_value()
-        .map(|p| p.get_name().to_string())
-        .unwrap_or_default()
 }
 
 /// plan, apply, no-op apply and destroy, next to the sh script, interleaved.

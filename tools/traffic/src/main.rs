@@ -8,7 +8,9 @@ use std::io::{Read, Write};
 use std::net::{IpAddr, SocketAddr};
 use std::path::PathBuf;
 
-use bpfplan::traffic::{self, Length, Transport, Workload};
+mod traffic;
+
+use traffic::{Length, Transport, Workload};
 
 #[derive(Parser)]
 #[command(

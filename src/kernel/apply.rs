@@ -1,0 +1,613 @@
+//! apply and destroy, end to end: check, lock, look at the kernel, build,
+//! decide (purely, in `decide`), run the decision through the executor, and
+//! record what the kernel then holds.
+
+use anyhow::{Context, Result, bail};
+use std::path::PathBuf;
+use std::time::{Duration, Instant};
+
+use super::decide::{self, Decision};
+use super::exec::{Executor, Failed, Listener, Numbering, Policy};
+use super::observe::{Observed, Query, observe};
+use super::record::{
+    Deployed, FileHash, Found, Loaded, MapFact, ProgramFact, Record, Run, RunKind, Store,
+};
+use super::{build, inspect, preflight};
+use crate::plan::step::Step;
+use crate::plan::{Op, Plan};
+
+/// How long a second apply or destroy waits for the first
+/// (`BPFPLAN_LOCK_TIMEOUT`, seconds, default 30; `inf` waits for good).
+fn lock_timeout() -> Result<Option<Duration>> {
+    crate::util::env_seconds("BPFPLAN_LOCK_TIMEOUT", 30.0)
+}
+
+/// How long destroy waits for the kernel to free programs and maps.
+const FREE_TIMEOUT: Duration = Duration::from_secs(10);
+
+/// What apply did.
+#[derive(Debug, PartialEq, Eq)]
+pub enum Applied {
+    /// The kernel already matched the manifest; nothing ran.
+    NoChanges,
+    /// Something ran.
+    Changed,
+}
+
+/// The record of a deployment, or the reason it cannot be used.
+fn read_record(store: &Store) -> Result<Option<Loaded>> {
+    match store.load() {
+        Found::Missing => Ok(None),
+        Found::Ok(l) => Ok(Some(*l)),
+        Found::Corrupt(why) => bail!(
+            "the record {} cannot be used ({why}); bpfplan will not guess what is deployed. \
+             Run `bpfplan destroy` with the same manifest and variables to remove what the \
+             manifest declares (and set the record aside), or move the record away by hand \
+             if what runs should stay",
+            store.path.display()
+        ),
+    }
+}
+
+/// What to look at for a plan and its record.
+fn query(plan: &Plan, loaded: Option<&Loaded>) -> Query {
+    let mut q = Query::default();
+    q.spec(&plan.spec, true);
+    q.dirs(super::record::pin_dirs(plan));
+    let deployed = loaded.and_then(|l| l.record.deployed.as_ref());
+    for pin in decide::swap_pins(plan, deployed) {
+        q.pin(&pin);
+    }
+    if let Some(l) = loaded {
+        q.record(&l.record);
+    }
+    q
+}
+
+/// Apply a plan.
+pub(crate) fn apply(plan: &Plan, listeners: Vec<&mut dyn Listener>) -> Result<Applied> {
+    let started = Instant::now();
+    preflight::apply(plan)?;
+    let store = Store::for_plan(plan)?;
+    let _lock = store.lock(lock_timeout()?)?;
+    let mut exec = Executor::new(listeners);
+    mount_if_needed(&mut exec, plan)?;
+    let mut loaded = read_record(&store)?;
+    let mut obs = observe(&query(plan, loaded.as_ref()))?;
+
+    // Build first: no kernel change, and compile errors stop here.
+    let build: Vec<Op> = plan
+        .steps
+        .iter()
+        .filter(|s| !s.touches_kernel())
+        .cloned()
+        .map(Op::of)
+        .collect();
+    let dirs = match &loaded {
+        None => super::record::pin_dirs(plan)
+            .iter()
+            .filter(|d| !obs.dirs.contains(*d))
+            .count(),
+        Some(_) => 0,
+    };
+    let numbering = Numbering {
+        first: 1,
+        total: plan.steps.len() + dirs,
+    };
+    exec.run(
+        "build",
+        &build,
+        Policy::Transaction { commit_at: None },
+        None,
+        numbering,
+    )
+    .map_err(|f| f.error.context(f.label))?;
+    let objects = build::object_hashes(plan)?;
+    let sources = build::source_hashes(plan)?;
+    if loaded.is_none() {
+        warn_other_deployments(&store, plan);
+    }
+
+    // A killed run is ended first; then the decision is made again.
+    for _ in 0..3 {
+        let decision = decide::decide(plan, loaded.as_ref(), &obs, &objects);
+        let Decision::Recover { ops, forward } = decision else {
+            let ctx = RunContext {
+                store: &store,
+                plan,
+                sources,
+                objects,
+                started,
+                numbering: Numbering {
+                    first: build.len() + 1,
+                    total: numbering.total,
+                },
+            };
+            return carry_out(&mut exec, decision, loaded, &obs, ctx);
+        };
+        let Some(l) = loaded.take() else {
+            bail!("internal error: a recovery without a record");
+        };
+        recover(&mut exec, &store, l, &ops, forward)?;
+        loaded = read_record(&store)?;
+        obs = observe(&query(plan, loaded.as_ref()))?;
+    }
+    bail!("an interrupted run could not be recovered; run `bpfplan destroy`, then apply")
+}
+
+/// Mount bpffs (under the lock, through the executor like every change).
+fn mount_if_needed(exec: &mut Executor, plan: &Plan) -> Result<()> {
+    if let Some(step) = preflight::bpffs_mount(plan)? {
+        exec.note("bpffs is not mounted where the pins go: mounting it");
+        let numbering = Numbering { first: 1, total: 1 };
+        exec.run(
+            "mount",
+            &[Op::of(step)],
+            Policy::BestEffort,
+            None,
+            numbering,
+        )
+        .map_err(|f| f.error)
+        .and_then(|failures| match failures.first() {
+            Some(f) => bail!("{f}"),
+            None => Ok(()),
+        })?;
+    }
+    preflight::on_bpffs(plan)
+}
+
+/// What carrying out a decision needs.
+struct RunContext<'a> {
+    store: &'a Store,
+    plan: &'a Plan,
+    sources: Vec<FileHash>,
+    objects: Vec<FileHash>,
+    started: Instant,
+    numbering: Numbering,
+}
+
+fn carry_out(
+    exec: &mut Executor,
+    decision: Decision,
+    loaded: Option<Loaded>,
+    obs: &Observed,
+    ctx: RunContext,
+) -> Result<Applied> {
+    let manifest = ctx.plan.manifest.display().to_string();
+    let mut record = loaded.map(|l| l.record).unwrap_or_else(|| Record {
+        format_version: super::record::FORMAT_VERSION,
+        manifest: ctx.plan.manifest.clone(),
+        deployed: None,
+        run: None,
+    });
+    let run = |kind, ops: Vec<Op>, commit_at, pin_dirs| Run {
+        kind,
+        plan: ctx.plan.clone(),
+        ops,
+        commit_at,
+        sources: ctx.sources.clone(),
+        objects: ctx.objects.clone(),
+        pin_dirs,
+    };
+    match decision {
+        Decision::Nothing => {
+            // A source edit that compiles to the same object changes
+            // nothing; record the new hashes so `status` agrees.
+            if let Some(d) = record.deployed.as_mut()
+                && d.sources != ctx.sources
+            {
+                d.sources = ctx.sources.clone();
+                ctx.store.save(&record)?;
+            }
+            exec.note(&format!(
+                "No changes: the kernel matches {manifest} ({} ms)",
+                ctx.started.elapsed().as_millis()
+            ));
+            return Ok(Applied::NoChanges);
+        }
+        Decision::Refuse(why) => bail!(why),
+        Decision::Recover { .. } => bail!("internal error: recovery is not carried out here"),
+        Decision::Entries(ops) => {
+            exec.note(&format!(
+                "only map contents differ: {} update(s), no program is reloaded",
+                ops.len()
+            ));
+            record.run = Some(run(RunKind::Entries, ops, None, Vec::new()));
+            let numbering = Numbering {
+                first: 1,
+                total: record.run.as_ref().map_or(0, |r| r.ops.len()),
+            };
+            transact(exec, ctx.store, record, numbering, obs).map_err(|f| {
+                f.error.context(format!(
+                    "{}; restored the {} entr{} it had changed before, no program was touched",
+                    f.label,
+                    f.undone,
+                    if f.undone == 1 { "y" } else { "ies" }
+                ))
+            })?;
+        }
+        Decision::Fresh { ops, pin_dirs } => {
+            record.run = Some(run(RunKind::Fresh, ops, None, pin_dirs));
+            transact(exec, ctx.store, record, ctx.numbering, obs).map_err(|f| {
+                f.error.context(format!(
+                    "{}; undid the {} kernel change(s) before it, nothing is left behind",
+                    f.label, f.undone
+                ))
+            })?;
+        }
+        Decision::Replace {
+            reason,
+            ops,
+            commit_at,
+            pin_dirs,
+        } => {
+            exec.note(&format!(
+                "{reason}: replacing the deployment (the new programs are loaded beside the \
+                 running ones, then swapped in)"
+            ));
+            let total = ops.len();
+            record.run = Some(run(RunKind::Replace, ops, Some(commit_at), pin_dirs));
+            let numbering = Numbering { first: 1, total };
+            transact(exec, ctx.store, record, numbering, obs).map_err(|f| {
+                f.error.context(format!(
+                    "{}; undid the {} change(s) before it: the previous deployment still runs, \
+                     unchanged",
+                    f.label, f.undone
+                ))
+            })?;
+        }
+    }
+    exec.note(&format!(
+        "applied {manifest} in {} ms",
+        ctx.started.elapsed().as_millis()
+    ));
+    Ok(Applied::Changed)
+}
+
+/// Run a recorded run as a transaction: the run is on record before its
+/// first op, each op is journaled before it runs, and the record says what
+/// the kernel holds once it ends. A failure rolls back; a rollback that
+/// fails leaves the run on record for the next apply or destroy.
+fn transact(
+    exec: &mut Executor,
+    store: &Store,
+    mut record: Record,
+    numbering: Numbering,
+    obs: &Observed,
+) -> Result<(), Failed> {
+    let unrecorded = |e: anyhow::Error| Failed {
+        label: "recording the run failed".into(),
+        error: e,
+        undone: 0,
+        rollback_failures: Vec::new(),
+    };
+    let Some(run) = record.run.clone() else {
+        return Ok(());
+    };
+    store.save(&record).map_err(unrecorded)?;
+    let mut journal = store.journal().map_err(unrecorded)?;
+    let policy = Policy::Transaction {
+        commit_at: run.commit_at,
+    };
+    let outcome = exec.run("apply", &run.ops, policy, Some(&mut journal), numbering);
+    match outcome {
+        Ok(failures) => {
+            for f in &failures {
+                eprintln!("warning: {f}");
+            }
+            let deployed = complete(&run, record.deployed.as_ref(), obs).map_err(unrecorded)?;
+            record.deployed = Some(deployed);
+            record.run = None;
+            store.save(&record).map_err(unrecorded)?;
+            Ok(())
+        }
+        Err(mut f) => {
+            if f.rollback_failures.is_empty() {
+                record.run = None;
+                let saved = match record.deployed {
+                    None => store.remove(),
+                    Some(_) => store.save(&record),
+                };
+                if let Err(e) = saved {
+                    f.error = f
+                        .error
+                        .context(format!("and updating the record failed: {e:#}"));
+                }
+            } else {
+                f.error = f.error.context(format!(
+                    "rollback failed too ({}); run `bpfplan apply` or `bpfplan destroy` to finish it",
+                    f.rollback_failures.join("; ")
+                ));
+            }
+            Err(f)
+        }
+    }
+}
+
+/// What the kernel holds once `run` completed: its plan, with the ids and
+/// tags behind its pins.
+fn complete(run: &Run, before: Option<&Deployed>, obs: &Observed) -> Result<Deployed> {
+    let mut programs = Vec::new();
+    for p in &run.plan.spec.programs {
+        let info = inspect::pinned_prog(p.pin.as_str())?
+            .with_context(|| format!("program pinned at {} vanished after apply", p.pin))?;
+        programs.push(ProgramFact {
+            name: p.name.clone(),
+            pin: p.pin.clone(),
+            id: info.id,
+            tag: info.tag,
+            map_ids: info.map_ids,
+        });
+    }
+    let mut maps = Vec::new();
+    for m in &run.plan.spec.maps {
+        if let Some(inspect::PinState::Map(info)) = inspect::pinned(m.pin.as_str())? {
+            maps.push(MapFact {
+                name: m.name.clone(),
+                pin: m.pin.clone(),
+                id: info.id,
+            });
+        }
+    }
+    // Directories made before stay ours while the plan still pins there.
+    let in_use = super::record::pin_dirs(&run.plan);
+    let mut pin_dirs: Vec<PathBuf> = before
+        .map(|d| d.pin_dirs.clone())
+        .unwrap_or_default()
+        .into_iter()
+        .filter(|d| in_use.contains(d) && obs.dirs.contains(d))
+        .collect();
+    pin_dirs.extend(run.pin_dirs.iter().cloned());
+    pin_dirs.sort();
+    pin_dirs.dedup();
+    Ok(Deployed {
+        plan: run.plan.clone(),
+        programs,
+        maps,
+        sources: run.sources.clone(),
+        objects: run.objects.clone(),
+        pin_dirs,
+    })
+}
+
+/// End a killed run: undo it, or finish it past its point of no return.
+fn recover(
+    exec: &mut Executor,
+    store: &Store,
+    loaded: Loaded,
+    ops: &[Op],
+    forward: bool,
+) -> Result<()> {
+    let mut record = loaded.record;
+    let Some(run) = record.run.take() else {
+        return Ok(());
+    };
+    if forward {
+        exec.note(&format!(
+            "an earlier apply of this deployment was interrupted after its point of no return: \
+             finishing its last {} step(s)",
+            ops.len()
+        ));
+    } else {
+        exec.note(&format!(
+            "an earlier apply of this deployment was interrupted: undoing its {} started step(s)",
+            loaded.started
+        ));
+    }
+    let numbering = Numbering {
+        first: 1,
+        total: ops.len(),
+    };
+    let failures = exec
+        .run("recover", ops, Policy::BestEffort, None, numbering)
+        .map_err(|f| f.error)?;
+    if !failures.is_empty() {
+        bail!(
+            "recovering the interrupted run failed:\n  {}",
+            failures.join("\n  ")
+        );
+    }
+    if forward {
+        let obs = observe(Query::default().dirs(super::record::pin_dirs(&run.plan)))?;
+        record.deployed = Some(complete(&run, record.deployed.as_ref(), &obs)?);
+    }
+    match record.deployed {
+        Some(_) => store.save(&record),
+        None => store.remove(),
+    }
+}
+
+fn warn_other_deployments(store: &Store, plan: &Plan) {
+    for other in store.others(plan) {
+        let pins: Vec<String> = other
+            .deployed
+            .iter()
+            .flat_map(|d| d.plan.spec.programs.iter().map(|p| p.pin.0.clone()))
+            .collect();
+        eprintln!(
+            "warning: {} has another deployment, with programs pinned at {}; it stays in \
+             place (a deployment is its manifest and its pin directories): destroy it with the \
+             variables it was applied with if it should go",
+            plan.manifest.display(),
+            pins.join(", ")
+        );
+    }
+}
+
+/// What apply would change, without building or changing anything.
+pub(crate) enum Pending {
+    None,
+    /// Apply would run these steps; `reason` says why when it is more than
+    /// map entries.
+    Steps {
+        reason: Option<String>,
+        steps: Vec<Step>,
+    },
+}
+
+/// What apply would do now: a changed source counts as a changed program.
+pub(crate) fn pending(plan: &Plan) -> Result<Pending> {
+    preflight::inspect()?;
+    let store = Store::for_plan(plan)?;
+    let loaded = read_record(&store)?;
+    let obs = observe(&query(plan, loaded.as_ref()))?;
+    let deployed = loaded.as_ref().and_then(|l| l.record.deployed.as_ref());
+    let build: Vec<Step> = plan
+        .steps
+        .iter()
+        .filter(|s| !s.touches_kernel())
+        .cloned()
+        .collect();
+    let objects = match deployed {
+        Some(d) if build::source_hashes(plan)? != d.sources => {
+            let mut steps = build;
+            steps.extend(plan.steps.iter().filter(|s| s.touches_kernel()).cloned());
+            return Ok(Pending::Steps {
+                reason: Some(
+                    "a program's source, header or object changed: apply rebuilds and replaces \
+                     the deployment"
+                        .into(),
+                ),
+                steps,
+            });
+        }
+        Some(d) => d.objects.clone(),
+        None => Vec::new(),
+    };
+    let with_build = |ops: Vec<Op>| -> Vec<Step> {
+        build
+            .iter()
+            .cloned()
+            .chain(ops.into_iter().map(|o| o.step))
+            .collect()
+    };
+    Ok(
+        match decide::decide(plan, loaded.as_ref(), &obs, &objects) {
+            Decision::Nothing => Pending::None,
+            Decision::Entries(ops) => Pending::Steps {
+                reason: None,
+                steps: ops.into_iter().map(|o| o.step).collect(),
+            },
+            Decision::Fresh { ops, .. } => Pending::Steps {
+                reason: Some("not applied yet: apply runs the whole plan".into()),
+                steps: with_build(ops),
+            },
+            Decision::Replace { reason, ops, .. } => Pending::Steps {
+                reason: Some(format!("{reason}: apply replaces the deployment")),
+                steps: with_build(ops),
+            },
+            Decision::Recover { .. } => Pending::Steps {
+                reason: Some("an earlier apply was interrupted".into()),
+                steps: plan.steps.clone(),
+            },
+            Decision::Refuse(why) => bail!(why),
+        },
+    )
+}
+
+/// Destroy: end a killed run, then tear down what was applied (or, with no
+/// usable record, what the manifest declares and is this deployment's),
+/// then wait until the kernel has freed it.
+pub(crate) fn destroy(plan: &Plan, listeners: Vec<&mut dyn Listener>) -> Result<()> {
+    preflight::inspect()?;
+    let store = Store::for_plan(plan)?;
+    let _lock = store.lock(lock_timeout()?)?;
+    let mut exec = Executor::new(listeners);
+    let mut corrupt = false;
+    let mut loaded = match store.load() {
+        Found::Missing => None,
+        Found::Ok(l) => Some(*l),
+        Found::Corrupt(why) => {
+            eprintln!(
+                "warning: the record {} cannot be used ({why}): removing only what the manifest \
+                 declares and is recognisably this deployment's",
+                store.path.display()
+            );
+            corrupt = true;
+            None
+        }
+    };
+    if let Some(l) = loaded.take() {
+        if l.record.run.is_some() {
+            let obs = observe(&query(plan, Some(&l)))?;
+            if let Some(run) = &l.record.run {
+                let (ops, forward) = decide::recovery(run, l.started, &obs);
+                recover(&mut exec, &store, l, &ops, forward)?;
+            }
+            loaded = read_record(&store)?;
+        } else {
+            loaded = Some(l);
+        }
+    }
+    let deployed = loaded.as_ref().and_then(|l| l.record.deployed.as_ref());
+    let target = deployed.map_or(plan, |d| &d.plan);
+    let mut q = query(target, loaded.as_ref());
+    q.spec(&plan.spec, false);
+    let obs = observe(&q)?;
+    let t = decide::teardown(target, deployed, &obs);
+    for f in &t.foreign {
+        eprintln!("warning: {f}");
+    }
+    if t.steps.is_empty() {
+        exec.note("nothing to destroy");
+    }
+    let ops: Vec<Op> = t
+        .steps
+        .iter()
+        .cloned()
+        .map(|step| Op { step, undo: None })
+        .collect();
+    let numbering = Numbering {
+        first: 1,
+        total: ops.len(),
+    };
+    let failures = exec
+        .run("destroy", &ops, Policy::BestEffort, None, numbering)
+        .map_err(|f| f.error)?;
+    if !failures.is_empty() {
+        bail!(
+            "{} teardown step(s) failed:\n  {}",
+            failures.len(),
+            failures.join("\n  ")
+        );
+    }
+    if corrupt {
+        let aside = store.set_aside()?;
+        eprintln!("the unusable record was moved to {}", aside.display());
+    } else {
+        store.remove()?;
+    }
+    wait_freed(&t.prog_ids, &t.map_ids);
+    exec.note(&format!("destroyed {}", plan.manifest.display()));
+    Ok(())
+}
+
+/// Poll until programs and maps are freed (the kernel releases them a moment
+/// after the last reference goes); warn if something still holds them.
+fn wait_freed(prog_ids: &[u32], map_ids: &[u32]) {
+    let start = Instant::now();
+    loop {
+        let live_progs: Vec<u32> = prog_ids
+            .iter()
+            .copied()
+            .filter(|id| inspect::prog_by_id(*id).is_some())
+            .collect();
+        let live_maps: Vec<u32> = map_ids
+            .iter()
+            .copied()
+            .filter(|id| inspect::map_by_id(*id).is_some())
+            .collect();
+        if live_progs.is_empty() && live_maps.is_empty() {
+            return;
+        }
+        if start.elapsed() > FREE_TIMEOUT {
+            eprintln!(
+                "warning: after {}s the kernel still holds program ids {live_progs:?} and map \
+                 ids {live_maps:?}: something else references them",
+                FREE_TIMEOUT.as_secs()
+            );
+            return;
+        }
+        std::thread::sleep(Duration::from_millis(20));
+    }
+}

@@ -1,0 +1,144 @@
+//! The build cache and the hashes the record keeps: a compile is skipped
+//! when the command and every file clang read (from the `-MD` depfile) are
+//! unchanged; sources and objects are hashed so status and apply notice an
+//! edit.
+
+use anyhow::{Context, Result};
+use sha2::{Digest, Sha256};
+use std::path::{Path, PathBuf};
+
+use super::record::FileHash;
+use crate::plan::Plan;
+use crate::util::{file_sha256, hex};
+
+fn stamp_path(object: &Path) -> PathBuf {
+    let mut s = object.as_os_str().to_owned();
+    s.push(".stamp");
+    PathBuf::from(s)
+}
+
+/// The hash of the command and of every file clang read (from the depfile
+/// `-MD` writes), so a changed header recompiles too. `None` when the
+/// depfile is missing or names a file that is gone (then the object is
+/// rebuilt).
+fn compile_key(argv: &[String], object: &Path) -> Option<String> {
+    let deps = std::fs::read_to_string(object.with_extension("d")).ok()?;
+    let mut h = Sha256::new();
+    for a in argv {
+        h.update(a.as_bytes());
+        h.update([0]);
+    }
+    for file in parse_depfile(&deps) {
+        h.update(file.as_bytes());
+        h.update(std::fs::read(&file).ok()?);
+    }
+    Some(hex(&h.finalize()))
+}
+
+/// Whether the object of a compile is current: its inputs match the stamp
+/// the last compile left.
+pub(crate) fn up_to_date(argv: &[String], object: &Path) -> bool {
+    object.is_file()
+        && compile_key(argv, object).is_some_and(|key| {
+            std::fs::read_to_string(stamp_path(object)).is_ok_and(|s| s.trim() == key)
+        })
+}
+
+/// Record the inputs of a compile that just succeeded.
+pub(crate) fn stamp(argv: &[String], object: &Path) -> Result<()> {
+    if let Some(key) = compile_key(argv, object) {
+        let stamp = stamp_path(object);
+        std::fs::write(&stamp, key).with_context(|| format!("writing {}", stamp.display()))?;
+    }
+    Ok(())
+}
+
+/// sha256 of every object the plan loads.
+pub(crate) fn object_hashes(plan: &Plan) -> Result<Vec<FileHash>> {
+    plan.spec
+        .programs
+        .iter()
+        .map(|p| {
+            Ok(FileHash {
+                sha256: file_sha256(&p.object)?,
+                path: p.object.clone(),
+            })
+        })
+        .collect()
+}
+
+/// sha256 of what each program is built from, without building: a C source
+/// together with every file its last compile read (the `-MD` depfile next to
+/// the object, so headers count), or a prebuilt object.
+pub(crate) fn source_hashes(plan: &Plan) -> Result<Vec<FileHash>> {
+    let mut out = Vec::new();
+    for p in &plan.spec.programs {
+        match &p.source {
+            Some(source) => {
+                let mut h = Sha256::new();
+                h.update(
+                    std::fs::read(source)
+                        .with_context(|| format!("reading {}", source.display()))?,
+                );
+                if let Ok(deps) = std::fs::read_to_string(p.object.with_extension("d")) {
+                    for dep in parse_depfile(&deps) {
+                        h.update(dep.as_bytes());
+                        // A header that vanished counts as a change, not an error.
+                        h.update(std::fs::read(&dep).unwrap_or_default());
+                    }
+                }
+                out.push(FileHash {
+                    path: source.clone(),
+                    sha256: hex(&h.finalize()),
+                });
+            }
+            None => out.push(FileHash {
+                path: p.object.clone(),
+                sha256: file_sha256(&p.object)?,
+            }),
+        }
+    }
+    Ok(out)
+}
+
+/// The prerequisites in a make-style depfile (`obj: a.c b.h \`).
+pub(crate) fn parse_depfile(text: &str) -> Vec<String> {
+    let joined = text.replace("\\\n", " ");
+    let rest = joined.split_once(": ").map_or("", |(_, r)| r);
+    let mut files = Vec::new();
+    let mut cur = String::new();
+    let mut chars = rest.chars().peekable();
+    while let Some(c) = chars.next() {
+        match c {
+            '\\' if chars.peek() == Some(&' ') => {
+                cur.push(' ');
+                chars.next();
+            }
+            c if c.is_whitespace() => {
+                if !cur.is_empty() {
+                    files.push(std::mem::take(&mut cur));
+                }
+            }
+            c => cur.push(c),
+        }
+    }
+    if !cur.is_empty() {
+        files.push(cur);
+    }
+    files
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn depfile() {
+        let d = "target/bpf/x.o: bpf/x.c /usr/include/linux/bpf.h \\\n  bpf/my\\ key.h\n";
+        assert_eq!(
+            parse_depfile(d),
+            ["bpf/x.c", "/usr/include/linux/bpf.h", "bpf/my key.h"]
+        );
+        assert!(parse_depfile("").is_empty());
+    }
+}

@@ -1,0 +1,1224 @@
+//! What to do, decided purely from the new plan, the record of what was
+//! applied and one observation of the kernel: nothing, recover a killed run,
+//! update map entries, replace the deployment (new objects staged beside the
+//! old, then swapped in), apply fresh, or refuse. The teardown that destroy
+//! runs and the findings that status reports come from the same facts.
+
+use serde::Serialize;
+use std::collections::{BTreeMap, BTreeSet};
+use std::path::PathBuf;
+
+use super::inspect::{PinState, ProgInfo};
+use super::observe::Observed;
+use super::record::{Deployed, FileHash, Loaded, Run};
+use crate::manifest::model::{MapPin, ProgPin, ProgType, kernel_name};
+use crate::plan::step::{AttachPoint, Attachment, PinKind, ProgRef, Step};
+use crate::plan::{Op, Plan, Spec};
+
+/// What apply does.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub(crate) enum Decision {
+    /// The kernel matches the record and the plan.
+    Nothing,
+    /// A run was killed: finish it (`forward`) or undo it, then decide again.
+    Recover { ops: Vec<Op>, forward: bool },
+    /// Only map contents differ: these updates, each undone to the value
+    /// it replaced if a later one fails.
+    Entries(Vec<Op>),
+    /// The deployment changes: stage, swap, then remove the old objects
+    /// (from `commit_at` on, the run is past its point of no return).
+    Replace {
+        reason: String,
+        ops: Vec<Op>,
+        commit_at: usize,
+        pin_dirs: Vec<PathBuf>,
+    },
+    /// Nothing of this deployment exists: run the plan.
+    Fresh {
+        ops: Vec<Op>,
+        pin_dirs: Vec<PathBuf>,
+    },
+    /// Apply must not go on, for this reason.
+    Refuse(String),
+}
+
+/// The name a replace stages a new object under, beside the old one; `~`
+/// is not allowed in manifest pins, so it can never be another's pin.
+pub(crate) fn staged(pin: &str) -> String {
+    format!("{pin}~new")
+}
+
+/// The name a replace moves an old object to before removing it.
+pub(crate) fn aside(pin: &str) -> String {
+    format!("{pin}~old")
+}
+
+/// Every pin a replace of `plan` over `deployed` may touch besides their
+/// own: the observation a decision needs.
+pub(crate) fn swap_pins(plan: &Plan, deployed: Option<&Deployed>) -> Vec<String> {
+    let mut pins: Vec<String> = all_pins(&plan.spec).map(staged).collect();
+    if let Some(d) = deployed {
+        pins.extend(all_pins(&d.plan.spec).map(aside));
+    }
+    pins
+}
+
+fn all_pins(spec: &Spec) -> impl Iterator<Item = &str> {
+    let programs = spec.programs.iter().map(|p| p.pin.as_str());
+    programs.chain(spec.maps.iter().map(|m| m.pin.as_str()))
+}
+
+/// Decide what apply does. `objects` are the hashes of the objects the
+/// plan loads, as built now.
+pub(crate) fn decide(
+    plan: &Plan,
+    loaded: Option<&Loaded>,
+    obs: &Observed,
+    objects: &[FileHash],
+) -> Decision {
+    let Some(loaded) = loaded else {
+        return fresh(plan, obs);
+    };
+    if let Some(run) = &loaded.record.run {
+        let (ops, forward) = recovery(run, loaded.started, obs);
+        return Decision::Recover { ops, forward };
+    }
+    let Some(d) = &loaded.record.deployed else {
+        return fresh(plan, obs);
+    };
+    let reason = if d.plan.spec.structure() != plan.spec.structure() {
+        Some("the manifest changed".to_string())
+    } else if d.objects != objects {
+        Some("a program changed".to_string())
+    } else {
+        findings(&plan.spec, Some(d), obs)
+            .into_iter()
+            .find(|f| f.health != Health::Present)
+            .map(|f| {
+                format!(
+                    "drift: {} `{}` at {} is {}",
+                    f.kind,
+                    f.name,
+                    f.place,
+                    f.health.describe()
+                )
+            })
+    };
+    match reason {
+        Some(reason) => replace(plan, d, obs, reason),
+        None => {
+            let ops = entry_ops(&plan.spec, obs, Some(d));
+            if ops.is_empty() {
+                Decision::Nothing
+            } else {
+                Decision::Entries(ops)
+            }
+        }
+    }
+}
+
+/// A first apply: refused when anything sits at the plan's pins (it is not
+/// bpfplan's, or bpfplan has no record of it); missing pin directories are
+/// created first.
+fn fresh(plan: &Plan, obs: &Observed) -> Decision {
+    if let Some(pin) = all_pins(&plan.spec).find(|p| obs.pins.contains_key(*p)) {
+        return Decision::Refuse(format!(
+            "{pin} already exists and bpfplan has no record of creating it: choose another \
+             pin directory, or, if it is this manifest's own deployment (made by the sh \
+             script, say), remove it first with `bpfplan destroy` and the same variables"
+        ));
+    }
+    let pin_dirs = missing_dirs(plan, obs);
+    let mut ops: Vec<Op> = pin_dirs
+        .iter()
+        .map(|dir| Op::of(Step::MakePinDir { dir: dir.clone() }))
+        .collect();
+    ops.extend(
+        plan.steps
+            .iter()
+            .filter(|s| s.touches_kernel())
+            .cloned()
+            .map(Op::of),
+    );
+    Decision::Fresh { ops, pin_dirs }
+}
+
+/// The plan's pin directories that do not exist.
+fn missing_dirs(plan: &Plan, obs: &Observed) -> Vec<PathBuf> {
+    super::record::pin_dirs(plan)
+        .into_iter()
+        .filter(|d| !obs.dirs.contains(d))
+        .collect()
+}
+
+/// How to end a killed run: undo the ops it started, last first, or, past
+/// its point of no return, finish the ones left. Steps whose work is
+/// already done (or undone) are left out.
+pub(crate) fn recovery(run: &Run, started: usize, obs: &Observed) -> (Vec<Op>, bool) {
+    let started = started.min(run.ops.len());
+    let forward = run.commit_at.is_some_and(|c| started > c);
+    let steps: Vec<Step> = if forward {
+        run.ops[started - 1..]
+            .iter()
+            .map(|op| op.step.clone())
+            .collect()
+    } else {
+        run.ops[..started]
+            .iter()
+            .rev()
+            .filter_map(|op| op.undo.clone())
+            .collect()
+    };
+    let ops = steps
+        .into_iter()
+        .filter(|s| still_needed(s, obs))
+        .map(|step| Op { step, undo: None })
+        .collect();
+    (ops, forward)
+}
+
+/// Whether a teardown or recovery step still has something to do.
+pub(crate) fn still_needed(step: &Step, obs: &Observed) -> bool {
+    match step {
+        Step::UnpinProgram { pin, .. } => obs.pins.contains_key(pin.as_str()),
+        Step::UnpinMap { pin, .. } => obs.pins.contains_key(pin.as_str()),
+        Step::RenamePin { from, to, .. } => {
+            obs.pins.contains_key(from) && !obs.pins.contains_key(to)
+        }
+        Step::RemovePinDir { dir } => obs.dirs.contains(dir),
+        Step::Detach(a) => obs
+            .prog_id(&a.prog)
+            .is_some_and(|id| obs.attached(&a.point, id)),
+        Step::Attach(a) => obs
+            .prog_id(&a.prog)
+            .is_some_and(|id| !obs.attached(&a.point, id)),
+        Step::LoadProgram { pin, .. } => !obs.pins.contains_key(pin.as_str()),
+        Step::PinMap { pin, .. } => !obs.pins.contains_key(pin.as_str()),
+        _ => true,
+    }
+}
+
+/// What a program of the plan must look like to count as this
+/// deployment's: its type, the name the kernel keeps, and (when known) the
+/// tag apply recorded.
+fn is_ours(info: &ProgInfo, prog_type: ProgType, name: &str, tag: Option<&str>) -> bool {
+    info.prog_type == prog_type.kernel_word()
+        && info.name == kernel_name(name)
+        && tag.is_none_or(|t| t == info.tag)
+}
+
+/// This deployment's programs for a pin: the recorded one if it still
+/// lives with its recorded tag (named by pin when it is still pinned there,
+/// else by id), and whatever sits at the pin if it matches.
+fn our_programs(
+    pin: &ProgPin,
+    spec: &Spec,
+    deployed: Option<&Deployed>,
+    obs: &Observed,
+) -> Vec<(u32, ProgRef)> {
+    let Some(p) = spec.program(pin) else {
+        return Vec::new();
+    };
+    let fact = deployed.and_then(|d| d.program(pin));
+    let tag = fact.map(|f| f.tag.as_str());
+    let at_pin = obs.program_at(pin.as_str());
+    let mut out = Vec::new();
+    if let Some(info) = at_pin
+        && is_ours(info, p.prog_type, p.name.as_str(), tag)
+    {
+        out.push((info.id, ProgRef::Pinned(pin.clone())));
+    }
+    if let Some(f) = fact
+        && at_pin.is_none_or(|i| i.id != f.id)
+        && let Some(info) = obs.programs.get(&f.id)
+        && info.tag == f.tag
+    {
+        out.push((f.id, ProgRef::Id(f.id)));
+    }
+    out
+}
+
+/// Whether the map at a pin is this deployment's: the recorded one, or,
+/// without a record of it, a map of the declared name.
+fn map_is_ours(pin: &MapPin, spec: &Spec, deployed: Option<&Deployed>, obs: &Observed) -> bool {
+    let Some(PinState::Map(info)) = obs.pins.get(pin.as_str()) else {
+        return false;
+    };
+    let recorded = deployed.and_then(|d| d.maps.iter().find(|m| &m.pin == pin));
+    match recorded {
+        Some(m) if m.id == info.id => true,
+        _ => spec
+            .maps
+            .iter()
+            .any(|m| &m.pin == pin && info.name == kernel_name(m.name.as_str())),
+    }
+}
+
+/// A map update or delete, each undone to what it replaced.
+pub(crate) fn entry_ops(spec: &Spec, obs: &Observed, deployed: Option<&Deployed>) -> Vec<Op> {
+    let mut ops = Vec::new();
+    for m in &spec.maps {
+        let Some(declared) = &m.entries else {
+            continue;
+        };
+        let (Some(PinState::Map(info)), Some(dump)) = (
+            obs.pins.get(m.pin.as_str()),
+            obs.contents.get(m.pin.as_str()),
+        ) else {
+            continue;
+        };
+        // Every slot of an array always exists: an undeclared one is left as
+        // it is, never deleted (the kernel refuses that). Per-CPU maps are
+        // compared on the first CPU, the one `bpftool map update` writes a
+        // single value for.
+        let is_array = matches!(info.map_type.as_str(), "array" | "percpu_array");
+        let live: BTreeMap<&[u8], &[u8]> = dump
+            .iter()
+            .map(|e| {
+                let first = e.values.first().map_or(&[][..], Vec::as_slice);
+                (e.key.as_slice(), first)
+            })
+            .collect();
+        // Name a key as the manifest did when it was declared.
+        let known: BTreeMap<&[u8], &str> = deployed
+            .and_then(|d| d.plan.spec.maps.iter().find(|o| o.pin == m.pin))
+            .and_then(|o| o.entries.as_ref())
+            .into_iter()
+            .flatten()
+            .chain(declared)
+            .map(|e| (e.key.as_slice(), e.key_text.as_str()))
+            .collect();
+        let as_entry = |key: &[u8], value: &[u8]| crate::manifest::model::Entry {
+            key: key.to_vec(),
+            value: value.to_vec(),
+            key_text: known
+                .get(key)
+                .map_or_else(|| format!("0x{}", crate::util::hex(key)), |t| t.to_string()),
+            value_text: format!("0x{}", crate::util::hex(value)),
+        };
+        let declared_keys: BTreeSet<&[u8]> = declared.iter().map(|e| e.key.as_slice()).collect();
+        let update = |entry| Step::UpdateMapEntry {
+            map: m.name.clone(),
+            pin: m.pin.clone(),
+            entry,
+        };
+        let delete = |entry| Step::DeleteMapEntry {
+            map: m.name.clone(),
+            pin: m.pin.clone(),
+            entry,
+        };
+        for e in declared {
+            let before = live.get(e.key.as_slice()).copied();
+            if before == Some(e.value.as_slice()) {
+                continue;
+            }
+            ops.push(Op {
+                step: update(e.clone()),
+                undo: Some(match before {
+                    Some(v) => update(as_entry(&e.key, v)),
+                    None => delete(e.clone()),
+                }),
+            });
+        }
+        if !is_array {
+            for (key, value) in &live {
+                if !declared_keys.contains(key) {
+                    let old = as_entry(key, value);
+                    ops.push(Op {
+                        step: delete(old.clone()),
+                        undo: Some(update(old)),
+                    });
+                }
+            }
+        }
+    }
+    ops
+}
+
+/// How one object of the manifest stands in the kernel.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize)]
+#[serde(tag = "state", content = "detail", rename_all = "snake_case")]
+pub enum Health {
+    Present,
+    Missing,
+    Different(String),
+}
+
+impl Health {
+    pub fn describe(&self) -> String {
+        match self {
+            Health::Present => "present".into(),
+            Health::Missing => "missing".into(),
+            Health::Different(why) => format!("different ({why})"),
+        }
+    }
+}
+
+/// One object of the manifest and how it stands.
+#[derive(Debug, Clone, Serialize)]
+pub struct Finding {
+    /// program, map, entries, attachment, manifest or record.
+    pub kind: &'static str,
+    /// The object, as the manifest names it.
+    pub name: String,
+    /// Where it lives (a pin, a cgroup, an interface).
+    pub place: String,
+    pub health: Health,
+}
+
+/// Programs, map pins and attachments of a spec, as the kernel has them.
+pub(crate) fn findings(spec: &Spec, deployed: Option<&Deployed>, obs: &Observed) -> Vec<Finding> {
+    let mut out = Vec::new();
+    for p in &spec.programs {
+        let fact = deployed.and_then(|d| d.program(&p.pin));
+        let health = match obs.pins.get(p.pin.as_str()) {
+            None => Health::Missing,
+            Some(PinState::Program(info)) => match fact {
+                Some(r) if r.tag != info.tag => {
+                    Health::Different(format!("tag {} where apply loaded {}", info.tag, r.tag))
+                }
+                Some(r) if r.id != info.id => Health::Different(format!(
+                    "program id {} where apply loaded {}",
+                    info.id, r.id
+                )),
+                _ => Health::Present,
+            },
+            Some(_) => Health::Different("the pin holds something else".into()),
+        };
+        out.push(Finding {
+            kind: "program",
+            name: p.name.0.clone(),
+            place: p.pin.0.clone(),
+            health,
+        });
+    }
+    for m in &spec.maps {
+        let health = match obs.pins.get(m.pin.as_str()) {
+            None => Health::Missing,
+            Some(PinState::Map(_)) => Health::Present,
+            Some(_) => Health::Different("the pin holds something else".into()),
+        };
+        out.push(Finding {
+            kind: "map",
+            name: m.name.0.clone(),
+            place: m.pin.0.clone(),
+            health,
+        });
+    }
+    for a in &spec.attachments {
+        let present = obs
+            .prog_id(&a.prog)
+            .is_some_and(|id| obs.attached(&a.point, id));
+        let (name, place) = match &a.point {
+            AttachPoint::Cgroup { cgroup, kind } => {
+                (format!("{} ({kind})", a.program), cgroup.0.clone())
+            }
+            AttachPoint::Map { map, kind, .. } => {
+                (format!("{} ({kind})", a.program), format!("map {map}"))
+            }
+            AttachPoint::Xdp { iface, .. } => {
+                (format!("{} (xdp)", a.program), format!("interface {iface}"))
+            }
+        };
+        out.push(Finding {
+            kind: "attachment",
+            name,
+            place,
+            health: if present {
+                Health::Present
+            } else {
+                Health::Missing
+            },
+        });
+    }
+    out
+}
+
+/// What destroy does: the steps, and the objects at this deployment's
+/// places that are not its own (listed, never touched).
+#[derive(Debug, Clone, Default, PartialEq, Eq)]
+pub(crate) struct Teardown {
+    pub steps: Vec<Step>,
+    pub foreign: Vec<String>,
+    /// Program and map ids that will be freed: destroy waits for them.
+    pub prog_ids: Vec<u32>,
+    pub map_ids: Vec<u32>,
+}
+
+/// Tear down `plan` (what was deployed, or without a record what the
+/// manifest declares), as observed: detach our programs wherever they are
+/// attached (by pin, or by id when the pin is gone), then unpin what is
+/// ours, last step first.
+pub(crate) fn teardown(plan: &Plan, deployed: Option<&Deployed>, obs: &Observed) -> Teardown {
+    let spec = &plan.spec;
+    let mut t = Teardown::default();
+    let ours: BTreeMap<&ProgPin, Vec<(u32, ProgRef)>> = spec
+        .programs
+        .iter()
+        .map(|p| (&p.pin, our_programs(&p.pin, spec, deployed, obs)))
+        .collect();
+    for step in plan.steps.iter().rev() {
+        match step {
+            Step::Attach(a) => {
+                let ProgRef::Pinned(pin) = &a.prog else {
+                    continue;
+                };
+                for (id, prog) in ours.get(pin).into_iter().flatten() {
+                    if obs.attached(&a.point, *id) {
+                        t.steps.push(Step::Detach(Attachment {
+                            prog: prog.clone(),
+                            ..a.clone()
+                        }));
+                    }
+                }
+            }
+            Step::LoadProgram { program, pin, .. } => {
+                let mine = ours.get(pin).into_iter().flatten();
+                t.prog_ids.extend(mine.map(|(id, _)| *id));
+                let at_pin_is_ours = ours
+                    .get(pin)
+                    .is_some_and(|v| v.iter().any(|(_, r)| matches!(r, ProgRef::Pinned(_))));
+                if at_pin_is_ours {
+                    if let Some(info) = obs.program_at(pin.as_str()) {
+                        t.map_ids.extend(info.map_ids.iter().copied());
+                    }
+                    t.steps.push(Step::UnpinProgram {
+                        program: program.clone(),
+                        pin: pin.clone(),
+                    });
+                } else if let Some(state) = obs.pins.get(pin.as_str()) {
+                    t.foreign.push(format!(
+                        "{pin} holds {} that is not this deployment's program `{program}`: left in place",
+                        describe_pin(state)
+                    ));
+                }
+            }
+            Step::PinMap { map, pin, .. } => {
+                if map_is_ours(pin, spec, deployed, obs) {
+                    t.steps.push(Step::UnpinMap {
+                        map: map.clone(),
+                        pin: pin.clone(),
+                    });
+                } else if let Some(state) = obs.pins.get(pin.as_str()) {
+                    t.foreign.push(format!(
+                        "{pin} holds {} that is not this deployment's map `{map}`: left in place",
+                        describe_pin(state)
+                    ));
+                }
+            }
+            _ => {}
+        }
+    }
+    if let Some(d) = deployed {
+        t.map_ids
+            .extend(d.programs.iter().flat_map(|p| p.map_ids.iter().copied()));
+        for dir in d.pin_dirs.iter().rev() {
+            if obs.dirs.contains(dir) {
+                t.steps.push(Step::RemovePinDir { dir: dir.clone() });
+            }
+        }
+    }
+    t.prog_ids.sort_unstable();
+    t.prog_ids.dedup();
+    t.map_ids.sort_unstable();
+    t.map_ids.dedup();
+    t
+}
+
+fn describe_pin(state: &PinState) -> String {
+    match state {
+        PinState::Program(p) => format!(
+            "program id {} ({}, `{}`, tag {})",
+            p.id, p.prog_type, p.name, p.tag
+        ),
+        PinState::Map(m) => format!("map id {} ({}, `{}`)", m.id, m.map_type, m.name),
+        PinState::Other => "something else".to_string(),
+    }
+}
+
+/// Replace `deployed` by `plan` without a moment where neither runs:
+///
+/// 1. stage: load and pin the new programs and maps under `~new` names,
+///    with their entries and map attachments (the verifier runs here, while
+///    the old deployment still works);
+/// 2. attach the new programs to cgroups beside the old ones (`multi`),
+///    then detach the old ones (XDP, one program per interface: old off,
+///    new on);
+/// 3. detach the old programs from their maps, move the old pins aside
+///    (`~old`), move the new pins in;
+/// 4. past the point of no return: unpin the old objects.
+///
+/// Every step up to 4 has an undo, so a failure restores the old
+/// deployment as it was, down to its program ids and map contents.
+fn replace(plan: &Plan, deployed: &Deployed, obs: &Observed, reason: String) -> Decision {
+    let old_spec = &deployed.plan.spec;
+    // Refuse what cannot be swapped: a foreign object at one of our pins,
+    // or leftovers of an earlier swap.
+    for pin in swap_pins(plan, Some(deployed)) {
+        if obs.pins.contains_key(&pin) {
+            return Decision::Refuse(format!(
+                "{pin} exists (left by an earlier run?): remove it, then apply again"
+            ));
+        }
+    }
+    let t = teardown(&deployed.plan, Some(deployed), obs);
+    if let Some(f) = t.foreign.first() {
+        return Decision::Refuse(format!(
+            "{f}; bpfplan will not replace it: remove it, or choose another pin"
+        ));
+    }
+    if let Some(p) = all_pins(&plan.spec)
+        .filter(|p| !all_pins(old_spec).any(|o| o == *p))
+        .find(|p| obs.pins.contains_key(*p))
+    {
+        return Decision::Refuse(format!(
+            "{p} already exists and bpfplan has no record of creating it: remove it first"
+        ));
+    }
+
+    let pin_dirs = missing_dirs(plan, obs);
+    let mut ops: Vec<Op> = pin_dirs
+        .iter()
+        .map(|dir| Op::of(Step::MakePinDir { dir: dir.clone() }))
+        .collect();
+    // 1. Stage.
+    for step in plan.steps.iter().filter(|s| s.touches_kernel()) {
+        match step {
+            Step::Attach(a) if !matches!(a.point, AttachPoint::Map { .. }) => {}
+            _ => ops.push(Op::of(stage_step(step))),
+        }
+    }
+    // 2. New traffic attachments beside the old, then the old ones off.
+    let traffic: Vec<&Attachment> = plan
+        .spec
+        .attachments
+        .iter()
+        .filter(|a| !matches!(a.point, AttachPoint::Map { .. }))
+        .collect();
+    for a in traffic.iter().filter(|a| !is_xdp(a)) {
+        ops.push(Op::of(Step::Attach(stage_attachment(a))));
+    }
+    let (old_maps, old_traffic): (Vec<&Step>, Vec<&Step>) = t
+        .steps
+        .iter()
+        .filter(|s| matches!(s, Step::Detach(_)))
+        .partition(|s| matches!(s, Step::Detach(a) if matches!(a.point, AttachPoint::Map { .. })));
+    for s in old_traffic {
+        ops.push(detach_op(s));
+    }
+    for a in traffic.iter().filter(|a| is_xdp(a)) {
+        ops.push(Op::of(Step::Attach(stage_attachment(a))));
+    }
+    // 3. The old verdicts off their maps; old pins aside; new pins in.
+    for s in old_maps {
+        ops.push(detach_op(s));
+    }
+    let old_pins: Vec<(PinKind, String, String)> = t
+        .steps
+        .iter()
+        .filter_map(|s| match s {
+            Step::UnpinProgram { program, pin } => {
+                Some((PinKind::Program, program.0.clone(), pin.0.clone()))
+            }
+            Step::UnpinMap { map, pin } => Some((PinKind::Map, map.0.clone(), pin.0.clone())),
+            _ => None,
+        })
+        .collect();
+    for (kind, name, pin) in &old_pins {
+        ops.push(Op::of(Step::RenamePin {
+            kind: *kind,
+            name: name.clone(),
+            from: pin.clone(),
+            to: aside(pin),
+        }));
+    }
+    for (kind, name, pin) in new_objects(&plan.spec) {
+        ops.push(Op::of(Step::RenamePin {
+            kind,
+            name,
+            from: staged(&pin),
+            to: pin,
+        }));
+    }
+    // 4. Past the point of no return: the old objects go.
+    let commit_at = ops.len();
+    for (kind, name, pin) in &old_pins {
+        let pin = aside(pin);
+        ops.push(Op {
+            step: match kind {
+                PinKind::Program => Step::UnpinProgram {
+                    program: crate::manifest::model::ProgName(name.clone()),
+                    pin: ProgPin(pin),
+                },
+                PinKind::Map => Step::UnpinMap {
+                    map: crate::manifest::model::MapName(name.clone()),
+                    pin: MapPin(pin),
+                },
+            },
+            undo: None,
+        });
+    }
+    let new_dirs = super::record::pin_dirs(plan);
+    for dir in deployed.pin_dirs.iter().rev() {
+        if !new_dirs.iter().any(|d| d.starts_with(dir)) {
+            ops.push(Op {
+                step: Step::RemovePinDir { dir: dir.clone() },
+                undo: None,
+            });
+        }
+    }
+    Decision::Replace {
+        reason,
+        ops,
+        commit_at,
+        pin_dirs,
+    }
+}
+
+fn is_xdp(a: &Attachment) -> bool {
+    matches!(a.point, AttachPoint::Xdp { .. })
+}
+
+/// Detaching an old program, undone by attaching it again by id.
+fn detach_op(step: &Step) -> Op {
+    let undo = match step {
+        Step::Detach(a) => Some(Step::Attach(a.clone())),
+        _ => None,
+    };
+    Op {
+        step: step.clone(),
+        undo,
+    }
+}
+
+/// The programs and maps a spec pins, in manifest order.
+fn new_objects(spec: &Spec) -> Vec<(PinKind, String, String)> {
+    let programs = spec
+        .programs
+        .iter()
+        .map(|p| (PinKind::Program, p.name.0.clone(), p.pin.0.clone()));
+    let maps = spec
+        .maps
+        .iter()
+        .map(|m| (PinKind::Map, m.name.0.clone(), m.pin.0.clone()));
+    programs.chain(maps).collect()
+}
+
+fn stage_attachment(a: &Attachment) -> Attachment {
+    let prog = match &a.prog {
+        ProgRef::Pinned(p) => ProgRef::Pinned(ProgPin(staged(p.as_str()))),
+        other => other.clone(),
+    };
+    let point = match &a.point {
+        AttachPoint::Map { map, map_pin, kind } => AttachPoint::Map {
+            map: map.clone(),
+            map_pin: MapPin(staged(map_pin.as_str())),
+            kind: *kind,
+        },
+        other => other.clone(),
+    };
+    Attachment {
+        program: a.program.clone(),
+        prog,
+        point,
+    }
+}
+
+/// A plan step with every pin it names moved to its staged name.
+fn stage_step(step: &Step) -> Step {
+    match step.clone() {
+        Step::LoadProgram {
+            program,
+            object,
+            prog_type,
+            pin,
+            reuse,
+        } => Step::LoadProgram {
+            program,
+            object,
+            prog_type,
+            pin: ProgPin(staged(pin.as_str())),
+            reuse: reuse
+                .into_iter()
+                .map(|mut r| {
+                    r.pin = MapPin(staged(r.pin.as_str()));
+                    r
+                })
+                .collect(),
+        },
+        Step::PinMap {
+            map,
+            program_pin,
+            pin,
+        } => Step::PinMap {
+            map,
+            program_pin: ProgPin(staged(program_pin.as_str())),
+            pin: MapPin(staged(pin.as_str())),
+        },
+        Step::UpdateMapEntry { map, pin, entry } => Step::UpdateMapEntry {
+            map,
+            pin: MapPin(staged(pin.as_str())),
+            entry,
+        },
+        Step::Attach(a) => Step::Attach(stage_attachment(&a)),
+        other => other,
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::host::HostFacts;
+    use crate::kernel::inspect::{DumpEntry, MapInfo};
+    use crate::kernel::record::{MapFact, ProgramFact, Record, RunKind};
+    use crate::manifest::diag::Source;
+    use crate::manifest::validate;
+    use crate::plan::PlanOptions;
+    use std::path::Path;
+
+    const MANIFEST: &str = r#"
+[vars]
+port = "1000"
+[[program]]
+name = "ops"
+object = "ops.o"
+type = "sockops"
+pin = "/sys/fs/bpf/t/ops"
+[[map]]
+name = "socks"
+program = "ops"
+pin = "/sys/fs/bpf/t/socks"
+[[program]]
+name = "redir"
+object = "redir.o"
+type = "sk_msg"
+pin = "/sys/fs/bpf/t/redir"
+maps = ["socks"]
+[[map]]
+name = "deny"
+program = "redir"
+pin = "/sys/fs/bpf/t/deny"
+key = "u32"
+value = "u8"
+entries = [{ key = "${port}", value = 1 }]
+[[attach]]
+program = "redir"
+type = "msg_verdict"
+map = "socks"
+[[attach]]
+program = "ops"
+type = "sock_ops"
+cgroup = "/sys/fs/cgroup/web"
+"#;
+
+    fn plan_with(port: &str, text: &str) -> Plan {
+        let host = HostFacts {
+            cgroup2: Some("/sys/fs/cgroup".into()),
+            bpffs: vec!["/sys/fs/bpf".into()],
+        };
+        let vars = vec![("port".to_string(), port.to_string())];
+        let env = validate::Env {
+            host: &host,
+            overrides: &vars,
+            exists: &|_| true,
+        };
+        let src = Source::new(Path::new("/m/x.toml"), text.to_string());
+        let checked = validate::validate(&src, &env).expect("valid");
+        crate::plan::plan(
+            &checked.model,
+            &PlanOptions {
+                build_dir: "/b".into(),
+                include: vec![],
+            },
+        )
+    }
+
+    fn plan(port: &str) -> Plan {
+        plan_with(port, MANIFEST)
+    }
+
+    fn prog(id: u32, kind: &str, name: &str, tag: &str) -> PinState {
+        PinState::Program(ProgInfo {
+            id,
+            tag: tag.into(),
+            prog_type: kind.into(),
+            name: name.into(),
+            map_ids: vec![],
+        })
+    }
+
+    fn map(id: u32, kind: &str, name: &str) -> PinState {
+        PinState::Map(MapInfo {
+            id,
+            map_type: kind.into(),
+            name: name.into(),
+        })
+    }
+
+    /// The kernel after a clean apply of `plan(port)`: programs 1 and 2,
+    /// maps 10 and 11, both attached, `deny` holding `port`.
+    fn healthy(port: u32) -> Observed {
+        let mut o = Observed::default();
+        o.pins
+            .insert("/sys/fs/bpf/t/ops".into(), prog(1, "sock_ops", "ops", "aa"));
+        o.pins.insert(
+            "/sys/fs/bpf/t/redir".into(),
+            prog(2, "sk_msg", "redir", "bb"),
+        );
+        o.pins
+            .insert("/sys/fs/bpf/t/socks".into(), map(10, "sockhash", "socks"));
+        o.pins
+            .insert("/sys/fs/bpf/t/deny".into(), map(11, "hash", "deny"));
+        o.cgroups.insert("/sys/fs/cgroup/web".into(), vec![1]);
+        o.map_links.insert(
+            (
+                "/sys/fs/bpf/t/socks".into(),
+                crate::manifest::model::AttachKind::MsgVerdict,
+            ),
+            vec![2],
+        );
+        o.contents.insert(
+            "/sys/fs/bpf/t/deny".into(),
+            vec![DumpEntry {
+                key: port.to_ne_bytes().to_vec(),
+                values: vec![vec![1]],
+            }],
+        );
+        o.dirs.insert("/sys/fs/bpf/t".into());
+        o
+    }
+
+    fn objects() -> Vec<FileHash> {
+        vec![FileHash {
+            path: "/m/ops.o".into(),
+            sha256: "o1".into(),
+        }]
+    }
+
+    fn deployed(p: &Plan) -> Deployed {
+        Deployed {
+            plan: p.clone(),
+            programs: vec![
+                ProgramFact {
+                    name: crate::manifest::model::ProgName("ops".into()),
+                    pin: ProgPin("/sys/fs/bpf/t/ops".into()),
+                    id: 1,
+                    tag: "aa".into(),
+                    map_ids: vec![10],
+                },
+                ProgramFact {
+                    name: crate::manifest::model::ProgName("redir".into()),
+                    pin: ProgPin("/sys/fs/bpf/t/redir".into()),
+                    id: 2,
+                    tag: "bb".into(),
+                    map_ids: vec![10, 11],
+                },
+            ],
+            maps: vec![MapFact {
+                name: crate::manifest::model::MapName("socks".into()),
+                pin: MapPin("/sys/fs/bpf/t/socks".into()),
+                id: 10,
+            }],
+            sources: vec![],
+            objects: objects(),
+            pin_dirs: vec![],
+        }
+    }
+
+    fn loaded(d: Option<Deployed>, run: Option<Run>, started: usize) -> Loaded {
+        Loaded {
+            record: Record {
+                format_version: crate::kernel::record::FORMAT_VERSION,
+                manifest: "/m/x.toml".into(),
+                deployed: d,
+                run,
+            },
+            started,
+        }
+    }
+
+    fn summaries(ops: &[Op]) -> Vec<String> {
+        ops.iter().map(|o| o.step.summary()).collect()
+    }
+
+    /// A decision's kind and, for runs, the summaries of its steps.
+    fn kind(d: &Decision) -> &'static str {
+        match d {
+            Decision::Nothing => "nothing",
+            Decision::Recover { forward: true, .. } => "recover-forward",
+            Decision::Recover { .. } => "recover-back",
+            Decision::Entries(_) => "entries",
+            Decision::Replace { .. } => "replace",
+            Decision::Fresh { .. } => "fresh",
+            Decision::Refuse(_) => "refuse",
+        }
+    }
+
+    #[track_caller]
+    fn case(
+        what: &str,
+        p: &Plan,
+        l: Option<&Loaded>,
+        o: &Observed,
+        want: &str,
+        detail: &str,
+    ) -> Decision {
+        let d = decide(p, l, o, &objects());
+        assert_eq!(kind(&d), want, "{what}: {d:#?}");
+        let text = format!("{d:?}");
+        assert!(text.contains(detail), "{what}: {detail:?} not in {d:#?}");
+        d
+    }
+
+    #[test]
+    fn the_decision_table() {
+        let p = plan("1000");
+        let d = deployed(&p);
+        let on_record = loaded(Some(d.clone()), None, 0);
+        let empty = Observed::default();
+
+        case("nothing applied", &p, None, &empty, "fresh", "MakePinDir");
+        let mut foreign = Observed::default();
+        foreign
+            .pins
+            .insert("/sys/fs/bpf/t/ops".into(), prog(9, "xdp", "x", "ff"));
+        case(
+            "a pin exists, no record",
+            &p,
+            None,
+            &foreign,
+            "refuse",
+            "no record",
+        );
+        case(
+            "in sync",
+            &p,
+            Some(&on_record),
+            &healthy(1000),
+            "nothing",
+            "",
+        );
+        case(
+            "an entry changed in the manifest",
+            &plan("2000"),
+            Some(&on_record),
+            &healthy(1000),
+            "entries",
+            "DeleteMapEntry",
+        );
+        let mut detached = healthy(1000);
+        detached.cgroups.insert("/sys/fs/cgroup/web".into(), vec![]);
+        case(
+            "an attachment removed by hand",
+            &p,
+            Some(&on_record),
+            &detached,
+            "replace",
+            "drift: attachment `ops (sock_ops)`",
+        );
+        let mut rebuilt = d.clone();
+        rebuilt.objects[0].sha256 = "other".into();
+        case(
+            "a program changed",
+            &p,
+            Some(&loaded(Some(rebuilt), None, 0)),
+            &healthy(1000),
+            "replace",
+            "a program changed",
+        );
+        let edited = MANIFEST.replace(
+            "sock_ops\"\ncgroup = \"/sys/fs/cgroup/web",
+            "sock_ops\"\ncgroup = \"/sys/fs/cgroup/db",
+        );
+        case(
+            "the manifest changed",
+            &plan_with("1000", &edited),
+            Some(&on_record),
+            &healthy(1000),
+            "replace",
+            "the manifest changed",
+        );
+        let mut replaced = healthy(1000);
+        replaced
+            .pins
+            .insert("/sys/fs/bpf/t/ops".into(), prog(7, "sock_ops", "ops", "cc"));
+        case(
+            "a foreign program behind our pin",
+            &plan_with("1000", &edited),
+            Some(&on_record),
+            &replaced,
+            "refuse",
+            "not this deployment's program `ops`",
+        );
+        let mut leftover = healthy(1000);
+        leftover.pins.insert(
+            "/sys/fs/bpf/t/ops~new".into(),
+            prog(8, "sock_ops", "ops", "aa"),
+        );
+        case(
+            "leftovers of an earlier swap",
+            &plan_with("1000", &edited),
+            Some(&on_record),
+            &leftover,
+            "refuse",
+            "ops~new exists",
+        );
+    }
+
+    #[test]
+    fn entries_are_undone_to_what_they_replaced() {
+        let p = plan("2000");
+        let on_record = loaded(Some(deployed(&plan("1000"))), None, 0);
+        let Decision::Entries(ops) = decide(&p, Some(&on_record), &healthy(1000), &objects())
+        else {
+            panic!("not an entries update");
+        };
+        assert_eq!(
+            summaries(&ops),
+            ["set `deny`[2000] = 1", "remove `deny`[1000]"]
+        );
+        let undos: Vec<String> = ops
+            .iter()
+            .map(|o| o.undo.as_ref().map(Step::summary).unwrap_or_default())
+            .collect();
+        assert_eq!(undos, ["remove `deny`[2000]", "set `deny`[1000] = 0x01"]);
+    }
+
+    #[test]
+    fn a_replace_stages_then_swaps_and_can_be_undone_until_it_commits() {
+        let p = plan("1000");
+        let on_record = loaded(Some(deployed(&p)), None, 0);
+        let mut drift = healthy(1000);
+        drift.cgroups.insert("/sys/fs/cgroup/web".into(), vec![]);
+        let Decision::Replace { ops, commit_at, .. } =
+            decide(&p, Some(&on_record), &drift, &objects())
+        else {
+            panic!("not a replace");
+        };
+        let s = summaries(&ops);
+        let pos = |needle: &str| {
+            s.iter()
+                .position(|x| x.contains(needle))
+                .unwrap_or_else(|| panic!("no {needle:?} in {s:#?}"))
+        };
+        // The new programs are loaded (the verifier runs) before anything
+        // old is touched.
+        assert!(
+            pos("load sockops program `ops` and pin it at /sys/fs/bpf/t/ops~new") < pos("detach")
+        );
+        assert!(pos("attach program `ops` to cgroup") < pos("detach program `redir`"));
+        assert!(
+            pos("move program `ops` from /sys/fs/bpf/t/ops to /sys/fs/bpf/t/ops~old")
+                < pos("move program `ops` from /sys/fs/bpf/t/ops~new")
+        );
+        // Everything before the commit point has an undo; after it, only
+        // the old objects are removed.
+        assert!(
+            ops[..commit_at]
+                .iter()
+                .all(|o| o.undo.is_some() || matches!(o.step, Step::UpdateMapEntry { .. })),
+            "{s:#?}"
+        );
+        assert!(
+            ops[commit_at..].iter().all(|o| matches!(
+                o.step,
+                Step::UnpinProgram { .. } | Step::UnpinMap { .. } | Step::RemovePinDir { .. }
+            )),
+            "{s:#?}"
+        );
+        assert_eq!(s[commit_at..].len(), 4, "{s:#?}");
+    }
+
+    #[test]
+    fn a_killed_run_is_undone_or_finished() {
+        let p = plan("1000");
+        let ops: Vec<Op> = p
+            .steps
+            .iter()
+            .filter(|s| s.touches_kernel())
+            .cloned()
+            .map(Op::of)
+            .collect();
+        let run = Run {
+            kind: RunKind::Fresh,
+            plan: p.clone(),
+            ops,
+            commit_at: None,
+            sources: vec![],
+            objects: vec![],
+            pin_dirs: vec![],
+        };
+        // Killed after the first two steps (load ops, pin socks): both are
+        // undone, last first; what is already gone is left out.
+        let mut o = Observed::default();
+        o.pins
+            .insert("/sys/fs/bpf/t/ops".into(), prog(1, "sock_ops", "ops", "aa"));
+        let l = loaded(None, Some(run.clone()), 2);
+        let d = case("killed after 2 steps", &p, Some(&l), &o, "recover-back", "");
+        let Decision::Recover { ops, .. } = d else {
+            unreachable!()
+        };
+        assert_eq!(
+            summaries(&ops),
+            ["unpin program `ops` at /sys/fs/bpf/t/ops"]
+        );
+
+        // Past the point of no return, the rest is finished instead.
+        let mut late = run;
+        late.commit_at = Some(3);
+        late.ops.truncate(5);
+        let mut o = Observed::default();
+        // The 4th step (pin `deny`) may or may not have finished: it did
+        // (the pin is there), so only the entry is written again.
+        o.pins
+            .insert("/sys/fs/bpf/t/deny".into(), map(11, "hash", "deny"));
+        let l = loaded(None, Some(late), 4);
+        let d = case(
+            "killed past the commit",
+            &p,
+            Some(&l),
+            &o,
+            "recover-forward",
+            "",
+        );
+        let Decision::Recover { ops, .. } = d else {
+            unreachable!()
+        };
+        assert_eq!(summaries(&ops), ["set `deny`[1000] = 1"]);
+    }
+
+    #[test]
+    fn teardown_detaches_by_id_when_the_pin_is_gone_and_leaves_what_is_not_ours() {
+        let p = plan("1000");
+        let d = deployed(&p);
+        let mut o = healthy(1000);
+        // The sockops pin was removed by hand; the program lives on, attached.
+        o.pins.remove("/sys/fs/bpf/t/ops");
+        o.programs.insert(
+            1,
+            ProgInfo {
+                id: 1,
+                tag: "aa".into(),
+                prog_type: "sock_ops".into(),
+                name: "ops".into(),
+                map_ids: vec![],
+            },
+        );
+        // Someone else's map sits at one of our map pins.
+        o.pins
+            .insert("/sys/fs/bpf/t/deny".into(), map(99, "array", "theirs"));
+        let t = teardown(&p, Some(&d), &o);
+        let s: Vec<String> = t.steps.iter().map(Step::summary).collect();
+        assert_eq!(
+            s,
+            [
+                "detach program `ops` (id 1) (sock_ops) from cgroup /sys/fs/cgroup/web",
+                "detach program `redir` (msg_verdict) from map `socks`",
+                "unpin program `redir` at /sys/fs/bpf/t/redir",
+                "unpin map `socks` at /sys/fs/bpf/t/socks",
+            ]
+        );
+        assert_eq!(t.foreign.len(), 1, "{:?}", t.foreign);
+        assert!(t.foreign[0].contains("`theirs`"), "{:?}", t.foreign);
+    }
+}

@@ -1,0 +1,102 @@
+//! `apply` and `destroy --format json`: one JSON object per line on stdout
+//! for each run, step start, step end, rollback and note, so CI systems and
+//! fleet tools follow progress without scraping text. The command adds a
+//! last `result` line.
+
+use serde_json::{Value, json};
+use std::io::Write;
+
+use super::exec::{Event, Listener, Outcome};
+
+/// Writes each event as a line of JSON on stdout.
+pub(crate) struct JsonLines;
+
+impl JsonLines {
+    fn line(v: &Value) {
+        let mut out = std::io::stdout().lock();
+        // A closed stdout must not stop a run between two kernel steps.
+        let _ = writeln!(out, "{v}");
+        let _ = out.flush();
+    }
+
+    /// The last line: how the command ended.
+    pub fn result(verb: &str, ok: bool, outcome: &str, error: Option<&str>) {
+        Self::line(&json!({
+            "event": "result",
+            "command": verb,
+            "ok": ok,
+            "outcome": outcome,
+            "error": error,
+        }));
+    }
+}
+
+/// The JSON form of an event.
+pub(crate) fn to_json(e: &Event<'_>) -> Value {
+    match e {
+        Event::Begin { title, total } => json!({"event": "begin", "run": title, "steps": total}),
+        Event::Started {
+            n,
+            total,
+            step,
+            argv,
+        } => json!({
+            "event": "started",
+            "step": n,
+            "of": total,
+            "summary": step.summary(),
+            "op": op(step),
+            "argv": argv,
+        }),
+        Event::Finished {
+            n,
+            total,
+            step,
+            argv,
+            elapsed,
+            outcome,
+        } => {
+            let mut v = json!({
+                "event": "finished",
+                "step": n,
+                "of": total,
+                "summary": step.summary(),
+                "op": op(step),
+                "argv": argv,
+                "duration_ms": (elapsed.as_secs_f64() * 1e6).round() / 1e3,
+            });
+            match outcome {
+                Outcome::Done => {
+                    v["outcome"] = json!("done");
+                    v["exit_code"] = json!(0);
+                }
+                Outcome::Skipped(why) => {
+                    v["outcome"] = json!("skipped");
+                    v["reason"] = json!(why);
+                }
+                Outcome::Failed { exit, error } => {
+                    v["outcome"] = json!("failed");
+                    v["exit_code"] = json!(exit);
+                    v["error"] = json!(error);
+                }
+            }
+            v
+        }
+        Event::Rollback { count } => json!({"event": "rollback", "steps": count}),
+        Event::Note { text } => json!({"event": "note", "text": text}),
+    }
+}
+
+/// The step's operation name, as the JSON plan spells it.
+fn op(step: &crate::plan::step::Step) -> Value {
+    serde_json::to_value(step)
+        .ok()
+        .and_then(|v| v.get("op").cloned())
+        .unwrap_or(Value::Null)
+}
+
+impl Listener for JsonLines {
+    fn event(&mut self, e: &Event<'_>) {
+        Self::line(&to_json(e));
+    }
+}

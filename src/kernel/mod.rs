@@ -1,0 +1,16 @@
+//! The kernel side: look (inspect, observe), decide (purely), act (the one
+//! executor), and remember (the record). Everything that starts a bpftool or
+//! clang process does it through `cmd`.
+
+pub mod apply;
+pub(crate) mod build;
+pub(crate) mod cmd;
+pub mod decide;
+pub(crate) mod events;
+pub(crate) mod exec;
+pub mod inspect;
+pub(crate) mod observe;
+pub(crate) mod preflight;
+pub mod record;
+pub mod status;
+pub(crate) mod trust;

@@ -1,0 +1,221 @@
+//! One look at the kernel for a deployment: what sits at each pin, what is
+//! attached to each cgroup, sockmap and interface, which recorded programs
+//! still live, and the contents of the maps that matter. Every decision and
+//! report is computed from this snapshot, purely.
+
+use anyhow::Result;
+use std::collections::{BTreeMap, BTreeSet};
+use std::path::{Path, PathBuf};
+
+use super::inspect::{self, DumpEntry, PinState, ProgInfo};
+use super::record::Record;
+use crate::manifest::model::AttachKind;
+use crate::plan::step::{AttachPoint, Attachment, ProgRef, Step};
+use crate::plan::{Op, Spec};
+
+/// What to look at.
+#[derive(Debug, Default)]
+pub(crate) struct Query {
+    pins: BTreeSet<String>,
+    cgroups: BTreeSet<String>,
+    map_links: BTreeSet<(String, AttachKind)>,
+    ifaces: BTreeSet<String>,
+    prog_ids: BTreeSet<u32>,
+    dumps: BTreeSet<String>,
+    dirs: BTreeSet<PathBuf>,
+}
+
+impl Query {
+    /// The objects of a spec; with `contents`, the entries of its managed
+    /// maps too.
+    pub fn spec(&mut self, spec: &Spec, contents: bool) -> &mut Self {
+        for p in &spec.programs {
+            self.pin(p.pin.as_str());
+        }
+        for m in &spec.maps {
+            self.pin(m.pin.as_str());
+            if contents && m.entries.is_some() {
+                self.dumps.insert(m.pin.0.clone());
+            }
+        }
+        for a in &spec.attachments {
+            self.attachment(a);
+        }
+        self
+    }
+
+    /// Every map of a spec dumped: sockhash sizes and counters for status.
+    pub fn gauges(&mut self, spec: &Spec) -> &mut Self {
+        for m in &spec.maps {
+            self.dumps.insert(m.pin.0.clone());
+        }
+        self
+    }
+
+    /// The objects of a record: what is deployed, what a run touched, and
+    /// the programs by their recorded ids.
+    pub fn record(&mut self, rec: &Record) -> &mut Self {
+        if let Some(d) = &rec.deployed {
+            self.spec(&d.plan.spec, false);
+            self.prog_ids.extend(d.programs.iter().map(|p| p.id));
+            self.dirs.extend(d.pin_dirs.iter().cloned());
+        }
+        if let Some(run) = &rec.run {
+            self.spec(&run.plan.spec, false);
+            self.ops(&run.ops);
+            self.dirs.extend(run.pin_dirs.iter().cloned());
+        }
+        self
+    }
+
+    /// Everything the steps of a run name.
+    pub fn ops(&mut self, ops: &[Op]) -> &mut Self {
+        for op in ops {
+            for step in std::iter::once(&op.step).chain(op.undo.as_ref()) {
+                self.step(step);
+            }
+        }
+        self
+    }
+
+    fn step(&mut self, step: &Step) {
+        match step {
+            Step::LoadProgram { pin, .. } | Step::UnpinProgram { pin, .. } => {
+                self.pin(pin.as_str())
+            }
+            Step::PinMap { pin, .. } | Step::UnpinMap { pin, .. } => self.pin(pin.as_str()),
+            Step::RenamePin { from, to, .. } => {
+                self.pin(from);
+                self.pin(to);
+            }
+            Step::Attach(a) | Step::Detach(a) => self.attachment(a),
+            Step::MakePinDir { dir } | Step::RemovePinDir { dir } => {
+                self.dirs.insert(dir.clone());
+            }
+            _ => {}
+        }
+    }
+
+    /// Also look at this pin.
+    pub fn pin(&mut self, pin: &str) {
+        self.pins.insert(pin.to_string());
+    }
+
+    fn attachment(&mut self, a: &Attachment) {
+        match &a.prog {
+            ProgRef::Pinned(pin) => self.pin(pin.as_str()),
+            ProgRef::Id(id) => {
+                self.prog_ids.insert(*id);
+            }
+        }
+        match &a.point {
+            AttachPoint::Cgroup { cgroup, .. } => {
+                self.cgroups.insert(cgroup.0.clone());
+            }
+            AttachPoint::Map { map_pin, kind, .. } => {
+                self.pin(map_pin.as_str());
+                self.map_links.insert((map_pin.0.clone(), *kind));
+            }
+            AttachPoint::Xdp { iface, .. } => {
+                self.ifaces.insert(iface.0.clone());
+            }
+        }
+    }
+
+    /// Also look at these directories.
+    pub fn dirs(&mut self, dirs: impl IntoIterator<Item = PathBuf>) -> &mut Self {
+        self.dirs.extend(dirs);
+        self
+    }
+}
+
+/// What the kernel held when it was looked at.
+#[derive(Debug, Default, Clone)]
+pub(crate) struct Observed {
+    /// What each asked-for pin holds; a pin not here is missing.
+    pub pins: BTreeMap<String, PinState>,
+    /// Program ids attached to each cgroup.
+    pub cgroups: BTreeMap<String, Vec<u32>>,
+    /// Program ids attached to each pinned map, per attach type.
+    pub map_links: BTreeMap<(String, AttachKind), Vec<u32>>,
+    /// XDP program ids on each interface.
+    pub xdp: BTreeMap<String, Vec<u32>>,
+    /// The asked-for program ids that still exist.
+    pub programs: BTreeMap<u32, ProgInfo>,
+    /// Entries of the asked-for maps.
+    pub contents: BTreeMap<String, Vec<DumpEntry>>,
+    /// The asked-for directories that exist.
+    pub dirs: BTreeSet<PathBuf>,
+}
+
+impl Observed {
+    /// The program at a pin, if a program is there.
+    pub fn program_at(&self, pin: &str) -> Option<&ProgInfo> {
+        match self.pins.get(pin) {
+            Some(PinState::Program(p)) => Some(p),
+            _ => None,
+        }
+    }
+
+    /// Whether a program id is attached at a point.
+    pub fn attached(&self, point: &AttachPoint, id: u32) -> bool {
+        let ids = match point {
+            AttachPoint::Cgroup { cgroup, .. } => self.cgroups.get(cgroup.as_str()),
+            AttachPoint::Map { map_pin, kind, .. } => {
+                self.map_links.get(&(map_pin.0.clone(), *kind))
+            }
+            AttachPoint::Xdp { iface, .. } => self.xdp.get(iface.as_str()),
+        };
+        ids.is_some_and(|ids| ids.contains(&id))
+    }
+
+    /// The id of the program an attachment names, if it exists.
+    pub fn prog_id(&self, prog: &ProgRef) -> Option<u32> {
+        match prog {
+            ProgRef::Pinned(pin) => self.program_at(pin.as_str()).map(|p| p.id),
+            ProgRef::Id(id) => self.programs.contains_key(id).then_some(*id),
+        }
+    }
+}
+
+/// Look.
+pub(crate) fn observe(q: &Query) -> Result<Observed> {
+    let mut o = Observed::default();
+    for pin in &q.pins {
+        if let Some(state) = inspect::pinned(pin)? {
+            o.pins.insert(pin.clone(), state);
+        }
+    }
+    for cg in &q.cgroups {
+        o.cgroups.insert(cg.clone(), inspect::cgroup_prog_ids(cg)?);
+    }
+    for (pin, kind) in &q.map_links {
+        // Only a map can be asked; a missing or foreign pin has no links.
+        let is_map = matches!(o.pins.get(pin), Some(PinState::Map(_)));
+        let ids = if is_map {
+            inspect::map_attached_prog_ids(pin, *kind)?
+        } else {
+            Vec::new()
+        };
+        o.map_links.insert((pin.clone(), *kind), ids);
+    }
+    for iface in &q.ifaces {
+        o.xdp.insert(iface.clone(), inspect::xdp_prog_ids(iface)?);
+    }
+    for id in &q.prog_ids {
+        if let Some(p) = inspect::prog_by_id(*id) {
+            o.programs.insert(*id, p);
+        }
+    }
+    for pin in &q.dumps {
+        if matches!(o.pins.get(pin), Some(PinState::Map(_))) {
+            o.contents.insert(pin.clone(), inspect::map_dump(pin)?);
+        }
+    }
+    for dir in &q.dirs {
+        if Path::new(dir).is_dir() {
+            o.dirs.insert(dir.clone());
+        }
+    }
+    Ok(o)
+}

@@ -1,0 +1,241 @@
+//! `bpfplan status`: the live kernel against the manifest and the record,
+//! object by object, plus sockhash sizes and counters. The report is
+//! computed purely from one observation.
+
+use anyhow::Result;
+use serde::Serialize;
+use std::collections::BTreeMap;
+use std::path::PathBuf;
+
+use super::decide::{self, Finding, Health};
+use super::inspect::PinState;
+use super::observe::{Observed, Query, observe};
+use super::record::{Deployed, FileHash, Found, Store};
+use super::{build, preflight};
+use crate::plan::step::Step;
+use crate::plan::{Plan, Spec};
+
+/// Live figures worth a glance: sockhash sizes and counter arrays.
+#[derive(Debug, Clone, Serialize)]
+pub struct Gauge {
+    pub map: String,
+    /// `entries` for a sockmap or sockhash; a counter's label otherwise.
+    pub name: String,
+    pub value: u64,
+}
+
+/// What `bpfplan status` reports.
+#[derive(Debug, Clone, Serialize)]
+pub struct StatusReport {
+    pub manifest: PathBuf,
+    /// Whether the kernel matches the manifest.
+    pub in_sync: bool,
+    /// What bpfplan recorded: `applied`, `applying` (a run was
+    /// interrupted), `unreadable`, or none.
+    pub recorded: Option<&'static str>,
+    pub findings: Vec<Finding>,
+    pub gauges: Vec<Gauge>,
+}
+
+/// Compare the live kernel with the manifest's plan.
+pub fn status(plan: &Plan) -> Result<StatusReport> {
+    preflight::inspect()?;
+    let store = Store::for_plan(plan)?;
+    let found = store.load();
+    let mut q = Query::default();
+    q.spec(&plan.spec, true).gauges(&plan.spec);
+    if let Found::Ok(l) = &found {
+        q.record(&l.record);
+    }
+    let obs = observe(&q)?;
+    let sources = build::source_hashes(plan)?;
+    Ok(report(plan, &found, &obs, &sources))
+}
+
+/// The report, from what was found.
+fn report(plan: &Plan, found: &Found, obs: &Observed, sources: &[FileHash]) -> StatusReport {
+    let (deployed, recorded, mut extra) = match found {
+        Found::Missing => (None, None, Vec::new()),
+        Found::Corrupt(why) => (
+            None,
+            Some("unreadable"),
+            vec![Finding {
+                kind: "record",
+                name: "record".into(),
+                place: why.clone(),
+                health: Health::Different("unreadable: `bpfplan destroy` clears it".into()),
+            }],
+        ),
+        Found::Ok(l) if l.record.run.is_some() => {
+            (l.record.deployed.as_ref(), Some("applying"), Vec::new())
+        }
+        Found::Ok(l) => (l.record.deployed.as_ref(), Some("applied"), Vec::new()),
+    };
+    let mut findings = decide::findings(&plan.spec, deployed, obs);
+    if let Some(d) = deployed {
+        changed_since_apply(plan, d, sources, &mut findings);
+    }
+    findings.extend(entry_findings(&plan.spec, deployed, obs));
+    findings.append(&mut extra);
+    let in_sync =
+        findings.iter().all(|f| f.health == Health::Present) && recorded != Some("applying");
+    StatusReport {
+        manifest: plan.manifest.clone(),
+        in_sync,
+        recorded,
+        findings,
+        gauges: gauges(&plan.spec, obs),
+    }
+}
+
+/// A manifest changed since apply (another program type, attach point,
+/// reused map...) is not what the kernel holds; nor is a program whose
+/// source, headers or object changed.
+fn changed_since_apply(
+    plan: &Plan,
+    d: &Deployed,
+    sources: &[FileHash],
+    findings: &mut Vec<Finding>,
+) {
+    if d.plan.spec.structure() != plan.spec.structure() {
+        findings.push(Finding {
+            kind: "manifest",
+            name: plan.manifest.display().to_string(),
+            place: "the plan".into(),
+            health: Health::Different("changed since apply".into()),
+        });
+    }
+    for now in sources {
+        if d.sources.contains(now) {
+            continue;
+        }
+        let program = plan
+            .spec
+            .programs
+            .iter()
+            .find(|p| p.source.as_ref() == Some(&now.path) || p.object == now.path);
+        if let Some(program) = program
+            && let Some(f) = findings.iter_mut().find(|f| {
+                f.kind == "program" && f.name == program.name.0 && f.health == Health::Present
+            })
+        {
+            f.health = Health::Different(format!(
+                "{} (or a file it includes) changed since apply",
+                now.path.display()
+            ));
+        }
+    }
+}
+
+/// For each managed map: how many entries differ from the manifest.
+fn entry_findings(spec: &Spec, deployed: Option<&Deployed>, obs: &Observed) -> Vec<Finding> {
+    let mut differ: BTreeMap<&str, usize> = BTreeMap::new();
+    let ops = decide::entry_ops(spec, obs, deployed);
+    for op in &ops {
+        if let Step::UpdateMapEntry { pin, .. } | Step::DeleteMapEntry { pin, .. } = &op.step {
+            *differ.entry(pin.as_str()).or_default() += 1;
+        }
+    }
+    spec.maps
+        .iter()
+        .filter(|m| m.entries.is_some())
+        .map(|m| {
+            let n = differ.get(m.pin.as_str()).copied().unwrap_or(0);
+            let health = if !obs.pins.contains_key(m.pin.as_str()) {
+                Health::Missing
+            } else if n == 0 {
+                Health::Present
+            } else if n == 1 {
+                Health::Different("1 entry differs from the manifest".into())
+            } else {
+                Health::Different(format!("{n} entries differ from the manifest"))
+            };
+            Finding {
+                kind: "entries",
+                name: m.name.0.clone(),
+                place: m.pin.0.clone(),
+                health,
+            }
+        })
+        .collect()
+}
+
+/// Sockhash sizes and labelled counters (summed over CPUs).
+fn gauges(spec: &Spec, obs: &Observed) -> Vec<Gauge> {
+    let mut out = Vec::new();
+    for m in &spec.maps {
+        let (Some(PinState::Map(info)), Some(dump)) = (
+            obs.pins.get(m.pin.as_str()),
+            obs.contents.get(m.pin.as_str()),
+        ) else {
+            continue;
+        };
+        match info.map_type.as_str() {
+            "sockhash" | "sockmap" => out.push(Gauge {
+                map: m.name.0.clone(),
+                name: "entries".into(),
+                value: dump.len() as u64,
+            }),
+            "percpu_array" | "array" if !m.labels.is_empty() => {
+                for e in dump {
+                    let idx = le_u64(&e.key) as usize;
+                    let sum = e
+                        .values
+                        .iter()
+                        .map(|v| le_u64(v))
+                        .fold(0u64, u64::wrapping_add);
+                    out.push(Gauge {
+                        map: m.name.0.clone(),
+                        name: m
+                            .labels
+                            .get(idx)
+                            .cloned()
+                            .unwrap_or_else(|| idx.to_string()),
+                        value: sum,
+                    });
+                }
+            }
+            _ => {}
+        }
+    }
+    out
+}
+
+/// The first (up to) 8 bytes as a native-endian number.
+fn le_u64(bytes: &[u8]) -> u64 {
+    let mut b = [0u8; 8];
+    let n = bytes.len().min(8);
+    b[..n].copy_from_slice(&bytes[..n]);
+    u64::from_ne_bytes(b)
+}
+
+/// The status report for people.
+pub fn text(r: &StatusReport) -> String {
+    use std::fmt::Write as _;
+    let mut out = String::new();
+    let verdict = if r.in_sync { "in sync" } else { "DRIFT" };
+    let recorded = match r.recorded {
+        Some("applied") => "applied by bpfplan",
+        Some("applying") => "an apply was interrupted",
+        Some(_) => "the record is unreadable",
+        None => "no record of an apply",
+    };
+    let _ = writeln!(out, "{}: {verdict} ({recorded})", r.manifest.display());
+    for f in &r.findings {
+        let _ = writeln!(
+            out,
+            "  {:<10} {:<28} {:<44} {}",
+            f.kind,
+            f.name,
+            f.place,
+            f.health.describe()
+        );
+    }
+    if !r.gauges.is_empty() {
+        let _ = writeln!(out);
+        for g in &r.gauges {
+            let _ = writeln!(out, "  {:<16} {:<22} {}", g.map, g.name, g.value);
+        }
+    }
+    out
+}

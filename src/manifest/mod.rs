@@ -1,0 +1,55 @@
+//! The manifest: TOML text → raw serde structs (spans kept) → a validated,
+//! typed model, with every problem located in the file.
+
+pub mod diag;
+pub mod model;
+pub(crate) mod raw;
+pub mod validate;
+
+use std::path::Path;
+
+use crate::host::HostFacts;
+use diag::Source;
+use model::Model;
+
+/// A manifest that validated, with its warnings rendered for stderr.
+#[derive(Debug)]
+pub struct Loaded {
+    pub model: Model,
+    pub warnings: Vec<String>,
+}
+
+/// Why a manifest could not be used; every message is ready for stderr.
+#[derive(Debug)]
+pub enum LoadError {
+    /// The file could not be read.
+    Unreadable(String),
+    /// It did not validate: the rendered diagnostics and how many are errors.
+    Invalid {
+        rendered: Vec<String>,
+        errors: usize,
+    },
+}
+
+/// Read and validate a manifest against this host's facts.
+pub fn load(path: &Path, vars: &[(String, String)], host: &HostFacts) -> Result<Loaded, LoadError> {
+    let text = std::fs::read_to_string(path).map_err(|e| {
+        LoadError::Unreadable(format!("cannot read manifest {}: {e}", path.display()))
+    })?;
+    let src = Source::new(path, text);
+    let env = validate::Env {
+        host,
+        overrides: vars,
+        exists: &|p: &Path| p.is_file(),
+    };
+    match validate::validate(&src, &env) {
+        Ok(checked) => Ok(Loaded {
+            warnings: checked.warnings.iter().map(|w| src.render(w)).collect(),
+            model: checked.model,
+        }),
+        Err(diags) => Err(LoadError::Invalid {
+            errors: diags.iter().filter(|d| d.is_error()).count(),
+            rendered: diags.iter().map(|d| src.render(d)).collect(),
+        }),
+    }
+}

@@ -1,0 +1,397 @@
+//! The checked manifest: typed, resolved (variables expanded, paths joined to
+//! the manifest's directory), and consistent. Built only by `validate`; its
+//! kinds (program types, attach types, XDP modes) are the vocabulary every
+//! later layer speaks.
+
+use serde::{Deserialize, Serialize};
+use std::fmt;
+use std::path::PathBuf;
+
+macro_rules! newtype {
+    ($(#[$doc:meta])* $name:ident) => {
+        $(#[$doc])*
+        #[derive(Debug, Clone, PartialEq, Eq, PartialOrd, Ord, Hash, Serialize, Deserialize)]
+        #[serde(transparent)]
+        pub struct $name(pub String);
+
+        impl fmt::Display for $name {
+            fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+                f.write_str(&self.0)
+            }
+        }
+
+        impl $name {
+            pub fn as_str(&self) -> &str {
+                &self.0
+            }
+        }
+    };
+}
+
+newtype!(
+    /// A path in bpffs where a program is pinned.
+    ProgPin
+);
+newtype!(
+    /// A path in bpffs where a map is pinned.
+    MapPin
+);
+newtype!(
+    /// A cgroup v2 directory.
+    CgroupPath
+);
+newtype!(
+    /// A program's name in the manifest.
+    ProgName
+);
+newtype!(
+    /// A map's name, as in the BPF object.
+    MapName
+);
+newtype!(
+    /// A network interface name.
+    IfaceName
+);
+
+/// An object name as the kernel keeps it: at most 15 bytes (BPF_OBJ_NAME_LEN
+/// is 16 with the NUL). Validated names are ASCII, so any cut is a char
+/// boundary; anything else is kept whole rather than cut mid-character.
+pub fn kernel_name(name: &str) -> &str {
+    name.get(..name.len().min(15)).unwrap_or(name)
+}
+
+/// What an attach type attaches to.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum TargetKind {
+    Cgroup,
+    Map,
+    Interface,
+}
+
+impl TargetKind {
+    pub fn describe(self) -> &'static str {
+        match self {
+            TargetKind::Cgroup => "cgroup",
+            TargetKind::Map => "map",
+            TargetKind::Interface => "interface",
+        }
+    }
+}
+
+macro_rules! word_enum {
+    ($(#[$doc:meta])* $name:ident { $($(#[$vdoc:meta])* $variant:ident = $word:literal),+ $(,)? }) => {
+        $(#[$doc])*
+        #[derive(Debug, Clone, Copy, PartialEq, Eq, PartialOrd, Ord, Hash, Serialize, Deserialize)]
+        pub enum $name {
+            $($(#[$vdoc])* #[serde(rename = $word)] $variant),+
+        }
+
+        impl $name {
+            /// Every value, in declaration order.
+            pub const ALL: &'static [$name] = &[$($name::$variant),+];
+
+            /// bpftool's word for it.
+            pub fn word(self) -> &'static str {
+                match self { $($name::$variant => $word),+ }
+            }
+
+            pub fn parse(s: &str) -> Option<$name> {
+                match s { $($word => Some($name::$variant),)+ _ => None }
+            }
+        }
+
+        impl fmt::Display for $name {
+            fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+                f.write_str(self.word())
+            }
+        }
+    };
+}
+
+word_enum!(
+    /// An attach type, spelled as bpftool's `attach` commands spell it.
+    AttachKind {
+        SockOps = "sock_ops",
+        MsgVerdict = "msg_verdict",
+        StreamVerdict = "stream_verdict",
+        StreamParser = "stream_parser",
+        SkbVerdict = "skb_verdict",
+        Xdp = "xdp",
+        Ingress = "ingress",
+        Egress = "egress",
+        SockCreate = "sock_create",
+        SockRelease = "sock_release",
+        PostBind4 = "post_bind4",
+        PostBind6 = "post_bind6",
+        Device = "device",
+        Sysctl = "sysctl",
+        Getsockopt = "getsockopt",
+        Setsockopt = "setsockopt",
+        Bind4 = "bind4",
+        Bind6 = "bind6",
+        Connect4 = "connect4",
+        Connect6 = "connect6",
+        Sendmsg4 = "sendmsg4",
+        Sendmsg6 = "sendmsg6",
+        Recvmsg4 = "recvmsg4",
+        Recvmsg6 = "recvmsg6",
+        Getpeername4 = "getpeername4",
+        Getpeername6 = "getpeername6",
+        Getsockname4 = "getsockname4",
+        Getsockname6 = "getsockname6",
+    }
+);
+
+impl AttachKind {
+    /// What this attach type attaches to.
+    pub fn target(self) -> TargetKind {
+        match self {
+            AttachKind::MsgVerdict
+            | AttachKind::StreamVerdict
+            | AttachKind::StreamParser
+            | AttachKind::SkbVerdict => TargetKind::Map,
+            AttachKind::Xdp => TargetKind::Interface,
+            _ => TargetKind::Cgroup,
+        }
+    }
+
+    /// `enum bpf_attach_type` of a map attach type, for BPF_PROG_QUERY.
+    pub fn map_attach_type(self) -> Option<u32> {
+        Some(match self {
+            AttachKind::StreamParser => 4,
+            AttachKind::StreamVerdict => 5,
+            AttachKind::MsgVerdict => 7,
+            AttachKind::SkbVerdict => 38,
+            _ => return None,
+        })
+    }
+}
+
+word_enum!(
+    /// A program type, spelled as `bpftool prog load ... type T` spells it.
+    ProgType {
+        SockOps = "sockops",
+        SkMsg = "sk_msg",
+        SkSkb = "sk_skb",
+        Xdp = "xdp",
+        CgroupSkb = "cgroup/skb",
+        CgroupSock = "cgroup/sock",
+        CgroupDev = "cgroup/dev",
+        CgroupSysctl = "cgroup/sysctl",
+        CgroupGetsockopt = "cgroup/getsockopt",
+        CgroupSetsockopt = "cgroup/setsockopt",
+        CgroupBind4 = "cgroup/bind4",
+        CgroupBind6 = "cgroup/bind6",
+        CgroupConnect4 = "cgroup/connect4",
+        CgroupConnect6 = "cgroup/connect6",
+        CgroupSendmsg4 = "cgroup/sendmsg4",
+        CgroupSendmsg6 = "cgroup/sendmsg6",
+        CgroupRecvmsg4 = "cgroup/recvmsg4",
+        CgroupRecvmsg6 = "cgroup/recvmsg6",
+        CgroupGetpeername4 = "cgroup/getpeername4",
+        CgroupGetpeername6 = "cgroup/getpeername6",
+        CgroupGetsockname4 = "cgroup/getsockname4",
+        CgroupGetsockname6 = "cgroup/getsockname6",
+    }
+);
+
+impl ProgType {
+    /// The attach types a program of this type accepts.
+    pub fn attach_kinds(self) -> &'static [AttachKind] {
+        use AttachKind as A;
+        match self {
+            ProgType::SockOps => &[A::SockOps],
+            ProgType::SkMsg => &[A::MsgVerdict],
+            ProgType::SkSkb => &[A::StreamVerdict, A::StreamParser, A::SkbVerdict],
+            ProgType::Xdp => &[A::Xdp],
+            ProgType::CgroupSkb => &[A::Ingress, A::Egress],
+            ProgType::CgroupSock => &[A::SockCreate, A::SockRelease, A::PostBind4, A::PostBind6],
+            ProgType::CgroupDev => &[A::Device],
+            ProgType::CgroupSysctl => &[A::Sysctl],
+            ProgType::CgroupGetsockopt => &[A::Getsockopt],
+            ProgType::CgroupSetsockopt => &[A::Setsockopt],
+            ProgType::CgroupBind4 => &[A::Bind4],
+            ProgType::CgroupBind6 => &[A::Bind6],
+            ProgType::CgroupConnect4 => &[A::Connect4],
+            ProgType::CgroupConnect6 => &[A::Connect6],
+            ProgType::CgroupSendmsg4 => &[A::Sendmsg4],
+            ProgType::CgroupSendmsg6 => &[A::Sendmsg6],
+            ProgType::CgroupRecvmsg4 => &[A::Recvmsg4],
+            ProgType::CgroupRecvmsg6 => &[A::Recvmsg6],
+            ProgType::CgroupGetpeername4 => &[A::Getpeername4],
+            ProgType::CgroupGetpeername6 => &[A::Getpeername6],
+            ProgType::CgroupGetsockname4 => &[A::Getsockname4],
+            ProgType::CgroupGetsockname6 => &[A::Getsockname6],
+        }
+    }
+
+    /// The type as `bpftool -j prog show` reports it.
+    pub fn kernel_word(self) -> &'static str {
+        match self {
+            ProgType::SockOps => "sock_ops",
+            ProgType::SkMsg => "sk_msg",
+            ProgType::SkSkb => "sk_skb",
+            ProgType::Xdp => "xdp",
+            ProgType::CgroupSkb => "cgroup_skb",
+            ProgType::CgroupSock => "cgroup_sock",
+            ProgType::CgroupDev => "cgroup_device",
+            ProgType::CgroupSysctl => "cgroup_sysctl",
+            ProgType::CgroupGetsockopt | ProgType::CgroupSetsockopt => "cgroup_sockopt",
+            _ => "cgroup_sock_addr",
+        }
+    }
+}
+
+/// How an XDP program is attached; bpftool's `net attach` type.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, PartialOrd, Ord, Hash, Serialize, Deserialize)]
+#[serde(rename_all = "snake_case")]
+pub enum XdpMode {
+    /// Let the kernel choose (native if the driver supports it).
+    Auto,
+    /// SKB mode, works on every interface.
+    Generic,
+    /// In the driver.
+    Native,
+    /// On the NIC.
+    Offload,
+}
+
+impl XdpMode {
+    pub fn parse(s: &str) -> Option<XdpMode> {
+        Some(match s {
+            "auto" => XdpMode::Auto,
+            "generic" => XdpMode::Generic,
+            "native" => XdpMode::Native,
+            "offload" => XdpMode::Offload,
+            _ => return None,
+        })
+    }
+
+    /// The manifest's word for this mode.
+    pub fn name(self) -> &'static str {
+        match self {
+            XdpMode::Auto => "auto",
+            XdpMode::Generic => "generic",
+            XdpMode::Native => "native",
+            XdpMode::Offload => "offload",
+        }
+    }
+
+    /// bpftool's attach type word for this mode.
+    pub fn bpftool_word(self) -> &'static str {
+        match self {
+            XdpMode::Auto => "xdp",
+            XdpMode::Generic => "xdpgeneric",
+            XdpMode::Native => "xdpdrv",
+            XdpMode::Offload => "xdpoffload",
+        }
+    }
+}
+
+/// Where the program's object comes from.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub enum Code {
+    /// C source compiled by the plan.
+    Source(PathBuf),
+    /// A prebuilt object used as is.
+    Object(PathBuf),
+}
+
+#[derive(Debug, Clone)]
+pub struct Program {
+    pub name: ProgName,
+    pub code: Code,
+    pub prog_type: ProgType,
+    pub pin: ProgPin,
+    /// Maps of this manifest the object reuses (already pinned when it loads).
+    pub reuse: Vec<MapName>,
+}
+
+#[derive(Debug, Clone)]
+pub struct MapDef {
+    pub name: MapName,
+    /// The program whose object creates this map.
+    pub owner: ProgName,
+    pub pin: MapPin,
+    /// The exact contents apply keeps, when the manifest declares them.
+    pub entries: Option<Vec<Entry>>,
+    /// Names of a counter array's slots, for `bpfplan status`.
+    pub labels: Vec<String>,
+}
+
+/// A map entry, encoded as the map stores it.
+#[derive(Debug, Clone, PartialEq, Eq, PartialOrd, Ord, Serialize, Deserialize)]
+pub struct Entry {
+    /// The key's bytes.
+    #[serde(with = "hex_bytes")]
+    pub key: Vec<u8>,
+    /// The value's bytes.
+    #[serde(with = "hex_bytes")]
+    pub value: Vec<u8>,
+    /// The key as the manifest wrote it.
+    pub key_text: String,
+    /// The value as the manifest wrote it.
+    pub value_text: String,
+}
+
+/// How an entry's key or value is encoded.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum ScalarType {
+    U8,
+    U16,
+    U32,
+    U64,
+    /// 16 bytes: an IPv6 address, or an IPv4 one mapped (::ffff:a.b.c.d).
+    Ip,
+}
+
+impl ScalarType {
+    pub fn parse(s: &str) -> Option<ScalarType> {
+        Some(match s {
+            "u8" => ScalarType::U8,
+            "u16" => ScalarType::U16,
+            "u32" => ScalarType::U32,
+            "u64" => ScalarType::U64,
+            "ip" => ScalarType::Ip,
+            _ => return None,
+        })
+    }
+}
+
+/// Bytes as a lower-case hex string in JSON.
+mod hex_bytes {
+    use serde::{Deserialize, Deserializer, Serializer};
+
+    pub fn serialize<S: Serializer>(b: &[u8], s: S) -> Result<S::Ok, S::Error> {
+        s.serialize_str(&crate::util::hex(b))
+    }
+
+    pub fn deserialize<'de, D: Deserializer<'de>>(d: D) -> Result<Vec<u8>, D::Error> {
+        let s = String::deserialize(d)?;
+        crate::util::unhex(&s).ok_or_else(|| serde::de::Error::custom("not hex"))
+    }
+}
+
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub enum AttachPoint {
+    Cgroup { path: CgroupPath, kind: AttachKind },
+    Map { map: MapName, kind: AttachKind },
+    Xdp { iface: IfaceName, mode: XdpMode },
+}
+
+#[derive(Debug, Clone)]
+pub struct Attachment {
+    pub program: ProgName,
+    pub point: AttachPoint,
+}
+
+/// A checked manifest, ready to plan.
+#[derive(Debug, Clone)]
+pub struct Model {
+    /// The manifest path.
+    pub manifest: PathBuf,
+    /// In manifest order.
+    pub programs: Vec<Program>,
+    pub maps: Vec<MapDef>,
+    pub attachments: Vec<Attachment>,
+}

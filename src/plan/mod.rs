@@ -1,0 +1,335 @@
+//! Model → plan, purely: the same model and options always give the same
+//! plan. A plan is the facts of what it sets up (`Spec`) and the ordered
+//! steps that set it up; the teardown is each step's undo, in reverse.
+
+pub mod render;
+pub mod step;
+
+use serde::{Deserialize, Serialize};
+use std::collections::BTreeMap;
+use std::path::PathBuf;
+
+use crate::manifest::model::{
+    self, Code, Entry, MapDef, MapName, MapPin, Model, ProgName, ProgPin, ProgType,
+};
+use step::{AttachPoint, Attachment, ProgRef, ReusedMap, Step};
+
+/// Inputs to planning besides the model.
+#[derive(Debug, Clone)]
+pub struct PlanOptions {
+    /// Where compiled objects go (outside the source tree).
+    pub build_dir: PathBuf,
+    /// Extra `-I` directories for clang.
+    pub include: Vec<PathBuf>,
+}
+
+impl PlanOptions {
+    /// The defaults for this host: objects under `build_dir`, and the
+    /// multiarch header directory Debian keeps `asm/types.h` in, which
+    /// `clang -target bpf` does not search on its own.
+    pub fn for_host(build_dir: PathBuf) -> PlanOptions {
+        PlanOptions {
+            build_dir,
+            include: vec![PathBuf::from(format!(
+                "/usr/include/{}-linux-gnu",
+                std::env::consts::ARCH
+            ))],
+        }
+    }
+}
+
+/// A program the plan loads.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+pub struct ProgramSpec {
+    pub name: ProgName,
+    pub prog_type: ProgType,
+    pub pin: ProgPin,
+    /// The object loaded.
+    pub object: PathBuf,
+    /// The C source the object is compiled from (none for a prebuilt one).
+    pub source: Option<PathBuf>,
+}
+
+/// A map the plan pins.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+pub struct MapSpec {
+    pub name: MapName,
+    /// The program whose object creates it.
+    pub owner: ProgName,
+    pub pin: MapPin,
+    /// The exact contents apply keeps (absent: not managed).
+    pub entries: Option<Vec<Entry>>,
+    /// Names of a counter array's slots, for `bpfplan status`.
+    #[serde(default, skip_serializing_if = "Vec::is_empty")]
+    pub labels: Vec<String>,
+}
+
+/// What a plan sets up, as facts: status, drift and teardown read these,
+/// never the steps.
+#[derive(Debug, Clone, Default, PartialEq, Eq, Serialize, Deserialize)]
+pub struct Spec {
+    pub programs: Vec<ProgramSpec>,
+    pub maps: Vec<MapSpec>,
+    pub attachments: Vec<Attachment>,
+}
+
+impl Spec {
+    /// The spec without what changes without a reload (map contents and
+    /// counter labels): two plans whose structures differ need a replace.
+    pub fn structure(&self) -> Spec {
+        Spec {
+            programs: self.programs.clone(),
+            maps: self
+                .maps
+                .iter()
+                .map(|m| MapSpec {
+                    entries: m.entries.as_ref().map(|_| Vec::new()),
+                    labels: Vec::new(),
+                    ..m.clone()
+                })
+                .collect(),
+            attachments: self.attachments.clone(),
+        }
+    }
+
+    pub fn program(&self, pin: &ProgPin) -> Option<&ProgramSpec> {
+        self.programs.iter().find(|p| &p.pin == pin)
+    }
+}
+
+/// An ordered list of steps for one manifest, with the facts it sets up.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+pub struct Plan {
+    /// The manifest the plan came from.
+    pub manifest: PathBuf,
+    pub spec: Spec,
+    pub steps: Vec<Step>,
+}
+
+impl Plan {
+    /// The teardown: the undo of every step, last step first.
+    pub fn destroy(&self) -> Plan {
+        Plan {
+            manifest: self.manifest.clone(),
+            spec: self.spec.clone(),
+            steps: self.steps.iter().rev().filter_map(Step::undo).collect(),
+        }
+    }
+}
+
+/// A step and the step that reverses it, as a run executes them. A plan's
+/// steps carry their own undo; a run computed against the live kernel (an
+/// entries update, a replace) sets the undo from what it observed, such as
+/// the value an entry had before.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+pub struct Op {
+    pub step: Step,
+    pub undo: Option<Step>,
+}
+
+impl Op {
+    /// A step with its own undo.
+    pub fn of(step: Step) -> Op {
+        let undo = step.undo();
+        Op { step, undo }
+    }
+}
+
+/// Plan a checked model.
+pub fn plan(model: &Model, opts: &PlanOptions) -> Plan {
+    let spec = spec(model, opts);
+    let mut steps = Vec::new();
+
+    if spec.programs.iter().any(|p| p.source.is_some()) {
+        steps.push(Step::MakeBuildDir {
+            dir: opts.build_dir.clone(),
+        });
+    }
+    for p in &spec.programs {
+        if let Some(source) = &p.source {
+            steps.push(Step::Compile {
+                program: p.name.clone(),
+                source: source.clone(),
+                object: p.object.clone(),
+                include: opts.include.clone(),
+            });
+        }
+    }
+
+    // Load in dependency order: a program that reuses a map loads after the
+    // program that creates it, and after that map is pinned.
+    let maps: BTreeMap<&MapName, &MapDef> = model.maps.iter().map(|m| (&m.name, m)).collect();
+    let mut owned: BTreeMap<&ProgName, Vec<&MapSpec>> = BTreeMap::new();
+    for m in &spec.maps {
+        owned.entry(&m.owner).or_default().push(m);
+    }
+    for i in load_order(model) {
+        let (p, ps) = (&model.programs[i], &spec.programs[i]);
+        steps.push(Step::LoadProgram {
+            program: p.name.clone(),
+            object: ps.object.clone(),
+            prog_type: p.prog_type,
+            pin: p.pin.clone(),
+            reuse: p
+                .reuse
+                .iter()
+                .filter_map(|name| maps.get(name))
+                .map(|m| ReusedMap {
+                    name: m.name.clone(),
+                    pin: m.pin.clone(),
+                })
+                .collect(),
+        });
+        for m in owned.get(&p.name).into_iter().flatten() {
+            steps.push(Step::PinMap {
+                map: m.name.clone(),
+                program_pin: p.pin.clone(),
+                pin: m.pin.clone(),
+            });
+            // Declared contents go in before anything attaches, so a policy
+            // holds from the first packet.
+            for e in m.entries.iter().flatten() {
+                steps.push(Step::UpdateMapEntry {
+                    map: m.name.clone(),
+                    pin: m.pin.clone(),
+                    entry: e.clone(),
+                });
+            }
+        }
+    }
+
+    // Map attachments, then the attachments that make traffic reach the
+    // programs (cgroups, interfaces): see `Step::note`.
+    let (to_maps, to_traffic): (Vec<&Attachment>, Vec<&Attachment>) = spec
+        .attachments
+        .iter()
+        .partition(|a| matches!(a.point, AttachPoint::Map { .. }));
+    for a in to_maps.into_iter().chain(to_traffic) {
+        steps.push(Step::Attach(a.clone()));
+    }
+
+    Plan {
+        manifest: model.manifest.clone(),
+        spec,
+        steps,
+    }
+}
+
+/// The facts of what a model sets up, in manifest order.
+fn spec(model: &Model, opts: &PlanOptions) -> Spec {
+    let programs: BTreeMap<&ProgName, &model::Program> =
+        model.programs.iter().map(|p| (&p.name, p)).collect();
+    let maps: BTreeMap<&MapName, &MapDef> = model.maps.iter().map(|m| (&m.name, m)).collect();
+    Spec {
+        programs: model
+            .programs
+            .iter()
+            .map(|p| ProgramSpec {
+                name: p.name.clone(),
+                prog_type: p.prog_type,
+                pin: p.pin.clone(),
+                object: match &p.code {
+                    Code::Source(_) => opts.build_dir.join(format!("{}.o", p.name)),
+                    Code::Object(o) => o.clone(),
+                },
+                source: match &p.code {
+                    Code::Source(s) => Some(s.clone()),
+                    Code::Object(_) => None,
+                },
+            })
+            .collect(),
+        maps: model
+            .maps
+            .iter()
+            .map(|m| MapSpec {
+                name: m.name.clone(),
+                owner: m.owner.clone(),
+                pin: m.pin.clone(),
+                entries: m.entries.clone(),
+                labels: m.labels.clone(),
+            })
+            .collect(),
+        attachments: model
+            .attachments
+            .iter()
+            .filter_map(|a| {
+                let p = programs.get(&a.program)?;
+                let point = match &a.point {
+                    model::AttachPoint::Cgroup { path, kind } => AttachPoint::Cgroup {
+                        cgroup: path.clone(),
+                        kind: *kind,
+                    },
+                    model::AttachPoint::Map { map, kind } => AttachPoint::Map {
+                        map: map.clone(),
+                        map_pin: maps.get(map)?.pin.clone(),
+                        kind: *kind,
+                    },
+                    model::AttachPoint::Xdp { iface, mode } => AttachPoint::Xdp {
+                        iface: iface.clone(),
+                        mode: *mode,
+                    },
+                };
+                Some(Attachment {
+                    program: p.name.clone(),
+                    prog: ProgRef::Pinned(p.pin.clone()),
+                    point,
+                })
+            })
+            .collect(),
+    }
+}
+
+/// Indices of programs in load order: manifest order, except that a program
+/// is preceded by the creators of the maps it reuses. An iterative
+/// depth-first walk (validation rules out cycles; a node on the current path
+/// is not entered again, so a cycle cannot loop).
+fn load_order(model: &Model) -> Vec<usize> {
+    let index: BTreeMap<&str, usize> = model
+        .programs
+        .iter()
+        .enumerate()
+        .map(|(i, p)| (p.name.as_str(), i))
+        .collect();
+    let owner: BTreeMap<&str, usize> = model
+        .maps
+        .iter()
+        .filter_map(|m| Some((m.name.as_str(), *index.get(m.owner.as_str())?)))
+        .collect();
+    let deps: Vec<Vec<usize>> = model
+        .programs
+        .iter()
+        .map(|p| {
+            p.reuse
+                .iter()
+                .filter_map(|m| owner.get(m.as_str()).copied())
+                .collect()
+        })
+        .collect();
+    let mut state = vec![0u8; deps.len()]; // 0 new, 1 on the path, 2 placed
+    let mut order = Vec::with_capacity(deps.len());
+    for root in 0..deps.len() {
+        if state[root] != 0 {
+            continue;
+        }
+        state[root] = 1;
+        let mut stack: Vec<(usize, usize)> = vec![(root, 0)];
+        while let Some(top) = stack.last_mut() {
+            let (node, next) = *top;
+            match deps[node].get(next) {
+                Some(&dep) => {
+                    top.1 += 1;
+                    if state[dep] == 0 {
+                        state[dep] = 1;
+                        stack.push((dep, 0));
+                    }
+                }
+                None => {
+                    state[node] = 2;
+                    order.push(node);
+                    stack.pop();
+                }
+            }
+        }
+    }
+    order
+}
