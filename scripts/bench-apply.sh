@@ -6,22 +6,19 @@ set -eu
 cd "$(dirname "$0")/.."
 . scripts/lib.sh
 BPFPLAN=${BPFPLAN:-target/release/bpfplan}
-cg2=$(cgroup2_mount)
-ensure_bpffs
-cgroup="$cg2/bpfplan-bench-$$"
-pin_dir="/sys/fs/bpf/bpfplan-bench-$$"
 work=$(mktemp -d)
 export BPFPLAN_STATE_DIR="$work/state"
-vars="--var cgroup=$cgroup --var pin_dir=$pin_dir --build-dir $work/build"
+vars=""
 cleanup() {
     set +e
     # shellcheck disable=SC2086
     "$BPFPLAN" destroy manifests/bypass.toml $vars >/dev/null 2>&1 || true
-    rmdir "$pin_dir" "$cgroup" 2>/dev/null || true
+    sandbox_remove
     rm -rf "$work"
 }
 trap cleanup EXIT INT TERM
-mkdir "$cgroup" "$pin_dir"
+sandbox_create bpfplan-bench
+vars="--var cgroup=$SANDBOX_CGROUP --var pin_dir=$SANDBOX_PINS --build-dir $work/build"
 # shellcheck disable=SC2086
 "$BPFPLAN" plan manifests/bypass.toml $vars --format sh > "$work/apply.sh"
 # shellcheck disable=SC2086

@@ -10,16 +10,12 @@ BPFPLAN=${BPFPLAN:-target/release/bpfplan}
 TRAFFIC=${TRAFFIC:-target/release/bpfplan-traffic}
 ROUNDS=${ROUNDS:-7}
 SECONDS_EACH=${SECONDS_EACH:-1}
-cg2=$(cgroup2_mount)
-ensure_bpffs
-root="$cg2/bpfplan-netns-$$"
-pin_dir="/sys/fs/bpf/bpfplan-netns-$$"
 ns="bpfplan-bench-$$"
 hif="bbh$(($$ % 100000))"
 pif="bbn$(($$ % 100000))"
 work=$(mktemp -d)
 export BPFPLAN_STATE_DIR="$work/state"
-vars="--var cgroup=$root/bypass --var pin_dir=$pin_dir --build-dir $work/build"
+vars=""
 cleanup() {
     set +e
     if [ -n "${server:-}" ]; then kill "$server" 2>/dev/null; fi
@@ -27,11 +23,13 @@ cleanup() {
     "$BPFPLAN" destroy manifests/bypass.toml $vars >/dev/null 2>&1 || true
     ip netns del "$ns" 2>/dev/null || true
     ip link del "$hif" 2>/dev/null || true
-    rmdir "$pin_dir" "$root/bypass" "$root/plain" "$root" 2>/dev/null || true
+    sandbox_remove
     rm -rf "$work"
 }
 trap cleanup EXIT INT TERM
-mkdir "$root" "$root/bypass" "$root/plain" "$pin_dir"
+sandbox_create bpfplan-netns bypass plain
+root=$SANDBOX_CGROUP
+vars="--var cgroup=$root/bypass --var pin_dir=$SANDBOX_PINS --build-dir $work/build"
 ip netns add "$ns"
 ip link add "$hif" type veth peer name "$pif"
 ip link set "$pif" netns "$ns"

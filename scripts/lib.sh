@@ -11,11 +11,42 @@ cgroup2_mount() {
     mount_of cgroup2 | head -n 1
 }
 
-# Mount bpffs at /sys/fs/bpf unless one is there already (a second mount
-# would be a fresh, empty instance hiding the pins).
+# Mount bpffs at /sys/fs/bpf (private to root) unless one is there already
+# (a second mount would be a fresh, empty instance hiding the pins).
 ensure_bpffs() {
     if ! mount_of bpf | grep -qx /sys/fs/bpf; then
         echo "mounting bpffs at /sys/fs/bpf"
-        mount -t bpf bpf /sys/fs/bpf
+        mount -t bpf -o mode=0700 bpf /sys/fs/bpf
     fi
+}
+
+# sandbox_create NAME [CHILD...]: a cgroup and a pin directory of this
+# script's own, NAME-PID, under the cgroup v2 mount and /sys/fs/bpf (plus
+# child cgroups). Sets SANDBOX_CGROUP and SANDBOX_PINS; sandbox_remove
+# undoes it (call it from an EXIT trap).
+sandbox_create() {
+    cg2=$(cgroup2_mount)
+    [ -n "$cg2" ] || { echo "no cgroup v2 mount found" >&2; return 1; }
+    ensure_bpffs
+    SANDBOX_CGROUP="$cg2/$1-$$"
+    SANDBOX_PINS="/sys/fs/bpf/$1-$$"
+    shift
+    mkdir "$SANDBOX_CGROUP" "$SANDBOX_PINS"
+    for child in "$@"; do mkdir "$SANDBOX_CGROUP/$child"; done
+}
+
+# Remove what sandbox_create made: end its processes, remove its pins and
+# directories. Only ever what this script created.
+sandbox_remove() {
+    [ -n "${SANDBOX_CGROUP:-}" ] || return 0
+    for procs in "$SANDBOX_CGROUP"/*/cgroup.procs "$SANDBOX_CGROUP/cgroup.procs"; do
+        [ -f "$procs" ] && for pid in $(cat "$procs"); do kill -9 "$pid" 2>/dev/null; done
+    done
+    rm -f "$SANDBOX_PINS"/* 2>/dev/null
+    rmdir "$SANDBOX_PINS" 2>/dev/null
+    for child in "$SANDBOX_CGROUP"/*/; do
+        [ -d "$child" ] && rmdir "$child" 2>/dev/null
+    done
+    rmdir "$SANDBOX_CGROUP" 2>/dev/null
+    return 0
 }

@@ -130,12 +130,8 @@ impl Drop for Sandbox {
     fn drop(&mut self) {
         let _ = self.kill_processes();
         self.detach_leftovers();
-        if let Ok(d) = std::fs::read_dir(&self.pin_dir) {
-            for e in d.flatten() {
-                let _ = std::fs::remove_file(e.path());
-            }
-        }
-        let _ = std::fs::remove_dir(&self.pin_dir);
+        // Pins and directories below it are all this sandbox's.
+        let _ = std::fs::remove_dir_all(&self.pin_dir);
         let deadline = Instant::now() + Duration::from_secs(5);
         for cg in self.cgroups() {
             while std::fs::remove_dir(&cg).is_err() && Instant::now() < deadline {

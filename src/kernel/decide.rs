@@ -581,36 +581,9 @@ fn replace(plan: &Plan, deployed: &Deployed, obs: &Observed, reason: String) -> 
         .iter()
         .map(|dir| Op::of(Step::MakePinDir { dir: dir.clone() }))
         .collect();
-    // 1. Stage.
-    for step in plan.steps.iter().filter(|s| s.touches_kernel()) {
-        match step {
-            Step::Attach(a) if !matches!(a.point, AttachPoint::Map { .. }) => {}
-            _ => ops.push(Op::of(stage_step(step))),
-        }
-    }
-    // 2. New traffic attachments beside the old, then the old ones off.
-    let traffic: Vec<&Attachment> = plan
-        .spec
-        .attachments
-        .iter()
-        .filter(|a| !matches!(a.point, AttachPoint::Map { .. }))
-        .collect();
-    for a in traffic.iter().filter(|a| !is_xdp(a)) {
-        ops.push(Op::of(Step::Attach(stage_attachment(a))));
-    }
-    let (old_maps, old_traffic): (Vec<&Step>, Vec<&Step>) = t
-        .steps
-        .iter()
-        .filter(|s| matches!(s, Step::Detach(_)))
-        .partition(|s| matches!(s, Step::Detach(a) if matches!(a.point, AttachPoint::Map { .. })));
-    for s in old_traffic {
-        ops.push(detach_op(s));
-    }
-    for a in traffic.iter().filter(|a| is_xdp(a)) {
-        ops.push(Op::of(Step::Attach(stage_attachment(a))));
-    }
+    ops.extend(stage_and_attach(plan, &t));
     // 3. The old verdicts off their maps; old pins aside; new pins in.
-    for s in old_maps {
+    for s in t.steps.iter().filter(|s| is_map_detach(s)) {
         ops.push(detach_op(s));
     }
     let old_pins: Vec<(PinKind, String, String)> = t
@@ -673,6 +646,44 @@ fn replace(plan: &Plan, deployed: &Deployed, obs: &Observed, reason: String) -> 
         commit_at,
         pin_dirs,
     }
+}
+
+/// Steps 1 and 2 of a replace: the new objects staged, the new traffic
+/// attachments beside the old ones, the old ones off.
+fn stage_and_attach(plan: &Plan, old: &Teardown) -> Vec<Op> {
+    let mut ops = Vec::new();
+    for step in plan.steps.iter().filter(|s| s.touches_kernel()) {
+        match step {
+            Step::Attach(a) if !matches!(a.point, AttachPoint::Map { .. }) => {}
+            _ => ops.push(Op::of(stage_step(step))),
+        }
+    }
+    let traffic: Vec<&Attachment> = plan
+        .spec
+        .attachments
+        .iter()
+        .filter(|a| !matches!(a.point, AttachPoint::Map { .. }))
+        .collect();
+    for a in traffic.iter().filter(|a| !is_xdp(a)) {
+        ops.push(Op::of(Step::Attach(stage_attachment(a))));
+    }
+    let old_traffic = old
+        .steps
+        .iter()
+        .filter(|s| matches!(s, Step::Detach(_)) && !is_map_detach(s));
+    for s in old_traffic {
+        ops.push(detach_op(s));
+    }
+    // An interface holds one XDP program: the new one goes on once the old
+    // one is off.
+    for a in traffic.iter().filter(|a| is_xdp(a)) {
+        ops.push(Op::of(Step::Attach(stage_attachment(a))));
+    }
+    ops
+}
+
+fn is_map_detach(step: &Step) -> bool {
+    matches!(step, Step::Detach(a) if matches!(a.point, AttachPoint::Map { .. }))
 }
 
 fn is_xdp(a: &Attachment) -> bool {

@@ -186,6 +186,16 @@ impl fmt::Display for ManifestErrorKind {
                 "program `{program}` needs exactly one of `source` (C to compile) or `object` (a prebuilt .o), found {found}"
             ),
             MissingFile { what, path } => write!(f, "{what} `{path}` does not exist"),
+            _ => self.fmt_values(f),
+        }
+    }
+}
+
+impl ManifestErrorKind {
+    /// The messages about values: names, pins, paths, variables, entries.
+    fn fmt_values(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        use ManifestErrorKind::*;
+        match self {
             BadName { kind, name } => write!(
                 f,
                 "{kind} name `{name}` may hold only ASCII letters, digits and `_`, and may not start with a digit"
@@ -283,6 +293,8 @@ impl fmt::Display for ManifestErrorKind {
                 "{what} `{}` holds a control character",
                 value.escape_debug()
             ),
+            // Every kind is spelled in one of the two matches.
+            other => write!(f, "{other:?}"),
         }
     }
 }

@@ -662,66 +662,73 @@ impl Validator<'_> {
                 path: CgroupPath(self.cgroup(target)?),
                 kind,
             },
-            TargetKind::Map => {
-                let map = target.get_ref();
-                match owners.get(map.as_str()) {
-                    None => {
-                        self.error(K::UnknownMap(map.clone()), Some(target.span()));
-                        return None;
-                    }
-                    Some(owner) => {
-                        if let Some(p) = program {
-                            let reuses = p.maps.iter().any(|m| m.get_ref() == map);
-                            if *owner != p.name.get_ref() && !reuses {
-                                self.error(
-                                    K::MapNotReused {
-                                        program: p.name.get_ref().clone(),
-                                        map: map.clone(),
-                                        owner: owner.to_string(),
-                                    },
-                                    Some(target.span()),
-                                );
-                            }
-                        }
-                    }
-                }
-                AttachPoint::Map {
-                    map: MapName(map.clone()),
-                    kind,
-                }
-            }
-            TargetKind::Interface => {
-                let iface = self.interp(target)?;
-                let valid = (1..=15).contains(&iface.len())
-                    && iface
-                        .chars()
-                        .all(|c| c.is_ascii_alphanumeric() || "_-.".contains(c));
-                if !valid {
-                    self.error(K::BadInterface(iface), Some(target.span()));
-                    return None;
-                }
-                let mode = match &a.mode {
-                    None => XdpMode::Auto,
-                    Some(m) => {
-                        let value = self.interp(m)?;
-                        match XdpMode::parse(&value) {
-                            Some(mode) => mode,
-                            None => {
-                                self.error(K::UnknownXdpMode(value), Some(m.span()));
-                                return None;
-                            }
-                        }
-                    }
-                };
-                AttachPoint::Xdp {
-                    iface: IfaceName(iface),
-                    mode,
-                }
-            }
+            TargetKind::Map => self.map_point(target, kind, program, owners)?,
+            TargetKind::Interface => self.xdp_point(target, a.mode.as_ref())?,
         };
         Some(Attachment {
             program: ProgName(a.program.get_ref().clone()),
             point,
+        })
+    }
+
+    /// A map target: a map of this manifest that the program creates or
+    /// reuses.
+    fn map_point(
+        &mut self,
+        target: &S,
+        kind: AttachKind,
+        program: Option<&raw::RawProgram>,
+        owners: &BTreeMap<&str, &str>,
+    ) -> Option<AttachPoint> {
+        let map = target.get_ref();
+        let Some(owner) = owners.get(map.as_str()) else {
+            self.error(K::UnknownMap(map.clone()), Some(target.span()));
+            return None;
+        };
+        if let Some(p) = program {
+            let reuses = p.maps.iter().any(|m| m.get_ref() == map);
+            if *owner != p.name.get_ref() && !reuses {
+                self.error(
+                    K::MapNotReused {
+                        program: p.name.get_ref().clone(),
+                        map: map.clone(),
+                        owner: owner.to_string(),
+                    },
+                    Some(target.span()),
+                );
+            }
+        }
+        Some(AttachPoint::Map {
+            map: MapName(map.clone()),
+            kind,
+        })
+    }
+
+    /// An interface target, with its XDP mode.
+    fn xdp_point(&mut self, target: &S, mode: Option<&S>) -> Option<AttachPoint> {
+        let iface = self.interp(target)?;
+        let valid = (1..=15).contains(&iface.len())
+            && iface
+                .chars()
+                .all(|c| c.is_ascii_alphanumeric() || "_-.".contains(c));
+        if !valid {
+            self.error(K::BadInterface(iface), Some(target.span()));
+            return None;
+        }
+        let mode = match mode {
+            None => XdpMode::Auto,
+            Some(m) => {
+                let value = self.interp(m)?;
+                let Some(mode) = XdpMode::parse(&value) else {
+                    self.error(K::UnknownXdpMode(value), Some(m.span()));
+                    return None;
+                };
+                mode
+            }
+        };
+        Some(AttachPoint::Xdp {
+            iface: IfaceName(iface),
+            mode,
         })
     }
 

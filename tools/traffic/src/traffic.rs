@@ -592,124 +592,131 @@ pub fn measure(
         return remote_stream(to, size, seconds);
     }
     let ep = Endpoint::new(t)?;
-    let dialer = ep.dialer();
     match workload {
-        Workload::Rr => {
-            let server = std::thread::spawn(move || -> Result<()> {
-                let mut s = ep.accept()?;
-                let mut buf = vec![0u8; size];
-                loop {
-                    match read_exact_retry(&mut s, &mut buf) {
-                        Ok(()) => write_all_retry(&mut s, &buf)?,
-                        Err(e) if e.kind() == ErrorKind::UnexpectedEof => return Ok(()),
-                        Err(e) => return Err(e.into()),
-                    }
-                }
-            });
-            let mut c = dialer.dial()?;
-            let req = vec![0x5a_u8; size];
-            let mut resp = vec![0u8; size];
-            let warmup = (count / 10).max(10);
-            let mut samples = Vec::with_capacity(count);
-            for i in 0..warmup + count {
-                let t0 = Instant::now();
-                write_all_retry(&mut c, &req)?;
-                read_exact_retry(&mut c, &mut resp)?;
-                if i >= warmup {
-                    samples.push(t0.elapsed().as_secs_f64() * 1e6);
-                }
+        Workload::Rr => measure_rr(ep, size, count),
+        Workload::Stream => measure_stream(ep, size, seconds),
+        Workload::Connect => measure_connect(ep, seconds),
+    }
+}
+
+/// Round trips of SIZE bytes: p50 and p99 in microseconds.
+fn measure_rr(ep: Endpoint, size: usize, count: usize) -> Result<Measurement> {
+    let dialer = ep.dialer();
+    let server = std::thread::spawn(move || -> Result<()> {
+        let mut s = ep.accept()?;
+        let mut buf = vec![0u8; size];
+        loop {
+            match read_exact_retry(&mut s, &mut buf) {
+                Ok(()) => write_all_retry(&mut s, &buf)?,
+                Err(e) if e.kind() == ErrorKind::UnexpectedEof => return Ok(()),
+                Err(e) => return Err(e.into()),
             }
-            drop(c);
-            server
-                .join()
-                .map_err(|_| anyhow::anyhow!("server panicked"))??;
-            samples.sort_by(f64::total_cmp);
-            let pct = |p: f64| samples[((samples.len() - 1) as f64 * p).round() as usize];
-            Ok(Measurement {
-                value: pct(0.5),
-                p99: Some(pct(0.99)),
-                unit: "us".into(),
-            })
         }
-        Workload::Stream => {
-            let server = std::thread::spawn(move || -> Result<u64> {
-                let mut s = ep.accept()?;
-                // 64 KiB reads, as applications commonly do. The read size
-                // matters to the bypass: tcp_bpf_recvmsg holds the socket
-                // lock for a whole read, and the sender needs that lock to
-                // queue each message, so very large reads stall the sender
-                // (see README, Benchmarks).
-                let mut buf = vec![0u8; 64 * 1024];
-                let mut total = 0u64;
-                loop {
-                    match s.read(&mut buf) {
-                        Ok(0) => return Ok(total),
-                        Ok(n) => total += n as u64,
-                        Err(e)
-                            if matches!(
-                                e.kind(),
-                                ErrorKind::WouldBlock | ErrorKind::Interrupted
-                            ) => {}
-                        Err(e) => return Err(e.into()),
-                    }
-                }
-            });
-            let mut c = dialer.dial()?;
-            let (sent, secs) = write_for(&mut c, size, seconds)?;
-            drop(c);
-            let got = server
-                .join()
-                .map_err(|_| anyhow::anyhow!("server panicked"))??;
-            if got != sent {
-                bail!("sent {sent} bytes, received {got}");
-            }
-            Ok(Measurement {
-                value: got as f64 / secs,
-                p99: None,
-                unit: "B/s".into(),
-            })
-        }
-        Workload::Connect => {
-            let server = std::thread::spawn(move || -> Result<u64> {
-                let mut n = 0u64;
-                let mut buf = [0u8; 64];
-                loop {
-                    let mut s = ep.accept()?;
-                    match read_exact_retry(&mut s, &mut buf) {
-                        Ok(()) => write_all_retry(&mut s, &buf)?,
-                        // The client's final, empty connection says stop.
-                        Err(e) if e.kind() == ErrorKind::UnexpectedEof => return Ok(n),
-                        Err(e) => return Err(e.into()),
-                    }
-                    n += 1;
-                }
-            });
-            let start = Instant::now();
-            let end = start + Duration::from_secs_f64(seconds);
-            let mut done = 0u64;
-            let msg = [1u8; 64];
-            let mut back = [0u8; 64];
-            while Instant::now() < end {
-                let mut c = dialer.dial()?;
-                write_all_retry(&mut c, &msg)?;
-                read_exact_retry(&mut c, &mut back)?;
-                done += 1;
-            }
-            let secs = start.elapsed().as_secs_f64();
-            drop(dialer.dial()?);
-            let served = server
-                .join()
-                .map_err(|_| anyhow::anyhow!("server panicked"))??;
-            if served != done {
-                bail!("made {done} exchanges, the server saw {served}");
-            }
-            Ok(Measurement {
-                value: done as f64 / secs,
-                p99: None,
-                unit: "conn/s".into(),
-            })
+    });
+    let mut c = dialer.dial()?;
+    let req = vec![0x5a_u8; size];
+    let mut resp = vec![0u8; size];
+    let warmup = (count / 10).max(10);
+    let mut samples = Vec::with_capacity(count);
+    for i in 0..warmup + count {
+        let t0 = Instant::now();
+        write_all_retry(&mut c, &req)?;
+        read_exact_retry(&mut c, &mut resp)?;
+        if i >= warmup {
+            samples.push(t0.elapsed().as_secs_f64() * 1e6);
         }
     }
+    drop(c);
+    server
+        .join()
+        .map_err(|_| anyhow::anyhow!("server panicked"))??;
+    samples.sort_by(f64::total_cmp);
+    let pct = |p: f64| samples[((samples.len() - 1) as f64 * p).round() as usize];
+    Ok(Measurement {
+        value: pct(0.5),
+        p99: Some(pct(0.99)),
+        unit: "us".into(),
+    })
+}
+
+/// One-way throughput of SIZE-byte writes for SECONDS.
+fn measure_stream(ep: Endpoint, size: usize, seconds: f64) -> Result<Measurement> {
+    let dialer = ep.dialer();
+    let server = std::thread::spawn(move || -> Result<u64> {
+        let mut s = ep.accept()?;
+        // 64 KiB reads, as applications commonly do. The read size
+        // matters to the bypass: tcp_bpf_recvmsg holds the socket
+        // lock for a whole read, and the sender needs that lock to
+        // queue each message, so very large reads stall the sender
+        // (see README, Benchmarks).
+        let mut buf = vec![0u8; 64 * 1024];
+        let mut total = 0u64;
+        loop {
+            match s.read(&mut buf) {
+                Ok(0) => return Ok(total),
+                Ok(n) => total += n as u64,
+                Err(e) if matches!(e.kind(), ErrorKind::WouldBlock | ErrorKind::Interrupted) => {}
+                Err(e) => return Err(e.into()),
+            }
+        }
+    });
+    let mut c = dialer.dial()?;
+    let (sent, secs) = write_for(&mut c, size, seconds)?;
+    drop(c);
+    let got = server
+        .join()
+        .map_err(|_| anyhow::anyhow!("server panicked"))??;
+    if got != sent {
+        bail!("sent {sent} bytes, received {got}");
+    }
+    Ok(Measurement {
+        value: got as f64 / secs,
+        p99: None,
+        unit: "B/s".into(),
+    })
+}
+
+/// Connect, one 64-byte exchange, close, for SECONDS: connections per second.
+fn measure_connect(ep: Endpoint, seconds: f64) -> Result<Measurement> {
+    let dialer = ep.dialer();
+    let server = std::thread::spawn(move || -> Result<u64> {
+        let mut n = 0u64;
+        let mut buf = [0u8; 64];
+        loop {
+            let mut s = ep.accept()?;
+            match read_exact_retry(&mut s, &mut buf) {
+                Ok(()) => write_all_retry(&mut s, &buf)?,
+                // The client's final, empty connection says stop.
+                Err(e) if e.kind() == ErrorKind::UnexpectedEof => return Ok(n),
+                Err(e) => return Err(e.into()),
+            }
+            n += 1;
+        }
+    });
+    let start = Instant::now();
+    let end = start + Duration::from_secs_f64(seconds);
+    let mut done = 0u64;
+    let msg = [1u8; 64];
+    let mut back = [0u8; 64];
+    while Instant::now() < end {
+        let mut c = dialer.dial()?;
+        write_all_retry(&mut c, &msg)?;
+        read_exact_retry(&mut c, &mut back)?;
+        done += 1;
+    }
+    let secs = start.elapsed().as_secs_f64();
+    drop(dialer.dial()?);
+    let served = server
+        .join()
+        .map_err(|_| anyhow::anyhow!("server panicked"))??;
+    if served != done {
+        bail!("made {done} exchanges, the server saw {served}");
+    }
+    Ok(Measurement {
+        value: done as f64 / secs,
+        p99: None,
+        unit: "conn/s".into(),
+    })
 }
 
 /// Write SIZE-byte chunks for SECONDS to a `listen --sink` server elsewhere
