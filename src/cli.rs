@@ -105,9 +105,10 @@ pub struct Target {
     /// Override a variable declared in `[vars]` (repeatable).
     #[arg(long = "var", value_name = "NAME=VALUE", value_parser = parse_var)]
     pub vars: Vec<(String, String)>,
-    /// Where compiled objects go.
-    #[arg(long, value_name = "DIR", default_value = "target/bpf")]
-    pub build_dir: PathBuf,
+    /// Where compiled objects go (default: a directory of the manifest's
+    /// own under /var/cache/bpfplan, or BPFPLAN_CACHE_DIR).
+    #[arg(long, value_name = "DIR")]
+    pub build_dir: Option<PathBuf>,
 }
 
 fn parse_var(s: &str) -> Result<(String, String), String> {

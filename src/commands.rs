@@ -160,7 +160,12 @@ pub fn load_plan(target: &Target) -> Result<Plan, Failure> {
             for w in &loaded.warnings {
                 eprint!("{w}");
             }
-            let opts = PlanOptions::for_host(target.build_dir.clone());
+            let build_dir = match &target.build_dir {
+                // Relative to where bpfplan runs, like any path argument.
+                Some(dir) => std::path::absolute(dir).context("resolving --build-dir")?,
+                None => crate::kernel::build::default_build_dir(&loaded.model.manifest),
+            };
+            let opts = PlanOptions::for_host(build_dir);
             Ok(plan::plan(&loaded.model, &opts))
         }
         Err(LoadError::Unreadable(msg)) => {

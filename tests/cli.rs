@@ -22,21 +22,12 @@ fn run(args: &[&str]) -> (i32, String) {
 fn settings() -> insta::Settings {
     let mut s = common::settings();
     if let Some(cg) = HostFacts::read().ok().and_then(|h| h.cgroup2) {
-        s.add_filter(&regex_escape(&cg.display().to_string()), "[CGROUP2]");
+        s.add_filter(
+            &common::regex_escape(&cg.display().to_string()),
+            "[CGROUP2]",
+        );
     }
     s
-}
-
-fn regex_escape(s: &str) -> String {
-    s.chars()
-        .flat_map(|c| {
-            if c.is_ascii_alphanumeric() || c == '/' || c == '_' {
-                vec![c]
-            } else {
-                vec!['\\', c]
-            }
-        })
-        .collect()
 }
 
 #[track_caller]

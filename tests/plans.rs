@@ -133,3 +133,47 @@ pin = "/sys/fs/bpf/m"
         ]
     );
 }
+
+/// A chain of 4,000 programs, each reusing the map of the one before it,
+/// written last to first: validation and load ordering neither recurse
+/// (no stack overflow) nor revisit (linear).
+#[test]
+fn a_long_chain_of_map_reuse_plans_in_order() {
+    const N: usize = 4000;
+    let mut text = String::new();
+    for i in (0..N).rev() {
+        text.push_str(&format!(
+            "[[program]]\nname = \"p{i}\"\nobject = \"../bpf/redir.c\"\ntype = \"sk_msg\"\npin = \"/sys/fs/bpf/chain/p{i}\"\n"
+        ));
+        if i > 0 {
+            text.push_str(&format!("maps = [\"m{}\"]\n", i - 1));
+        }
+        text.push_str(&format!(
+            "[[map]]\nname = \"m{i}\"\nprogram = \"p{i}\"\npin = \"/sys/fs/bpf/chain/m{i}\"\n"
+        ));
+    }
+    let plan = common::plan_text("manifests/chain.toml".as_ref(), &text, &[]).unwrap();
+    let loads: Vec<String> = plan
+        .steps
+        .iter()
+        .filter_map(|s| match s {
+            bpfplan::plan::step::Step::LoadProgram { program, .. } => Some(program.0.clone()),
+            _ => None,
+        })
+        .collect();
+    let want: Vec<String> = (0..N).map(|i| format!("p{i}")).collect();
+    assert_eq!(loads, want);
+
+    // Close the chain into a cycle: reported, not recursed into.
+    let cyclic = text.replacen(
+        "pin = \"/sys/fs/bpf/chain/p0\"\n",
+        &format!("pin = \"/sys/fs/bpf/chain/p0\"\nmaps = [\"m{}\"]\n", N - 1),
+        1,
+    );
+    let err = common::plan_text("manifests/chain.toml".as_ref(), &cyclic, &[]).unwrap_err();
+    assert!(
+        err.contains("programs reuse each other's maps in a cycle"),
+        "{}",
+        &err[..err.len().min(400)]
+    );
+}

@@ -174,7 +174,7 @@ struct World {
     bpfplan: PathBuf,
     /// The user's `--var`s (bench sets `cgroup` and `pin_dir` itself).
     user_vars: Vec<(String, String)>,
-    build_dir: PathBuf,
+    build_dir: Option<PathBuf>,
     // Last: dropped after the deployment in it is destroyed.
     sandbox: Sandbox,
 }
@@ -192,9 +192,10 @@ impl World {
             format!("cgroup={}", self.bypass.display()),
             "--var".into(),
             format!("pin_dir={}", self.sandbox.pin_dir.display()),
-            "--build-dir".into(),
-            self.build_dir.display().to_string(),
         ]);
+        if let Some(dir) = &self.build_dir {
+            v.extend(["--build-dir".into(), dir.display().to_string()]);
+        }
         v
     }
 

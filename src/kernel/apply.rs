@@ -76,6 +76,11 @@ pub(crate) fn apply(plan: &Plan, listeners: Vec<&mut dyn Listener>) -> Result<Ap
     let mut obs = observe(&query(plan, loaded.as_ref()))?;
 
     // Build first: no kernel change, and compile errors stop here.
+    for step in &plan.steps {
+        if let Step::MakeBuildDir { dir } = step {
+            build::check_dir(dir)?;
+        }
+    }
     let build: Vec<Op> = plan
         .steps
         .iter()
@@ -218,21 +223,24 @@ fn carry_out(
                 total: record.run.as_ref().map_or(0, |r| r.ops.len()),
             };
             transact(exec, ctx.store, record, numbering, obs).map_err(|f| {
-                f.error.context(format!(
-                    "{}; restored the {} entr{} it had changed before, no program was touched",
-                    f.label,
-                    f.undone,
-                    if f.undone == 1 { "y" } else { "ies" }
-                ))
+                let n = f.undone;
+                let plural = if n == 1 { "y" } else { "ies" };
+                explain(
+                    f,
+                    &format!(
+                        "restored the {n} entr{plural} it had changed, no program was touched"
+                    ),
+                )
             })?;
         }
         Decision::Fresh { ops, pin_dirs } => {
             record.run = Some(run(RunKind::Fresh, ops, None, pin_dirs));
             transact(exec, ctx.store, record, ctx.numbering, obs).map_err(|f| {
-                f.error.context(format!(
-                    "{}; undid the {} kernel change(s) before it, nothing is left behind",
-                    f.label, f.undone
-                ))
+                let n = f.undone;
+                explain(
+                    f,
+                    &format!("undid the {n} kernel change(s) before it, nothing is left behind"),
+                )
             })?;
         }
         Decision::Replace {
@@ -249,11 +257,14 @@ fn carry_out(
             record.run = Some(run(RunKind::Replace, ops, Some(commit_at), pin_dirs));
             let numbering = Numbering { first: 1, total };
             transact(exec, ctx.store, record, numbering, obs).map_err(|f| {
-                f.error.context(format!(
-                    "{}; undid the {} change(s) before it: the previous deployment still runs, \
-                     unchanged",
-                    f.label, f.undone
-                ))
+                let n = f.undone;
+                explain(
+                    f,
+                    &format!(
+                        "undid the {n} change(s) before it: the previous deployment still runs, \
+                         unchanged"
+                    ),
+                )
             })?;
         }
     }
@@ -262,6 +273,22 @@ fn carry_out(
         ctx.started.elapsed().as_millis()
     ));
     Ok(Applied::Changed)
+}
+
+/// The error of a failed run, saying what became of the kernel: `undone`
+/// when the rollback worked.
+fn explain(f: Failed, undone: &str) -> anyhow::Error {
+    if f.committed {
+        f.error.context(format!(
+            "{}; the next `bpfplan apply` or `bpfplan destroy` removes what is left",
+            f.label
+        ))
+    } else if f.rollback_failures.is_empty() {
+        f.error.context(format!("{}; {undone}", f.label))
+    } else {
+        // The error already says the rollback failed too.
+        f.error.context(f.label)
+    }
 }
 
 /// Run a recorded run as a transaction: the run is on record before its
@@ -280,6 +307,7 @@ fn transact(
         error: e,
         undone: 0,
         rollback_failures: Vec::new(),
+        committed: false,
     };
     let Some(run) = record.run.clone() else {
         return Ok(());
@@ -291,10 +319,19 @@ fn transact(
     };
     let outcome = exec.run("apply", &run.ops, policy, Some(&mut journal), numbering);
     match outcome {
-        Ok(failures) => {
-            for f in &failures {
-                eprintln!("warning: {f}");
-            }
+        Ok(failures) if !failures.is_empty() => {
+            // Past the point of no return: the new deployment runs, but old
+            // objects are left. The run stays on record; the next apply or
+            // destroy finishes it.
+            Err(Failed {
+                label: "the new deployment runs, but removing the old one failed".into(),
+                error: anyhow::anyhow!("{}", failures.join("\n")),
+                undone: 0,
+                rollback_failures: Vec::new(),
+                committed: true,
+            })
+        }
+        Ok(_) => {
             let deployed = complete(&run, record.deployed.as_ref(), obs).map_err(unrecorded)?;
             record.deployed = Some(deployed);
             record.run = None;

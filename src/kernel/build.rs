@@ -11,6 +11,34 @@ use super::record::FileHash;
 use crate::plan::Plan;
 use crate::util::{file_sha256, hex};
 
+/// Where bpfplan keeps what it builds: `BPFPLAN_CACHE_DIR`, or
+/// /var/cache/bpfplan (root-owned, outlives reboots, unlike /run).
+pub fn cache_dir() -> PathBuf {
+    std::env::var_os("BPFPLAN_CACHE_DIR")
+        .map(PathBuf::from)
+        .unwrap_or_else(|| PathBuf::from("/var/cache/bpfplan"))
+}
+
+/// The build directory of a manifest when `--build-dir` is not given: its
+/// own directory in the cache, named by the manifest's canonical path, so
+/// neither the working directory nor another manifest changes it.
+pub fn default_build_dir(manifest: &Path) -> PathBuf {
+    let stem = manifest
+        .file_stem()
+        .map(|s| s.to_string_lossy().into_owned())
+        .unwrap_or_default();
+    let key = crate::util::sha256_hex(manifest.as_os_str().as_encoded_bytes());
+    cache_dir()
+        .join("build")
+        .join(format!("{stem}-{}", &key[..16]))
+}
+
+/// Make sure the build directory is root's own before anything is compiled
+/// into it or loaded from it.
+pub(crate) fn check_dir(dir: &Path) -> Result<()> {
+    super::trust::private_dir(dir, "build directory")
+}
+
 fn stamp_path(object: &Path) -> PathBuf {
     let mut s = object.as_os_str().to_owned();
     s.push(".stamp");

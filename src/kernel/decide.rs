@@ -156,9 +156,12 @@ fn missing_dirs(plan: &Plan, obs: &Observed) -> Vec<PathBuf> {
 /// already done (or undone) are left out.
 pub(crate) fn recovery(run: &Run, started: usize, obs: &Observed) -> (Vec<Op>, bool) {
     let started = started.min(run.ops.len());
-    let forward = run.commit_at.is_some_and(|c| started > c);
-    let steps: Vec<Step> = if forward {
-        run.ops[started - 1..]
+    let commit = run.commit_at.filter(|c| started > *c);
+    let forward = commit.is_some();
+    let steps: Vec<Step> = if let Some(c) = commit {
+        // Every op past the commit point, as some may have failed; those
+        // already done are filtered out below.
+        run.ops[c.min(run.ops.len())..]
             .iter()
             .map(|op| op.step.clone())
             .collect()

@@ -124,6 +124,8 @@ pub(crate) struct Failed {
     pub undone: usize,
     /// The undo steps that failed.
     pub rollback_failures: Vec<String>,
+    /// The run was past its point of no return: nothing was undone.
+    pub committed: bool,
 }
 
 /// The executor and who listens to it.
@@ -230,6 +232,7 @@ impl<'a> Executor<'a> {
             error,
             undone: undo.len(),
             rollback_failures,
+            committed: false,
         }
     }
 

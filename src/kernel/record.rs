@@ -14,7 +14,10 @@ use std::path::{Path, PathBuf};
 use std::time::{Duration, Instant};
 
 use super::trust;
+use crate::host::{DEFAULT_BPFFS, HostFacts};
 use crate::manifest::model::{MapName, MapPin, ProgName, ProgPin};
+use crate::manifest::validate::{check_cgroup, check_pin};
+use crate::plan::step::{AttachPoint, ProgRef, Step};
 use crate::plan::{Op, Plan};
 
 /// Where records live unless `BPFPLAN_STATE_DIR` says otherwise.
@@ -112,6 +115,99 @@ pub struct Record {
     pub deployed: Option<Deployed>,
     /// A run that has not ended.
     pub run: Option<Run>,
+}
+
+impl Record {
+    /// Hold every path the record names to the manifest's rules again: a
+    /// record is data root acts on (it removes pins, detaches programs), so
+    /// a pin outside bpffs or a cgroup outside the cgroup v2 mount makes the
+    /// whole record unusable.
+    pub fn check_paths(&self, host: &HostFacts) -> Result<(), String> {
+        let mut steps: Vec<&Step> = Vec::new();
+        let mut specs = Vec::new();
+        let mut dirs: Vec<&PathBuf> = Vec::new();
+        if let Some(d) = &self.deployed {
+            specs.push(&d.plan.spec);
+            steps.extend(&d.plan.steps);
+            dirs.extend(&d.pin_dirs);
+        }
+        if let Some(r) = &self.run {
+            specs.push(&r.plan.spec);
+            steps.extend(&r.plan.steps);
+            steps.extend(
+                r.ops
+                    .iter()
+                    .flat_map(|o| std::iter::once(&o.step).chain(&o.undo)),
+            );
+            dirs.extend(&r.pin_dirs);
+        }
+        let mut pins: Vec<&str> = Vec::new();
+        let mut points: Vec<&AttachPoint> = Vec::new();
+        for spec in specs {
+            pins.extend(spec.programs.iter().map(|p| p.pin.as_str()));
+            pins.extend(spec.maps.iter().map(|m| m.pin.as_str()));
+            points.extend(spec.attachments.iter().map(|a| &a.point));
+        }
+        for step in steps {
+            match step {
+                Step::LoadProgram { pin, reuse, .. } => {
+                    pins.push(pin.as_str());
+                    pins.extend(reuse.iter().map(|r| r.pin.as_str()));
+                }
+                Step::PinMap {
+                    program_pin, pin, ..
+                } => pins.extend([program_pin.as_str(), pin.as_str()]),
+                Step::UpdateMapEntry { pin, .. } | Step::DeleteMapEntry { pin, .. } => {
+                    pins.push(pin.as_str())
+                }
+                Step::Attach(a) | Step::Detach(a) => {
+                    if let ProgRef::Pinned(p) = &a.prog {
+                        pins.push(p.as_str());
+                    }
+                    points.push(&a.point);
+                }
+                Step::RenamePin { from, to, .. } => pins.extend([from.as_str(), to.as_str()]),
+                Step::UnpinProgram { pin, .. } => pins.push(pin.as_str()),
+                Step::UnpinMap { pin, .. } => pins.push(pin.as_str()),
+                Step::MakePinDir { dir } | Step::RemovePinDir { dir } => dirs.push(dir),
+                Step::MountBpffs { dir } if dir.as_path() != Path::new(DEFAULT_BPFFS) => {
+                    return Err(format!("it mounts bpffs at {}", dir.display()));
+                }
+                _ => {}
+            }
+        }
+        for pin in pins {
+            // A replace stages and moves aside under these two suffixes.
+            let base = pin
+                .strip_suffix("~new")
+                .or_else(|| pin.strip_suffix("~old"))
+                .unwrap_or(pin);
+            check_pin(base, host).map_err(|k| format!("it names {pin}: {k}"))?;
+        }
+        for dir in dirs {
+            let text = dir.to_string_lossy();
+            check_pin(&text, host).map_err(|k| format!("it names the directory {text}: {k}"))?;
+        }
+        for point in points {
+            match point {
+                AttachPoint::Cgroup { cgroup, .. } => check_cgroup(cgroup.as_str(), host)
+                    .map_err(|why| format!("its cgroup {cgroup} {why}"))?,
+                AttachPoint::Map { map_pin, .. } => check_pin(map_pin.as_str(), host)
+                    .map_err(|k| format!("it names {map_pin}: {k}"))?,
+                AttachPoint::Xdp { iface, .. } => {
+                    let ok = (1..=15).contains(&iface.as_str().len())
+                        && iface
+                            .as_str()
+                            .chars()
+                            .all(|c| c.is_ascii_alphanumeric() || "_-.".contains(c));
+                    if !ok {
+                        return Err(format!("it names the interface {:?}", iface.as_str()));
+                    }
+                }
+            }
+        }
+        Ok(())
+    }
 }
 
 /// A record as read back, with how far its run got.
@@ -221,6 +317,13 @@ impl Store {
                 "format version {} (this bpfplan reads {FORMAT_VERSION})",
                 record.format_version
             ));
+        }
+        let host = match HostFacts::read() {
+            Ok(h) => h,
+            Err(e) => return Found::Corrupt(format!("reading /proc/self/mountinfo: {e}")),
+        };
+        if let Err(why) = record.check_paths(&host) {
+            return Found::Corrupt(format!("it does not hold up: {why}"));
         }
         let started = match self.journal_started() {
             Ok(n) => n,

@@ -63,7 +63,16 @@ pub(crate) fn private_dir(dir: &Path, what: &str) -> Result<()> {
     if !meta.is_dir() {
         bail!("the {what} {} is not a directory", dir.display());
     }
-    check_meta(dir, &meta, &format!("the {what}"))
+    check_meta(dir, &meta, &format!("the {what}"))?;
+    // Whoever can write the parent can swap the directory for their own,
+    // unless the parent is sticky (like /tmp).
+    if let Some(parent) = dir.parent().filter(|p| !p.as_os_str().is_empty())
+        && let Ok(pm) = fs::metadata(parent)
+        && pm.mode() & 0o1000 == 0
+    {
+        check_meta(parent, &pm, &format!("the parent of the {what}"))?;
+    }
+    Ok(())
 }
 
 /// Read a file of a private directory, refusing a symlink or a file that

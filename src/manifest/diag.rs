@@ -333,7 +333,10 @@ impl Diagnostic {
 /// The manifest text and the path it was read from, to render diagnostics.
 #[derive(Debug, Clone)]
 pub struct Source {
+    /// The path the manifest's relative paths resolve against.
     pub path: PathBuf,
+    /// The path diagnostics show (as the user wrote it).
+    shown: PathBuf,
     pub text: String,
     /// Byte offset of the start of each line, for O(log n) look-ups.
     line_starts: Vec<usize>,
@@ -346,9 +349,17 @@ impl Source {
             .collect();
         Source {
             path: path.to_path_buf(),
+            shown: path.to_path_buf(),
             text,
             line_starts,
         }
+    }
+
+    /// Show another path in diagnostics (the one the user typed, when
+    /// `path` is its canonical form).
+    pub fn shown_as(mut self, shown: &Path) -> Self {
+        self.shown = shown.to_path_buf();
+        self
     }
 
     /// 1-based line and column (in characters) of a byte offset.
@@ -374,7 +385,7 @@ impl Source {
         let gutter = " ".repeat(number.len());
         out.push_str(&format!(
             "{gutter}--> {}:{line}:{col}\n",
-            self.path.display()
+            self.shown.display()
         ));
         let text = self.text.lines().nth(line - 1).unwrap_or("");
         out.push_str(&format!("{gutter} |\n{number} | {text}\n"));

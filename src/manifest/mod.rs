@@ -33,10 +33,14 @@ pub enum LoadError {
 
 /// Read and validate a manifest against this host's facts.
 pub fn load(path: &Path, vars: &[(String, String)], host: &HostFacts) -> Result<Loaded, LoadError> {
-    let text = std::fs::read_to_string(path).map_err(|e| {
+    let unreadable = |e: std::io::Error| {
         LoadError::Unreadable(format!("cannot read manifest {}: {e}", path.display()))
-    })?;
-    let src = Source::new(path, text);
+    };
+    let text = std::fs::read_to_string(path).map_err(unreadable)?;
+    // Plans and records name the manifest and its sources by canonical
+    // paths: where bpfplan runs from never changes what they mean.
+    let canonical = std::fs::canonicalize(path).map_err(unreadable)?;
+    let src = Source::new(&canonical, text).shown_as(path);
     let env = validate::Env {
         host,
         overrides: vars,

@@ -150,14 +150,20 @@ impl Validator<'_> {
             if let Some(name) = &name {
                 let key = (m.program.get_ref().clone(), kernel_name(name).to_string());
                 match kernel_names.get(&key) {
-                    Some(first) if first != name => self.error(
-                        K::KernelNameClash {
-                            name: name.clone(),
-                            other: first.clone(),
-                            program: m.program.get_ref().clone(),
-                        },
-                        Some(m.name.span()),
-                    ),
+                    Some(first) if first != name => {
+                        // The error says more than the two long-name warnings.
+                        self.diags.retain(|d| {
+                            !matches!(&d.kind, K::NameTooLong { kind: "map", name: n } if n == name || n == first)
+                        });
+                        self.error(
+                            K::KernelNameClash {
+                                name: name.clone(),
+                                other: first.clone(),
+                                program: m.program.get_ref().clone(),
+                            },
+                            Some(m.name.span()),
+                        )
+                    }
                     _ => {
                         kernel_names.insert(key, name.clone());
                     }
@@ -211,7 +217,7 @@ impl Validator<'_> {
             .collect();
         let mut attachments: Vec<Attachment> = Vec::new();
         let mut seen: BTreeSet<(String, String)> = BTreeSet::new();
-        // An interface holds one XDP program (per mode); the first claim wins.
+        // An interface holds one XDP program, whatever the mode; the first claim wins.
         let mut xdp: BTreeMap<String, String> = BTreeMap::new();
         for a in &raw.attachments {
             let span = a.span();
@@ -505,60 +511,8 @@ impl Validator<'_> {
     fn pin(&mut self, s: &S, seen: &mut BTreeMap<String, usize>) -> Option<String> {
         let pin = self.interp(s)?;
         let span = Some(s.span());
-        if !pin
-            .chars()
-            .all(|c| c.is_ascii_alphanumeric() || "_-./".contains(c))
-        {
-            self.error(K::PinBadChars(pin), span);
-            return None;
-        }
-        if !pin.starts_with('/') {
-            self.error(K::PinNotAbsolute(pin), span);
-            return None;
-        }
-        if pin
-            .split('/')
-            .skip(1)
-            .any(|c| c == "." || c == ".." || c.is_empty())
-        {
-            self.error(K::PinDotDot(pin), span);
-            return None;
-        }
-        let path = Path::new(&pin);
-        let on_default = path.starts_with(DEFAULT_BPFFS) && path != Path::new(DEFAULT_BPFFS);
-        let mount = self.env.host.bpffs_for(path).filter(|m| *m != path);
-        let on_mount = mount.is_some();
-        // bpffs refuses every name below its mount that holds a `.` (dots are
-        // kept for the kernel's own files, like maps.debug).
-        let below = mount
-            .or(on_default.then_some(Path::new(DEFAULT_BPFFS)))
-            .and_then(|m| path.strip_prefix(m).ok());
-        if let Some(name) = below.and_then(|rest| {
-            rest.components()
-                .map(|c| c.as_os_str().to_string_lossy().into_owned())
-                .find(|c| c.contains('.'))
-        }) {
-            self.error(K::PinDot { pin, name }, span);
-            return None;
-        }
-        if !on_default && !on_mount {
-            let mut mounts: Vec<String> = self
-                .env
-                .host
-                .bpffs
-                .iter()
-                .map(|m| m.display().to_string())
-                .collect();
-            if !mounts.iter().any(|m| m == DEFAULT_BPFFS) {
-                mounts.insert(0, DEFAULT_BPFFS.to_string());
-            }
-            self.error(
-                K::PinOutsideBpffs {
-                    pin,
-                    mounts: format!("bpffs: {}", mounts.join(", ")),
-                },
-                span,
-            );
+        if let Err(kind) = check_pin(&pin, self.env.host) {
+            self.error(kind, span);
             return None;
         }
         if let Some(first) = seen.get(&pin) {
@@ -747,24 +701,81 @@ impl Validator<'_> {
         } else {
             value
         };
-        let reason = if !path.starts_with('/') {
-            Some("must be absolute")
-        } else if path.chars().any(char::is_control) {
-            Some("must not hold control characters")
-        } else if path.split('/').any(|c| c == "." || c == "..") {
-            Some("must not contain `.` or `..` components")
-        } else if let Some(root) = &self.env.host.cgroup2
-            && !Path::new(&path).starts_with(root)
-        {
-            Some("is not under the cgroup v2 mount")
-        } else {
-            None
-        };
+        let reason = check_cgroup(&path, self.env.host).err();
         if let Some(reason) = reason {
             self.error(K::CgroupPath { path, reason }, span);
             return None;
         }
         Some(path)
+    }
+}
+
+/// The rules for a pin path: absolute, plain characters, no `.`/`..` or
+/// empty components, below a bpffs mount (or /sys/fs/bpf, which apply
+/// mounts), and no `.` in any name below the mount (bpffs refuses those;
+/// dots are kept for the kernel's own files, like maps.debug). Records are
+/// held to the same rules when read back.
+pub fn check_pin(pin: &str, host: &HostFacts) -> Result<(), K> {
+    if !pin
+        .chars()
+        .all(|c| c.is_ascii_alphanumeric() || "_-./".contains(c))
+    {
+        return Err(K::PinBadChars(pin.to_string()));
+    }
+    if !pin.starts_with('/') {
+        return Err(K::PinNotAbsolute(pin.to_string()));
+    }
+    if pin
+        .split('/')
+        .skip(1)
+        .any(|c| c == "." || c == ".." || c.is_empty())
+    {
+        return Err(K::PinDotDot(pin.to_string()));
+    }
+    let path = Path::new(pin);
+    let on_default = path.starts_with(DEFAULT_BPFFS) && path != Path::new(DEFAULT_BPFFS);
+    let mount = host.bpffs_for(path).filter(|m| *m != path);
+    let below = mount
+        .or(on_default.then_some(Path::new(DEFAULT_BPFFS)))
+        .and_then(|m| path.strip_prefix(m).ok());
+    if let Some(name) = below.and_then(|rest| {
+        rest.components()
+            .map(|c| c.as_os_str().to_string_lossy().into_owned())
+            .find(|c| c.contains('.'))
+    }) {
+        return Err(K::PinDot {
+            pin: pin.to_string(),
+            name,
+        });
+    }
+    if !on_default && mount.is_none() {
+        let mut mounts: Vec<String> = host.bpffs.iter().map(|m| m.display().to_string()).collect();
+        if !mounts.iter().any(|m| m == DEFAULT_BPFFS) {
+            mounts.insert(0, DEFAULT_BPFFS.to_string());
+        }
+        return Err(K::PinOutsideBpffs {
+            pin: pin.to_string(),
+            mounts: format!("bpffs: {}", mounts.join(", ")),
+        });
+    }
+    Ok(())
+}
+
+/// The rules for a cgroup path (after `auto` is resolved): absolute, no
+/// control characters, no `.`/`..` components, under the cgroup v2 mount.
+pub fn check_cgroup(path: &str, host: &HostFacts) -> Result<(), &'static str> {
+    if !path.starts_with('/') {
+        Err("must be absolute")
+    } else if path.chars().any(char::is_control) {
+        Err("must not hold control characters")
+    } else if path.split('/').any(|c| c == "." || c == "..") {
+        Err("must not contain `.` or `..` components")
+    } else if let Some(root) = &host.cgroup2
+        && !Path::new(path).starts_with(root)
+    {
+        Err("is not under the cgroup v2 mount")
+    } else {
+        Ok(())
     }
 }
 

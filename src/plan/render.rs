@@ -63,14 +63,14 @@ fn text(plan: &Plan, dir: Direction) -> Result<String> {
     let _ = writeln!(
         out,
         "{verb} {}: {n} step{}, {kernel} changing the kernel",
-        plan.manifest.display(),
+        printable(&plan.manifest.display().to_string()),
         if n == 1 { "" } else { "s" }
     );
     let width = n.to_string().len();
     for (i, step) in plan.steps.iter().enumerate() {
-        let _ = writeln!(out, "\n{:>width$}. {}", i + 1, step.summary());
+        let _ = writeln!(out, "\n{:>width$}. {}", i + 1, printable(&step.summary()));
         let pad = " ".repeat(width + 2);
-        let _ = writeln!(out, "{pad}$ {}", display_argv(&step.argv())?);
+        let _ = writeln!(out, "{pad}$ {}", printable(&display_argv(&step.argv())?));
         if let Some(note) = step.note() {
             let _ = writeln!(out, "{pad}# {note}");
         }
@@ -169,6 +169,20 @@ fn sh(plan: &Plan, dir: Direction) -> Result<String> {
         let _ = writeln!(out, "\nexit \"$bpfplan_failed\"");
     }
     Ok(out)
+}
+
+/// A line of the text plan: control characters (which validation refuses,
+/// but a plan must never be forged by one) shown escaped.
+fn printable(s: &str) -> String {
+    s.chars()
+        .map(|c| {
+            if c.is_control() {
+                c.escape_default().to_string()
+            } else {
+                c.to_string()
+            }
+        })
+        .collect()
 }
 
 /// Summaries name paths that may (in a cgroup path) hold odd characters;

@@ -35,7 +35,9 @@ pub fn plan_text(path: &Path, text: &str, overrides: &[(&str, &str)]) -> Result<
         overrides: &overrides,
         exists: &|p: &Path| p.is_file(),
     };
-    let src = Source::new(path, text.to_string());
+    // As bpfplan does: resolve against the canonical path, show the given one.
+    let canonical = std::path::absolute(path).unwrap();
+    let src = Source::new(&canonical, text.to_string()).shown_as(path);
     match validate::validate(&src, &env) {
         Ok(checked) => Ok(bpfplan::plan::plan(
             &checked.model,
@@ -52,12 +54,34 @@ pub fn plan_text(path: &Path, text: &str, overrides: &[(&str, &str)]) -> Result<
     }
 }
 
-/// insta settings: snapshots in the top-level `snapshots/`, no module prefix.
+/// insta settings: snapshots in the top-level `snapshots/`, no module
+/// prefix, and the checkout's place (plans name files by canonical paths)
+/// shown as `[REPO]`.
 pub fn settings() -> insta::Settings {
     let mut s = insta::Settings::clone_current();
     s.set_snapshot_path(concat!(env!("CARGO_MANIFEST_DIR"), "/snapshots"));
     s.set_prepend_module_to_snapshot(false);
+    let repo = std::fs::canonicalize(env!("CARGO_MANIFEST_DIR")).unwrap();
+    s.add_filter(&regex_escape(&repo.display().to_string()), "[REPO]");
+    // The default build directory is named by a hash of the manifest's path.
+    s.add_filter(
+        r"/var/cache/bpfplan/build/([a-z-]+)-[0-9a-f]{16}",
+        "/var/cache/bpfplan/build/$1-[HASH]",
+    );
     s
+}
+
+/// A literal string as a regex.
+pub fn regex_escape(s: &str) -> String {
+    s.chars()
+        .flat_map(|c| {
+            if c.is_ascii_alphanumeric() || c == '/' || c == '_' {
+                vec![c]
+            } else {
+                vec!['\\', c]
+            }
+        })
+        .collect()
 }
 
 /// The bpfplan binary under test.

@@ -98,7 +98,7 @@ impl Sandbox {
                 ("cgroup".into(), self.cgroup.display().to_string()),
                 ("pin_dir".into(), self.pin_dir.display().to_string()),
             ],
-            build_dir: self.tmp.path().join("build"),
+            build_dir: Some(self.tmp.path().join("build")),
         };
         bpfplan::load_plan(&target).unwrap_or_else(|_| panic!("planning {:?}", self.manifest))
     }
