@@ -5,6 +5,7 @@
 mod common;
 
 mod bypass;
+mod changes;
 mod cli;
 mod errors;
 mod hostile;

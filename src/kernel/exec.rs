@@ -132,7 +132,7 @@ pub(crate) struct Failed {
 pub(crate) struct Executor<'a> {
     listeners: Vec<&'a mut dyn Listener>,
     /// `BPFPLAN_FAIL_STEP`: the first step whose summary holds this text
-    /// fails before it runs (for testing rollback at any step).
+    /// fails before it runs, once (for testing rollback at any step).
     fail_step: Option<String>,
 }
 
@@ -304,12 +304,13 @@ impl<'a> Executor<'a> {
 
     /// Run the command; `Some(reason)` when there was nothing to do.
     fn execute(
-        &self,
+        &mut self,
         step: &Step,
         argv: &[String],
     ) -> Result<Option<&'static str>, (Option<i32>, anyhow::Error)> {
-        if let Some(text) = &self.fail_step
-            && step.summary().contains(text.as_str())
+        if let Some(text) = self
+            .fail_step
+            .take_if(|text| step.summary().contains(text.as_str()))
         {
             return Err((
                 None,

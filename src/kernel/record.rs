@@ -176,13 +176,15 @@ impl Record {
                 _ => {}
             }
         }
-        for pin in pins {
-            // A replace stages and moves aside under these two suffixes.
-            let base = pin
-                .strip_suffix("~new")
+        // A replace stages and moves aside under these two suffixes.
+        let base = |pin: &'_ str| -> String {
+            pin.strip_suffix("~new")
                 .or_else(|| pin.strip_suffix("~old"))
-                .unwrap_or(pin);
-            check_pin(base, host).map_err(|k| format!("it names {pin}: {k}"))?;
+                .unwrap_or(pin)
+                .to_string()
+        };
+        for pin in pins {
+            check_pin(&base(pin), host).map_err(|k| format!("it names {pin}: {k}"))?;
         }
         for dir in dirs {
             let text = dir.to_string_lossy();
@@ -192,7 +194,7 @@ impl Record {
             match point {
                 AttachPoint::Cgroup { cgroup, .. } => check_cgroup(cgroup.as_str(), host)
                     .map_err(|why| format!("its cgroup {cgroup} {why}"))?,
-                AttachPoint::Map { map_pin, .. } => check_pin(map_pin.as_str(), host)
+                AttachPoint::Map { map_pin, .. } => check_pin(&base(map_pin.as_str()), host)
                     .map_err(|k| format!("it names {map_pin}: {k}"))?,
                 AttachPoint::Xdp { iface, .. } => {
                     let ok = (1..=15).contains(&iface.as_str().len())

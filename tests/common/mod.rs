@@ -106,3 +106,26 @@ pub fn manifests() -> Vec<PathBuf> {
     all.sort();
     all
 }
+
+/// A copy of the checkout's manifests and C sources in a temporary
+/// directory, for tests that edit them; returns it with the path of the
+/// named manifest in it.
+pub fn checkout(manifest: &str) -> (tempfile::TempDir, PathBuf) {
+    let dir = tempfile::tempdir().unwrap();
+    for sub in ["manifests", "bpf"] {
+        std::fs::create_dir_all(dir.path().join(sub)).unwrap();
+        for e in std::fs::read_dir(sub).unwrap() {
+            let e = e.unwrap();
+            std::fs::copy(e.path(), dir.path().join(sub).join(e.file_name())).unwrap();
+        }
+    }
+    let path = dir.path().join("manifests").join(manifest);
+    (dir, path)
+}
+
+/// Append text to a file.
+pub fn append(path: &Path, text: &str) {
+    let mut s = std::fs::read_to_string(path).unwrap();
+    s.push_str(text);
+    std::fs::write(path, s).unwrap();
+}

@@ -90,6 +90,20 @@ impl Sandbox {
         v
     }
 
+    /// A child cgroup of the sandbox's, removed with it.
+    pub fn child_cgroup(&mut self, name: &str) -> PathBuf {
+        self._world.child(name).unwrap()
+    }
+
+    /// `bpfplan status --format json` with `--var cgroup=CGROUP` and extra
+    /// arguments: its exit code and report.
+    pub fn status_of(&self, cgroup: &Path, extra: &[&str]) -> (i32, serde_json::Value) {
+        let var = format!("cgroup={}", cgroup.display());
+        let mut args = vec!["--var", var.as_str()];
+        args.extend_from_slice(extra);
+        self.status(&args)
+    }
+
     /// The plan bpfplan makes of this sandbox's manifest.
     pub fn plan(&self) -> bpfplan::plan::Plan {
         let target = bpfplan::cli::Target {
@@ -258,6 +272,11 @@ impl Sandbox {
             Vec::<(String, String)>::new(),
             "attachments left behind"
         );
+        self.assert_freed(prog_ids);
+    }
+
+    /// Assert the kernel has freed these programs (poll: freeing lags).
+    pub fn assert_freed(&self, prog_ids: &[u64]) {
         let deadline = Instant::now() + Duration::from_secs(10);
         for id in prog_ids {
             while prog_alive(*id) {
