@@ -30,5 +30,6 @@ demo: deps build
 bench: deps build
 	sh scripts/bench-plan.sh
 	sh scripts/bench-apply.sh
+	sh scripts/bench-replace.sh
 	sh scripts/bench-netns.sh
 	target/release/bpfplan bench manifests/bypass.toml --chart docs/bench.svg | tee docs/bench.txt

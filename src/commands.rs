@@ -89,16 +89,20 @@ fn change(
             f(vec![&mut Printer])?;
             Ok(())
         }
-        ReportFormat::Json => match f(vec![&mut JsonLines]) {
-            Ok(outcome) => {
-                JsonLines::result(verb, true, outcome, None);
-                Ok(())
+        ReportFormat::Json => {
+            let mut json = JsonLines::new();
+            let outcome = f(vec![&mut json]);
+            match outcome {
+                Ok(outcome) => {
+                    json.result(verb, true, outcome, None);
+                    Ok(())
+                }
+                Err(e) => {
+                    json.result(verb, false, "failed", Some(&format!("{e:#}")));
+                    Err(e.into())
+                }
             }
-            Err(e) => {
-                JsonLines::result(verb, false, "failed", Some(&format!("{e:#}")));
-                Err(e.into())
-            }
-        },
+        }
     }
 }
 

@@ -8,10 +8,19 @@ use std::io::Write;
 
 use super::exec::{Event, Listener, Outcome};
 
-/// Writes each event as a line of JSON on stdout.
-pub(crate) struct JsonLines;
+/// Writes each event as a line of JSON on stdout, stamped with the
+/// milliseconds since the command began (`t_ms`).
+pub(crate) struct JsonLines {
+    start: std::time::Instant,
+}
 
 impl JsonLines {
+    pub fn new() -> Self {
+        JsonLines {
+            start: std::time::Instant::now(),
+        }
+    }
+
     fn line(v: &Value) {
         let mut out = std::io::stdout().lock();
         // A closed stdout must not stop a run between two kernel steps.
@@ -20,8 +29,9 @@ impl JsonLines {
     }
 
     /// The last line: how the command ended.
-    pub fn result(verb: &str, ok: bool, outcome: &str, error: Option<&str>) {
+    pub fn result(&self, verb: &str, ok: bool, outcome: &str, error: Option<&str>) {
         Self::line(&json!({
+            "t_ms": self.t_ms(),
             "event": "result",
             "command": verb,
             "ok": ok,
@@ -95,8 +105,16 @@ fn op(step: &crate::plan::step::Step) -> Value {
         .unwrap_or(Value::Null)
 }
 
+impl JsonLines {
+    fn t_ms(&self) -> f64 {
+        (self.start.elapsed().as_secs_f64() * 1e6).round() / 1e3
+    }
+}
+
 impl Listener for JsonLines {
     fn event(&mut self, e: &Event<'_>) {
-        Self::line(&to_json(e));
+        let mut v = to_json(e);
+        v["t_ms"] = json!(self.t_ms());
+        Self::line(&v);
     }
 }
