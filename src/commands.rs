@@ -86,7 +86,7 @@ fn change(
 ) -> Result<(), Failure> {
     match format {
         ReportFormat::Text => {
-            f(vec![&mut Printer])?;
+            f(vec![&mut Printer::default()])?;
             Ok(())
         }
         ReportFormat::Json => {

@@ -537,3 +537,95 @@ fn the_xdp_counter_counts_packets_on_a_veth() {
     assert_eq!(xdp_id(&ns.host_if), None, "still attached");
     sb.assert_clean(&ids);
 }
+
+/// bpfplan reads programs and maps with bpf(2) itself; what it reads must
+/// be what bpftool reports.
+#[test]
+fn what_bpfplan_reads_is_what_bpftool_shows() {
+    let Some(sb) = Sandbox::new("inspect", "manifests/bypass-policy.toml") else {
+        return;
+    };
+    sb.must("apply");
+    // Some traffic, so the per-CPU counters and the sockhash hold something.
+    let (mut child, mut lines) = spawn_piped(sb.traffic(&["hold"]));
+    assert_eq!(next_event(&mut lines)["event"], "holding");
+    use bpfplan::kernel::inspect::{self, PinState};
+    for pin in sb.pins() {
+        let path = sb.pin(&pin);
+        match inspect::pinned(&path).unwrap() {
+            Some(PinState::Program(p)) => {
+                let b = bpftool_json(&["prog", "show", "pinned", &path]);
+                assert_eq!(b["id"].as_u64(), Some(p.id.into()), "{pin}");
+                assert_eq!(b["tag"], p.tag, "{pin}");
+                assert_eq!(b["type"], p.prog_type, "{pin}");
+                assert_eq!(b["name"], p.name, "{pin}");
+                let ids: Vec<u64> = b["map_ids"]
+                    .as_array()
+                    .unwrap()
+                    .iter()
+                    .map(|v| v.as_u64().unwrap())
+                    .collect();
+                assert_eq!(
+                    ids,
+                    p.map_ids.iter().map(|&i| u64::from(i)).collect::<Vec<_>>(),
+                    "{pin}"
+                );
+            }
+            Some(PinState::Map(m)) => {
+                let b = bpftool_json(&["map", "show", "pinned", &path]);
+                assert_eq!(b["id"].as_u64(), Some(m.id.into()), "{pin}");
+                assert_eq!(b["type"], m.map_type, "{pin}");
+                assert_eq!(b["name"], m.name, "{pin}");
+                // Contents read in batches equal bpftool's dump.
+                let hex = |v: &serde_json::Value| -> Vec<u8> {
+                    v.as_array()
+                        .unwrap()
+                        .iter()
+                        .map(|h| {
+                            u8::from_str_radix(h.as_str().unwrap().trim_start_matches("0x"), 16)
+                                .unwrap()
+                        })
+                        .collect()
+                };
+                let mut theirs: Vec<(Vec<u8>, Vec<Vec<u8>>)> =
+                    bpftool_json(&["map", "dump", "pinned", &path])
+                        .as_array()
+                        .unwrap()
+                        .iter()
+                        .map(|e| {
+                            let values = match e.get("values") {
+                                Some(per_cpu) => per_cpu
+                                    .as_array()
+                                    .unwrap()
+                                    .iter()
+                                    .map(|c| hex(&c["value"]))
+                                    .collect(),
+                                None => vec![hex(&e["value"])],
+                            };
+                            (hex(&e["key"]), values)
+                        })
+                        .collect();
+                let mut ours: Vec<(Vec<u8>, Vec<Vec<u8>>)> = inspect::map_dump(&path)
+                    .unwrap()
+                    .into_iter()
+                    .map(|e| (e.key, e.values))
+                    .collect();
+                theirs.sort();
+                ours.sort();
+                // A sockhash's values are socket cookies: compare the keys.
+                if m.map_type == "sockhash" {
+                    assert_eq!(ours.len(), 2, "{pin}");
+                    theirs
+                        .iter_mut()
+                        .chain(ours.iter_mut())
+                        .for_each(|e| e.1.clear());
+                }
+                assert_eq!(ours, theirs, "{pin}");
+            }
+            other => panic!("{pin}: {other:?}"),
+        }
+    }
+    assert_eq!(inspect::pinned(&sb.pin("nothing_here")).unwrap(), None);
+    drop(child.stdin.take());
+    let _ = child.wait();
+}

@@ -7,6 +7,7 @@ mod common;
 mod bypass;
 mod changes;
 mod cli;
+mod entries;
 mod errors;
 mod hostile;
 mod kernel;

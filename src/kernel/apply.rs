@@ -309,10 +309,10 @@ fn transact(
         rollback_failures: Vec::new(),
         committed: false,
     };
-    let Some(run) = record.run.clone() else {
+    store.save(&record).map_err(unrecorded)?;
+    let Some(run) = record.run.take() else {
         return Ok(());
     };
-    store.save(&record).map_err(unrecorded)?;
     let mut journal = store.journal().map_err(unrecorded)?;
     let policy = Policy::Transaction {
         commit_at: run.commit_at,
@@ -332,15 +332,13 @@ fn transact(
             })
         }
         Ok(_) => {
-            let deployed = complete(&run, record.deployed.as_ref(), obs).map_err(unrecorded)?;
+            let deployed = complete(run, record.deployed.as_ref(), obs).map_err(unrecorded)?;
             record.deployed = Some(deployed);
-            record.run = None;
             store.save(&record).map_err(unrecorded)?;
             Ok(())
         }
         Err(mut f) => {
             if f.rollback_failures.is_empty() {
-                record.run = None;
                 let saved = match record.deployed {
                     None => store.remove(),
                     Some(_) => store.save(&record),
@@ -363,7 +361,7 @@ fn transact(
 
 /// What the kernel holds once `run` completed: its plan, with the ids and
 /// tags behind its pins.
-fn complete(run: &Run, before: Option<&Deployed>, obs: &Observed) -> Result<Deployed> {
+fn complete(run: Run, before: Option<&Deployed>, obs: &Observed) -> Result<Deployed> {
     let mut programs = Vec::new();
     for p in &run.plan.spec.programs {
         let info = inspect::pinned_prog(p.pin.as_str())?
@@ -378,7 +376,7 @@ fn complete(run: &Run, before: Option<&Deployed>, obs: &Observed) -> Result<Depl
     }
     let mut maps = Vec::new();
     for m in &run.plan.spec.maps {
-        if let Some(inspect::PinState::Map(info)) = inspect::pinned(m.pin.as_str())? {
+        if let Some(info) = inspect::pinned_map(m.pin.as_str())? {
             maps.push(MapFact {
                 name: m.name.clone(),
                 pin: m.pin.clone(),
@@ -398,11 +396,11 @@ fn complete(run: &Run, before: Option<&Deployed>, obs: &Observed) -> Result<Depl
     pin_dirs.sort();
     pin_dirs.dedup();
     Ok(Deployed {
-        plan: run.plan.clone(),
+        plan: run.plan,
         programs,
         maps,
-        sources: run.sources.clone(),
-        objects: run.objects.clone(),
+        sources: run.sources,
+        objects: run.objects,
         pin_dirs,
     })
 }
@@ -446,7 +444,7 @@ fn recover(
     }
     if forward {
         let obs = observe(Query::default().dirs(super::record::pin_dirs(&run.plan)))?;
-        record.deployed = Some(complete(&run, record.deployed.as_ref(), &obs)?);
+        record.deployed = Some(complete(run, record.deployed.as_ref(), &obs)?);
     }
     match record.deployed {
         Some(_) => store.save(&record),

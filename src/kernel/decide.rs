@@ -86,7 +86,7 @@ pub(crate) fn decide(
     let Some(d) = &loaded.record.deployed else {
         return fresh(plan, obs);
     };
-    let reason = if d.plan.spec.structure() != plan.spec.structure() {
+    let reason = if !d.plan.spec.same_structure(&plan.spec) {
         Some("the manifest changed".to_string())
     } else if d.objects != objects {
         Some("a program changed".to_string())
@@ -282,19 +282,25 @@ pub(crate) fn entry_ops(spec: &Spec, obs: &Observed, deployed: Option<&Deployed>
                 (e.key.as_slice(), first)
             })
             .collect();
-        // Name a key as the manifest did when it was declared.
-        let known: BTreeMap<&[u8], &str> = deployed
-            .and_then(|d| d.plan.spec.maps.iter().find(|o| o.pin == m.pin))
-            .and_then(|o| o.entries.as_ref())
-            .into_iter()
-            .flatten()
-            .chain(declared)
-            .map(|e| (e.key.as_slice(), e.key_text.as_str()))
-            .collect();
+        // Name a deleted key as the manifest did when it was declared (built
+        // only when something is deleted).
+        let known = std::cell::OnceCell::<BTreeMap<&[u8], &str>>::new();
+        let known = || {
+            known.get_or_init(|| {
+                deployed
+                    .and_then(|d| d.plan.spec.maps.iter().find(|o| o.pin == m.pin))
+                    .and_then(|o| o.entries.as_ref())
+                    .into_iter()
+                    .flatten()
+                    .chain(declared)
+                    .map(|e| (e.key.as_slice(), e.key_text.as_str()))
+                    .collect()
+            })
+        };
         let as_entry = |key: &[u8], value: &[u8]| crate::manifest::model::Entry {
             key: key.to_vec(),
             value: value.to_vec(),
-            key_text: known
+            key_text: known()
                 .get(key)
                 .map_or_else(|| format!("0x{}", crate::util::hex(key)), |t| t.to_string()),
             value_text: format!("0x{}", crate::util::hex(value)),

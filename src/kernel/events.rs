@@ -50,13 +50,15 @@ pub(crate) fn to_json(e: &Event<'_>) -> Value {
             total,
             step,
             argv,
+            batched,
         } => json!({
             "event": "started",
             "step": n,
             "of": total,
             "summary": step.summary(),
-            "op": op(step),
+            "op": step.op(),
             "argv": argv,
+            "batched": batched,
         }),
         Event::Finished {
             n,
@@ -65,15 +67,17 @@ pub(crate) fn to_json(e: &Event<'_>) -> Value {
             argv,
             elapsed,
             outcome,
+            batched,
         } => {
             let mut v = json!({
                 "event": "finished",
                 "step": n,
                 "of": total,
                 "summary": step.summary(),
-                "op": op(step),
+                "op": step.op(),
                 "argv": argv,
                 "duration_ms": (elapsed.as_secs_f64() * 1e6).round() / 1e3,
+                "batched": batched,
             });
             match outcome {
                 Outcome::Done => {
@@ -92,17 +96,21 @@ pub(crate) fn to_json(e: &Event<'_>) -> Value {
             }
             v
         }
+        Event::Batch {
+            argv,
+            lines,
+            elapsed,
+            failed,
+        } => json!({
+            "event": "batch",
+            "argv": argv,
+            "lines": lines,
+            "duration_ms": (elapsed.as_secs_f64() * 1e6).round() / 1e3,
+            "failed_line": failed.map(|k| k + 1),
+        }),
         Event::Rollback { count } => json!({"event": "rollback", "steps": count}),
         Event::Note { text } => json!({"event": "note", "text": text}),
     }
-}
-
-/// The step's operation name, as the JSON plan spells it.
-fn op(step: &crate::plan::step::Step) -> Value {
-    serde_json::to_value(step)
-        .ok()
-        .and_then(|v| v.get("op").cloned())
-        .unwrap_or(Value::Null)
 }
 
 impl JsonLines {

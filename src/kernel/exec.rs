@@ -13,6 +13,52 @@ use super::{build, cmd, inspect};
 use crate::plan::Op;
 use crate::plan::step::{Arg, Step};
 
+/// At most this many entries go to one bpftool process.
+const BATCH_MAX: usize = 50_000;
+
+fn is_entry(step: &Step) -> bool {
+    matches!(
+        step,
+        Step::UpdateMapEntry { .. } | Step::DeleteMapEntry { .. }
+    )
+}
+
+/// Run `bpftool -j batch file -` over `count` lines; `Some((k, error))`
+/// when line `k` failed (bpftool ran none after it).
+fn run_batch(argv: &[String], input: &[u8], count: usize) -> Option<(usize, anyhow::Error)> {
+    #[derive(serde::Deserialize)]
+    struct Line {
+        output: Option<serde_json::Value>,
+    }
+    let out = match cmd::run(argv, Some(input)) {
+        Ok(out) => out,
+        Err(e) => return Some((0, e)),
+    };
+    let lines: Vec<Line> = serde_json::from_slice(&out.stdout).unwrap_or_default();
+    let failed = lines
+        .iter()
+        .position(|l| l.output.as_ref().is_some_and(|o| o.get("error").is_some()));
+    match failed {
+        Some(k) => {
+            let why = lines[k]
+                .output
+                .as_ref()
+                .and_then(|o| o.get("error"))
+                .and_then(|e| e.as_str())
+                .unwrap_or("failed")
+                .to_string();
+            Some((k, anyhow::anyhow!("bpftool batch, line {}: {why}", k + 1)))
+        }
+        None if out.success() && lines.len() == count => None,
+        // No line failed, yet not all ran (or bpftool failed otherwise):
+        // the first that did not run is the culprit.
+        None => Some((
+            lines.len().min(count.saturating_sub(1)),
+            cmd::failure(argv, &out),
+        )),
+    }
+}
+
 /// How a run treats a failed step.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 pub(crate) enum Policy {
@@ -48,6 +94,8 @@ pub(crate) enum Event<'a> {
         total: usize,
         step: &'a Step,
         argv: &'a [String],
+        /// It runs as a line of the next `Batch`.
+        batched: bool,
     },
     /// A step ended.
     Finished {
@@ -57,6 +105,16 @@ pub(crate) enum Event<'a> {
         argv: &'a [String],
         elapsed: Duration,
         outcome: Outcome<'a>,
+        /// It ran as a line of the last `Batch` (whose time is its time).
+        batched: bool,
+    },
+    /// The steps just started ran as the lines of one bpftool batch.
+    Batch {
+        argv: &'a [String],
+        lines: &'a [String],
+        elapsed: Duration,
+        /// The line that failed (bpftool runs none after it).
+        failed: Option<usize>,
     },
     /// A transaction failed: `count` undo steps follow.
     Rollback { count: usize },
@@ -71,37 +129,78 @@ pub(crate) trait Listener {
 
 /// Step-by-step progress for people, on stdout. A closed stdout (`apply |
 /// head`) must not stop a run between two kernel steps, so write errors are
-/// ignored.
-pub(crate) struct Printer;
+/// ignored. The lines of a batch are written together.
+#[derive(Default)]
+pub(crate) struct Printer {
+    pending: String,
+}
 
 impl Listener for Printer {
     fn event(&mut self, e: &Event<'_>) {
-        let mut out = std::io::stdout().lock();
-        let _ = match e {
-            Event::Begin { .. } => Ok(()),
-            Event::Started { n, total, step, .. } => {
-                let shown = crate::plan::render::display_argv(&step.argv())
-                    .unwrap_or_else(|_| "(unprintable)".into());
-                writeln!(out, "[{n}/{total}] {}\n      $ {shown}", step.summary())
+        use std::fmt::Write as _;
+        let out = &mut self.pending;
+        let mut hold = false;
+        match e {
+            Event::Begin { .. } => {}
+            Event::Started {
+                n,
+                total,
+                step,
+                argv,
+                batched,
+            } => {
+                let _ = write!(out, "[{n}/{total}] {}\n      $", step.summary());
+                for word in argv.iter() {
+                    let quoted = shlex::try_quote(word).unwrap_or(std::borrow::Cow::Borrowed("?"));
+                    let _ = write!(out, " {quoted}");
+                }
+                out.push('\n');
+                hold = *batched;
             }
             Event::Finished {
-                elapsed, outcome, ..
+                elapsed,
+                outcome,
+                batched,
+                ..
             } => {
                 let ms = elapsed.as_secs_f64() * 1000.0;
                 match outcome {
-                    Outcome::Done => writeln!(out, "      done ({ms:.0} ms)"),
-                    Outcome::Skipped(why) => writeln!(out, "      {why} ({ms:.0} ms)"),
+                    // A batched step's time is the batch's, printed once.
+                    Outcome::Done if *batched => {}
+                    Outcome::Done => {
+                        let _ = writeln!(out, "      done ({ms:.0} ms)");
+                    }
+                    Outcome::Skipped(why) => {
+                        let _ = writeln!(out, "      {why} ({ms:.0} ms)");
+                    }
                     Outcome::Failed { error, .. } => {
                         let first = error.lines().next().unwrap_or("");
-                        writeln!(out, "      FAILED: {first}")
+                        let _ = writeln!(out, "      FAILED: {first}");
                     }
                 }
+                hold = *batched;
             }
             Event::Rollback { count } => {
-                writeln!(out, "rolling back: undoing {count} change(s), last first")
+                let _ = writeln!(out, "rolling back: undoing {count} change(s), last first");
             }
-            Event::Note { text } => writeln!(out, "{text}"),
-        };
+            Event::Note { text } => {
+                let _ = writeln!(out, "{text}");
+            }
+            Event::Batch { lines, elapsed, .. } => {
+                let _ = writeln!(
+                    out,
+                    "      ^ {} step(s) ran as the lines of one `bpftool batch file -` ({:.0} ms)",
+                    lines.len(),
+                    elapsed.as_secs_f64() * 1000.0
+                );
+            }
+        }
+        if !hold {
+            let mut stdout = std::io::stdout().lock();
+            let _ = stdout.write_all(self.pending.as_bytes());
+            let _ = stdout.flush();
+            self.pending.clear();
+        }
     }
 }
 
@@ -172,30 +271,132 @@ impl<'a> Executor<'a> {
             total: numbering.total,
         });
         let mut failures = Vec::new();
-        for (i, op) in ops.iter().enumerate() {
-            let n = numbering.first + i;
-            let label = format!("step {n}/{} failed: {}", numbering.total, op.step.summary());
+        let mut i = 0;
+        while i < ops.len() {
+            // Consecutive map entry changes run in one bpftool process.
+            let len = ops[i..]
+                .iter()
+                .take(BATCH_MAX)
+                .take_while(|op| is_entry(&op.step))
+                .count()
+                .max(1);
+            let group = &ops[i..i + len];
             if let Some(j) = journal.as_deref_mut()
-                && let Err(error) = j.started(i)
+                && let Err(error) = j.started(i + len - 1)
             {
+                let label = self.label(ops, i, numbering);
                 return Err(self.fail(ops, i, label, error, policy));
             }
-            match self.step(&op.step, n, numbering.total) {
-                Ok(()) => {}
-                Err(e) => {
+            let result = if len > 1 {
+                self.batch(group, numbering.first + i, numbering.total)
+            } else {
+                self.step(&group[0].step, numbering.first + i, numbering.total)
+                    .map_err(|e| (0, e))
+            };
+            match result {
+                Ok(()) => i += len,
+                Err((k, e)) => {
+                    let at = i + k;
                     let committed = match policy {
                         Policy::BestEffort => true,
-                        Policy::Transaction { commit_at } => commit_at.is_some_and(|c| i >= c),
+                        Policy::Transaction { commit_at } => commit_at.is_some_and(|c| at >= c),
                     };
-                    if committed {
-                        failures.push(format!("{}: {e:#}", op.step.summary()));
-                    } else {
-                        return Err(self.fail(ops, i, label, e, policy));
+                    if !committed {
+                        let label = self.label(ops, at, numbering);
+                        return Err(self.fail(ops, at, label, e, policy));
                     }
+                    failures.push(format!("{}: {e:#}", ops[at].step.summary()));
+                    i = at + 1;
                 }
             }
         }
         Ok(failures)
+    }
+
+    fn label(&self, ops: &[Op], at: usize, numbering: Numbering) -> String {
+        format!(
+            "step {}/{} failed: {}",
+            numbering.first + at,
+            numbering.total,
+            ops[at].step.summary()
+        )
+    }
+
+    /// Run map entry changes as the lines of one `bpftool batch file -`
+    /// (still one plain bpftool command per entry). bpftool stops at the
+    /// first failing line; its JSON output says which one, so the error
+    /// names the entry: `Err((index in the group, error))`.
+    fn batch(
+        &mut self,
+        group: &[Op],
+        first: usize,
+        total: usize,
+    ) -> Result<(), (usize, anyhow::Error)> {
+        let mut lines = Vec::with_capacity(group.len());
+        for (k, op) in group.iter().enumerate() {
+            let argv = resolve(&op.step.argv()).map_err(|e| (k, e))?;
+            self.emit(&Event::Started {
+                n: first + k,
+                total,
+                step: &op.step,
+                argv: &argv,
+                batched: true,
+            });
+            lines.push(argv[1..].join(" "));
+        }
+        let argv: Vec<String> = ["bpftool", "-j", "batch", "file", "-"]
+            .iter()
+            .map(|s| s.to_string())
+            .collect();
+        let mut input = lines.join("\n");
+        input.push('\n');
+        let started = Instant::now();
+        let failed = match self.fail_step.take_if(|text| {
+            group
+                .iter()
+                .any(|op| op.step.summary().contains(text.as_str()))
+        }) {
+            Some(text) => {
+                let k = group
+                    .iter()
+                    .position(|op| op.step.summary().contains(text.as_str()))
+                    .unwrap_or(0);
+                Some((
+                    k,
+                    anyhow::anyhow!("failed on purpose: BPFPLAN_FAIL_STEP={text:?}"),
+                ))
+            }
+            None => run_batch(&argv, input.as_bytes(), group.len()),
+        };
+        let elapsed = started.elapsed();
+        self.emit(&Event::Batch {
+            argv: &argv,
+            lines: &lines,
+            elapsed,
+            failed: failed.as_ref().map(|(k, _)| *k),
+        });
+        let failed_at = failed.as_ref().map(|(k, _)| *k);
+        let error = failed.as_ref().map(|(_, e)| format!("{e:#}"));
+        for (k, op) in group.iter().enumerate() {
+            let outcome = match (failed_at, &error) {
+                (Some(f), Some(error)) if f == k => Outcome::Failed { exit: None, error },
+                (Some(f), _) if k > f => Outcome::Skipped("not run: an earlier line failed"),
+                _ => Outcome::Done,
+            };
+            self.emit(&Event::Finished {
+                n: first + k,
+                total,
+                step: &op.step,
+                argv: &[],
+                elapsed: Duration::ZERO,
+                outcome,
+                batched: true,
+            });
+        }
+        match failed {
+            Some(f) => Err(f),
+            None => Ok(()),
+        }
     }
 
     /// Roll back the ops before `index` (the failed one did not take effect,
@@ -220,11 +421,13 @@ impl<'a> Executor<'a> {
         let mut rollback_failures = Vec::new();
         if !undo.is_empty() {
             self.emit(&Event::Rollback { count: undo.len() });
-            let total = undo.len();
-            for (i, op) in undo.iter().enumerate() {
-                if let Err(e) = self.step(&op.step, i + 1, total) {
-                    rollback_failures.push(format!("{}: {e:#}", op.step.summary()));
-                }
+            let numbering = Numbering {
+                first: 1,
+                total: undo.len(),
+            };
+            match self.run("rollback", &undo, Policy::BestEffort, None, numbering) {
+                Ok(failures) => rollback_failures = failures,
+                Err(f) => rollback_failures.push(format!("{:#}", f.error)),
             }
         }
         Failed {
@@ -252,6 +455,7 @@ impl<'a> Executor<'a> {
             total,
             step,
             argv: &argv,
+            batched: false,
         });
         let result = self.execute(step, &argv);
         let elapsed = started.elapsed();
@@ -267,6 +471,7 @@ impl<'a> Executor<'a> {
                         Some(why) => Outcome::Skipped(why),
                         None => Outcome::Done,
                     },
+                    batched: false,
                 });
                 Ok(())
             }
@@ -299,6 +504,7 @@ impl<'a> Executor<'a> {
                 exit,
                 error: &error,
             },
+            batched: false,
         });
     }
 
@@ -321,6 +527,11 @@ impl<'a> Executor<'a> {
             && build::up_to_date(argv, object)
         {
             return Ok(Some("up to date"));
+        }
+        if let Step::MakeBuildDir { dir } = step
+            && dir.is_dir()
+        {
+            return Ok(Some("exists"));
         }
         let out = cmd::run(argv, None).map_err(|e| (None, e))?;
         if !out.success() {

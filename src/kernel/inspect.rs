@@ -1,12 +1,13 @@
-//! Reads the live kernel through `bpftool -j` (never scraped from text) and
-//! the file system: programs behind pins, their maps, cgroup, sockmap and
-//! XDP attachments, map contents. Changes nothing.
+//! Reads the live kernel: what sits behind a pin or an id (bpf(2), in
+//! `sys`), cgroup, sockmap and XDP attachments and map contents (`bpftool
+//! -j`, never scraped from text). Changes nothing.
 
 use anyhow::{Context, Result, bail};
 use serde::{Deserialize, Serialize};
 use std::path::Path;
 
 use super::cmd::bpftool_json;
+use super::sys;
 use crate::manifest::model::AttachKind;
 
 /// What `bpftool -j prog show` says of one program (the fields we use).
@@ -58,31 +59,42 @@ pub fn pinned(pin: &str) -> Result<Option<PinState>> {
         Ok(m) if !m.file_type().is_file() => return Ok(Some(PinState::Other)),
         Ok(_) => {}
     }
-    if let Ok(p) = bpftool_json::<ProgInfo>(&["prog", "show", "pinned", pin]) {
-        return Ok(Some(PinState::Program(p)));
-    }
-    if let Ok(m) = bpftool_json::<MapInfo>(&["map", "show", "pinned", pin]) {
-        return Ok(Some(PinState::Map(m)));
-    }
-    Ok(Some(PinState::Other))
+    let fd = match sys::obj_get(pin) {
+        Ok(fd) => fd,
+        Err(e) if e.kind() == std::io::ErrorKind::NotFound => return Ok(None),
+        Err(_) => return Ok(Some(PinState::Other)),
+    };
+    Ok(Some(match sys::kind(&fd) {
+        sys::Kind::Prog => PinState::Program(sys::prog_info(&fd)?),
+        sys::Kind::Map => PinState::Map(sys::map_info(&fd)?),
+        sys::Kind::Other => PinState::Other,
+    }))
 }
 
 /// The program pinned at `pin`, or `None` when no program is pinned there.
 pub fn pinned_prog(pin: &str) -> Result<Option<ProgInfo>> {
-    if !Path::new(pin).exists() {
-        return Ok(None);
-    }
-    bpftool_json(&["prog", "show", "pinned", pin]).map(Some)
+    Ok(match pinned(pin)? {
+        Some(PinState::Program(p)) => Some(p),
+        _ => None,
+    })
+}
+
+/// The map pinned at `pin`, or `None` when no map is pinned there.
+pub fn pinned_map(pin: &str) -> Result<Option<MapInfo>> {
+    Ok(match pinned(pin)? {
+        Some(PinState::Map(m)) => Some(m),
+        _ => None,
+    })
 }
 
 /// The program with this id, if it still exists.
 pub fn prog_by_id(id: u32) -> Option<ProgInfo> {
-    bpftool_json::<ProgInfo>(&["prog", "show", "id", &id.to_string()]).ok()
+    sys::prog_by_id(id)
 }
 
 /// The map with this id, if it still exists.
 pub fn map_by_id(id: u32) -> Option<MapInfo> {
-    bpftool_json::<MapInfo>(&["map", "show", "id", &id.to_string()]).ok()
+    sys::map_by_id(id)
 }
 
 /// The id of the map named `map` among the maps of the program at `prog_pin`.
@@ -91,8 +103,9 @@ pub fn map_id_of(prog_pin: &str, map: &str) -> Result<u32> {
         pinned_prog(prog_pin)?.with_context(|| format!("no program is pinned at {prog_pin}"))?;
     let kernel_name = crate::manifest::model::kernel_name(map);
     for id in &prog.map_ids {
-        let info: MapInfo = bpftool_json(&["map", "show", "id", &id.to_string()])?;
-        if info.name == kernel_name {
+        if let Some(info) = map_by_id(*id)
+            && info.name == kernel_name
+        {
             return Ok(info.id);
         }
     }
@@ -151,52 +164,17 @@ pub fn xdp_prog_ids(iface: &str) -> Result<Vec<u32>> {
 
 /// The ids of the programs attached to a sockmap or sockhash as `kind`.
 ///
-/// bpftool 7.1 has no command for this, so it is the one query made with the
-/// bpf(2) syscall directly: `BPF_OBJ_GET` on the pin, then `BPF_PROG_QUERY`
-/// on the map (kernel 5.19+). A failed `prog detach` does not say whether the
-/// program was attached, so teardown and drift checks ask here first.
+/// bpftool 7.1 has no command for this: `BPF_OBJ_GET` on the pin, then
+/// `BPF_PROG_QUERY` on the map (kernel 5.19+). A failed `prog detach` does
+/// not say whether the program was attached, so teardown and drift checks
+/// ask here first.
 pub fn map_attached_prog_ids(map_pin: &str, kind: AttachKind) -> Result<Vec<u32>> {
-    use std::os::fd::{AsRawFd, FromRawFd, OwnedFd};
-    const BPF_OBJ_GET: libc::c_long = 7;
-    const BPF_PROG_QUERY: libc::c_long = 16;
     let Some(attach_type) = kind.map_attach_type() else {
         bail!("`{kind}` is not a map attach type");
     };
-    let path = std::ffi::CString::new(map_pin).context("pin path holds a NUL byte")?;
-
-    // union bpf_attr, BPF_OBJ_* layout: pathname (u64) at 0.
-    let mut attr = [0u8; 128];
-    attr[0..8].copy_from_slice(&(path.as_ptr() as u64).to_ne_bytes());
-    // SAFETY: bpf(2) reads `attr` (128 bytes, the size passed) and the
-    // NUL-terminated path it points to, both alive for the call.
-    let fd = unsafe { libc::syscall(libc::SYS_bpf, BPF_OBJ_GET, attr.as_mut_ptr(), attr.len()) };
-    if fd < 0 {
-        let e = std::io::Error::last_os_error();
-        bail!("opening the map pinned at {map_pin}: {e}");
-    }
-    let fd = i32::try_from(fd).context("bpf(2) returned an fd out of range")?;
-    // SAFETY: the kernel just returned this fd to us; we own it.
-    let fd = unsafe { OwnedFd::from_raw_fd(fd) };
-
-    // BPF_PROG_QUERY layout: target_fd (u32) at 0, attach_type (u32) at 4,
-    // prog_ids (u64 pointer) at 16, prog_cnt (u32, in/out) at 24.
-    let mut ids = [0u32; 64];
-    let mut attr = [0u8; 128];
-    attr[0..4].copy_from_slice(&(fd.as_raw_fd() as u32).to_ne_bytes());
-    attr[4..8].copy_from_slice(&attach_type.to_ne_bytes());
-    attr[16..24].copy_from_slice(&(ids.as_mut_ptr() as u64).to_ne_bytes());
-    attr[24..28].copy_from_slice(&(ids.len() as u32).to_ne_bytes());
-    // SAFETY: bpf(2) reads `attr` and writes at most prog_cnt (64) u32 ids
-    // into `ids`, both alive for the call.
-    let rc = unsafe { libc::syscall(libc::SYS_bpf, BPF_PROG_QUERY, attr.as_mut_ptr(), attr.len()) };
-    if rc < 0 {
-        let e = std::io::Error::last_os_error();
-        bail!("querying the programs attached to {map_pin}: {e}");
-    }
-    let mut cnt = [0u8; 4];
-    cnt.copy_from_slice(&attr[24..28]);
-    let cnt = (u32::from_ne_bytes(cnt) as usize).min(ids.len());
-    Ok(ids[..cnt].to_vec())
+    let fd =
+        sys::obj_get(map_pin).with_context(|| format!("opening the map pinned at {map_pin}"))?;
+    sys::query(&fd, attach_type, map_pin)
 }
 
 /// One entry of `bpftool -j map dump`: raw key, and the value (one per CPU
@@ -207,42 +185,81 @@ pub struct DumpEntry {
     pub values: Vec<Vec<u8>>,
 }
 
-/// The entries of the map pinned at `pin`.
+/// Bytes from bpftool's `["0x01", "0xab"]`, parsed without an allocation
+/// per byte (a 100,000-entry dump has half a million of them).
+struct HexBytes(Vec<u8>);
+
+impl<'de> Deserialize<'de> for HexBytes {
+    fn deserialize<D: serde::Deserializer<'de>>(d: D) -> std::result::Result<Self, D::Error> {
+        struct V;
+        impl<'de> serde::de::Visitor<'de> for V {
+            type Value = HexBytes;
+            fn expecting(&self, f: &mut std::fmt::Formatter) -> std::fmt::Result {
+                f.write_str("a list of hex bytes")
+            }
+            fn visit_seq<A: serde::de::SeqAccess<'de>>(
+                self,
+                mut seq: A,
+            ) -> std::result::Result<HexBytes, A::Error> {
+                let mut out = Vec::with_capacity(seq.size_hint().unwrap_or(8));
+                while let Some(h) = seq.next_element::<&'de str>()? {
+                    let b = u8::from_str_radix(h.trim_start_matches("0x"), 16).map_err(|_| {
+                        serde::de::Error::custom(format!("`{h}` is not a hex byte"))
+                    })?;
+                    out.push(b);
+                }
+                Ok(HexBytes(out))
+            }
+        }
+        d.deserialize_seq(V)
+    }
+}
+
+/// The entries of the map pinned at `pin`: read in batches with bpf(2)
+/// when the map type allows, else from `bpftool -j map dump`.
 pub fn map_dump(pin: &str) -> Result<Vec<DumpEntry>> {
+    let fd = sys::obj_get(pin).with_context(|| format!("opening the map pinned at {pin}"))?;
+    let per_cpu = sys::map_info(&fd)?.map_type.starts_with("percpu_");
+    if let Some(entries) = sys::map_entries(&fd, per_cpu)? {
+        return Ok(entries
+            .into_iter()
+            .map(|(key, values)| DumpEntry { key, values })
+            .collect());
+    }
+    bpftool_dump(pin)
+}
+
+/// The entries of the map pinned at `pin`, as `bpftool -j map dump` says.
+fn bpftool_dump(pin: &str) -> Result<Vec<DumpEntry>> {
     #[derive(Deserialize)]
     struct Raw {
-        key: Vec<String>,
-        value: Option<Vec<String>>,
+        key: HexBytes,
+        value: Option<HexBytes>,
         values: Option<Vec<PerCpu>>,
     }
     #[derive(Deserialize)]
     struct PerCpu {
-        value: Vec<String>,
+        value: HexBytes,
     }
-    fn bytes(hex: &[String]) -> Result<Vec<u8>> {
-        hex.iter()
-            .map(|h| {
-                u8::from_str_radix(h.trim_start_matches("0x"), 16)
-                    .with_context(|| format!("`{h}` in bpftool's map dump is not a hex byte"))
-            })
-            .collect()
-    }
-    let raw: Option<Vec<Raw>> = bpftool_json(&["map", "dump", "pinned", pin])?;
-    raw.unwrap_or_default()
+    let argv: Vec<String> = ["bpftool", "-j", "map", "dump", "pinned", pin]
         .iter()
-        .map(|r| {
-            let values = match (&r.value, &r.values) {
-                (Some(v), _) => vec![bytes(v)?],
-                (None, Some(per_cpu)) => per_cpu
-                    .iter()
-                    .map(|c| bytes(&c.value))
-                    .collect::<Result<_>>()?,
+        .map(|s| s.to_string())
+        .collect();
+    let out = super::cmd::run_checked(&argv, None)?;
+    if out.stdout.iter().all(u8::is_ascii_whitespace) {
+        return Ok(Vec::new());
+    }
+    let raw: Vec<Raw> = serde_json::from_slice(&out.stdout)
+        .with_context(|| format!("parsing the JSON of `bpftool -j map dump pinned {pin}`"))?;
+    Ok(raw
+        .into_iter()
+        .map(|r| DumpEntry {
+            key: r.key.0,
+            values: match (r.value, r.values) {
+                (Some(v), _) => vec![v.0],
+                (None, Some(per_cpu)) => per_cpu.into_iter().map(|c| c.value.0).collect(),
                 (None, None) => Vec::new(),
-            };
-            Ok(DumpEntry {
-                key: bytes(&r.key)?,
-                values,
-            })
+            },
         })
-        .collect()
+        .collect())
 }

@@ -13,4 +13,5 @@ pub(crate) mod observe;
 pub(crate) mod preflight;
 pub mod record;
 pub mod status;
+pub(crate) mod sys;
 pub(crate) mod trust;

@@ -97,7 +97,7 @@ fn changed_since_apply(
     sources: &[FileHash],
     findings: &mut Vec<Finding>,
 ) {
-    if d.plan.spec.structure() != plan.spec.structure() {
+    if !d.plan.spec.same_structure(&plan.spec) {
         findings.push(Finding {
             kind: "manifest",
             name: plan.manifest.display().to_string(),

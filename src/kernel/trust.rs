@@ -108,7 +108,9 @@ pub(crate) fn read_private(path: &Path) -> Result<Option<Vec<u8>>> {
 }
 
 /// Write a file of a private directory atomically (a temporary file, then
-/// rename), mode 0600: a kill leaves the old file or the new one.
+/// rename), mode 0600: a kill leaves the old file or the new one. No fsync:
+/// what is written here describes kernel objects that a crash of the
+/// machine takes with it.
 pub(crate) fn write_private(path: &Path, bytes: &[u8]) -> Result<()> {
     use std::io::Write;
     let dir = path.parent().context("a file without a directory")?;
@@ -118,7 +120,6 @@ pub(crate) fn write_private(path: &Path, bytes: &[u8]) -> Result<()> {
         .tempfile_in(dir)
         .with_context(|| format!("writing in {}", dir.display()))?;
     tmp.write_all(bytes)?;
-    tmp.as_file().sync_all()?;
     tmp.persist(path)
         .with_context(|| format!("writing {}", path.display()))?;
     Ok(())

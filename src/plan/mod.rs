@@ -74,22 +74,19 @@ pub struct Spec {
 }
 
 impl Spec {
-    /// The spec without what changes without a reload (map contents and
-    /// counter labels): two plans whose structures differ need a replace.
-    pub fn structure(&self) -> Spec {
-        Spec {
-            programs: self.programs.clone(),
-            maps: self
-                .maps
-                .iter()
-                .map(|m| MapSpec {
-                    entries: m.entries.as_ref().map(|_| Vec::new()),
-                    labels: Vec::new(),
-                    ..m.clone()
-                })
-                .collect(),
-            attachments: self.attachments.clone(),
-        }
+    /// Whether two specs differ only in what changes without a reload (map
+    /// contents and counter labels): if not, one replaces the other.
+    pub fn same_structure(&self, other: &Spec) -> bool {
+        let map = |a: &MapSpec, b: &MapSpec| {
+            a.name == b.name
+                && a.owner == b.owner
+                && a.pin == b.pin
+                && a.entries.is_some() == b.entries.is_some()
+        };
+        self.programs == other.programs
+            && self.attachments == other.attachments
+            && self.maps.len() == other.maps.len()
+            && self.maps.iter().zip(&other.maps).all(|(a, b)| map(a, b))
     }
 
     pub fn program(&self, pin: &ProgPin) -> Option<&ProgramSpec> {
@@ -98,12 +95,79 @@ impl Spec {
 }
 
 /// An ordered list of steps for one manifest, with the facts it sets up.
-#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+/// Stored (in records and saved plans) without its entry steps, which are
+/// the spec's entries again: a plan of 100,000 entries holds them once.
+#[derive(Debug, Clone, PartialEq, Eq, Deserialize)]
+#[serde(from = "StoredPlan")]
 pub struct Plan {
     /// The manifest the plan came from.
     pub manifest: PathBuf,
     pub spec: Spec,
     pub steps: Vec<Step>,
+}
+
+/// A plan as stored: the steps without `UpdateMapEntry`, which follow each
+/// managed map's `PinMap` in the spec's order.
+#[derive(Deserialize)]
+struct StoredPlan {
+    manifest: PathBuf,
+    spec: Spec,
+    steps: Vec<Step>,
+}
+
+impl Serialize for Plan {
+    fn serialize<S: serde::Serializer>(&self, s: S) -> Result<S::Ok, S::Error> {
+        use serde::ser::SerializeStruct;
+        struct Steps<'a>(&'a [Step]);
+        impl Serialize for Steps<'_> {
+            fn serialize<S: serde::Serializer>(&self, s: S) -> Result<S::Ok, S::Error> {
+                s.collect_seq(
+                    self.0
+                        .iter()
+                        .filter(|s| !matches!(s, Step::UpdateMapEntry { .. })),
+                )
+            }
+        }
+        let mut st = s.serialize_struct("Plan", 3)?;
+        st.serialize_field("manifest", &self.manifest)?;
+        st.serialize_field("spec", &self.spec)?;
+        st.serialize_field("steps", &Steps(&self.steps))?;
+        st.end()
+    }
+}
+
+impl From<StoredPlan> for Plan {
+    fn from(p: StoredPlan) -> Self {
+        let mut steps = Vec::with_capacity(p.steps.len());
+        for step in p.steps {
+            let entries = match &step {
+                Step::PinMap { pin, .. } => p
+                    .spec
+                    .maps
+                    .iter()
+                    .find(|m| &m.pin == pin)
+                    .and_then(|m| m.entries.as_ref().map(|e| (m, e))),
+                _ => None,
+            };
+            let entry_steps: Vec<Step> = entries
+                .into_iter()
+                .flat_map(|(m, entries)| {
+                    entries.iter().map(move |e| Step::UpdateMapEntry {
+                        map: m.name.clone(),
+                        pin: m.pin.clone(),
+                        entry: e.clone(),
+                    })
+                })
+                .collect();
+            steps.push(step);
+            steps.extend(entry_steps);
+        }
+        Plan {
+            manifest: p.manifest,
+            spec: p.spec,
+            steps,
+        }
+    }
 }
 
 impl Plan {

@@ -128,7 +128,15 @@ fn sh(plan: &Plan, dir: Direction) -> Result<String> {
     if dir == Direction::Destroy {
         let _ = writeln!(out, "\nbpfplan_failed=0");
     }
-    for (i, step) in plan.steps.iter().enumerate() {
+    let mut i = 0;
+    while i < plan.steps.len() {
+        let batch = batch_len(&plan.steps[i..]);
+        if dir == Direction::Apply && batch > 1 {
+            sh_batch(&mut out, &plan.steps[i..i + batch], i);
+            i += batch;
+            continue;
+        }
+        let step = &plan.steps[i];
         let _ = writeln!(out, "\n# {}. {}", i + 1, one_line(&step.summary()));
         if let Some(note) = step.note() {
             let _ = writeln!(out, "# {note}");
@@ -164,6 +172,7 @@ fn sh(plan: &Plan, dir: Direction) -> Result<String> {
                 );
             }
         }
+        i += 1;
     }
     if dir == Direction::Destroy {
         let _ = writeln!(out, "\nexit \"$bpfplan_failed\"");
@@ -171,9 +180,59 @@ fn sh(plan: &Plan, dir: Direction) -> Result<String> {
     Ok(out)
 }
 
+/// How many steps from here on can be lines of one `bpftool batch file -`:
+/// map entry changes whose words need no quoting (bpftool's batch reader
+/// has its own quoting, and `#` starts a comment even inside quotes).
+fn batch_len(steps: &[Step]) -> usize {
+    steps
+        .iter()
+        .take_while(|s| {
+            matches!(s, Step::UpdateMapEntry { .. } | Step::DeleteMapEntry { .. })
+                && s.argv().iter().all(|a| {
+                    matches!(a, Arg::Lit(w) if w
+                    .chars()
+                    .all(|c| c.is_ascii_alphanumeric() || "_-/.~".contains(c)))
+                })
+        })
+        .count()
+}
+
+/// Map entry changes as one `bpftool batch file -` fed by a here-document:
+/// each line is one step's command without its leading `bpftool`, so a
+/// reviewer still reads every entry, and bpftool runs them in one process.
+fn sh_batch(out: &mut String, steps: &[Step], first: usize) {
+    let _ = writeln!(
+        out,
+        "\n# {}-{}. {} map entry changes, one bpftool command per line, in one bpftool process:",
+        first + 1,
+        first + steps.len(),
+        steps.len()
+    );
+    for (k, step) in steps.iter().enumerate() {
+        let _ = writeln!(out, "#   {}. {}", first + k + 1, one_line(&step.summary()));
+    }
+    let _ = writeln!(out, "bpftool batch file - <<'BPFPLAN_ENTRIES'");
+    for step in steps {
+        let words: Vec<String> = step
+            .argv()
+            .into_iter()
+            .skip(1)
+            .filter_map(|a| match a {
+                Arg::Lit(w) => Some(w),
+                Arg::MapId { .. } => None,
+            })
+            .collect();
+        let _ = writeln!(out, "{}", words.join(" "));
+    }
+    let _ = writeln!(out, "BPFPLAN_ENTRIES");
+}
+
 /// A line of the text plan: control characters (which validation refuses,
 /// but a plan must never be forged by one) shown escaped.
-fn printable(s: &str) -> String {
+fn printable(s: &str) -> std::borrow::Cow<'_, str> {
+    if !s.chars().any(char::is_control) {
+        return std::borrow::Cow::Borrowed(s);
+    }
     s.chars()
         .map(|c| {
             if c.is_control() {
@@ -182,7 +241,8 @@ fn printable(s: &str) -> String {
                 c.to_string()
             }
         })
-        .collect()
+        .collect::<String>()
+        .into()
 }
 
 /// Summaries name paths that may (in a cgroup path) hold odd characters;

@@ -502,6 +502,27 @@ impl Step {
         }
     }
 
+    /// The step's operation, as the JSON plan's `op` spells it.
+    pub fn op(&self) -> &'static str {
+        use Step::*;
+        match self {
+            MakeBuildDir { .. } => "make_build_dir",
+            Compile { .. } => "compile",
+            MountBpffs { .. } => "mount_bpffs",
+            MakePinDir { .. } => "make_pin_dir",
+            RemovePinDir { .. } => "remove_pin_dir",
+            LoadProgram { .. } => "load_program",
+            PinMap { .. } => "pin_map",
+            UpdateMapEntry { .. } => "update_map_entry",
+            DeleteMapEntry { .. } => "delete_map_entry",
+            Attach(_) => "attach",
+            Detach(_) => "detach",
+            RenamePin { .. } => "rename_pin",
+            UnpinProgram { .. } => "unpin_program",
+            UnpinMap { .. } => "unpin_map",
+        }
+    }
+
     /// Whether the step changes kernel state (not just the build directory).
     pub fn touches_kernel(&self) -> bool {
         !matches!(self, Step::MakeBuildDir { .. } | Step::Compile { .. })

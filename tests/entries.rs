@@ -1,0 +1,115 @@
+//! Many map entries on the real kernel: consecutive entry changes run as the
+//! lines of one `bpftool batch file -` (in apply and in the sh script), a
+//! failing entry is named, and what apply does then is tested: a fresh apply
+//! rolls back, an entries-only update restores the entries it had changed.
+
+use std::process::Command;
+
+use crate::common::checkout;
+use crate::common::sandbox::Sandbox;
+
+/// `bypass-policy.toml` with `deny_ports` holding these ports.
+fn with_ports(manifest: &std::path::Path, ports: impl Iterator<Item = u32>) {
+    let text = std::fs::read_to_string(manifest).unwrap();
+    // The entries of deny_ports: the last `entries = [` of the file.
+    let start = text.rfind("entries = [\n").unwrap();
+    let end = start + text[start..].find("\n]\n").unwrap() + 3;
+    let entries: Vec<String> = ports
+        .map(|p| format!("    {{ key = {p}, value = 1 }},"))
+        .collect();
+    let new = format!(
+        "{}entries = [\n{}\n]\n{}",
+        &text[..start],
+        entries.join("\n"),
+        &text[end..]
+    );
+    std::fs::write(manifest, new).unwrap();
+}
+
+fn deny_keys(sb: &Sandbox) -> Vec<u32> {
+    let dump =
+        crate::common::sandbox::bpftool_json(&["map", "dump", "pinned", &sb.pin("deny_ports")]);
+    let mut keys: Vec<u32> = dump
+        .as_array()
+        .unwrap()
+        .iter()
+        .map(|e| e["formatted"]["key"].as_u64().unwrap() as u32)
+        .collect();
+    keys.sort_unstable();
+    keys
+}
+
+#[test]
+fn many_entries_go_through_one_bpftool_batch() {
+    let (_dir, manifest) = checkout("bypass-policy.toml");
+    with_ports(&manifest, 20_000..20_300);
+    let Some(sb) = Sandbox::new("batch", manifest.to_str().unwrap()) else {
+        return;
+    };
+    // The sh script feeds the same lines to one bpftool through a here-document.
+    let script = sb
+        .bpfplan_cmd("plan", &manifest)
+        .args(["--format", "sh"])
+        .output()
+        .unwrap();
+    let text = String::from_utf8_lossy(&script.stdout).into_owned();
+    assert!(
+        text.contains("bpftool batch file - <<'BPFPLAN_ENTRIES'"),
+        "{text}"
+    );
+    assert_eq!(text.matches("\nmap update pinned ").count(), 300);
+    let path = sb.tmp.path().join("apply.sh");
+    std::fs::write(&path, &text).unwrap();
+    let out = Command::new("sh").arg(&path).output().unwrap();
+    assert!(
+        out.status.success(),
+        "{}",
+        String::from_utf8_lossy(&out.stderr)
+    );
+    assert_eq!(deny_keys(&sb), (20_000..20_300).collect::<Vec<_>>());
+    let ids = sb.prog_ids();
+    sb.must("destroy");
+    sb.assert_clean(&ids);
+
+    let log = sb.must("apply");
+    assert!(
+        log.contains("300 step(s) ran as the lines of one `bpftool batch file -`"),
+        "{log}"
+    );
+    assert_eq!(deny_keys(&sb), (20_000..20_300).collect::<Vec<_>>());
+    assert_eq!(sb.status(&[]).0, 0);
+}
+
+#[test]
+fn a_failing_entry_is_named_and_rolled_back() {
+    let (_dir, manifest) = checkout("bypass-policy.toml");
+    // deny_ports holds 1,024 entries: the 1,025th update fails.
+    with_ports(&manifest, 30_000..31_100);
+    let Some(sb) = Sandbox::new("batch_fail", manifest.to_str().unwrap()) else {
+        return;
+    };
+    let out = sb.bpfplan("apply");
+    let err = String::from_utf8_lossy(&out.stderr).into_owned();
+    assert_eq!(out.status.code(), Some(1), "{err}");
+    assert!(err.contains("set `deny_ports`[31024] = 1"), "{err}");
+    assert!(err.contains("bpftool batch, line 1025"), "{err}");
+    assert!(err.contains("nothing is left behind"), "{err}");
+    sb.assert_clean(&[]);
+
+    // An entries-only update that fails restores the entries it changed.
+    with_ports(&manifest, 30_000..31_000);
+    sb.must("apply");
+    let ids = sb.prog_ids();
+    with_ports(&manifest, 30_000..31_200);
+    let out = sb.bpfplan("apply");
+    let err = String::from_utf8_lossy(&out.stderr).into_owned();
+    assert_eq!(out.status.code(), Some(1), "{err}");
+    assert!(
+        err.contains("restored the 24 entries it had changed"),
+        "{err}"
+    );
+    assert_eq!(deny_keys(&sb), (30_000..31_000).collect::<Vec<_>>());
+    assert_eq!(sb.prog_ids(), ids, "a program was reloaded");
+    with_ports(&manifest, 30_000..31_000);
+    assert_eq!(sb.status(&[]).0, 0);
+}
