@@ -9,8 +9,9 @@ const EXIT_CODES: &str = "\
 Exit codes:
   0  success (status: in sync; plan --detailed-exitcode: no changes)
   1  a command failed (apply rolled back what it had done)
-  2  usage or manifest error, nothing was changed; or, for status and
-     plan --detailed-exitcode, the kernel differs from the manifest";
+  2  usage or manifest error, nothing was changed; for status and
+     plan --detailed-exitcode, the kernel differs from the manifest; for
+     apply --plan, the saved plan is stale (nothing was changed)";
 
 #[derive(Debug, Parser)]
 #[command(
@@ -40,6 +41,18 @@ pub enum Command {
         /// change, exit 0 when nothing, 2 when something.
         #[arg(long, conflicts_with = "destroy")]
         detailed_exitcode: bool,
+        /// Also save the plan to FILE (root: builds the objects and looks at
+        /// the kernel), for `bpfplan show` and `bpfplan apply --plan`.
+        #[arg(long, value_name = "FILE", conflicts_with_all = ["destroy", "detailed_exitcode"])]
+        out: Option<PathBuf>,
+    },
+    /// Show a saved plan exactly as `plan` showed it.
+    Show {
+        /// The file `plan --out` wrote.
+        file: PathBuf,
+        /// How to show the plan.
+        #[arg(long, value_enum, default_value_t = Format::Text)]
+        format: Format,
     },
     /// Compare the live kernel with the manifest: each program, map, entry
     /// set and attachment, plus sockhash sizes and counters.
@@ -50,8 +63,30 @@ pub enum Command {
         #[arg(long, value_enum, default_value_t = ReportFormat::Text)]
         format: ReportFormat,
     },
-    /// Compile, load, pin and attach what the manifest describes.
+    /// Compile, load, pin and attach what the manifest describes; or, with
+    /// --plan, exactly what a saved plan holds.
     Apply {
+        /// The manifest (TOML); not with --plan.
+        #[arg(required_unless_present = "plan", conflicts_with = "plan")]
+        manifest: Option<PathBuf>,
+        /// Override a variable declared in `[vars]` (repeatable).
+        #[arg(long = "var", value_name = "NAME=VALUE", value_parser = parse_var, conflicts_with = "plan")]
+        vars: Vec<(String, String)>,
+        /// Where compiled objects go.
+        #[arg(long, value_name = "DIR", conflicts_with = "plan")]
+        build_dir: Option<PathBuf>,
+        /// Apply this saved plan (from `plan --out`): its steps and objects,
+        /// refused (exit 2) if the deployment changed since it was made.
+        #[arg(long, value_name = "FILE")]
+        plan: Option<PathBuf>,
+        /// text (progress for people) or json (one event per line).
+        #[arg(long, value_enum, default_value_t = ReportFormat::Text)]
+        format: ReportFormat,
+    },
+    /// Take over a deployment made by hand or by the sh script, when the
+    /// kernel holds exactly what the manifest makes (else exit 2 and the
+    /// differences).
+    Adopt {
         #[command(flatten)]
         target: Target,
         /// text (progress for people) or json (one event per line).
@@ -63,6 +98,19 @@ pub enum Command {
         #[command(flatten)]
         target: Target,
         /// text (progress for people) or json (one event per line).
+        #[arg(long, value_enum, default_value_t = ReportFormat::Text)]
+        format: ReportFormat,
+    },
+    /// Read back the audit log of what apply, destroy and adopt ran.
+    Log {
+        /// Only lines whose manifest path or deployment holds this text.
+        #[arg(long, value_name = "TEXT")]
+        deployment: Option<String>,
+        /// Only lines since this time (2026-11-26T12:00:00Z) or this long
+        /// ago (15m, 2h, 1d).
+        #[arg(long, value_name = "WHEN")]
+        since: Option<String>,
+        /// text or json (one line each, as stored).
         #[arg(long, value_enum, default_value_t = ReportFormat::Text)]
         format: ReportFormat,
     },

@@ -6,9 +6,11 @@ use anyhow::Context;
 use crate::Failure;
 use crate::cli::{self, Command, ReportFormat, Target};
 use crate::host::{self, HostFacts};
-use crate::kernel::apply::{self, Pending};
+use crate::kernel::apply;
+use crate::kernel::audit::{self, AuditContext, AuditLog};
 use crate::kernel::events::JsonLines;
 use crate::kernel::exec::{Listener, Printer};
+use crate::kernel::saved;
 use crate::kernel::status;
 use crate::manifest::{self, LoadError};
 use crate::plan::render::{self, Direction, Format};
@@ -19,24 +21,115 @@ pub(crate) fn dispatch(cli: cli::Cli) -> Result<(), Failure> {
         Command::Plan {
             target,
             format,
+            destroy: _,
+            detailed_exitcode: _,
+            out: Some(out),
+        } => {
+            let plan = load_plan(&target)?;
+            let saved = apply::save(&plan, &target.vars)?;
+            let mut bytes = serde_json::to_vec_pretty(&saved).context("encoding the plan")?;
+            bytes.push(b'\n');
+            std::fs::write(&out, bytes).with_context(|| format!("writing {}", out.display()))?;
+            print!(
+                "{}",
+                render::render_reviewed(
+                    &saved.plan,
+                    Some(&saved.review),
+                    format,
+                    Direction::Apply
+                )?
+            );
+            Ok(())
+        }
+        Command::Plan {
+            target,
+            format,
             destroy,
             detailed_exitcode,
+            out: None,
         } => plan_cmd(&target, format, destroy, detailed_exitcode),
+        Command::Show { file, format } => {
+            let (saved, _) = saved::read(&file)?;
+            print!(
+                "{}",
+                render::render_reviewed(
+                    &saved.plan,
+                    Some(&saved.review),
+                    format,
+                    Direction::Apply
+                )?
+            );
+            Ok(())
+        }
         Command::Status { target, format } => status_cmd(&target, format),
-        Command::Apply { target, format } => {
+        Command::Apply {
+            manifest,
+            vars,
+            build_dir,
+            plan: saved_plan,
+            format,
+        } => {
+            let outcome = |a| match a {
+                apply::Applied::NoChanges => "no_changes",
+                apply::Applied::Changed => "changed",
+            };
+            match (manifest, saved_plan) {
+                (_, Some(file)) => {
+                    let (saved, hash) = saved::read(&file)?;
+                    let mut audit = AuditContext::for_plan("apply", &saved.plan)?;
+                    audit.plan_hash = hash.clone();
+                    let reviewed = apply::Reviewed { saved, hash };
+                    change("apply", format, audit, |listeners| {
+                        apply::apply(&reviewed.saved.plan, listeners, Some(&reviewed)).map(outcome)
+                    })
+                }
+                (Some(manifest), None) => {
+                    let target = Target {
+                        manifest,
+                        vars,
+                        build_dir,
+                    };
+                    let plan = load_plan(&target)?;
+                    let audit = AuditContext::for_plan("apply", &plan)?;
+                    change("apply", format, audit, |listeners| {
+                        apply::apply(&plan, listeners, None).map(outcome)
+                    })
+                }
+                (None, None) => Err(Failure::Runtime(anyhow::anyhow!(
+                    "apply needs a manifest or --plan FILE"
+                ))),
+            }
+        }
+        Command::Adopt { target, format } => {
             let plan = load_plan(&target)?;
-            change("apply", format, |listeners| {
-                apply::apply(&plan, listeners).map(|a| match a {
-                    apply::Applied::NoChanges => "no_changes",
-                    apply::Applied::Changed => "changed",
-                })
+            let audit = AuditContext::for_plan("adopt", &plan)?;
+            change("adopt", format, audit, |listeners| {
+                apply::adopt(&plan, listeners).map(|()| "adopted")
             })
         }
         Command::Destroy { target, format } => {
             let plan = load_plan(&target)?;
-            change("destroy", format, |listeners| {
+            let audit = AuditContext::for_plan("destroy", &plan)?;
+            change("destroy", format, audit, |listeners| {
                 apply::destroy(&plan, listeners).map(|()| "destroyed")
             })
+        }
+        Command::Log {
+            deployment,
+            since,
+            format,
+        } => {
+            let since = since.as_deref().map(audit::parse_since).transpose()?;
+            let lines = audit::read(&audit::log_path(), deployment.as_deref(), since)?;
+            match format {
+                ReportFormat::Text => print!("{}", audit::text(&lines)),
+                ReportFormat::Json => {
+                    for l in &lines {
+                        println!("{}", serde_json::to_string(l).context("encoding JSON")?);
+                    }
+                }
+            }
+            Ok(())
         }
         Command::Bench {
             target,
@@ -82,27 +175,38 @@ pub(crate) fn dispatch(cli: cli::Cli) -> Result<(), Failure> {
 fn change(
     verb: &str,
     format: ReportFormat,
+    audit: AuditContext,
     f: impl FnOnce(Vec<&mut dyn Listener>) -> anyhow::Result<&'static str>,
 ) -> Result<(), Failure> {
-    match format {
-        ReportFormat::Text => {
-            f(vec![&mut Printer::default()])?;
-            Ok(())
-        }
+    let mut log = AuditLog::open(audit)?;
+    let result = match format {
+        ReportFormat::Text => f(vec![&mut Printer::default(), &mut log]).map(|_| ()),
         ReportFormat::Json => {
             let mut json = JsonLines::new();
-            let outcome = f(vec![&mut json]);
+            let outcome = f(vec![&mut json, &mut log]);
             match outcome {
                 Ok(outcome) => {
                     json.result(verb, true, outcome, None);
                     Ok(())
                 }
                 Err(e) => {
-                    json.result(verb, false, "failed", Some(&format!("{e:#}")));
-                    Err(e.into())
+                    let stale = e.downcast_ref::<apply::Mismatch>().is_some();
+                    let outcome = if stale { "stale" } else { "failed" };
+                    json.result(verb, false, outcome, Some(&format!("{e:#}")));
+                    Err(e)
                 }
             }
         }
+    };
+    match result {
+        Ok(()) => Ok(()),
+        // A stale saved plan or a deployment that does not match for
+        // adoption changed nothing: exit 2, like a manifest error.
+        Err(e) if e.downcast_ref::<apply::Mismatch>().is_some() => {
+            eprintln!("error: {e:#}");
+            Err(Failure::Differs)
+        }
+        Err(e) => Err(e.into()),
     }
 }
 
@@ -126,20 +230,38 @@ fn plan_cmd(
         print!("{}", render::render(&plan, format, dir)?);
         return Ok(());
     }
-    match apply::pending(&plan)? {
-        Pending::None => {
+    let review = apply::pending(&plan)?;
+    if review.decision == "nothing" {
+        if format == Format::Json {
+            print!(
+                "{}",
+                render::render_reviewed(&plan, Some(&review), format, Direction::Apply)?
+            );
+        } else {
             println!("No changes: the kernel matches {}", plan.manifest.display());
-            Ok(())
         }
-        Pending::Steps { reason, steps } => {
-            if let Some(reason) = reason {
-                eprintln!("{reason}");
-            }
-            let changes = Plan { steps, ..plan };
-            print!("{}", render::render(&changes, format, Direction::Apply)?);
-            Err(Failure::Differs)
-        }
+        return Ok(());
     }
+    match (review.decision.as_str(), &review.reason) {
+        ("refused", Some(why)) => eprintln!("apply would refuse: {why}"),
+        ("fresh", _) => eprintln!("not applied yet: apply runs the whole plan"),
+        ("replace", Some(why)) => eprintln!("{why}: apply replaces the deployment"),
+        (_, Some(why)) => eprintln!("{why}"),
+        _ => {}
+    }
+    if format == Format::Json {
+        print!(
+            "{}",
+            render::render_reviewed(&plan, Some(&review), format, Direction::Apply)?
+        );
+    } else {
+        let changes = Plan {
+            steps: review.changes.clone(),
+            ..plan
+        };
+        print!("{}", render::render(&changes, format, Direction::Apply)?);
+    }
+    Err(Failure::Differs)
 }
 
 fn status_cmd(target: &Target, format: ReportFormat) -> Result<(), Failure> {

@@ -353,7 +353,8 @@ fn untrusted_state_and_build_directories_are_refused() {
             .args(["--var", &format!("pin_dir={}", sb.pin_dir.display())])
             .arg("--build-dir")
             .arg(arg.unwrap_or(&sb.tmp.path().join("build")))
-            .env("BPFPLAN_STATE_DIR", env.unwrap_or(&sb.state_dir()));
+            .env("BPFPLAN_STATE_DIR", env.unwrap_or(&sb.state_dir()))
+            .env("BPFPLAN_AUDIT_LOG", sb.audit_log());
         let out = cmd.output().unwrap();
         let err = stderr(&out);
         assert_eq!(out.status.code(), Some(1), "{what}: {err}");

@@ -415,6 +415,7 @@ fn an_apply_interrupted_after_any_step_is_recovered() {
                     objects: Vec::new(),
                     pin_dirs: Vec::new(),
                 }),
+                last_plan: None,
             })
             .unwrap();
         let kernel_steps = plan.steps[..n]

@@ -204,7 +204,8 @@ impl World {
         c.args(args)
             .arg(&self.manifest)
             .args(self.vars())
-            .env("BPFPLAN_STATE_DIR", self.tmp.path().join("state"));
+            .env("BPFPLAN_STATE_DIR", self.tmp.path().join("state"))
+            .env("BPFPLAN_AUDIT_LOG", self.tmp.path().join("log/audit.jsonl"));
         c
     }
 }

@@ -12,9 +12,10 @@ use super::observe::{Observed, Query, observe};
 use super::record::{
     Deployed, FileHash, Found, Loaded, MapFact, ProgramFact, Record, Run, RunKind, Store,
 };
+use super::saved::{self, SavedObject, SavedPlan};
 use super::{build, inspect, preflight};
 use crate::plan::step::Step;
-use crate::plan::{Op, Plan};
+use crate::plan::{Op, Plan, Review};
 
 /// How long a second apply or destroy waits for the first
 /// (`BPFPLAN_LOCK_TIMEOUT`, seconds, default 30; `inf` waits for good).
@@ -64,10 +65,53 @@ fn query(plan: &Plan, loaded: Option<&Loaded>) -> Query {
     q
 }
 
-/// Apply a plan.
-pub(crate) fn apply(plan: &Plan, listeners: Vec<&mut dyn Listener>) -> Result<Applied> {
+/// A saved plan being applied, and its hash.
+pub(crate) struct Reviewed {
+    pub saved: SavedPlan,
+    pub hash: String,
+}
+
+/// The kernel is not as a command needs it (a saved plan gone stale, a
+/// deployment that does not match for adoption): what differs. Nothing was
+/// changed; the command exits 2.
+#[derive(Debug)]
+pub struct Mismatch {
+    pub headline: String,
+    pub lines: Vec<String>,
+}
+
+impl Mismatch {
+    fn stale(lines: Vec<String>) -> Self {
+        Mismatch {
+            headline: "the saved plan is stale: the deployment changed since it was made, so it \
+                       was not applied (make the plan again and review it)"
+                .into(),
+            lines,
+        }
+    }
+}
+
+impl std::fmt::Display for Mismatch {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        write!(f, "{}:", self.headline)?;
+        for c in &self.lines {
+            write!(f, "\n  {c}")?;
+        }
+        Ok(())
+    }
+}
+
+impl std::error::Error for Mismatch {}
+
+/// Apply a plan; with `reviewed`, exactly the saved plan: its objects, and
+/// only if the kernel and the record are as they were when it was made.
+pub(crate) fn apply(
+    plan: &Plan,
+    listeners: Vec<&mut dyn Listener>,
+    reviewed: Option<&Reviewed>,
+) -> Result<Applied> {
     let started = Instant::now();
-    preflight::apply(plan)?;
+    preflight::apply(plan, reviewed.is_none())?;
     let store = Store::for_plan(plan)?;
     let _lock = store.lock(lock_timeout()?)?;
     let mut exec = Executor::new(listeners);
@@ -75,19 +119,13 @@ pub(crate) fn apply(plan: &Plan, listeners: Vec<&mut dyn Listener>) -> Result<Ap
     let mut loaded = read_record(&store)?;
     let mut obs = observe(&query(plan, loaded.as_ref()))?;
 
-    // Build first: no kernel change, and compile errors stop here.
+    // Build first (no kernel change, and compile errors stop here), or put
+    // the reviewed objects in place.
     for step in &plan.steps {
         if let Step::MakeBuildDir { dir } = step {
             build::check_dir(dir)?;
         }
     }
-    let build: Vec<Op> = plan
-        .steps
-        .iter()
-        .filter(|s| !s.touches_kernel())
-        .cloned()
-        .map(Op::of)
-        .collect();
     let dirs = match &loaded {
         None => super::record::pin_dirs(plan)
             .iter()
@@ -99,16 +137,39 @@ pub(crate) fn apply(plan: &Plan, listeners: Vec<&mut dyn Listener>) -> Result<Ap
         first: 1,
         total: plan.steps.len() + dirs,
     };
-    exec.run(
-        "build",
-        &build,
-        Policy::Transaction { commit_at: None },
-        None,
-        numbering,
-    )
-    .map_err(|f| f.error.context(f.label))?;
+    let build: Vec<Op> = match reviewed {
+        Some(r) => {
+            check_reviewed(r, loaded.as_ref(), &obs)?;
+            exec.note(
+                "the deployment is as it was when the plan was made: loading the reviewed objects",
+            );
+            saved::install(&r.saved.objects)?;
+            Vec::new()
+        }
+        None => {
+            let build: Vec<Op> = plan
+                .steps
+                .iter()
+                .filter(|s| !s.touches_kernel())
+                .cloned()
+                .map(Op::of)
+                .collect();
+            exec.run(
+                "build",
+                &build,
+                Policy::Transaction { commit_at: None },
+                None,
+                numbering,
+            )
+            .map_err(|f| f.error.context(f.label))?;
+            build
+        }
+    };
     let objects = build::object_hashes(plan)?;
-    let sources = build::source_hashes(plan)?;
+    let sources = match reviewed {
+        Some(r) => r.saved.sources.clone(),
+        None => build::source_hashes(plan)?,
+    };
     if loaded.is_none() {
         warn_other_deployments(&store, plan);
     }
@@ -127,6 +188,7 @@ pub(crate) fn apply(plan: &Plan, listeners: Vec<&mut dyn Listener>) -> Result<Ap
                     first: build.len() + 1,
                     total: numbering.total,
                 },
+                last_plan: reviewed.map(|r| r.hash.clone()),
             };
             return carry_out(&mut exec, decision, loaded, &obs, ctx);
         };
@@ -138,6 +200,80 @@ pub(crate) fn apply(plan: &Plan, listeners: Vec<&mut dyn Listener>) -> Result<Ap
         obs = observe(&query(plan, loaded.as_ref()))?;
     }
     bail!("an interrupted run could not be recovered; run `bpfplan destroy`, then apply")
+}
+
+/// A saved plan applies once, and only to the deployment it was made on.
+fn check_reviewed(r: &Reviewed, loaded: Option<&Loaded>, obs: &Observed) -> Result<()> {
+    if loaded.is_some_and(|l| l.record.last_plan.as_deref() == Some(r.hash.as_str())) {
+        return Err(Mismatch::stale(vec!["this saved plan was applied already".into()]).into());
+    }
+    let now = saved::snapshot(obs, loaded);
+    if saved::fingerprint(&now) != r.saved.fingerprint {
+        return Err(Mismatch::stale(saved::changes(&r.saved.observed, &now)).into());
+    }
+    Ok(())
+}
+
+/// What `plan --out` saves: the plan built (objects kept under their
+/// hashes), what apply would run, and the fingerprint of the deployment.
+pub(crate) fn save(plan: &Plan, vars: &[(String, String)]) -> Result<SavedPlan> {
+    preflight::apply(plan, true)?;
+    let store = Store::for_plan(plan)?;
+    let loaded = read_record(&store)?;
+    let obs = observe(&query(plan, loaded.as_ref()))?;
+    for step in &plan.steps {
+        if let Step::MakeBuildDir { dir } = step {
+            build::check_dir(dir)?;
+        }
+    }
+    let build: Vec<Op> = plan
+        .steps
+        .iter()
+        .filter(|s| !s.touches_kernel())
+        .cloned()
+        .map(Op::of)
+        .collect();
+    let numbering = Numbering {
+        first: 1,
+        total: build.len(),
+    };
+    Executor::new(Vec::new())
+        .run(
+            "build",
+            &build,
+            Policy::Transaction { commit_at: None },
+            None,
+            numbering,
+        )
+        .map_err(|f| f.error.context(f.label))?;
+    let mut objects = Vec::new();
+    for p in &plan.spec.programs {
+        let (sha256, kept) = saved::keep(&p.object)?;
+        objects.push(SavedObject {
+            program: p.name.clone(),
+            path: p.object.clone(),
+            sha256,
+            kept,
+        });
+    }
+    let hashes = build::object_hashes(plan)?;
+    let decision = decide::decide(plan, loaded.as_ref(), &obs, &hashes);
+    let deployed = loaded.as_ref().and_then(|l| l.record.deployed.as_ref());
+    let review = decide::review(plan, &decision, deployed, &obs);
+    let deployment = store
+        .path
+        .file_stem()
+        .map(|s| s.to_string_lossy().into_owned())
+        .unwrap_or_default();
+    Ok(saved::new(
+        plan,
+        vars,
+        deployment,
+        objects,
+        build::source_hashes(plan)?,
+        review,
+        saved::snapshot(&obs, loaded.as_ref()),
+    ))
 }
 
 /// Mount bpffs (under the lock, through the executor like every change).
@@ -169,6 +305,8 @@ struct RunContext<'a> {
     objects: Vec<FileHash>,
     started: Instant,
     numbering: Numbering,
+    /// The hash of the saved plan being applied.
+    last_plan: Option<String>,
 }
 
 fn carry_out(
@@ -184,7 +322,11 @@ fn carry_out(
         manifest: ctx.plan.manifest.clone(),
         deployed: None,
         run: None,
+        last_plan: None,
     });
+    if ctx.last_plan.is_some() {
+        record.last_plan = ctx.last_plan.clone();
+    }
     let run = |kind, ops: Vec<Op>, commit_at, pin_dirs| Run {
         kind,
         plan: ctx.plan.clone(),
@@ -198,10 +340,13 @@ fn carry_out(
         Decision::Nothing => {
             // A source edit that compiles to the same object changes
             // nothing; record the new hashes so `status` agrees.
-            if let Some(d) = record.deployed.as_mut()
-                && d.sources != ctx.sources
-            {
-                d.sources = ctx.sources.clone();
+            let new_sources = record
+                .deployed
+                .as_mut()
+                .filter(|d| d.sources != ctx.sources)
+                .map(|d| d.sources = ctx.sources.clone())
+                .is_some();
+            if new_sources || ctx.last_plan.is_some() {
                 ctx.store.save(&record)?;
             }
             exec.note(&format!(
@@ -469,75 +614,27 @@ fn warn_other_deployments(store: &Store, plan: &Plan) {
     }
 }
 
-/// What apply would change, without building or changing anything.
-pub(crate) enum Pending {
-    None,
-    /// Apply would run these steps; `reason` says why when it is more than
-    /// map entries.
-    Steps {
-        reason: Option<String>,
-        steps: Vec<Step>,
-    },
-}
-
-/// What apply would do now: a changed source counts as a changed program.
-pub(crate) fn pending(plan: &Plan) -> Result<Pending> {
+/// What apply would do now, without building or changing anything: a
+/// changed source counts as a changed program.
+pub(crate) fn pending(plan: &Plan) -> Result<Review> {
     preflight::inspect()?;
     let store = Store::for_plan(plan)?;
     let loaded = read_record(&store)?;
     let obs = observe(&query(plan, loaded.as_ref()))?;
     let deployed = loaded.as_ref().and_then(|l| l.record.deployed.as_ref());
-    let build: Vec<Step> = plan
-        .steps
-        .iter()
-        .filter(|s| !s.touches_kernel())
-        .cloned()
-        .collect();
-    let objects = match deployed {
-        Some(d) if build::source_hashes(plan)? != d.sources => {
-            let mut steps = build;
-            steps.extend(plan.steps.iter().filter(|s| s.touches_kernel()).cloned());
-            return Ok(Pending::Steps {
-                reason: Some(
-                    "a program's source, header or object changed: apply rebuilds and replaces \
-                     the deployment"
-                        .into(),
-                ),
-                steps,
-            });
-        }
-        Some(d) => d.objects.clone(),
-        None => Vec::new(),
+    let (objects, rebuilt) = match deployed {
+        // The objects are not built here: a changed input stands for a
+        // changed program.
+        Some(d) if build::source_hashes(plan)? != d.sources => (Vec::new(), true),
+        Some(d) => (d.objects.clone(), false),
+        None => (Vec::new(), false),
     };
-    let with_build = |ops: Vec<Op>| -> Vec<Step> {
-        build
-            .iter()
-            .cloned()
-            .chain(ops.into_iter().map(|o| o.step))
-            .collect()
-    };
-    Ok(
-        match decide::decide(plan, loaded.as_ref(), &obs, &objects) {
-            Decision::Nothing => Pending::None,
-            Decision::Entries(ops) => Pending::Steps {
-                reason: None,
-                steps: ops.into_iter().map(|o| o.step).collect(),
-            },
-            Decision::Fresh { ops, .. } => Pending::Steps {
-                reason: Some("not applied yet: apply runs the whole plan".into()),
-                steps: with_build(ops),
-            },
-            Decision::Replace { reason, ops, .. } => Pending::Steps {
-                reason: Some(format!("{reason}: apply replaces the deployment")),
-                steps: with_build(ops),
-            },
-            Decision::Recover { .. } => Pending::Steps {
-                reason: Some("an earlier apply was interrupted".into()),
-                steps: plan.steps.clone(),
-            },
-            Decision::Refuse(why) => bail!(why),
-        },
-    )
+    let decision = decide::decide(plan, loaded.as_ref(), &obs, &objects);
+    let mut review = decide::review(plan, &decision, deployed, &obs);
+    if rebuilt && review.decision == "replace" {
+        review.reason = Some("a program's source, header or object changed".into());
+    }
+    Ok(review)
 }
 
 /// Destroy: end a killed run, then tear down what was applied (or, with no
@@ -579,7 +676,13 @@ pub(crate) fn destroy(plan: &Plan, listeners: Vec<&mut dyn Listener>) -> Result<
     let mut q = query(target, loaded.as_ref());
     q.spec(&plan.spec, false);
     let obs = observe(&q)?;
-    let t = decide::teardown(target, deployed, &obs);
+    // Without a record, a program is ours only with the tag its object
+    // gets (when the objects are built; else type and name decide).
+    let tags = match deployed {
+        Some(_) => decide::Tags::new(),
+        None => probe_tags(&mut exec, plan)?,
+    };
+    let t = decide::teardown(target, deployed, &obs, &tags);
     for f in &t.foreign {
         eprintln!("warning: {f}");
     }
@@ -614,6 +717,180 @@ pub(crate) fn destroy(plan: &Plan, listeners: Vec<&mut dyn Listener>) -> Result<
     }
     wait_freed(&t.prog_ids, &t.map_ids);
     exec.note(&format!("destroyed {}", plan.manifest.display()));
+    Ok(())
+}
+
+/// The tag each program of the plan gets when loaded: its built object is
+/// loaded under `PIN~probe` (through the executor, so it is on record),
+/// read, and unpinned. Programs whose object is not built are left out.
+fn probe_tags(exec: &mut Executor, plan: &Plan) -> Result<decide::Tags> {
+    let probe = |pin: &str| format!("{pin}~probe");
+    let programs: Vec<_> = plan
+        .spec
+        .programs
+        .iter()
+        .filter(|p| p.object.is_file())
+        .collect();
+    let mut tags = decide::Tags::new();
+    if programs.is_empty() {
+        return Ok(tags);
+    }
+    exec.note("loading each program once under a probe pin, to learn its tag");
+    let unpin = |p: &crate::plan::ProgramSpec| Step::UnpinProgram {
+        program: p.name.clone(),
+        pin: crate::manifest::model::ProgPin(probe(p.pin.as_str())),
+    };
+    // A probe pin left by a killed run: `~` never names anyone else's pin.
+    let leftovers: Vec<Op> = programs
+        .iter()
+        .filter(|p| std::path::Path::new(&probe(p.pin.as_str())).exists())
+        .map(|p| Op {
+            step: unpin(p),
+            undo: None,
+        })
+        .collect();
+    let loads: Vec<Op> = programs
+        .iter()
+        .map(|p| {
+            Op::of(Step::LoadProgram {
+                program: p.name.clone(),
+                object: p.object.clone(),
+                prog_type: p.prog_type,
+                pin: crate::manifest::model::ProgPin(probe(p.pin.as_str())),
+                reuse: Vec::new(),
+            })
+        })
+        .collect();
+    let all: Vec<Op> = leftovers.into_iter().chain(loads).collect();
+    let numbering = Numbering {
+        first: 1,
+        total: all.len(),
+    };
+    exec.run(
+        "probe",
+        &all,
+        Policy::Transaction { commit_at: None },
+        None,
+        numbering,
+    )
+    .map_err(|f| f.error.context(format!("{} (probing tags)", f.label)))?;
+    for p in &programs {
+        if let Some(info) = inspect::pinned_prog(&probe(p.pin.as_str()))? {
+            tags.insert(p.pin.clone(), info.tag);
+        }
+    }
+    let unpins: Vec<Op> = programs
+        .iter()
+        .map(|p| Op {
+            step: unpin(p),
+            undo: None,
+        })
+        .collect();
+    let numbering = Numbering {
+        first: 1,
+        total: unpins.len(),
+    };
+    let failures = exec
+        .run("probe", &unpins, Policy::BestEffort, None, numbering)
+        .map_err(|f| f.error)?;
+    if let Some(f) = failures.first() {
+        bail!("removing a probe pin failed: {f}");
+    }
+    Ok(tags)
+}
+
+/// Take over a deployment made by hand or by the sh script: refused unless
+/// the kernel holds exactly what the manifest makes (exit 2 with the
+/// differences); then recorded as bpfplan's, as if apply had made it.
+pub(crate) fn adopt(plan: &Plan, listeners: Vec<&mut dyn Listener>) -> Result<()> {
+    preflight::apply(plan, true)?;
+    let store = Store::for_plan(plan)?;
+    let _lock = store.lock(lock_timeout()?)?;
+    if let Some(l) = read_record(&store)? {
+        if l.record.run.is_some() {
+            bail!(
+                "an apply of this deployment was interrupted: run `bpfplan apply` or `bpfplan destroy` first"
+            );
+        }
+        bail!(
+            "{} is bpfplan's already (recorded in {}): nothing to adopt",
+            plan.manifest.display(),
+            store.path.display()
+        );
+    }
+    let mut exec = Executor::new(listeners);
+    for step in &plan.steps {
+        if let Step::MakeBuildDir { dir } = step {
+            build::check_dir(dir)?;
+        }
+    }
+    let build: Vec<Op> = plan
+        .steps
+        .iter()
+        .filter(|s| !s.touches_kernel())
+        .cloned()
+        .map(Op::of)
+        .collect();
+    let numbering = Numbering {
+        first: 1,
+        total: build.len(),
+    };
+    exec.run(
+        "build",
+        &build,
+        Policy::Transaction { commit_at: None },
+        None,
+        numbering,
+    )
+    .map_err(|f| f.error.context(f.label))?;
+    let tags = probe_tags(&mut exec, plan)?;
+    let obs = observe(&query(plan, None))?;
+    let (programs, maps) = decide::adoption(plan, &obs, &tags).map_err(|lines| Mismatch {
+        headline: format!(
+            "the kernel does not hold exactly what {} makes, so nothing was adopted",
+            plan.manifest.display()
+        ),
+        lines,
+    })?;
+    for p in &programs {
+        exec.note(&format!(
+            "takes over program `{}` (id {}, tag {}) at {}",
+            p.name, p.id, p.tag, p.pin
+        ));
+    }
+    for m in &maps {
+        exec.note(&format!(
+            "takes over map `{}` (id {}) at {}",
+            m.name, m.id, m.pin
+        ));
+    }
+    for a in &plan.spec.attachments {
+        exec.note(&format!(
+            "takes over the attachment of `{}` to {}",
+            a.program,
+            a.place()
+        ));
+    }
+    let record = Record {
+        format_version: super::record::FORMAT_VERSION,
+        manifest: plan.manifest.clone(),
+        deployed: Some(Deployed {
+            plan: plan.clone(),
+            programs,
+            maps,
+            sources: build::source_hashes(plan)?,
+            objects: build::object_hashes(plan)?,
+            pin_dirs: Vec::new(),
+        }),
+        run: None,
+        last_plan: None,
+    };
+    store.save(&record)?;
+    exec.note(&format!(
+        "adopted {}: it is bpfplan's now (recorded in {})",
+        plan.manifest.display(),
+        store.path.display()
+    ));
     Ok(())
 }
 

@@ -10,10 +10,10 @@ use std::path::PathBuf;
 
 use super::inspect::{PinState, ProgInfo};
 use super::observe::Observed;
-use super::record::{Deployed, FileHash, Loaded, Run};
+use super::record::{Deployed, FileHash, Loaded, MapFact, ProgramFact, Run};
 use crate::manifest::model::{MapPin, ProgPin, ProgType, kernel_name};
 use crate::plan::step::{AttachPoint, Attachment, PinKind, ProgRef, Step};
-use crate::plan::{Op, Plan, Spec};
+use crate::plan::{Drift, Op, Plan, Review, Spec};
 
 /// What apply does.
 #[derive(Debug, Clone, PartialEq, Eq)]
@@ -40,6 +40,162 @@ pub(crate) enum Decision {
     },
     /// Apply must not go on, for this reason.
     Refuse(String),
+}
+
+/// What `adopt` takes over: every program, map, entry and attachment of
+/// the plan must be in the kernel exactly as the manifest would make it
+/// (type, name and tag of each program, each map used by its creator and by
+/// the programs that reuse it, the declared entries, every attachment).
+/// Else the differences.
+pub(crate) fn adoption(
+    plan: &Plan,
+    obs: &Observed,
+    tags: &Tags,
+) -> Result<(Vec<ProgramFact>, Vec<MapFact>), Vec<String>> {
+    let mut diffs = Vec::new();
+    let mut programs = Vec::new();
+    for p in &plan.spec.programs {
+        let want = format!(
+            "a {} program `{}` with tag {}",
+            p.prog_type.kernel_word(),
+            kernel_name(p.name.as_str()),
+            tags.get(&p.pin).map_or("?", String::as_str)
+        );
+        match obs.pins.get(p.pin.as_str()) {
+            Some(PinState::Program(info))
+                if is_ours(
+                    info,
+                    p.prog_type,
+                    p.name.as_str(),
+                    tags.get(&p.pin).map(String::as_str),
+                ) =>
+            {
+                programs.push(ProgramFact {
+                    name: p.name.clone(),
+                    pin: p.pin.clone(),
+                    id: info.id,
+                    tag: info.tag.clone(),
+                    map_ids: info.map_ids.clone(),
+                })
+            }
+            Some(state) => diffs.push(format!(
+                "{}: holds {}, the manifest makes {want}",
+                p.pin,
+                describe_pin(state)
+            )),
+            None => diffs.push(format!("{}: missing, the manifest makes {want}", p.pin)),
+        }
+    }
+    let mut maps = Vec::new();
+    for m in &plan.spec.maps {
+        match obs.pins.get(m.pin.as_str()) {
+            Some(PinState::Map(info)) if info.name == kernel_name(m.name.as_str()) => {
+                let users: Vec<&ProgramFact> = programs
+                    .iter()
+                    .filter(|p| p.name == m.owner || reuses(plan, &p.pin, &m.pin))
+                    .collect();
+                for u in users.iter().filter(|u| !u.map_ids.contains(&info.id)) {
+                    diffs.push(format!(
+                        "{}: map id {} is not the one program `{}` uses",
+                        m.pin, info.id, u.name
+                    ));
+                }
+                maps.push(MapFact {
+                    name: m.name.clone(),
+                    pin: m.pin.clone(),
+                    id: info.id,
+                });
+            }
+            Some(state) => diffs.push(format!(
+                "{}: holds {}, the manifest makes map `{}`",
+                m.pin,
+                describe_pin(state),
+                m.name
+            )),
+            None => diffs.push(format!(
+                "{}: missing, the manifest makes map `{}`",
+                m.pin, m.name
+            )),
+        }
+    }
+    for op in entry_ops(&plan.spec, obs, None) {
+        diffs.push(format!("the manifest would {}", op.step.summary()));
+    }
+    for a in &plan.spec.attachments {
+        let attached = obs
+            .prog_id(&a.prog)
+            .is_some_and(|id| obs.attached(&a.point, id));
+        if !attached {
+            diffs.push(format!(
+                "program `{}` is not attached to {}",
+                a.program,
+                a.place()
+            ));
+        }
+    }
+    if diffs.is_empty() {
+        Ok((programs, maps))
+    } else {
+        Err(diffs)
+    }
+}
+
+/// Whether the program pinned at `prog` loads reusing the map at `map`.
+fn reuses(plan: &Plan, prog: &ProgPin, map: &MapPin) -> bool {
+    plan.steps.iter().any(|s| {
+        matches!(s, Step::LoadProgram { pin, reuse, .. } if pin == prog && reuse.iter().any(|r| &r.pin == map))
+    })
+}
+
+/// What a decision means for a reviewer: its name, why, the steps apply
+/// runs (the build first, when it builds), and what drifted.
+pub(crate) fn review(
+    plan: &Plan,
+    decision: &Decision,
+    deployed: Option<&Deployed>,
+    obs: &Observed,
+) -> Review {
+    let build = || plan.steps.iter().filter(|s| !s.touches_kernel()).cloned();
+    fn steps(ops: &[Op]) -> impl Iterator<Item = Step> + '_ {
+        ops.iter().map(|o| o.step.clone())
+    }
+    let (name, reason, changes): (&str, Option<String>, Vec<Step>) = match decision {
+        Decision::Nothing => ("nothing", None, Vec::new()),
+        Decision::Entries(ops) => ("entries", None, steps(ops).collect()),
+        Decision::Fresh { ops, .. } => ("fresh", None, build().chain(steps(ops)).collect()),
+        Decision::Replace { reason, ops, .. } => (
+            "replace",
+            Some(reason.clone()),
+            build().chain(steps(ops)).collect(),
+        ),
+        Decision::Recover { ops, .. } => (
+            "recover",
+            Some("an earlier apply was interrupted; apply ends it, then decides again".into()),
+            steps(ops).collect(),
+        ),
+        Decision::Refuse(why) => ("refused", Some(why.clone()), Vec::new()),
+    };
+    let drift = if deployed.is_some() {
+        findings(&plan.spec, deployed, obs)
+            .into_iter()
+            .filter(|f| f.health != Health::Present)
+            .map(|f| Drift {
+                kind: f.kind.to_string(),
+                name: f.name,
+                place: f.place,
+                state: f.health.describe(),
+            })
+            .collect()
+    } else {
+        Vec::new()
+    };
+    Review {
+        decision: name.to_string(),
+        reason,
+        applicable: !matches!(decision, Decision::Refuse(_)),
+        changes,
+        drift,
+    }
 }
 
 /// The name a replace stages a new object under, beside the old one; `~`
@@ -201,6 +357,11 @@ pub(crate) fn still_needed(step: &Step, obs: &Observed) -> bool {
     }
 }
 
+/// The tag each program of a manifest gets when its object is loaded
+/// (learned by loading it under a probe pin): without a record, a program
+/// is this deployment's only with this tag.
+pub(crate) type Tags = BTreeMap<ProgPin, String>;
+
 /// What a program of the plan must look like to count as this
 /// deployment's: its type, the name the kernel keeps, and (when known) the
 /// tag apply recorded.
@@ -218,12 +379,15 @@ fn our_programs(
     spec: &Spec,
     deployed: Option<&Deployed>,
     obs: &Observed,
+    tags: &Tags,
 ) -> Vec<(u32, ProgRef)> {
     let Some(p) = spec.program(pin) else {
         return Vec::new();
     };
     let fact = deployed.and_then(|d| d.program(pin));
-    let tag = fact.map(|f| f.tag.as_str());
+    let tag = fact
+        .map(|f| f.tag.as_str())
+        .or_else(|| tags.get(pin).map(String::as_str));
     let at_pin = obs.program_at(pin.as_str());
     let mut out = Vec::new();
     if let Some(info) = at_pin
@@ -458,13 +622,18 @@ pub(crate) struct Teardown {
 /// manifest declares), as observed: detach our programs wherever they are
 /// attached (by pin, or by id when the pin is gone), then unpin what is
 /// ours, last step first.
-pub(crate) fn teardown(plan: &Plan, deployed: Option<&Deployed>, obs: &Observed) -> Teardown {
+pub(crate) fn teardown(
+    plan: &Plan,
+    deployed: Option<&Deployed>,
+    obs: &Observed,
+    tags: &Tags,
+) -> Teardown {
     let spec = &plan.spec;
     let mut t = Teardown::default();
     let ours: BTreeMap<&ProgPin, Vec<(u32, ProgRef)>> = spec
         .programs
         .iter()
-        .map(|p| (&p.pin, our_programs(&p.pin, spec, deployed, obs)))
+        .map(|p| (&p.pin, our_programs(&p.pin, spec, deployed, obs, tags)))
         .collect();
     for step in plan.steps.iter().rev() {
         match step {
@@ -570,7 +739,7 @@ fn replace(plan: &Plan, deployed: &Deployed, obs: &Observed, reason: String) -> 
             ));
         }
     }
-    let t = teardown(&deployed.plan, Some(deployed), obs);
+    let t = teardown(&deployed.plan, Some(deployed), obs, &Tags::new());
     if let Some(f) = t.foreign.first() {
         return Decision::Refuse(format!(
             "{f}; bpfplan will not replace it: remove it, or choose another pin"
@@ -790,7 +959,7 @@ mod tests {
     use super::*;
     use crate::host::HostFacts;
     use crate::kernel::inspect::{DumpEntry, MapInfo};
-    use crate::kernel::record::{MapFact, ProgramFact, Record, RunKind};
+    use crate::kernel::record::{Record, RunKind};
     use crate::manifest::diag::Source;
     use crate::manifest::validate;
     use crate::plan::PlanOptions;
@@ -952,6 +1121,7 @@ cgroup = "/sys/fs/cgroup/web"
                 manifest: "/m/x.toml".into(),
                 deployed: d,
                 run,
+                last_plan: None,
             },
             started,
         }
@@ -1227,7 +1397,7 @@ cgroup = "/sys/fs/cgroup/web"
         // Someone else's map sits at one of our map pins.
         o.pins
             .insert("/sys/fs/bpf/t/deny".into(), map(99, "array", "theirs"));
-        let t = teardown(&p, Some(&d), &o);
+        let t = teardown(&p, Some(&d), &o, &Tags::new());
         let s: Vec<String> = t.steps.iter().map(Step::summary).collect();
         assert_eq!(
             s,

@@ -108,6 +108,9 @@ pub(crate) fn to_json(e: &Event<'_>) -> Value {
             "duration_ms": (elapsed.as_secs_f64() * 1e6).round() / 1e3,
             "failed_line": failed.map(|k| k + 1),
         }),
+        Event::BatchStarted { argv, lines } => {
+            json!({"event": "batch_started", "argv": argv, "lines": lines})
+        }
         Event::Rollback { count } => json!({"event": "rollback", "steps": count}),
         Event::Note { text } => json!({"event": "note", "text": text}),
     }
@@ -120,9 +123,13 @@ impl JsonLines {
 }
 
 impl Listener for JsonLines {
-    fn event(&mut self, e: &Event<'_>) {
+    fn event(&mut self, e: &Event<'_>) -> anyhow::Result<()> {
+        if matches!(e, Event::BatchStarted { .. }) {
+            return Ok(());
+        }
         let mut v = to_json(e);
         v["t_ms"] = json!(self.t_ms());
         Self::line(&v);
+        Ok(())
     }
 }

@@ -108,6 +108,12 @@ pub(crate) enum Event<'a> {
         /// It ran as a line of the last `Batch` (whose time is its time).
         batched: bool,
     },
+    /// The steps just started are about to run as the lines of one bpftool
+    /// batch.
+    BatchStarted {
+        argv: &'a [String],
+        lines: &'a [String],
+    },
     /// The steps just started ran as the lines of one bpftool batch.
     Batch {
         argv: &'a [String],
@@ -124,7 +130,10 @@ pub(crate) enum Event<'a> {
 
 /// Something that hears every step.
 pub(crate) trait Listener {
-    fn event(&mut self, e: &Event<'_>);
+    /// Hear an event. An error before a step runs (a `Started` or a
+    /// `BatchStarted` that could not be written to the audit log) keeps the
+    /// step from running.
+    fn event(&mut self, e: &Event<'_>) -> Result<()>;
 }
 
 /// Step-by-step progress for people, on stdout. A closed stdout (`apply |
@@ -136,7 +145,7 @@ pub(crate) struct Printer {
 }
 
 impl Listener for Printer {
-    fn event(&mut self, e: &Event<'_>) {
+    fn event(&mut self, e: &Event<'_>) -> Result<()> {
         use std::fmt::Write as _;
         let out = &mut self.pending;
         let mut hold = false;
@@ -186,6 +195,7 @@ impl Listener for Printer {
             Event::Note { text } => {
                 let _ = writeln!(out, "{text}");
             }
+            Event::BatchStarted { .. } => hold = true,
             Event::Batch { lines, elapsed, .. } => {
                 let _ = writeln!(
                     out,
@@ -201,6 +211,7 @@ impl Listener for Printer {
             let _ = stdout.flush();
             self.pending.clear();
         }
+        Ok(())
     }
 }
 
@@ -247,12 +258,27 @@ impl<'a> Executor<'a> {
 
     /// Tell the listeners something.
     pub fn note(&mut self, text: &str) {
-        self.emit(&Event::Note { text });
+        self.tell(&Event::Note { text });
     }
 
-    fn emit(&mut self, e: &Event<'_>) {
+    /// Every listener hears the event; the first error is returned.
+    fn emit(&mut self, e: &Event<'_>) -> Result<()> {
+        let mut first = Ok(());
         for l in self.listeners.iter_mut() {
-            l.event(e);
+            if let Err(err) = l.event(e)
+                && first.is_ok()
+            {
+                first = Err(err);
+            }
+        }
+        first
+    }
+
+    /// An event after the fact: a listener that fails is reported, and the
+    /// run goes on (what happened already happened).
+    fn tell(&mut self, e: &Event<'_>) {
+        if let Err(err) = self.emit(e) {
+            eprintln!("warning: {err:#}");
         }
     }
 
@@ -266,7 +292,7 @@ impl<'a> Executor<'a> {
         mut journal: Option<&mut Journal>,
         numbering: Numbering,
     ) -> Result<Vec<String>, Failed> {
-        self.emit(&Event::Begin {
+        self.tell(&Event::Begin {
             title,
             total: numbering.total,
         });
@@ -341,13 +367,19 @@ impl<'a> Executor<'a> {
                 step: &op.step,
                 argv: &argv,
                 batched: true,
-            });
+            })
+            .map_err(|e| (0, e))?;
             lines.push(argv[1..].join(" "));
         }
         let argv: Vec<String> = ["bpftool", "-j", "batch", "file", "-"]
             .iter()
             .map(|s| s.to_string())
             .collect();
+        self.emit(&Event::BatchStarted {
+            argv: &argv,
+            lines: &lines,
+        })
+        .map_err(|e| (0, e))?;
         let mut input = lines.join("\n");
         input.push('\n');
         let started = Instant::now();
@@ -369,7 +401,7 @@ impl<'a> Executor<'a> {
             None => run_batch(&argv, input.as_bytes(), group.len()),
         };
         let elapsed = started.elapsed();
-        self.emit(&Event::Batch {
+        self.tell(&Event::Batch {
             argv: &argv,
             lines: &lines,
             elapsed,
@@ -383,7 +415,7 @@ impl<'a> Executor<'a> {
                 (Some(f), _) if k > f => Outcome::Skipped("not run: an earlier line failed"),
                 _ => Outcome::Done,
             };
-            self.emit(&Event::Finished {
+            self.tell(&Event::Finished {
                 n: first + k,
                 total,
                 step: &op.step,
@@ -420,7 +452,7 @@ impl<'a> Executor<'a> {
         };
         let mut rollback_failures = Vec::new();
         if !undo.is_empty() {
-            self.emit(&Event::Rollback { count: undo.len() });
+            self.tell(&Event::Rollback { count: undo.len() });
             let numbering = Numbering {
                 first: 1,
                 total: undo.len(),
@@ -450,18 +482,22 @@ impl<'a> Executor<'a> {
                 return Err(e);
             }
         };
-        self.emit(&Event::Started {
+        if let Err(e) = self.emit(&Event::Started {
             n,
             total,
             step,
             argv: &argv,
             batched: false,
-        });
+        }) {
+            let e = e.context("not run: it could not be put on record first");
+            self.report_failure(step, n, total, &argv, started, None, &e);
+            return Err(e);
+        }
         let result = self.execute(step, &argv);
         let elapsed = started.elapsed();
         match result {
             Ok(skip) => {
-                self.emit(&Event::Finished {
+                self.tell(&Event::Finished {
                     n,
                     total,
                     step,
@@ -494,7 +530,7 @@ impl<'a> Executor<'a> {
         e: &anyhow::Error,
     ) {
         let error = format!("{e:#}");
-        self.emit(&Event::Finished {
+        self.tell(&Event::Finished {
             n,
             total,
             step,

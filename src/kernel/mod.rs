@@ -3,6 +3,7 @@
 //! clang process does it through `cmd`.
 
 pub mod apply;
+pub mod audit;
 pub(crate) mod build;
 pub(crate) mod cmd;
 pub mod decide;
@@ -12,6 +13,7 @@ pub mod inspect;
 pub(crate) mod observe;
 pub(crate) mod preflight;
 pub mod record;
+pub mod saved;
 pub mod status;
 pub(crate) mod sys;
 pub(crate) mod trust;

@@ -10,11 +10,12 @@ use crate::host::{DEFAULT_BPFFS, HostFacts, check_privileges};
 use crate::plan::Plan;
 use crate::plan::step::{AttachPoint, Step};
 
-/// Before apply: any failure here leaves the kernel as it was.
-pub(crate) fn apply(plan: &Plan) -> Result<()> {
+/// Before apply: any failure here leaves the kernel as it was. `builds`:
+/// whether apply compiles (not when it loads reviewed objects).
+pub(crate) fn apply(plan: &Plan, builds: bool) -> Result<()> {
     check_privileges()?;
     tool("bpftool")?;
-    if plan.steps.iter().any(|s| matches!(s, Step::Compile { .. })) {
+    if builds && plan.steps.iter().any(|s| matches!(s, Step::Compile { .. })) {
         tool("clang")?;
     }
     for a in &plan.spec.attachments {

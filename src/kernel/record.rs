@@ -115,6 +115,9 @@ pub struct Record {
     pub deployed: Option<Deployed>,
     /// A run that has not ended.
     pub run: Option<Run>,
+    /// The hash of the last saved plan applied (a saved plan applies once).
+    #[serde(default)]
+    pub last_plan: Option<String>,
 }
 
 impl Record {

@@ -162,10 +162,7 @@ pub(crate) type Entry = (Vec<u8>, Vec<Vec<u8>>);
 /// Every entry of a hash or array map (key, and one value per CPU for
 /// per-CPU maps), read with `BPF_MAP_LOOKUP_BATCH`. `None` when the map
 /// type cannot be read so (sockmaps, say): the caller asks bpftool.
-pub(crate) fn map_entries(
-    fd: &OwnedFd,
-    per_cpu: bool,
-) -> Result<Option<Vec<Entry>>> {
+pub(crate) fn map_entries(fd: &OwnedFd, per_cpu: bool) -> Result<Option<Vec<Entry>>> {
     let (key_size, value_size, max) = map_sizes(fd)?;
     let (cpus, stride) = if per_cpu {
         (possible_cpus()?, value_size.div_ceil(8) * 8)

@@ -181,6 +181,32 @@ impl Plan {
     }
 }
 
+/// What the kernel made of a plan when it was looked at: what apply would
+/// run and why, and which objects of the manifest are not as it says.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+pub struct Review {
+    /// nothing, fresh, entries, replace, recover or refused.
+    pub decision: String,
+    /// Why, when the deployment is replaced or refused.
+    pub reason: Option<String>,
+    /// Whether apply can run it (not refused).
+    pub applicable: bool,
+    /// The steps apply would run, in order.
+    pub changes: Vec<Step>,
+    /// The manifest's objects that are missing or different in the kernel.
+    pub drift: Vec<Drift>,
+}
+
+/// One object of the manifest that is not as the manifest says.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+pub struct Drift {
+    pub kind: String,
+    pub name: String,
+    pub place: String,
+    /// missing, or different (why).
+    pub state: String,
+}
+
 /// A step and the step that reverses it, as a run executes them. A plan's
 /// steps carry their own undo; a run computed against the live kernel (an
 /// entries update, a replace) sets the undo from what it observed, such as

@@ -6,8 +6,8 @@ use anyhow::{Context, Result};
 use serde::Serialize;
 use std::fmt::Write as _;
 
-use super::Plan;
 use super::step::{Arg, Step};
+use super::{Plan, Review};
 
 /// Which way a plan is rendered.
 #[derive(Debug, Clone, Copy, PartialEq, Eq, clap::ValueEnum)]
@@ -26,10 +26,21 @@ pub enum Direction {
 }
 
 pub fn render(plan: &Plan, format: Format, dir: Direction) -> Result<String> {
+    render_reviewed(plan, None, format, dir)
+}
+
+/// Render a plan with what a look at the kernel found (JSON carries it;
+/// text and sh show the plan itself).
+pub fn render_reviewed(
+    plan: &Plan,
+    review: Option<&Review>,
+    format: Format,
+    dir: Direction,
+) -> Result<String> {
     match format {
         Format::Text => text(plan, dir),
         Format::Sh => sh(plan, dir),
-        Format::Json => json(plan, dir),
+        Format::Json => json(plan, dir, review),
     }
 }
 
@@ -251,16 +262,44 @@ fn one_line(s: &str) -> String {
     s.replace(['\n', '\r'], " ")
 }
 
+/// The JSON plan's format; bumped when a field changes meaning.
+pub const JSON_FORMAT_VERSION: u32 = 1;
+
 #[derive(Serialize)]
 struct JsonPlan<'a> {
+    format_version: u32,
     manifest: &'a std::path::Path,
     direction: &'static str,
     steps: Vec<JsonStep<'a>>,
+    summary: Summary,
+    /// Whether apply can run it; null when the kernel was not looked at.
+    applicable: Option<bool>,
+    /// What apply would run, from a look at the kernel; null without one.
+    changes: Option<JsonChanges<'a>>,
+    /// Objects not as the manifest says; null without a look at the kernel.
+    drift: Option<&'a [crate::plan::Drift]>,
+}
+
+#[derive(Serialize)]
+struct JsonChanges<'a> {
+    decision: &'a str,
+    reason: Option<&'a str>,
+    steps: Vec<JsonStep<'a>>,
+}
+
+#[derive(Serialize, Default)]
+struct Summary {
+    create: usize,
+    update: usize,
+    delete: usize,
+    no_op: usize,
 }
 
 #[derive(Serialize)]
 struct JsonStep<'a> {
     index: usize,
+    action: &'static str,
+    object: JsonObject,
     summary: String,
     argv: Vec<Arg>,
     undo: Option<Vec<Arg>>,
@@ -268,26 +307,64 @@ struct JsonStep<'a> {
     step: &'a Step,
 }
 
-fn json(plan: &Plan, dir: Direction) -> Result<String> {
-    let doc = JsonPlan {
-        manifest: &plan.manifest,
-        direction: match dir {
-            Direction::Apply => "apply",
-            Direction::Destroy => "destroy",
-        },
-        steps: plan
-            .steps
-            .iter()
-            .enumerate()
-            .map(|(i, s)| JsonStep {
+#[derive(Serialize)]
+struct JsonObject {
+    kind: &'static str,
+    name: String,
+    place: String,
+}
+
+fn json_steps(steps: &[Step]) -> Vec<JsonStep<'_>> {
+    steps
+        .iter()
+        .enumerate()
+        .map(|(i, s)| {
+            let (kind, name, place) = s.object();
+            JsonStep {
                 index: i + 1,
+                action: s.action(),
+                object: JsonObject { kind, name, place },
                 summary: s.summary(),
                 argv: s.argv(),
                 undo: s.undo().map(|u| u.argv()),
                 note: s.note(),
                 step: s,
-            })
-            .collect(),
+            }
+        })
+        .collect()
+}
+
+fn json(plan: &Plan, dir: Direction, review: Option<&Review>) -> Result<String> {
+    let mut summary = Summary::default();
+    match review {
+        Some(r) if r.decision == "nothing" => summary.no_op = plan.steps.len(),
+        _ => {
+            let counted = review.map_or(&plan.steps[..], |r| &r.changes[..]);
+            for step in counted {
+                match step.action() {
+                    "create" => summary.create += 1,
+                    "update" => summary.update += 1,
+                    _ => summary.delete += 1,
+                }
+            }
+        }
+    }
+    let doc = JsonPlan {
+        format_version: JSON_FORMAT_VERSION,
+        manifest: &plan.manifest,
+        direction: match dir {
+            Direction::Apply => "apply",
+            Direction::Destroy => "destroy",
+        },
+        steps: json_steps(&plan.steps),
+        summary,
+        applicable: review.map(|r| r.applicable),
+        changes: review.map(|r| JsonChanges {
+            decision: &r.decision,
+            reason: r.reason.as_deref(),
+            steps: json_steps(&r.changes),
+        }),
+        drift: review.map(|r| &r.drift[..]),
     };
     let mut s = serde_json::to_string_pretty(&doc)?;
     s.push('\n');

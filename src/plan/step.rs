@@ -502,6 +502,51 @@ impl Step {
         }
     }
 
+    /// What the step does to its object: create, update or delete.
+    pub fn action(&self) -> &'static str {
+        use Step::*;
+        match self {
+            MakeBuildDir { .. }
+            | Compile { .. }
+            | MountBpffs { .. }
+            | MakePinDir { .. }
+            | LoadProgram { .. }
+            | PinMap { .. }
+            | Attach(_) => "create",
+            UpdateMapEntry { .. } | RenamePin { .. } => "update",
+            RemovePinDir { .. }
+            | DeleteMapEntry { .. }
+            | Detach(_)
+            | UnpinProgram { .. }
+            | UnpinMap { .. } => "delete",
+        }
+    }
+
+    /// The object the step acts on: its kind, name and place.
+    pub fn object(&self) -> (&'static str, String, String) {
+        use Step::*;
+        let path = |p: &std::path::Path| p.display().to_string();
+        match self {
+            MakeBuildDir { dir } => ("build_dir", path(dir), path(dir)),
+            Compile {
+                program, object, ..
+            } => ("object", program.0.clone(), path(object)),
+            MountBpffs { dir } => ("bpffs", path(dir), path(dir)),
+            MakePinDir { dir } | RemovePinDir { dir } => ("pin_dir", path(dir), path(dir)),
+            LoadProgram { program, pin, .. } | UnpinProgram { program, pin } => {
+                ("program", program.0.clone(), pin.0.clone())
+            }
+            PinMap { map, pin, .. } | UnpinMap { map, pin } => {
+                ("map", map.0.clone(), pin.0.clone())
+            }
+            UpdateMapEntry { map, pin, entry } | DeleteMapEntry { map, pin, entry } => {
+                ("entry", format!("{map}[{}]", entry.key_text), pin.0.clone())
+            }
+            Attach(a) | Detach(a) => ("attachment", a.program.0.clone(), a.place()),
+            RenamePin { kind, name, to, .. } => (kind.word(), name.clone(), to.clone()),
+        }
+    }
+
     /// The step's operation, as the JSON plan's `op` spells it.
     pub fn op(&self) -> &'static str {
         use Step::*;

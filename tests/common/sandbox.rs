@@ -137,13 +137,19 @@ impl Sandbox {
         self.tmp.path().join("state")
     }
 
+    /// This sandbox's audit log (never the host's).
+    pub fn audit_log(&self) -> PathBuf {
+        self.tmp.path().join("log").join("audit.jsonl")
+    }
+
     /// `bpfplan VERB MANIFEST` with this sandbox's variables.
     pub fn bpfplan_cmd(&self, verb: &str, manifest: &Path) -> Command {
         let mut c = Command::new(crate::common::bin());
         c.arg(verb)
             .arg(manifest)
             .args(self.vars())
-            .env("BPFPLAN_STATE_DIR", self.state_dir());
+            .env("BPFPLAN_STATE_DIR", self.state_dir())
+            .env("BPFPLAN_AUDIT_LOG", self.audit_log());
         c
     }
 

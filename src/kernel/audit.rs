@@ -1,0 +1,378 @@
+//! The audit log: every command apply, destroy and adopt run as root is
+//! appended before it runs and after it ends, to a root-only JSON-lines file
+//! (`/var/log/bpfplan/audit.jsonl`, or `BPFPLAN_AUDIT_LOG`): when, who (and
+//! `SUDO_USER`), which manifest and deployment, the hash of the plan, the
+//! command, its exit status, duration and stderr on failure. Lines are only
+//! ever appended, each with one write. `bpfplan log` reads them back.
+
+use anyhow::{Context, Result, bail};
+use serde::{Deserialize, Serialize};
+use std::fs::File;
+use std::io::Write;
+use std::path::{Path, PathBuf};
+use std::time::{Duration, SystemTime};
+
+use super::exec::{Event, Listener, Outcome};
+use super::trust;
+
+/// Where the log is kept unless `BPFPLAN_AUDIT_LOG` says otherwise.
+pub const DEFAULT_AUDIT_LOG: &str = "/var/log/bpfplan/audit.jsonl";
+
+pub fn log_path() -> PathBuf {
+    std::env::var_os("BPFPLAN_AUDIT_LOG")
+        .map(PathBuf::from)
+        .unwrap_or_else(|| PathBuf::from(DEFAULT_AUDIT_LOG))
+}
+
+/// One line of the log.
+#[derive(Debug, Clone, Serialize, Deserialize, PartialEq)]
+pub struct AuditLine {
+    /// RFC 3339, UTC.
+    pub time: String,
+    /// Seconds since the epoch (for `--since`).
+    pub unix: f64,
+    /// `start` before a command runs, `end` after; `note` for what is not a
+    /// command (a rollback begins, an adoption).
+    pub phase: String,
+    /// apply, destroy or adopt.
+    pub command: String,
+    pub user: String,
+    pub uid: u32,
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub sudo_user: Option<String>,
+    pub manifest: PathBuf,
+    /// The deployment's record name.
+    pub deployment: String,
+    /// sha256 of the plan applied (of the saved plan, with `--plan`).
+    pub plan_hash: String,
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub summary: Option<String>,
+    #[serde(default, skip_serializing_if = "Vec::is_empty")]
+    pub argv: Vec<String>,
+    /// The lines a `bpftool batch file -` read.
+    #[serde(default, skip_serializing_if = "Vec::is_empty")]
+    pub lines: Vec<String>,
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub exit: Option<i32>,
+    /// done, skipped or failed.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub outcome: Option<String>,
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub duration_ms: Option<f64>,
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub error: Option<String>,
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub note: Option<String>,
+}
+
+/// Who runs bpfplan and on what: the fields every line repeats.
+#[derive(Debug, Clone)]
+pub struct AuditContext {
+    pub command: String,
+    pub manifest: PathBuf,
+    pub deployment: String,
+    pub plan_hash: String,
+}
+
+impl AuditContext {
+    /// The context of a command on a plan's deployment.
+    pub fn for_plan(command: &str, plan: &crate::plan::Plan) -> Result<AuditContext> {
+        let store = super::record::Store::for_plan(plan)?;
+        let bytes = serde_json::to_vec(plan).context("encoding the plan")?;
+        Ok(AuditContext {
+            command: command.into(),
+            manifest: plan.manifest.clone(),
+            deployment: store
+                .path
+                .file_stem()
+                .map(|s| s.to_string_lossy().into_owned())
+                .unwrap_or_default(),
+            plan_hash: crate::util::sha256_hex(&bytes),
+        })
+    }
+}
+
+/// The user name of a uid, from /etc/passwd (the uid itself if none).
+fn user_name(uid: u32) -> String {
+    std::fs::read_to_string("/etc/passwd")
+        .ok()
+        .and_then(|text| {
+            text.lines().find_map(|l| {
+                let mut f = l.split(':');
+                let name = f.next()?;
+                let id = f.nth(1)?;
+                (id.parse::<u32>().ok()? == uid).then(|| name.to_string())
+            })
+        })
+        .unwrap_or_else(|| uid.to_string())
+}
+
+/// Appends to the audit log; a listener of every run.
+pub(crate) struct AuditLog {
+    file: File,
+    ctx: AuditContext,
+    uid: u32,
+    user: String,
+    sudo_user: Option<String>,
+}
+
+impl AuditLog {
+    /// Open the log for appending: its directory must be root's own, the
+    /// file is created 0600 and never followed through a symlink. bpfplan
+    /// changes nothing it cannot put on record.
+    pub fn open(ctx: AuditContext) -> Result<AuditLog> {
+        use std::os::unix::fs::OpenOptionsExt;
+        let path = log_path();
+        let dir = path
+            .parent()
+            .filter(|d| !d.as_os_str().is_empty())
+            .context("the audit log needs a directory")?;
+        trust::private_dir(dir, "audit log directory")?;
+        let file = File::options()
+            .create(true)
+            .append(true)
+            .mode(0o600)
+            .custom_flags(libc::O_NOFOLLOW)
+            .open(&path)
+            .with_context(|| format!("opening the audit log {}", path.display()))?;
+        // SAFETY: getuid cannot fail.
+        let uid = unsafe { libc::getuid() };
+        Ok(AuditLog {
+            file,
+            user: user_name(uid),
+            uid,
+            sudo_user: std::env::var("SUDO_USER").ok().filter(|s| !s.is_empty()),
+            ctx,
+        })
+    }
+
+    fn line(&self, phase: &str) -> AuditLine {
+        let now = SystemTime::now();
+        AuditLine {
+            time: humantime::format_rfc3339_millis(now).to_string(),
+            unix: now
+                .duration_since(SystemTime::UNIX_EPOCH)
+                .map_or(0.0, |d| d.as_secs_f64()),
+            phase: phase.into(),
+            command: self.ctx.command.clone(),
+            user: self.user.clone(),
+            uid: self.uid,
+            sudo_user: self.sudo_user.clone(),
+            manifest: self.ctx.manifest.clone(),
+            deployment: self.ctx.deployment.clone(),
+            plan_hash: self.ctx.plan_hash.clone(),
+            summary: None,
+            argv: Vec::new(),
+            lines: Vec::new(),
+            exit: None,
+            outcome: None,
+            duration_ms: None,
+            error: None,
+            note: None,
+        }
+    }
+
+    /// Append one line with one write (O_APPEND: never interleaved).
+    fn append(&mut self, line: &AuditLine) -> Result<()> {
+        let mut bytes = serde_json::to_vec(line).context("encoding an audit line")?;
+        bytes.push(b'\n');
+        self.file
+            .write_all(&bytes)
+            .with_context(|| format!("writing the audit log {}", log_path().display()))
+    }
+}
+
+impl Listener for AuditLog {
+    fn event(&mut self, e: &Event<'_>) -> Result<()> {
+        let line = match e {
+            // A batched step is logged with its batch, once.
+            Event::Started { batched: true, .. } | Event::Finished { batched: true, .. } => {
+                return Ok(());
+            }
+            Event::Started { step, argv, .. } => {
+                let mut l = self.line("start");
+                l.summary = Some(step.summary());
+                l.argv = argv.to_vec();
+                l
+            }
+            Event::Finished {
+                step,
+                argv,
+                elapsed,
+                outcome,
+                ..
+            } => {
+                let mut l = self.line("end");
+                l.summary = Some(step.summary());
+                l.argv = argv.to_vec();
+                l.duration_ms = Some(ms(*elapsed));
+                match outcome {
+                    Outcome::Done => {
+                        l.outcome = Some("done".into());
+                        l.exit = Some(0);
+                    }
+                    Outcome::Skipped(why) => {
+                        l.outcome = Some("skipped".into());
+                        l.note = Some(why.to_string());
+                    }
+                    Outcome::Failed { exit, error } => {
+                        l.outcome = Some("failed".into());
+                        l.exit = *exit;
+                        l.error = Some(error.to_string());
+                    }
+                }
+                l
+            }
+            Event::BatchStarted { argv, lines } => {
+                let mut l = self.line("start");
+                l.argv = argv.to_vec();
+                l.lines = lines.to_vec();
+                l
+            }
+            Event::Batch {
+                argv,
+                lines,
+                elapsed,
+                failed,
+            } => {
+                let mut l = self.line("end");
+                l.argv = argv.to_vec();
+                l.duration_ms = Some(ms(*elapsed));
+                l.outcome = Some(if failed.is_some() { "failed" } else { "done" }.into());
+                l.exit = Some(if failed.is_some() { 255 } else { 0 });
+                if let Some(k) = failed {
+                    l.error = Some(format!(
+                        "line {}: {}",
+                        k + 1,
+                        lines.get(*k).map_or("", String::as_str)
+                    ));
+                }
+                l
+            }
+            Event::Rollback { count } => {
+                let mut l = self.line("note");
+                l.note = Some(format!("rolling back: {count} undo step(s)"));
+                l
+            }
+            // What bpfplan decided and why, between the commands.
+            Event::Note { text } => {
+                let mut l = self.line("note");
+                l.note = Some(text.to_string());
+                l
+            }
+            Event::Begin { .. } => return Ok(()),
+        };
+        self.append(&line)
+    }
+}
+
+fn ms(d: Duration) -> f64 {
+    (d.as_secs_f64() * 1e6).round() / 1e3
+}
+
+/// Read the log: lines whose manifest or deployment contains `deployment`
+/// (when given) and that are not older than `since`.
+pub fn read(path: &Path, deployment: Option<&str>, since: Option<f64>) -> Result<Vec<AuditLine>> {
+    let bytes = match trust::read_private(path) {
+        Ok(Some(b)) => b,
+        Ok(None) => return Ok(Vec::new()),
+        Err(e) => return Err(e),
+    };
+    let mut out = Vec::new();
+    for (n, line) in String::from_utf8_lossy(&bytes).lines().enumerate() {
+        if line.trim().is_empty() {
+            continue;
+        }
+        let l: AuditLine = serde_json::from_str(line)
+            .with_context(|| format!("{}:{}: not an audit line", path.display(), n + 1))?;
+        let matches = deployment
+            .is_none_or(|d| l.deployment.contains(d) || l.manifest.to_string_lossy().contains(d));
+        if matches && since.is_none_or(|s| l.unix >= s) {
+            out.push(l);
+        }
+    }
+    Ok(out)
+}
+
+/// `--since`: an RFC 3339 time (`2026-11-26T12:00:00Z`) or a duration ago
+/// (`90s`, `15m`, `2h`, `1d`), as seconds since the epoch.
+pub fn parse_since(text: &str) -> Result<f64> {
+    if let Ok(t) = humantime::parse_rfc3339_weak(text) {
+        return Ok(t
+            .duration_since(SystemTime::UNIX_EPOCH)
+            .map_or(0.0, |d| d.as_secs_f64()));
+    }
+    match humantime::parse_duration(text) {
+        Ok(ago) => {
+            let now = SystemTime::now()
+                .duration_since(SystemTime::UNIX_EPOCH)
+                .map_or(0.0, |d| d.as_secs_f64());
+            Ok(now - ago.as_secs_f64())
+        }
+        Err(_) => bail!(
+            "--since {text:?}: expected a time like 2026-11-26T12:00:00Z or a duration like 2h"
+        ),
+    }
+}
+
+/// The log for people: one line per command.
+pub fn text(lines: &[AuditLine]) -> String {
+    use std::fmt::Write as _;
+    let mut out = String::new();
+    for l in lines {
+        let who = match &l.sudo_user {
+            Some(s) => format!("{} (sudo {s})", l.user),
+            None => l.user.clone(),
+        };
+        let what = if !l.argv.is_empty() {
+            let mut cmd = super::cmd::shown(&l.argv);
+            if !l.lines.is_empty() {
+                cmd.push_str(&format!(" <<{} line(s)>>", l.lines.len()));
+            }
+            cmd
+        } else {
+            l.note.clone().unwrap_or_default()
+        };
+        let result = match (&l.phase[..], &l.outcome) {
+            ("end", Some(o)) => format!(
+                " -> {o}{}{}",
+                l.exit.map_or(String::new(), |c| format!(", exit {c}")),
+                l.duration_ms
+                    .map_or(String::new(), |d| format!(", {d:.1} ms"))
+            ),
+            _ => String::new(),
+        };
+        let _ = writeln!(
+            out,
+            "{} {who} {} {} {:<5} {what}{result}",
+            l.time,
+            l.command,
+            l.manifest.display(),
+            l.phase
+        );
+        if let Some(e) = &l.error {
+            for line in e.lines() {
+                let _ = writeln!(out, "    {line}");
+            }
+        }
+    }
+    out
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn since_takes_times_and_durations() {
+        let t = parse_since("2026-11-26T12:00:00Z").unwrap();
+        assert_eq!(t, 1_795_694_400.0);
+        let now = SystemTime::now()
+            .duration_since(SystemTime::UNIX_EPOCH)
+            .unwrap()
+            .as_secs_f64();
+        let ago = parse_since("2h").unwrap();
+        assert!((now - ago - 7200.0).abs() < 5.0);
+        assert!(parse_since("yesterday").is_err());
+    }
+}
