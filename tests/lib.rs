@@ -12,3 +12,4 @@ mod errors;
 mod hostile;
 mod kernel;
 mod plans;
+mod review;

@@ -1,0 +1,412 @@
+//! What was reviewed is what runs, and every change is on record: saved
+//! plans (applied exactly, refused when stale, once), `show`, the JSON event
+//! stream, the audit log, and adopting a deployment made by the sh script.
+
+use std::process::{Command, Output};
+
+use crate::common::sandbox::{Sandbox, bpftool_json, report};
+use crate::common::checkout;
+
+fn stdout(out: &Output) -> String {
+    String::from_utf8_lossy(&out.stdout).into_owned()
+}
+
+fn stderr(out: &Output) -> String {
+    String::from_utf8_lossy(&out.stderr).into_owned()
+}
+
+/// `bpfplan VERB` in the sandbox with extra arguments.
+fn run(sb: &Sandbox, verb: &str, extra: &[&str]) -> Output {
+    sb.bpfplan_cmd(verb, &sb.manifest.clone())
+        .args(extra)
+        .output()
+        .unwrap()
+}
+
+/// `bpfplan apply --plan FILE` (no manifest, no variables: all in the file).
+fn apply_plan(sb: &Sandbox, file: &std::path::Path, extra: &[&str]) -> Output {
+    Command::new(crate::common::bin())
+        .args(["apply", "--plan"])
+        .arg(file)
+        .args(extra)
+        .env("BPFPLAN_STATE_DIR", sb.state_dir())
+        .env("BPFPLAN_AUDIT_LOG", sb.audit_log())
+        .output()
+        .unwrap()
+}
+
+fn received(sb: &Sandbox, port: u16) -> u64 {
+    report(sb.traffic(&["send-once", "--port", &port.to_string()]))["received"]
+        .as_u64()
+        .unwrap_or(0)
+}
+
+/// An edit that passes the verifier but drops every message.
+const DROP_ALL: (&str, &str) = (
+    "int bpf_redir(struct sk_msg_md *msg)\n{",
+    "int bpf_redir(struct sk_msg_md *msg)\n{\n\tif (msg->size)\n\t\treturn SK_DROP;",
+);
+
+#[test]
+fn a_saved_plan_loads_what_was_reviewed_once() {
+    let (dir, manifest) = checkout("bypass-policy.toml");
+    let Some(sb) = Sandbox::new("saved", manifest.to_str().unwrap()) else {
+        return;
+    };
+    let file = sb.tmp.path().join("reviewed.json");
+    let out = run(&sb, "plan", &["--out", file.to_str().unwrap()]);
+    assert!(out.status.success(), "{}", stderr(&out));
+
+    // After the review, the source changes so that every message is dropped.
+    let redir = dir.path().join("bpf/redir.c");
+    let text = std::fs::read_to_string(&redir).unwrap();
+    assert!(text.contains(DROP_ALL.0));
+    std::fs::write(&redir, text.replace(DROP_ALL.0, DROP_ALL.1)).unwrap();
+
+    let out = apply_plan(&sb, &file, &[]);
+    assert!(out.status.success(), "{}{}", stdout(&out), stderr(&out));
+    assert!(
+        stdout(&out).contains("loading the reviewed objects"),
+        "{}",
+        stdout(&out)
+    );
+    // The reviewed program runs: a message to an allowed port arrives.
+    assert_eq!(received(&sb, 20_031), 1024);
+    assert_eq!(received(&sb, 1000), 0, "the reviewed policy holds");
+    // status says the source no longer is what was applied.
+    let (code, st) = sb.status(&[]);
+    assert_eq!(code, 2, "{st}");
+    assert!(st.to_string().contains("changed since apply"), "{st}");
+
+    // A saved plan applies once.
+    let again = apply_plan(&sb, &file, &[]);
+    assert_eq!(again.status.code(), Some(2), "{}", stderr(&again));
+    assert!(
+        stderr(&again).contains("applied already"),
+        "{}",
+        stderr(&again)
+    );
+
+    // The edited source, applied the usual way, does drop.
+    sb.must("apply");
+    assert_eq!(received(&sb, 20_031), 0);
+}
+
+#[test]
+fn show_shows_what_plan_showed() {
+    let Some(sb) = Sandbox::new("show", "manifests/bypass-policy.toml") else {
+        return;
+    };
+    for format in ["text", "sh", "json"] {
+        let file = sb.tmp.path().join(format!("p-{format}.json"));
+        let planned = run(
+            &sb,
+            "plan",
+            &["--out", file.to_str().unwrap(), "--format", format],
+        );
+        assert!(planned.status.success(), "{}", stderr(&planned));
+        let shown = Command::new(crate::common::bin())
+            .args(["show", "--format", format])
+            .arg(&file)
+            .output()
+            .unwrap();
+        assert!(shown.status.success(), "{}", stderr(&shown));
+        assert_eq!(stdout(&shown), stdout(&planned), "{format}");
+        if format == "text" {
+            // And what `plan` without --out shows.
+            assert_eq!(stdout(&run(&sb, "plan", &[])), stdout(&planned));
+        }
+        if format == "json" {
+            let v: serde_json::Value = serde_json::from_slice(&shown.stdout).unwrap();
+            assert_eq!(v["applicable"], true, "{v}");
+            assert_eq!(v["changes"]["decision"], "fresh", "{v}");
+            assert_eq!(v["summary"]["create"], 11, "{v}");
+            assert_eq!(v["summary"]["update"], 1, "{v}");
+            assert_eq!(v["steps"][3]["object"]["kind"], "program", "{v}");
+        }
+    }
+}
+
+#[test]
+fn a_stale_saved_plan_is_refused_and_changes_nothing() {
+    let Some(sb) = Sandbox::new("stale", "manifests/bypass-policy.toml") else {
+        return;
+    };
+    let save = |name: &str, extra: &[&str]| {
+        let file = sb.tmp.path().join(name);
+        let mut args = vec!["--out", file.to_str().unwrap()];
+        args.extend_from_slice(extra);
+        let out = run(&sb, "plan", &args);
+        assert!(out.status.success(), "{}", stderr(&out));
+        file
+    };
+    // Made before any apply; another apply comes in between.
+    let before = save("before.json", &[]);
+    sb.must("apply");
+    let ids = sb.prog_ids();
+    let out = apply_plan(&sb, &before, &[]);
+    assert_eq!(out.status.code(), Some(2), "{}", stderr(&out));
+    assert!(stderr(&out).contains("stale"), "{}", stderr(&out));
+    assert!(
+        stderr(&out).contains("record: was none"),
+        "{}",
+        stderr(&out)
+    );
+
+    // Made, then someone detaches the sockops program by hand.
+    let policy = save("policy.json", &["--var", "deny_port=20041"]);
+    let cg = sb.cgroup.display().to_string();
+    let pin = sb.pin("bpf_sockops");
+    let detach = Command::new("bpftool")
+        .args(["cgroup", "detach", &cg, "sock_ops", "pinned", &pin])
+        .output()
+        .unwrap();
+    assert!(detach.status.success());
+    let out = apply_plan(&sb, &policy, &[]);
+    assert_eq!(out.status.code(), Some(2), "{}", stderr(&out));
+    assert!(
+        stderr(&out).contains(&format!("cgroup {cg}: was programs")),
+        "{}",
+        stderr(&out)
+    );
+    assert_eq!(sb.prog_ids(), ids, "a stale plan changed the kernel");
+    assert_eq!(sb.attachments().len(), 0);
+    sb.must("apply");
+
+    // Made, then the policy changes by another apply.
+    let policy = save("policy2.json", &["--var", "deny_port=20042"]);
+    sb.must_with("apply", &["--var", "deny_port=20043"]);
+    let out = apply_plan(&sb, &policy, &["--format", "json"]);
+    assert_eq!(out.status.code(), Some(2), "{}", stderr(&out));
+    assert!(
+        stderr(&out).contains(&format!("entries {}", sb.pin("deny_ports"))),
+        "{}",
+        stderr(&out)
+    );
+    let last: serde_json::Value =
+        serde_json::from_str(stdout(&out).lines().last().unwrap()).unwrap();
+    assert_eq!(last["outcome"], "stale", "{last}");
+    assert_eq!(
+        received(&sb, 20_042),
+        1024,
+        "the stale plan's policy was applied"
+    );
+}
+
+#[test]
+fn json_events_follow_every_step() {
+    let Some(sb) = Sandbox::new("events", "manifests/bypass.toml") else {
+        return;
+    };
+    let plan = sb.plan();
+    let out = run(&sb, "apply", &["--format", "json"]);
+    assert!(out.status.success(), "{}", stderr(&out));
+    let events: Vec<serde_json::Value> = stdout(&out)
+        .lines()
+        .map(|l| serde_json::from_str(l).unwrap_or_else(|e| panic!("{e}: {l}")))
+        .collect();
+    let started: Vec<&str> = events
+        .iter()
+        .filter(|e| e["event"] == "started")
+        .map(|e| e["summary"].as_str().unwrap())
+        .collect();
+    let finished: Vec<&str> = events
+        .iter()
+        .filter(|e| e["event"] == "finished")
+        .map(|e| e["summary"].as_str().unwrap())
+        .collect();
+    let steps: Vec<String> = plan.steps.iter().map(|s| s.summary()).collect();
+    assert_eq!(started, steps);
+    assert_eq!(finished, steps);
+    assert!(
+        events
+            .iter()
+            .filter(|e| e["event"] == "finished")
+            .all(|e| e["duration_ms"].is_number())
+    );
+    let last = events.last().unwrap();
+    assert_eq!(
+        (&last["event"], &last["ok"], &last["outcome"]),
+        (&"result".into(), &true.into(), &"changed".into())
+    );
+
+    // A failing apply: the failure, the rollback and the outcome.
+    drop(sb);
+    let Some(sb) = Sandbox::new("events_fail", "tests/fixtures/kernel/rejected.toml") else {
+        return;
+    };
+    let out = run(&sb, "apply", &["--format", "json"]);
+    assert_eq!(out.status.code(), Some(1));
+    let events: Vec<serde_json::Value> = stdout(&out)
+        .lines()
+        .map(|l| serde_json::from_str(l).unwrap())
+        .collect();
+    let failed = events
+        .iter()
+        .find(|e| e["event"] == "finished" && e["outcome"] == "failed")
+        .unwrap();
+    assert!(
+        failed["error"]
+            .as_str()
+            .unwrap()
+            .contains("BEGIN PROG LOAD LOG"),
+        "{failed}"
+    );
+    assert!(events.iter().any(|e| e["event"] == "rollback"));
+    assert_eq!(events.last().unwrap()["ok"], false);
+}
+
+#[test]
+fn the_audit_log_holds_every_command_root_ran() {
+    let Some(sb) = Sandbox::new("audit", "manifests/bypass-policy.toml") else {
+        return;
+    };
+    let out = run(&sb, "apply", &["--format", "json"]);
+    assert!(out.status.success());
+    let ran: Vec<Vec<String>> = stdout(&out)
+        .lines()
+        .map(|l| serde_json::from_str::<serde_json::Value>(l).unwrap())
+        .filter(|e| e["event"] == "finished" && e["outcome"] == "done")
+        .map(|e| serde_json::from_value(e["argv"].clone()).unwrap())
+        .collect();
+    sb.must("destroy");
+    let log = |extra: &[&str]| -> Vec<serde_json::Value> {
+        let out = Command::new(crate::common::bin())
+            .args(["log", "--format", "json"])
+            .args(extra)
+            .env("BPFPLAN_AUDIT_LOG", sb.audit_log())
+            .output()
+            .unwrap();
+        assert!(out.status.success(), "{}", stderr(&out));
+        stdout(&out)
+            .lines()
+            .map(|l| serde_json::from_str(l).unwrap())
+            .collect()
+    };
+    let lines = log(&[]);
+    // Every command apply ran is there, before (start) and after (end, with
+    // its exit status).
+    for argv in ran.iter().filter(|a| a[0] == "bpftool") {
+        for phase in ["start", "end"] {
+            assert!(
+                lines
+                    .iter()
+                    .any(|l| l["phase"] == phase && l["argv"] == serde_json::json!(argv)),
+                "{phase} of {argv:?} is not in the log"
+            );
+        }
+    }
+    let ends = lines.iter().filter(|l| l["phase"] == "end").count();
+    assert!(ends >= ran.len(), "{ends} ends for {} commands", ran.len());
+    assert!(
+        lines
+            .iter()
+            .all(|l| l["user"] == "root" && l["plan_hash"].as_str().unwrap().len() == 64)
+    );
+    assert!(
+        lines.iter().any(|l| l["command"] == "destroy"
+            && l["summary"].as_str().unwrap_or("").starts_with("unpin"))
+    );
+    let mode = std::fs::metadata(sb.audit_log()).unwrap().permissions();
+    assert_eq!(
+        std::os::unix::fs::PermissionsExt::mode(&mode) & 0o777,
+        0o600
+    );
+
+    // A failed step and its rollback are on record too.
+    let failing = Command::new(crate::common::bin())
+        .args(["apply", "tests/fixtures/kernel/rejected.toml"])
+        .args(sb.vars())
+        .env("BPFPLAN_STATE_DIR", sb.state_dir())
+        .env("BPFPLAN_AUDIT_LOG", sb.audit_log())
+        .output()
+        .unwrap();
+    assert_eq!(failing.status.code(), Some(1));
+    let lines = log(&["--deployment", "rejected", "--since", "1h"]);
+    let failed = lines
+        .iter()
+        .find(|l| l["phase"] == "end" && l["outcome"] == "failed")
+        .unwrap();
+    assert!(
+        failed["error"]
+            .as_str()
+            .unwrap()
+            .contains("BEGIN PROG LOAD LOG"),
+        "{failed}"
+    );
+    assert_ne!(failed["exit"], 0);
+    assert!(
+        lines
+            .iter()
+            .any(|l| l["note"].as_str().unwrap_or("").starts_with("rolling back"))
+    );
+    assert!(
+        lines
+            .iter()
+            .all(|l| l["manifest"].as_str().unwrap().ends_with("rejected.toml"))
+    );
+    assert!(log(&["--since", "2000-01-01T00:00:00Z"]).len() > lines.len());
+    sb.assert_clean(&[]);
+}
+
+#[test]
+fn a_deployment_made_by_the_sh_script_is_adopted_and_a_changed_one_refused() {
+    let Some(sb) = Sandbox::new("adopt", "manifests/bypass-policy.toml") else {
+        return;
+    };
+    let script = run(&sb, "plan", &["--format", "sh"]);
+    let path = sb.tmp.path().join("apply.sh");
+    std::fs::write(&path, &script.stdout).unwrap();
+    let sh = |path: &std::path::Path| {
+        let out = Command::new("sh").arg(path).output().unwrap();
+        assert!(out.status.success(), "{}", stderr(&out));
+    };
+    sh(&path);
+    // apply will not take over pins it has no record of...
+    assert_eq!(run(&sb, "apply", &[]).status.code(), Some(1));
+    // ...adopt does, when the kernel holds exactly what the manifest makes.
+    let ids = sb.prog_ids();
+    let out = run(&sb, "adopt", &[]);
+    assert!(out.status.success(), "{}{}", stdout(&out), stderr(&out));
+    assert!(
+        stdout(&out).contains("takes over program `bpf_sockops`"),
+        "{}",
+        stdout(&out)
+    );
+    assert_eq!(sb.prog_ids(), ids);
+    assert!(sb.must("apply").contains("No changes"));
+    assert_eq!(sb.status(&[]).0, 0);
+    sb.must("destroy");
+    sb.assert_clean(&ids);
+
+    // Altered by hand after the script: the verdict detached, an entry
+    // changed. Refused, with both differences, and nothing recorded.
+    sh(&path);
+    let out = Command::new("bpftool")
+        .args(["prog", "detach", "pinned", &sb.pin("bpf_tcpip_bypass")])
+        .args(["msg_verdict", "pinned", &sb.pin("sock_ops_map")])
+        .output()
+        .unwrap();
+    assert!(out.status.success(), "{}", stderr(&out));
+    let update = Command::new("bpftool")
+        .args(["map", "update", "pinned", &sb.pin("deny_ports")])
+        .args(["key", "hex", "e8", "03", "00", "00", "value", "hex", "07"])
+        .output()
+        .unwrap();
+    assert!(update.status.success());
+    let out = run(&sb, "adopt", &[]);
+    let err = stderr(&out);
+    assert_eq!(out.status.code(), Some(2), "{err}");
+    assert!(err.contains("nothing was adopted"), "{err}");
+    assert!(
+        err.contains("program `bpf_redir` is not attached to map `sock_ops_map`"),
+        "{err}"
+    );
+    assert!(err.contains("set `deny_ports`[1000] = 1"), "{err}");
+    assert!(
+        !sb.store().path.exists(),
+        "a refused adoption left a record"
+    );
+    let dump = bpftool_json(&["map", "dump", "pinned", &sb.pin("deny_ports")]);
+    assert_eq!(dump[0]["formatted"]["value"], 7, "adopt changed an entry");
+}
