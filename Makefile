@@ -2,7 +2,7 @@
 CARGO ?= cargo
 DEB_PACKAGES := clang bpftool libbpf-dev linux-libc-dev make iproute2
 
-.PHONY: deps build test lint demo bench
+.PHONY: deps build test lint demo bench deb
 
 # Install what a fresh Debian machine lacks (apt-get only when something is missing).
 deps:
@@ -16,6 +16,18 @@ deps:
 
 build:
 	$(CARGO) build --release
+
+# target/debian/bpfplan_VERSION-1_ARCH.deb: binaries, man pages, shell
+# completions, the bpfplan@ unit and the example manifests.
+deb: build
+	rm -rf target/assets
+	target/release/bpfplan generate man --out target/assets/man
+	gzip -9n target/assets/man/*.1
+	target/release/bpfplan generate bash --out target/assets/completions
+	target/release/bpfplan generate zsh --out target/assets/completions
+	target/release/bpfplan generate fish --out target/assets/completions
+	command -v cargo-deb >/dev/null 2>&1 || $(CARGO) install cargo-deb --locked --version 3.8.0
+	$(CARGO) deb -p bpfplan --no-build
 
 test: deps
 	$(CARGO) test

@@ -101,6 +101,38 @@ pub enum Command {
         #[arg(long, value_enum, default_value_t = ReportFormat::Text)]
         format: ReportFormat,
     },
+    /// Compile what the manifest compiles into the build cache, changing
+    /// nothing in the kernel (an apply afterwards needs no compiler).
+    Build {
+        #[command(flatten)]
+        target: Target,
+    },
+    /// Check that this host can run a manifest (the bypass by default):
+    /// privileges, bpftool, clang when something must be compiled, bpffs,
+    /// cgroup v2, BTF, and the kernel features; each with its fix. Exit 0
+    /// when everything needed is there, 1 otherwise.
+    Doctor {
+        /// The manifest (default: the installed bypass example).
+        manifest: Option<PathBuf>,
+        /// Override a variable declared in `[vars]` (repeatable).
+        #[arg(long = "var", value_name = "NAME=VALUE", value_parser = parse_var)]
+        vars: Vec<(String, String)>,
+        /// Where the manifest's objects are built.
+        #[arg(long, value_name = "DIR")]
+        build_dir: Option<PathBuf>,
+        /// text or json.
+        #[arg(long, value_enum, default_value_t = ReportFormat::Text)]
+        format: ReportFormat,
+    },
+    /// Write man pages or shell completions (for packagers).
+    Generate {
+        /// man (one page per verb), bash, zsh or fish.
+        #[arg(value_enum)]
+        what: Generated,
+        /// The directory to write into.
+        #[arg(long, value_name = "DIR")]
+        out: PathBuf,
+    },
     /// Read back the audit log of what apply, destroy and adopt ran.
     Log {
         /// Only lines whose manifest path or deployment holds this text.
@@ -138,6 +170,14 @@ pub enum Command {
         #[arg(long, value_name = "DIR")]
         pin_parent: Option<PathBuf>,
     },
+}
+
+#[derive(Debug, Clone, Copy, PartialEq, Eq, clap::ValueEnum)]
+pub enum Generated {
+    Man,
+    Bash,
+    Zsh,
+    Fish,
 }
 
 #[derive(Debug, Clone, Copy, PartialEq, Eq, clap::ValueEnum)]

@@ -3,6 +3,8 @@
 
 use anyhow::Context;
 
+use std::path::PathBuf;
+
 use crate::Failure;
 use crate::cli::{self, Command, ReportFormat, Target};
 use crate::host::{self, HostFacts};
@@ -114,6 +116,34 @@ pub(crate) fn dispatch(cli: cli::Cli) -> Result<(), Failure> {
                 apply::destroy(&plan, listeners).map(|()| "destroyed")
             })
         }
+        Command::Build { target } => {
+            let plan = load_plan(&target)?;
+            apply::build_only(&plan, vec![&mut Printer::default()])?;
+            Ok(())
+        }
+        Command::Doctor {
+            manifest,
+            vars,
+            build_dir,
+            format,
+        } => {
+            let plan = doctor_plan(manifest, vars, build_dir)?;
+            let report = crate::kernel::doctor::doctor(&plan);
+            match format {
+                ReportFormat::Text => print!("{}", crate::kernel::doctor::text(&report)),
+                ReportFormat::Json => println!("{}", to_json(&report)?),
+            }
+            if report.ok {
+                Ok(())
+            } else {
+                // The report said it all, as advice.
+                Err(Failure::Quiet)
+            }
+        }
+        Command::Generate { what, out } => {
+            generate(what, &out)?;
+            Ok(())
+        }
         Command::Log {
             deployment,
             since,
@@ -208,6 +238,66 @@ fn change(
         }
         Err(e) => Err(e.into()),
     }
+}
+
+/// The plan doctor checks against: the manifest given, else the installed
+/// bypass example, else the bypass this binary was built with.
+fn doctor_plan(
+    manifest: Option<PathBuf>,
+    vars: Vec<(String, String)>,
+    build_dir: Option<PathBuf>,
+) -> Result<Plan, Failure> {
+    const INSTALLED: &str = "/usr/share/bpfplan/manifests/bypass.toml";
+    let manifest = manifest.or_else(|| {
+        let installed = PathBuf::from(INSTALLED);
+        installed.is_file().then_some(installed)
+    });
+    if let Some(manifest) = manifest {
+        return load_plan(&Target {
+            manifest,
+            vars,
+            build_dir,
+        });
+    }
+    let host = HostFacts::read().context("reading /proc/self/mountinfo")?;
+    let src = crate::manifest::diag::Source::new(
+        std::path::Path::new(INSTALLED),
+        include_str!("../manifests/bypass.toml").to_string(),
+    );
+    let env = crate::manifest::validate::Env {
+        host: &host,
+        overrides: &vars,
+        exists: &|_| true,
+    };
+    let checked = crate::manifest::validate::validate(&src, &env).map_err(|_| {
+        Failure::Runtime(anyhow::anyhow!(
+            "the built-in bypass manifest does not validate here"
+        ))
+    })?;
+    let build_dir = crate::kernel::build::default_build_dir(&checked.model.manifest);
+    Ok(plan::plan(
+        &checked.model,
+        &PlanOptions::for_host(build_dir),
+    ))
+}
+
+/// Man pages (one per verb) or a shell's completions, into `out`.
+fn generate(what: crate::cli::Generated, out: &std::path::Path) -> anyhow::Result<()> {
+    use crate::cli::Generated;
+    use clap::CommandFactory;
+    std::fs::create_dir_all(out).with_context(|| format!("creating {}", out.display()))?;
+    let mut cmd = crate::cli::Cli::command();
+    let shell = match what {
+        Generated::Man => {
+            clap_mangen::generate_to(cmd, out).context("writing man pages")?;
+            return Ok(());
+        }
+        Generated::Bash => clap_complete::Shell::Bash,
+        Generated::Zsh => clap_complete::Shell::Zsh,
+        Generated::Fish => clap_complete::Shell::Fish,
+    };
+    clap_complete::generate_to(shell, &mut cmd, "bpfplan", out).context("writing completions")?;
+    Ok(())
 }
 
 fn to_json<T: serde::Serialize>(v: &T) -> anyhow::Result<String> {

@@ -31,6 +31,8 @@ pub enum Failure {
     /// The kernel differs from the manifest (status, plan --detailed-exitcode).
     /// Exit 2.
     Differs,
+    /// A check failed and said so itself (doctor). Exit 1.
+    Quiet,
 }
 
 impl From<anyhow::Error> for Failure {
@@ -45,6 +47,7 @@ pub fn run() -> i32 {
     match commands::dispatch(cli) {
         Ok(()) => 0,
         Err(Failure::Manifest | Failure::Differs) => 2,
+        Err(Failure::Quiet) => 1,
         Err(Failure::Runtime(e)) => {
             eprintln!("error: {e:#}");
             1

@@ -630,3 +630,114 @@ fn what_bpfplan_reads_is_what_bpftool_shows() {
     drop(child.stdin.take());
     let _ = child.wait();
 }
+
+/// Objects built once (`bpfplan build`, or any apply) are kept in the
+/// build cache: an apply whose objects are current runs without clang, as
+/// at boot.
+#[test]
+fn after_a_build_apply_needs_no_compiler() {
+    let Some(sb) = Sandbox::new("no_clang", "manifests/bypass.toml") else {
+        return;
+    };
+    let log = sb.must("build");
+    assert!(log.contains("compile program `bpf_sockops`"), "{log}");
+    // A PATH with what apply runs, and no compiler.
+    let bin = sb.tmp.path().join("bin");
+    std::fs::create_dir(&bin).unwrap();
+    for tool in ["bpftool", "mv", "rm", "mkdir", "rmdir", "mount"] {
+        let path = which::which(tool).unwrap();
+        std::os::unix::fs::symlink(path, bin.join(tool)).unwrap();
+    }
+    let out = sb
+        .bpfplan_cmd("apply", &sb.manifest)
+        .env("PATH", &bin)
+        .output()
+        .unwrap();
+    assert!(
+        out.status.success(),
+        "{}{}",
+        String::from_utf8_lossy(&out.stdout),
+        stderr(&out)
+    );
+    assert!(String::from_utf8_lossy(&out.stdout).contains("up to date"));
+    assert_eq!(sb.status(&[]).0, 0);
+    let doctor = sb
+        .bpfplan_cmd("doctor", &sb.manifest)
+        .env("PATH", &bin)
+        .output()
+        .unwrap();
+    let text = String::from_utf8_lossy(&doctor.stdout);
+    assert!(text.contains("apply needs no compiler"), "{text}");
+    // A stale object does need one, and says so before changing anything.
+    sb.must("destroy");
+    std::fs::remove_file(sb.tmp.path().join("build/bpf_redir.o")).unwrap();
+    let out = sb
+        .bpfplan_cmd("apply", &sb.manifest)
+        .env("PATH", &bin)
+        .output()
+        .unwrap();
+    assert_eq!(out.status.code(), Some(1));
+    assert!(
+        stderr(&out).contains("`clang` not found in PATH"),
+        "{}",
+        stderr(&out)
+    );
+    sb.assert_clean(&[]);
+}
+
+/// doctor on a host without bpftool, or without privileges, gives advice,
+/// not a stack trace, and exits 1.
+#[test]
+fn doctor_explains_what_is_missing() {
+    let ok = std::process::Command::new(crate::common::bin())
+        .args(["doctor", "--format", "json"])
+        .output()
+        .unwrap();
+    let report: serde_json::Value = serde_json::from_slice(&ok.stdout).unwrap();
+    if unsafe { libc::geteuid() } == 0 && which::which("bpftool").is_ok() {
+        assert_eq!(ok.status.code(), Some(0), "{report}");
+        assert_eq!(report["ok"], true, "{report}");
+    }
+    let names: Vec<&str> = report["checks"]
+        .as_array()
+        .unwrap()
+        .iter()
+        .map(|c| c["name"].as_str().unwrap())
+        .collect();
+    for name in [
+        "privileges",
+        "bpftool",
+        "bpffs",
+        "cgroup v2",
+        "BTF",
+        "kernel version",
+    ] {
+        assert!(names.contains(&name), "{name} not checked: {names:?}");
+    }
+    let empty = tempfile::tempdir().unwrap();
+    let out = std::process::Command::new(crate::common::bin())
+        .arg("doctor")
+        .env("PATH", empty.path())
+        .output()
+        .unwrap();
+    let text = String::from_utf8_lossy(&out.stdout);
+    assert_eq!(out.status.code(), Some(1), "{text}");
+    assert!(
+        text.contains("FAIL  bpftool") && text.contains("fix: apt-get install bpftool"),
+        "{text}"
+    );
+    assert!(!String::from_utf8_lossy(&out.stderr).contains("panicked"));
+    let out = std::process::Command::new("setpriv")
+        .args(["--reuid", "65534", "--regid", "65534", "--clear-groups"])
+        .arg(crate::common::bin())
+        .arg("doctor")
+        .output();
+    if let Ok(out) = out {
+        let text = String::from_utf8_lossy(&out.stdout);
+        assert_eq!(out.status.code(), Some(1), "{text}");
+        assert!(
+            text.contains("FAIL  privileges") && text.contains("run bpfplan as root"),
+            "{text}"
+        );
+    }
+}

@@ -4,8 +4,8 @@
 
 use std::process::{Command, Output};
 
-use crate::common::sandbox::{Sandbox, bpftool_json, report};
 use crate::common::checkout;
+use crate::common::sandbox::{Sandbox, bpftool_json, report};
 
 fn stdout(out: &Output) -> String {
     String::from_utf8_lossy(&out.stdout).into_owned()

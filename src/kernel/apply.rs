@@ -799,6 +799,43 @@ fn probe_tags(exec: &mut Executor, plan: &Plan) -> Result<decide::Tags> {
     Ok(tags)
 }
 
+/// `bpfplan build`: compile what the plan compiles into the build cache,
+/// changing nothing in the kernel; an apply afterwards needs no compiler.
+pub(crate) fn build_only(plan: &Plan, listeners: Vec<&mut dyn Listener>) -> Result<()> {
+    if !super::build::stale_compiles(plan).is_empty() && which::which("clang").is_err() {
+        bail!("`clang` not found in PATH: run `make deps` (apt-get install clang libbpf-dev)");
+    }
+    for step in &plan.steps {
+        if let Step::MakeBuildDir { dir } = step {
+            build::check_dir(dir)?;
+        }
+    }
+    let mut exec = Executor::new(listeners);
+    let build: Vec<Op> = plan
+        .steps
+        .iter()
+        .filter(|s| !s.touches_kernel())
+        .cloned()
+        .map(Op::of)
+        .collect();
+    let numbering = Numbering {
+        first: 1,
+        total: build.len(),
+    };
+    exec.run(
+        "build",
+        &build,
+        Policy::Transaction { commit_at: None },
+        None,
+        numbering,
+    )
+    .map_err(|f| f.error.context(f.label))?;
+    for p in &plan.spec.programs {
+        exec.note(&format!("`{}`: {}", p.name, p.object.display()));
+    }
+    Ok(())
+}
+
 /// Take over a deployment made by hand or by the sh script: refused unless
 /// the kernel holds exactly what the manifest makes (exit 2 with the
 /// differences); then recorded as bpfplan's, as if apply had made it.

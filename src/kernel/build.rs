@@ -72,6 +72,29 @@ pub(crate) fn up_to_date(argv: &[String], object: &Path) -> bool {
         })
 }
 
+/// The compile steps of a plan whose object is not current: what needs
+/// clang (none means apply runs without a compiler).
+pub(crate) fn stale_compiles(plan: &Plan) -> Vec<&crate::plan::step::Step> {
+    use crate::plan::step::{Arg, Step};
+    plan.steps
+        .iter()
+        .filter(|s| match s {
+            Step::Compile { object, .. } => {
+                let argv: Vec<String> = s
+                    .argv()
+                    .into_iter()
+                    .filter_map(|a| match a {
+                        Arg::Lit(w) => Some(w),
+                        Arg::MapId { .. } => None,
+                    })
+                    .collect();
+                !up_to_date(&argv, object)
+            }
+            _ => false,
+        })
+        .collect()
+}
+
 /// Record the inputs of a compile that just succeeded.
 pub(crate) fn stamp(argv: &[String], object: &Path) -> Result<()> {
     if let Some(key) = compile_key(argv, object) {

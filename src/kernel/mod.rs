@@ -7,6 +7,7 @@ pub mod audit;
 pub(crate) mod build;
 pub(crate) mod cmd;
 pub mod decide;
+pub mod doctor;
 pub(crate) mod events;
 pub(crate) mod exec;
 pub mod inspect;

@@ -15,7 +15,8 @@ use crate::plan::step::{AttachPoint, Step};
 pub(crate) fn apply(plan: &Plan, builds: bool) -> Result<()> {
     check_privileges()?;
     tool("bpftool")?;
-    if builds && plan.steps.iter().any(|s| matches!(s, Step::Compile { .. })) {
+    // Objects already built into the cache need no compiler (at boot, say).
+    if builds && !super::build::stale_compiles(plan).is_empty() {
         tool("clang")?;
     }
     for a in &plan.spec.attachments {

@@ -121,6 +121,7 @@ pub enum ManifestErrorKind {
         what: &'static str,
         value: String,
     },
+    NothingDeclared,
 }
 
 impl fmt::Display for ManifestErrorKind {
@@ -186,6 +187,10 @@ impl fmt::Display for ManifestErrorKind {
                 "program `{program}` needs exactly one of `source` (C to compile) or `object` (a prebuilt .o), found {found}"
             ),
             MissingFile { what, path } => write!(f, "{what} `{path}` does not exist"),
+            NothingDeclared => write!(
+                f,
+                "the manifest declares no program, map or attachment: is it the right file?"
+            ),
             _ => self.fmt_values(f),
         }
     }

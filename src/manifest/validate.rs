@@ -62,6 +62,11 @@ impl Validator<'_> {
 
     fn run(&mut self, raw: RawManifest) -> Option<Model> {
         self.vars(&raw);
+        if raw.programs.is_empty() && raw.maps.is_empty() && raw.attachments.is_empty() {
+            // Almost always the wrong file: say so rather than do nothing.
+            self.error(K::NothingDeclared, Some(0..0));
+            return None;
+        }
         let mut pins: BTreeMap<String, usize> = BTreeMap::new();
         let programs = self.programs(&raw, &mut pins);
         let maps = self.maps(&raw, &mut pins);
