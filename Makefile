@@ -1,6 +1,6 @@
 # bpfplan: run as root for anything that touches the kernel (test, demo).
 CARGO ?= cargo
-DEB_PACKAGES := clang bpftool libbpf-dev linux-libc-dev make iproute2
+DEB_PACKAGES := clang bpftool libbpf-dev linux-libc-dev make iproute2 dpkg-dev systemd
 
 .PHONY: deps build test lint demo bench deb
 
@@ -29,8 +29,13 @@ deb: build
 	command -v cargo-deb >/dev/null 2>&1 || $(CARGO) install cargo-deb --locked --version 3.8.0
 	$(CARGO) deb -p bpfplan --no-build
 
+# Every test: the cargo tests (kernel tests included), then the Debian
+# package installed and run end to end. Each part says why it skips when it
+# cannot run here (not root); CI sets BPFPLAN_REQUIRE_KERNEL=1 so none skips.
 test: deps
 	$(CARGO) test
+	$(MAKE) deb
+	sh tests/package/run.sh
 
 lint:
 	$(CARGO) fmt --check

@@ -33,6 +33,14 @@ fn a_denied_port_gets_nothing_and_its_sender_an_error() {
     assert!(allowed["send_error"].is_null(), "{allowed}");
     let (code, st) = sb.status(&["--var", "deny_port=20001"]);
     assert_eq!(code, 0, "{st}");
+    // What a fleet tool aggregates.
+    assert_eq!(st["in_sync"], true, "{st}");
+    assert_eq!(st["drift"], serde_json::json!([]), "{st}");
+    assert!(!st["host"].as_str().unwrap().is_empty(), "{st}");
+    assert!(st["deployment"].as_str().unwrap().starts_with("bypass-policy-"), "{st}");
+    let programs = st["programs"].as_array().unwrap();
+    assert_eq!(programs.len(), 2, "{st}");
+    assert!(programs.iter().all(|p| p["id"].as_u64().unwrap() > 0 && p["tag"].as_str().unwrap().len() == 16), "{st}");
     assert_eq!(Sandbox::gauge(&st, "bypass_stats", "dropped"), 1);
     assert_eq!(
         Sandbox::gauge(&st, "bypass_stats", "redirected_bytes"),
@@ -343,6 +351,11 @@ fn every_drift_is_detected_and_repaired() {
         make_drift();
         let (code, st) = sb.status(&[]);
         assert_eq!(code, 2, "{what} not detected: {st}");
+        assert_eq!(st["in_sync"], false, "{st}");
+        assert!(
+            st["drift"].as_array().unwrap().iter().any(|d| d.as_str().unwrap().contains(name)),
+            "{what}: drift does not say why: {st}"
+        );
         let finding = st["findings"]
             .as_array()
             .unwrap()

@@ -24,12 +24,29 @@ pub struct Gauge {
     pub value: u64,
 }
 
-/// What `bpfplan status` reports.
+/// A program of the manifest as the kernel has it.
+#[derive(Debug, Clone, Serialize)]
+pub struct LiveProgram {
+    pub name: String,
+    pub pin: String,
+    pub id: u32,
+    pub tag: String,
+}
+
+/// What `bpfplan status` reports; in JSON, what a fleet tool aggregates.
 #[derive(Debug, Clone, Serialize)]
 pub struct StatusReport {
+    /// This host's name.
+    pub host: String,
     pub manifest: PathBuf,
+    /// The deployment's record name (manifest and pin directories).
+    pub deployment: String,
     /// Whether the kernel matches the manifest.
     pub in_sync: bool,
+    /// Why not, one line a finding (empty when in sync).
+    pub drift: Vec<String>,
+    /// The programs behind the manifest's pins, with their ids and tags.
+    pub programs: Vec<LiveProgram>,
     /// What bpfplan recorded: `applied`, `applying` (a run was
     /// interrupted), `unreadable`, or none.
     pub recorded: Option<&'static str>,
@@ -49,7 +66,13 @@ pub fn status(plan: &Plan) -> Result<StatusReport> {
     }
     let obs = observe(&q)?;
     let sources = build::source_hashes(plan)?;
-    Ok(report(plan, &found, &obs, &sources))
+    let mut r = report(plan, &found, &obs, &sources);
+    r.deployment = store
+        .path
+        .file_stem()
+        .map(|s| s.to_string_lossy().into_owned())
+        .unwrap_or_default();
+    Ok(r)
 }
 
 /// The report, from what was found.
@@ -79,9 +102,36 @@ fn report(plan: &Plan, found: &Found, obs: &Observed, sources: &[FileHash]) -> S
     findings.append(&mut extra);
     let in_sync =
         findings.iter().all(|f| f.health == Health::Present) && recorded != Some("applying");
+    let mut drift: Vec<String> = findings
+        .iter()
+        .filter(|f| f.health != Health::Present)
+        .map(|f| format!("{} `{}` at {}: {}", f.kind, f.name, f.place, f.health.describe()))
+        .collect();
+    if recorded == Some("applying") {
+        drift.push("an apply was interrupted: run `bpfplan apply` or `bpfplan destroy`".into());
+    }
+    let programs = plan
+        .spec
+        .programs
+        .iter()
+        .filter_map(|p| {
+            obs.program_at(p.pin.as_str()).map(|info| LiveProgram {
+                name: p.name.0.clone(),
+                pin: p.pin.0.clone(),
+                id: info.id,
+                tag: info.tag.clone(),
+            })
+        })
+        .collect();
     StatusReport {
+        host: std::fs::read_to_string("/proc/sys/kernel/hostname")
+            .map(|h| h.trim().to_string())
+            .unwrap_or_default(),
         manifest: plan.manifest.clone(),
+        deployment: String::new(),
         in_sync,
+        drift,
+        programs,
         recorded,
         findings,
         gauges: gauges(&plan.spec, obs),
