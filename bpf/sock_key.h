@@ -28,9 +28,16 @@ struct sock_key {
 	__u32 dport;
 };
 
+/* How many sockets the bypass holds at once; a full sockhash is counted
+ * (STAT_INSERT_FAILED), and those connections take plain TCP. Tests build
+ * a small one to fill it. */
+#ifndef BPFPLAN_SOCKHASH_MAX
+#define BPFPLAN_SOCKHASH_MAX 65535
+#endif
+
 struct {
 	__uint(type, BPF_MAP_TYPE_SOCKHASH);
-	__uint(max_entries, 65535);
+	__uint(max_entries, BPFPLAN_SOCKHASH_MAX);
 	__type(key, struct sock_key);
 	/* 8 bytes: a user-space lookup of a sockhash returns the socket cookie,
 	 * and fails with ENOSPC for a smaller value. */
@@ -45,7 +52,9 @@ enum bypass_stat {
 	STAT_REDIRECTED_BYTES = 3,
 	STAT_MISSES = 4,	  /* peer not in the sockhash: passed to TCP */
 	STAT_DROPPED = 5,	  /* messages dropped by the port policy */
-	STAT_MAX = 6,
+	STAT_SKIPPED_SELECTION = 6, /* sockets left out by skip_ports/only_ports */
+	STAT_INSERT_FAILED = 7,	  /* sockhash inserts that failed (full, say) */
+	STAT_MAX = 8,
 };
 
 struct {

@@ -16,6 +16,49 @@ struct {
 	__type(value, __u8);
 } local_addrs SEC(".maps");
 
+/* Connection selection, read when a connection is established (so
+ * changing these entries reloads nothing, and established connections keep
+ * their decision). Ports are in host order; a connection is judged by both
+ * of its ports, so its two ends decide alike.
+ *
+ * skip_ports: a connection with either port listed is never bypassed.
+ * only_ports: when it holds any entry, only connections with a port listed
+ * are bypassed. */
+struct {
+	__uint(type, BPF_MAP_TYPE_HASH);
+	__uint(max_entries, 256);
+	__type(key, __u32);
+	__type(value, __u8);
+} skip_ports SEC(".maps");
+
+struct {
+	__uint(type, BPF_MAP_TYPE_HASH);
+	__uint(max_entries, 256);
+	__type(key, __u32);
+	__type(value, __u8);
+} only_ports SEC(".maps");
+
+static long found_one(void *map, __u32 *key, __u8 *value, int *any)
+{
+	*any = 1;
+	return 1; /* stop at the first entry */
+}
+
+/* Whether the selection lets a connection between these ports in. */
+static __always_inline int selected(__u32 a, __u32 b)
+{
+	int any = 0;
+
+	if (bpf_map_lookup_elem(&skip_ports, &a) || bpf_map_lookup_elem(&skip_ports, &b))
+		return 0;
+	if (bpf_map_lookup_elem(&only_ports, &a) || bpf_map_lookup_elem(&only_ports, &b))
+		return 1;
+	/* Neither port is listed: in, unless only_ports lists anything. Only
+	 * connection setup pays for this look, never a message. */
+	bpf_for_each_map_elem(&only_ports, found_one, &any, 0);
+	return !any;
+}
+
 static __always_inline int is_local(__u32 ip[4])
 {
 	/* ::1 */
@@ -61,9 +104,17 @@ int bpf_sockops(struct bpf_sock_ops *skops)
 		count(STAT_SKIPPED_REMOTE, 1);
 		return 0;
 	}
-	/* BPF_NOEXIST: a connection's key is unique while its socket lives. */
+	if (!selected(key.sport, key.dport)) {
+		count(STAT_SKIPPED_SELECTION, 1);
+		return 0;
+	}
+	/* BPF_NOEXIST: a connection's key is unique while its socket lives. A
+	 * failure (a full sockhash) leaves the connection on plain TCP: counted,
+	 * so `bpfplan status` can say so. */
 	if (bpf_sock_hash_update(skops, &sock_ops_map, &key, BPF_NOEXIST) == 0)
 		count(STAT_INSERTED, 1);
+	else
+		count(STAT_INSERT_FAILED, 1);
 	return 0;
 }
 

@@ -10,12 +10,14 @@ use crate::common::sandbox::{Sandbox, assert_redirected, next_event, report, spa
 use crate::common::{self, append, checkout};
 
 const MIB: u64 = 1 << 20;
-const POLICY_PINS: [&str; 6] = [
+const POLICY_PINS: [&str; 8] = [
     "bpf_sockops",
     "bpf_tcpip_bypass",
     "bypass_stats",
     "deny_ports",
     "local_addrs",
+    "only_ports",
+    "skip_ports",
     "sock_ops_map",
 ];
 
@@ -258,6 +260,8 @@ fn editing_the_manifest_replaces_its_deployment_and_orphans_nothing() {
             "bpf_sockops",
             "bypass_stats",
             "local_addrs",
+            "only_ports",
+            "skip_ports",
             "sock_ops_map"
         ]
     );

@@ -10,11 +10,13 @@ use crate::common::sandbox::{
 };
 
 const MIB: u64 = 1 << 20;
-const BYPASS_PINS: [&str; 5] = [
+const BYPASS_PINS: [&str; 7] = [
     "bpf_sockops",
     "bpf_tcpip_bypass",
     "bypass_stats",
     "local_addrs",
+    "only_ports",
+    "skip_ports",
     "sock_ops_map",
 ];
 

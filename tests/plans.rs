@@ -65,13 +65,15 @@ fn bypass_order_is_the_classic_sequence_with_cgroup_attach_last() {
             "pin_map",
             "pin_map",
             "pin_map",
+            "pin_map",
+            "pin_map",
             "load_program",
             "attach",
             "attach"
         ]
     );
     // The map attachment, then the cgroup one.
-    let points: Vec<String> = plan.steps[8..]
+    let points: Vec<String> = plan.steps[10..]
         .iter()
         .map(|s| {
             serde_json::to_value(s).unwrap()["point"]
@@ -84,7 +86,7 @@ fn bypass_order_is_the_classic_sequence_with_cgroup_attach_last() {
         })
         .collect();
     assert_eq!(points, ["map", "cgroup"]);
-    let last = bpfplan::plan::render::display_argv(&plan.steps[9].argv()).unwrap();
+    let last = bpfplan::plan::render::display_argv(&plan.steps[11].argv()).unwrap();
     assert_eq!(
         last,
         "bpftool cgroup attach /sys/fs/cgroup sock_ops pinned /sys/fs/bpf/bpf_sockops multi"
@@ -97,7 +99,7 @@ fn destroy_is_the_reverse_of_the_undos() {
     let destroy = plan.destroy();
     let expected: Vec<_> = plan.steps.iter().rev().filter_map(|s| s.undo()).collect();
     assert_eq!(destroy.steps, expected);
-    assert_eq!(destroy.steps.len(), 7);
+    assert_eq!(destroy.steps.len(), 9);
     assert!(destroy.steps.iter().all(|s| s.undo().is_none()));
 }
 

@@ -120,7 +120,7 @@ fn show_shows_what_plan_showed() {
             let v: serde_json::Value = serde_json::from_slice(&shown.stdout).unwrap();
             assert_eq!(v["applicable"], true, "{v}");
             assert_eq!(v["changes"]["decision"], "fresh", "{v}");
-            assert_eq!(v["summary"]["create"], 11, "{v}");
+            assert_eq!(v["summary"]["create"], 13, "{v}");
             assert_eq!(v["summary"]["update"], 1, "{v}");
             assert_eq!(v["steps"][3]["object"]["kind"], "program", "{v}");
         }
