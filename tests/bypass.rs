@@ -37,10 +37,21 @@ fn a_denied_port_gets_nothing_and_its_sender_an_error() {
     assert_eq!(st["in_sync"], true, "{st}");
     assert_eq!(st["drift"], serde_json::json!([]), "{st}");
     assert!(!st["host"].as_str().unwrap().is_empty(), "{st}");
-    assert!(st["deployment"].as_str().unwrap().starts_with("bypass-policy-"), "{st}");
+    assert!(
+        st["deployment"]
+            .as_str()
+            .unwrap()
+            .starts_with("bypass-policy-"),
+        "{st}"
+    );
     let programs = st["programs"].as_array().unwrap();
     assert_eq!(programs.len(), 2, "{st}");
-    assert!(programs.iter().all(|p| p["id"].as_u64().unwrap() > 0 && p["tag"].as_str().unwrap().len() == 16), "{st}");
+    assert!(
+        programs
+            .iter()
+            .all(|p| p["id"].as_u64().unwrap() > 0 && p["tag"].as_str().unwrap().len() == 16),
+        "{st}"
+    );
     assert_eq!(Sandbox::gauge(&st, "bypass_stats", "dropped"), 1);
     assert_eq!(
         Sandbox::gauge(&st, "bypass_stats", "redirected_bytes"),
@@ -353,7 +364,11 @@ fn every_drift_is_detected_and_repaired() {
         assert_eq!(code, 2, "{what} not detected: {st}");
         assert_eq!(st["in_sync"], false, "{st}");
         assert!(
-            st["drift"].as_array().unwrap().iter().any(|d| d.as_str().unwrap().contains(name)),
+            st["drift"]
+                .as_array()
+                .unwrap()
+                .iter()
+                .any(|d| d.as_str().unwrap().contains(name)),
             "{what}: drift does not say why: {st}"
         );
         let finding = st["findings"]

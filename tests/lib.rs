@@ -13,3 +13,4 @@ mod hostile;
 mod kernel;
 mod plans;
 mod review;
+mod selection;

@@ -52,6 +52,9 @@ pub struct StatusReport {
     pub recorded: Option<&'static str>,
     pub findings: Vec<Finding>,
     pub gauges: Vec<Gauge>,
+    /// What the counters say went wrong (a counter named `*_failed` above
+    /// zero: a full sockhash, say).
+    pub warnings: Vec<String>,
 }
 
 /// Compare the live kernel with the manifest's plan.
@@ -105,7 +108,15 @@ fn report(plan: &Plan, found: &Found, obs: &Observed, sources: &[FileHash]) -> S
     let mut drift: Vec<String> = findings
         .iter()
         .filter(|f| f.health != Health::Present)
-        .map(|f| format!("{} `{}` at {}: {}", f.kind, f.name, f.place, f.health.describe()))
+        .map(|f| {
+            format!(
+                "{} `{}` at {}: {}",
+                f.kind,
+                f.name,
+                f.place,
+                f.health.describe()
+            )
+        })
         .collect();
     if recorded == Some("applying") {
         drift.push("an apply was interrupted: run `bpfplan apply` or `bpfplan destroy`".into());
@@ -123,6 +134,26 @@ fn report(plan: &Plan, found: &Found, obs: &Observed, sources: &[FileHash]) -> S
             })
         })
         .collect();
+    let gauges = gauges(&plan.spec, obs);
+    let warnings = gauges
+        .iter()
+        .filter(|g| g.name.ends_with("_failed") && g.value > 0)
+        .map(|g| {
+            format!(
+                "{}.{} is {}: {}",
+                g.map,
+                g.name,
+                g.value,
+                if g.name == "insert_failed" {
+                    "the sockhash was full (or refused a socket) that many times; those \
+                     connections took plain TCP. Raise its max_entries, or leave ports out \
+                     with skip_ports"
+                } else {
+                    "something failed that many times"
+                }
+            )
+        })
+        .collect();
     StatusReport {
         host: std::fs::read_to_string("/proc/sys/kernel/hostname")
             .map(|h| h.trim().to_string())
@@ -134,7 +165,8 @@ fn report(plan: &Plan, found: &Found, obs: &Observed, sources: &[FileHash]) -> S
         programs,
         recorded,
         findings,
-        gauges: gauges(&plan.spec, obs),
+        gauges,
+        warnings,
     }
 }
 
@@ -286,6 +318,9 @@ pub fn text(r: &StatusReport) -> String {
         for g in &r.gauges {
             let _ = writeln!(out, "  {:<16} {:<22} {}", g.map, g.name, g.value);
         }
+    }
+    for w in &r.warnings {
+        let _ = writeln!(out, "\nwarning: {w}");
     }
     out
 }

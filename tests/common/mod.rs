@@ -129,3 +129,22 @@ pub fn append(path: &Path, text: &str) {
     s.push_str(text);
     std::fs::write(path, s).unwrap();
 }
+
+/// Set the entries of map `map` in a manifest to `key = value` pairs.
+pub fn set_entries(manifest: &Path, map: &str, entries: &[(u32, u32)]) {
+    let text = std::fs::read_to_string(manifest).unwrap();
+    let at = text.find(&format!("name = \"{map}\"")).unwrap();
+    let start = at + text[at..].find("entries = [").unwrap();
+    let end = start + text[start..].find(']').unwrap() + 1;
+    let list: Vec<String> = entries
+        .iter()
+        .map(|(k, v)| format!("{{ key = {k}, value = {v} }}"))
+        .collect();
+    let new = format!(
+        "{}entries = [{}]{}",
+        &text[..start],
+        list.join(", "),
+        &text[end..]
+    );
+    std::fs::write(manifest, new).unwrap();
+}

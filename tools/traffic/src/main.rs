@@ -43,6 +43,9 @@ enum Mode {
         /// `::ffff:127.0.0.1` for an IPv4-mapped connection.
         #[arg(long)]
         connect: Option<IpAddr>,
+        /// The server's port (default: any free one).
+        #[arg(long, default_value_t = 0)]
+        port: u16,
     },
     /// Stream for SECONDS; prints `flowing` once every connection moves data.
     Flow {
@@ -146,9 +149,18 @@ fn run() -> Result<()> {
             echo,
             bind,
             connect,
+            port,
         } => {
             let connect = connect.unwrap_or(bind);
-            let r = traffic::stream_at(bind, connect, conns, Length::Bytes(bytes), echo, || {})?;
+            let r = traffic::stream_at(
+                bind,
+                connect,
+                port,
+                conns,
+                Length::Bytes(bytes),
+                echo,
+                || {},
+            )?;
             event(serde_json::to_value(&r)?);
         }
         Mode::Listen { bind, sink } => traffic::echo_server(bind, sink, |port| {

@@ -146,7 +146,12 @@ fn listen() -> Result<(TcpListener, SocketAddr)> {
 }
 
 fn listen_on(ip: IpAddr) -> Result<(TcpListener, SocketAddr)> {
-    let l = TcpListener::bind((ip, 0)).with_context(|| format!("binding {ip}"))?;
+    listen_at(ip, 0)
+}
+
+/// Listen on `ip:port` (0: any free port).
+fn listen_at(ip: IpAddr, port: u16) -> Result<(TcpListener, SocketAddr)> {
+    let l = TcpListener::bind((ip, port)).with_context(|| format!("binding {ip}:{port}"))?;
     let addr = l.local_addr()?;
     Ok((l, addr))
 }
@@ -161,7 +166,7 @@ pub fn stream(
     on_flowing: impl FnOnce(),
 ) -> Result<StreamReport> {
     let lo = IpAddr::V4(Ipv4Addr::LOCALHOST);
-    stream_at(lo, lo, conns, length, echo, on_flowing)
+    stream_at(lo, lo, 0, conns, length, echo, on_flowing)
 }
 
 /// `stream`, with the server bound to `bind` and clients dialing `connect`
@@ -169,6 +174,7 @@ pub fn stream(
 pub fn stream_at(
     bind: IpAddr,
     connect: IpAddr,
+    port: u16,
     conns: usize,
     length: Length,
     echo: bool,
@@ -177,7 +183,7 @@ pub fn stream_at(
     if let Length::Seconds(s) = length {
         check_seconds(s)?;
     }
-    let (listener, bound) = listen_on(bind)?;
+    let (listener, bound) = listen_at(bind, port)?;
     let addr = SocketAddr::new(connect, bound.port());
     let lo_before = lo_rx_bytes()?;
     let start = Instant::now();
