@@ -9,10 +9,10 @@
 #   . scripts/fleet-venv.sh             # the same, and sets BPFPLAN_VENV
 #
 # ansible-core 2.20 and later need Python >= 3.12 on the controller; Debian
-# 12's python3 is 3.11. So: the first Python >= 3.12 found (BPFPLAN_PYTHON,
-# python3.13, python3.12, then pyenv's installed versions) gets
-# ansible-core 2.21.5; with only 3.11, the last ansible-core that supports
-# it, 2.19.14. The module itself runs on the managed host's python3 (3.9+).
+# 12's python3 is 3.11. So: BPFPLAN_PYTHON if set, else the first Python
+# >= 3.12 found (python3.13, python3.12, pyenv's installed versions), else
+# python3. Python >= 3.12 gets ansible-core 2.21.5; 3.11 gets 2.19.14, the
+# last ansible-core that runs on it. The module itself runs on the managed host's python3 (3.9+).
 # kubernetes-validate bundles its schemas: once installed it needs no network.
 
 fleet_venv_main() {
@@ -22,26 +22,24 @@ fleet_venv_main() {
 
     py=""
     local cand
-    for cand in ${BPFPLAN_PYTHON:-} python3.13 python3.12; do
-        if "$cand" -c 'import sys, venv, ssl; sys.exit(sys.version_info < (3, 12))' >/dev/null 2>&1; then
-            py=$(command -v "$cand"); break
-        fi
-    done
-    if [ -z "$py" ] && command -v pyenv >/dev/null 2>&1; then
-        for cand in $(ls -d "$(pyenv root)"/versions/3.1[2-9]*/bin/python3 2>/dev/null | sort -rV); do
+    if [ -n "${BPFPLAN_PYTHON:-}" ]; then
+        py=$(command -v "$BPFPLAN_PYTHON") || { echo "fleet-venv: no $BPFPLAN_PYTHON" >&2; return 1; }
+    else
+        for cand in python3.13 python3.12 \
+            $( (command -v pyenv >/dev/null 2>&1 && ls -d "$(pyenv root)"/versions/3.1[2-9]*/bin/python3 2>/dev/null) | sort -rV); do
             if "$cand" -c 'import sys, venv, ssl; sys.exit(sys.version_info < (3, 12))' >/dev/null 2>&1; then
-                py=$cand; break
+                py=$(command -v "$cand"); break
             fi
         done
+        [ -n "$py" ] || py=$(command -v python3) || { echo "fleet-venv: no python3" >&2; return 1; }
     fi
-    if [ -n "$py" ]; then
+    if "$py" -c 'import sys; sys.exit(sys.version_info < (3, 12))'; then
         want_core=2.21.5
-    else
-        py=$(command -v python3) || { echo "fleet-venv: no python3" >&2; return 1; }
-        "$py" -c 'import sys; sys.exit(sys.version_info < (3, 11))' \
-            || { echo "fleet-venv: $py is older than 3.11" >&2; return 1; }
+    elif "$py" -c 'import sys; sys.exit(sys.version_info < (3, 11))'; then
         want_core=2.19.14
-        echo "fleet-venv: no Python >= 3.12 found; using $py with ansible-core $want_core" >&2
+        echo "fleet-venv: $py is older than 3.12: ansible-core $want_core, the last for Python 3.11" >&2
+    else
+        echo "fleet-venv: $py is older than 3.11" >&2; return 1
     fi
 
     # Everything pip resolved for these two, pinned (same set on 3.11 and 3.12).

@@ -169,6 +169,15 @@ pub enum Command {
         /// Make the benchmark's pin directory under this bpffs directory.
         #[arg(long, value_name = "DIR")]
         pin_parent: Option<PathBuf>,
+        /// Run only these workloads (comma-separated: rr, stream, connect);
+        /// the control plane timing is then skipped.
+        #[arg(long, value_enum, value_delimiter = ',', value_name = "LIST")]
+        workload: Vec<crate::bench::Workload>,
+        /// Measure request/response and streams at these message sizes
+        /// (your services' own; bytes, comma-separated, `k` for KiB)
+        /// instead of 64 B, 1 KiB, 16 KiB and 256 B, 4 KiB, 64 KiB.
+        #[arg(long, value_delimiter = ',', value_parser = parse_size, value_name = "LIST")]
+        sizes: Vec<usize>,
     },
 }
 
@@ -197,6 +206,17 @@ pub struct Target {
     /// own under /var/cache/bpfplan, or BPFPLAN_CACHE_DIR).
     #[arg(long, value_name = "DIR")]
     pub build_dir: Option<PathBuf>,
+}
+
+fn parse_size(s: &str) -> Result<usize, String> {
+    let (n, mult) = match s.strip_suffix(['k', 'K']) {
+        Some(n) => (n, 1024),
+        None => (s, 1),
+    };
+    match n.parse::<usize>() {
+        Ok(v) if v > 0 && v * mult <= 16 << 20 => Ok(v * mult),
+        _ => Err(format!("`{s}` is not a size from 1 byte to 16384k")),
+    }
 }
 
 fn parse_var(s: &str) -> Result<(String, String), String> {

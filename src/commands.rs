@@ -169,6 +169,8 @@ pub(crate) fn dispatch(cli: cli::Cli) -> Result<(), Failure> {
             chart,
             cgroup_parent,
             pin_parent,
+            workload,
+            sizes,
         } => {
             // Validate first, with the two variables bench sets: a manifest
             // error exits 2 before anything is made.
@@ -189,6 +191,8 @@ pub(crate) fn dispatch(cli: cli::Cli) -> Result<(), Failure> {
                 cgroup_parent,
                 pin_parent,
                 chart,
+                workloads: workload,
+                sizes,
             };
             let report = crate::bench::bench(&target, &opts)?;
             match format {

@@ -486,6 +486,17 @@ fn bench_smoke_produces_every_figure() {
         );
     }
     assert_eq!(report["control_plane"].as_array().unwrap().len(), 4);
+    // A verdict in plain words for each workload, and what to do about it.
+    let verdicts = report["verdicts"].as_array().unwrap();
+    assert_eq!(verdicts.len(), 7);
+    for v in verdicts {
+        assert!(
+            ["wins", "loses", "within_noise"].contains(&v["outcome"].as_str().unwrap()),
+            "{v}"
+        );
+        assert!(!v["advice"].as_str().unwrap().is_empty(), "{v}");
+    }
+    assert!(!report["advice"].as_str().unwrap().is_empty());
     let svg = std::fs::read_to_string(&chart).unwrap();
     assert!(svg.starts_with("<svg"));
     assert_eq!(
@@ -502,6 +513,33 @@ fn bench_smoke_produces_every_figure() {
         0
     );
     assert_eq!(sb.pins(), Vec::<String>::new());
+
+    // The operator's own sizes, one workload: only that is measured.
+    let out = Command::new(crate::common::bin())
+        .args([
+            "bench",
+            "manifests/bypass.toml",
+            "--quick",
+            "--format",
+            "json",
+        ])
+        .args(["--workload", "rr", "--sizes", "300,2k"])
+        .arg("--cgroup-parent")
+        .arg(&sb.cgroup)
+        .arg("--pin-parent")
+        .arg(&sb.pin_dir)
+        .output()
+        .unwrap();
+    assert!(out.status.success(), "{}", stderr(&out));
+    let report: serde_json::Value = serde_json::from_slice(&out.stdout).unwrap();
+    let workloads: Vec<&str> = report["rows"]
+        .as_array()
+        .unwrap()
+        .iter()
+        .map(|r| r["workload"].as_str().unwrap())
+        .collect();
+    assert_eq!(workloads, ["rr 300 B", "rr 2 KiB"]);
+    assert_eq!(report["control_plane"], serde_json::json!([]));
 }
 
 #[test]

@@ -10,12 +10,15 @@ use std::path::{Path, PathBuf};
 use std::process::Command;
 use std::time::Instant;
 
+mod verdict;
+
 use crate::cli::Target;
 use crate::sandbox::Sandbox;
+pub use verdict::Verdict;
 
 /// What `bpfplan-traffic measure` runs.
-#[derive(Debug, Clone, Copy, PartialEq, Eq)]
-enum Workload {
+#[derive(Debug, Clone, Copy, PartialEq, Eq, clap::ValueEnum)]
+pub enum Workload {
     /// Request/response latency.
     Rr,
     /// One-way stream throughput.
@@ -55,6 +58,10 @@ pub struct BenchOptions {
     pub pin_parent: Option<PathBuf>,
     /// Write an SVG chart here.
     pub chart: Option<PathBuf>,
+    /// The workloads to run (all when empty).
+    pub workloads: Vec<Workload>,
+    /// Message sizes to measure instead of the defaults (the operator's own).
+    pub sizes: Vec<usize>,
 }
 
 /// The three ways the same bytes travel.
@@ -74,40 +81,40 @@ struct Spec {
     size: usize,
 }
 
-const SPECS: &[Spec] = &[
-    Spec {
-        workload: Workload::Rr,
-        size: 64,
-    },
-    Spec {
-        workload: Workload::Rr,
-        size: 1024,
-    },
-    Spec {
-        workload: Workload::Rr,
-        size: 16384,
-    },
-    Spec {
-        workload: Workload::Stream,
-        size: 256,
-    },
-    Spec {
-        workload: Workload::Stream,
-        size: 4096,
-    },
-    Spec {
-        workload: Workload::Stream,
-        size: 65536,
-    },
-    Spec {
-        workload: Workload::Connect,
-        size: 64,
-    },
-];
+/// What to measure: request/response and stream at each size (by default
+/// 64 B, 1 KiB, 16 KiB and 256 B, 4 KiB, 64 KiB), and the connection rate.
+fn specs(opts: &BenchOptions) -> Vec<Spec> {
+    let wanted = |w: Workload| opts.workloads.is_empty() || opts.workloads.contains(&w);
+    let (rr, stream) = if opts.sizes.is_empty() {
+        (vec![64, 1024, 16384], vec![256, 4096, 65536])
+    } else {
+        (opts.sizes.clone(), opts.sizes.clone())
+    };
+    let mut out = Vec::new();
+    if wanted(Workload::Rr) {
+        out.extend(rr.into_iter().map(|size| Spec {
+            workload: Workload::Rr,
+            size,
+        }));
+    }
+    if wanted(Workload::Stream) {
+        out.extend(stream.into_iter().map(|size| Spec {
+            workload: Workload::Stream,
+            size,
+        }));
+    }
+    if wanted(Workload::Connect) {
+        out.push(Spec {
+            workload: Workload::Connect,
+            size: 64,
+        });
+    }
+    out
+}
 
 impl Spec {
     fn label(&self) -> String {
-        let size = if self.size >= 1024 {
+        let size = if self.size >= 1024 && self.size % 1024 == 0 {
             format!("{} KiB", self.size / 1024)
         } else {
             format!("{} B", self.size)
@@ -139,6 +146,10 @@ pub struct Stat {
 #[derive(Debug, Clone, Serialize)]
 pub struct Row {
     pub workload: String,
+    /// rr, stream or connect.
+    pub kind: String,
+    /// The message size, bytes.
+    pub size: usize,
     pub loopback: Stat,
     pub bypass: Stat,
     pub unix: Stat,
@@ -161,6 +172,10 @@ pub struct Report {
     pub machine: String,
     pub rounds: usize,
     pub rows: Vec<Row>,
+    /// What the rows mean on this machine, in plain words.
+    pub verdicts: Vec<Verdict>,
+    /// The skip_ports/only_ports setting that follows.
+    pub advice: String,
     pub control_plane: Vec<ControlRow>,
 }
 
@@ -280,16 +295,22 @@ pub fn bench(target: &Target, opts: &BenchOptions) -> Result<Report> {
     };
 
     let rounds = if opts.quick { 1 } else { opts.rounds.max(1) };
-    let control_plane = control_plane(&world, rounds)?;
+    let specs = specs(opts);
+    // A subset of workloads is a question about them: skip the rest.
+    let control_plane = if opts.workloads.is_empty() && opts.sizes.is_empty() {
+        control_plane(&world, rounds)?
+    } else {
+        Vec::new()
+    };
 
     run_quiet(world.bpfplan(&["apply"]), "bpfplan apply")?;
     let (seconds, count) = if opts.quick { (0.05, 200) } else { (0.5, 5000) };
     // samples[spec][path] = measurements
     let mut samples: Vec<[Vec<Measurement>; 3]> =
-        SPECS.iter().map(|_| Default::default()).collect();
+        specs.iter().map(|_| Default::default()).collect();
     for round in 0..rounds {
         eprintln!("round {}/{rounds}", round + 1);
-        for (i, spec) in SPECS.iter().enumerate() {
+        for (i, spec) in specs.iter().enumerate() {
             for (j, path) in PATHS.iter().enumerate() {
                 let (cgroup, transport) = match path {
                     Path3::Loopback => (&world.plain, "tcp"),
@@ -302,7 +323,7 @@ pub fn bench(target: &Target, opts: &BenchOptions) -> Result<Report> {
     }
     run_quiet(world.bpfplan(&["destroy"]), "bpfplan destroy")?;
 
-    let rows = SPECS
+    let rows: Vec<Row> = specs
         .iter()
         .zip(samples)
         .map(|(spec, per_path)| {
@@ -321,6 +342,8 @@ pub fn bench(target: &Target, opts: &BenchOptions) -> Result<Report> {
             let (loopback, bypass, unix) = (stat(l), stat(b), stat(u));
             Row {
                 workload: spec.label(),
+                kind: spec.workload.arg().to_string(),
+                size: spec.size,
                 bypass_vs_loopback: bypass.median / loopback.median,
                 bypass_vs_unix: bypass.median / unix.median,
                 higher_is_better: spec.higher_is_better(),
@@ -330,10 +353,14 @@ pub fn bench(target: &Target, opts: &BenchOptions) -> Result<Report> {
             }
         })
         .collect();
+    let verdicts: Vec<Verdict> = rows.iter().map(verdict::verdict).collect();
+    let advice = verdict::summary(&verdicts, &rows);
     let report = Report {
         machine: machine(),
         rounds,
         rows,
+        verdicts,
+        advice,
         control_plane,
     };
     if let Some(chart) = &opts.chart {
@@ -483,6 +510,14 @@ pub fn text(r: &Report) -> String {
             row.bypass_vs_loopback,
             row.bypass_vs_unix
         );
+    }
+    let _ = writeln!(out, "\nwhat it means on this machine:");
+    for v in &r.verdicts {
+        let _ = writeln!(out, "  - {}", v.advice);
+    }
+    let _ = writeln!(out, "  => {}", r.advice);
+    if r.control_plane.is_empty() {
+        return out;
     }
     let _ = writeln!(out, "\ncontrol plane (median ms)      bpfplan   sh script");
     for c in &r.control_plane {
