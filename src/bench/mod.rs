@@ -114,7 +114,7 @@ fn specs(opts: &BenchOptions) -> Vec<Spec> {
 
 impl Spec {
     fn label(&self) -> String {
-        let size = if self.size >= 1024 && self.size % 1024 == 0 {
+        let size = if self.size >= 1024 && self.size.is_multiple_of(1024) {
             format!("{} KiB", self.size / 1024)
         } else {
             format!("{} B", self.size)

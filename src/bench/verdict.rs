@@ -84,7 +84,7 @@ fn describe(row: &Row) -> String {
 }
 
 fn size(n: usize) -> String {
-    if n >= 1024 && n % 1024 == 0 {
+    if n >= 1024 && n.is_multiple_of(1024) {
         format!("{} KiB", n / 1024)
     } else {
         format!("{n} B")
