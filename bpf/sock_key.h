@@ -66,10 +66,12 @@ struct {
 
 static __always_inline void count(__u32 stat, __u64 n)
 {
+#ifndef BPFPLAN_NO_COUNTERS /* scripts/stream-experiments.sh: their cost */
 	__u64 *v = bpf_map_lookup_elem(&bypass_stats, &stat);
 
 	if (v)
 		*v += n; /* per-CPU: no other writer */
+#endif
 }
 
 /* ::ffff:a.b.c.d from an IPv4 address in network order. */

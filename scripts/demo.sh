@@ -41,3 +41,18 @@ echo "== bpfplan destroy"
 echo
 echo "== side by side"
 cat "/tmp/bpfplan-demo-$$.txt"
+# What this machine says: the bypass always keeps the bytes off lo; whether
+# it is faster depends on the workload and the CPU (see `bpfplan bench`).
+awk '
+    NR == 2 { lp = $(NF - 5); ls = $(NF - 1) }
+    NR == 3 { bp = $(NF - 5); bs = $(NF - 1) }
+    END {
+        rr = (lp - bp) / lp * 100; st = (bs - ls) / ls * 100
+        printf "\non this machine: request/response p50 %s by %.0f%%; the 64 MiB stream %s by %.0f%%\n", \
+            (rr >= 0 ? "faster" : "slower"), (rr < 0 ? -rr : rr), (st >= 0 ? "faster" : "slower"), (st < 0 ? -st : st)
+        if (st < -5)
+            print "streams lose here (one wake-up per message on the tcp_bpf path): keep bulk-transfer ports out with skip_ports"
+        if (rr > 5)
+            print "request/response gains: that is what the bypass is for"
+        print "one run of each: `bpfplan bench manifests/bypass.toml` measures with rounds and says what to bypass"
+    }' "/tmp/bpfplan-demo-$$.txt"

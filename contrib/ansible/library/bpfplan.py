@@ -26,7 +26,7 @@ description:
   - Check mode runs only the read-only C(plan) and C(status) and predicts the
     change. Diff mode returns the text plan as the diff.
   - Every command runs on the managed host as the user the task runs as;
-    bpfplan needs root (use C(become: true)). Environment variables
+    bpfplan needs root (use C(become=true)). Environment variables
     bpfplan reads (C(BPFPLAN_STATE_DIR), C(BPFPLAN_CACHE_DIR),
     C(BPFPLAN_AUDIT_LOG), C(BPFPLAN_LOCK_TIMEOUT), C(BPFPLAN_COMMAND_TIMEOUT))
     pass through Ansible's C(environment) keyword.
@@ -56,8 +56,8 @@ options:
   plan:
     description:
       - A saved plan on the managed host (from C(bpfplan plan MANIFEST --out FILE)),
-        applied with C(bpfplan apply --plan FILE): exactly the reviewed steps
-        and objects. A saved plan is made on, and for, one host.
+        applied with C(bpfplan apply --plan FILE), which runs exactly the
+        reviewed steps and objects. A saved plan is made on, and for, one host.
       - A saved plan applies once; applying it again, or after the deployment
         changed, fails as stale (bpfplan exit 2) and changes nothing.
       - Only with O(state=present).
@@ -83,8 +83,8 @@ attributes:
 notes:
   - C(changed) comes from bpfplan, never guessed; an apply that bpfplan
     reports as C(no_changes) is C(ok) even when the plan step said otherwise.
-  - A failing command fails the task with bpfplan's error text in C(msg): the
-    failing bpftool or clang command and its stderr (the verifier log). apply
+  - A failing command fails the task with bpfplan's error text in C(msg) (the
+    failing bpftool or clang command and its stderr, the verifier log); apply
     has rolled back what it had done.
 """
 
@@ -132,10 +132,10 @@ RETURN = r"""
 decision:
   description:
     - What was (or, in check mode, would be) done. For V(present), bpfplan's
-      own decision from the JSON plan C(changes.decision): V(nothing),
+      own decision from the JSON plan C(changes.decision), one of V(nothing),
       V(fresh), V(entries) (map entries only, nothing reloaded), V(replace),
-      V(recover) (finish or undo a killed run). For V(absent): V(nothing) or
-      V(destroy). For a saved plan: its decision when it was made.
+      V(recover) (finish or undo a killed run). For V(absent), V(nothing) or
+      V(destroy). For a saved plan, its decision when it was made.
   returned: always
   type: str
   sample: replace
@@ -173,7 +173,7 @@ notes:
   type: list
   elements: str
 steps_done:
-  description: How many steps of apply or destroy changed something (outcome C(done)).
+  description: How many steps of apply or destroy changed something (outcome C(done); builds, probes and rollbacks not counted).
   returned: when apply or destroy ran
   type: int
 commands:
@@ -299,10 +299,21 @@ class Bpfplan(object):
                 result = ev
         self.facts["result"] = result
         self.facts["notes"] = [ev.get("text", "") for ev in events if ev.get("event") == "note"]
-        self.facts["steps_done"] = sum(
-            1 for ev in events if ev.get("event") == "finished" and ev.get("outcome") == "done"
-        )
+        # Steps that changed something: outcome done, outside the build,
+        # the tag probe and a rollback.
+        done, run = 0, None
+        for ev in events:
+            if ev.get("event") == "begin":
+                run = ev.get("run")
+            elif ev.get("event") == "finished" and ev.get("outcome") == "done" \
+                    and run not in ("build", "probe", "rollback"):
+                done += 1
+        self.facts["steps_done"] = done
         if rc != 0:
+            # The event stream can be long (one line per entry): keep its end.
+            lines = out.splitlines()
+            if len(lines) > 200:
+                out = "\n".join(["... (%d earlier lines)" % (len(lines) - 200)] + lines[-200:])
             fallback = result.get("error") if result else None
             if rc == 2 and result and result.get("outcome") == "stale":
                 self.fail("bpfplan %s: the saved plan is stale, nothing was changed: %s"

@@ -106,6 +106,15 @@ enum Mode {
         /// stream only: write to this `listen --sink` server instead.
         #[arg(long)]
         connect: Option<SocketAddr>,
+        /// stream only: the receiver's bytes per read.
+        #[arg(long, default_value_t = 65536)]
+        read_size: usize,
+        /// stream only: the receiver's SO_RCVLOWAT.
+        #[arg(long)]
+        rcvlowat: Option<usize>,
+        /// stream only: the receiver's SO_RCVBUF.
+        #[arg(long)]
+        rcvbuf: Option<usize>,
     },
     /// One row for the demo: bytes on `lo` for a 64 MiB stream, and the
     /// round-trip latency of 64-byte requests.
@@ -186,7 +195,15 @@ fn run() -> Result<()> {
             event(serde_json::to_value(&r)?);
         }
         Mode::Rr { size, count } => {
-            let r = traffic::measure(Transport::Tcp, Workload::Rr, size, 0.0, count, None)?;
+            let r = traffic::measure(
+                Transport::Tcp,
+                Workload::Rr,
+                size,
+                0.0,
+                count,
+                None,
+                traffic::Receiver::default(),
+            )?;
             event(serde_json::to_value(&r)?);
         }
         Mode::Compare { label, header } => {
@@ -197,7 +214,15 @@ fn run() -> Result<()> {
                 );
             }
             let s = traffic::stream(1, Length::Bytes(64 << 20), false, || {})?;
-            let rr = traffic::measure(Transport::Tcp, Workload::Rr, 64, 0.0, 20_000, None)?;
+            let rr = traffic::measure(
+                Transport::Tcp,
+                Workload::Rr,
+                64,
+                0.0,
+                20_000,
+                None,
+                traffic::Receiver::default(),
+            )?;
             if !s.intact {
                 anyhow::bail!("stream corrupted: {:?}", s.errors);
             }
@@ -218,8 +243,17 @@ fn run() -> Result<()> {
             seconds,
             count,
             connect,
+            read_size,
+            rcvlowat,
+            rcvbuf,
         } => {
-            let m = traffic::measure(transport, workload, size, seconds, count, connect)?;
+            let receiver = traffic::Receiver {
+                read_size,
+                rcvlowat,
+                rcvbuf,
+            };
+            let m =
+                traffic::measure(transport, workload, size, seconds, count, connect, receiver)?;
             event(serde_json::to_value(&m)?);
         }
         Mode::Hold { bind, connect } => {

@@ -506,7 +506,7 @@ pub struct Measurement {
     pub unit: String,
 }
 
-trait Conn: Read + Write + Send + 'static {}
+trait Conn: Read + Write + Send + std::os::fd::AsRawFd + 'static {}
 impl Conn for TcpStream {}
 impl Conn for std::os::unix::net::UnixStream {}
 
@@ -576,8 +576,59 @@ impl Dialer {
 }
 
 /// A connection of either transport, as a trait object.
-trait ConnObj: Read + Write + Send {}
-impl<T: Conn> ConnObj for T {}
+trait ConnObj: Read + Write + Send {
+    fn fd(&self) -> std::os::fd::RawFd;
+}
+impl<T: Conn> ConnObj for T {
+    fn fd(&self) -> std::os::fd::RawFd {
+        self.as_raw_fd()
+    }
+}
+
+/// How a stream's receiver reads: the knobs the stream-loss experiments
+/// turn (scripts/stream-experiments.sh).
+#[derive(Debug, Clone, Copy)]
+pub struct Receiver {
+    /// Bytes per read.
+    pub read_size: usize,
+    /// SO_RCVLOWAT: wake the reader only when this much is queued.
+    pub rcvlowat: Option<usize>,
+    /// SO_RCVBUF.
+    pub rcvbuf: Option<usize>,
+}
+
+impl Default for Receiver {
+    fn default() -> Self {
+        Receiver {
+            // 64 KiB reads, as applications commonly do. The read size
+            // matters to the bypass: tcp_bpf_recvmsg holds the socket lock
+            // for a whole read, and the sender needs that lock to queue each
+            // message, so very large reads stall the sender (see README).
+            read_size: 64 * 1024,
+            rcvlowat: None,
+            rcvbuf: None,
+        }
+    }
+}
+
+fn set_int_opt(fd: std::os::fd::RawFd, opt: libc::c_int, v: usize) -> Result<()> {
+    let v = libc::c_int::try_from(v).context("socket option out of range")?;
+    // SAFETY: setsockopt reads `size_of::<c_int>()` bytes from `&v`, alive
+    // for the call; `fd` is an open socket of ours.
+    let rc = unsafe {
+        libc::setsockopt(
+            fd,
+            libc::SOL_SOCKET,
+            opt,
+            (&v as *const libc::c_int).cast(),
+            std::mem::size_of::<libc::c_int>() as libc::socklen_t,
+        )
+    };
+    if rc != 0 {
+        return Err(std::io::Error::last_os_error()).context("setsockopt");
+    }
+    Ok(())
+}
 
 /// Run one benchmark workload for about `seconds` (rr: `count` round trips).
 pub fn measure(
@@ -587,6 +638,7 @@ pub fn measure(
     seconds: f64,
     count: usize,
     remote: Option<SocketAddr>,
+    receiver: Receiver,
 ) -> Result<Measurement> {
     if size == 0 || count == 0 {
         bail!("--size and --count must be at least 1");
@@ -600,7 +652,7 @@ pub fn measure(
     let ep = Endpoint::new(t)?;
     match workload {
         Workload::Rr => measure_rr(ep, size, count),
-        Workload::Stream => measure_stream(ep, size, seconds),
+        Workload::Stream => measure_stream(ep, size, seconds, receiver),
         Workload::Connect => measure_connect(ep, seconds),
     }
 }
@@ -646,16 +698,22 @@ fn measure_rr(ep: Endpoint, size: usize, count: usize) -> Result<Measurement> {
 }
 
 /// One-way throughput of SIZE-byte writes for SECONDS.
-fn measure_stream(ep: Endpoint, size: usize, seconds: f64) -> Result<Measurement> {
+fn measure_stream(
+    ep: Endpoint,
+    size: usize,
+    seconds: f64,
+    receiver: Receiver,
+) -> Result<Measurement> {
     let dialer = ep.dialer();
     let server = std::thread::spawn(move || -> Result<u64> {
         let mut s = ep.accept()?;
-        // 64 KiB reads, as applications commonly do. The read size
-        // matters to the bypass: tcp_bpf_recvmsg holds the socket
-        // lock for a whole read, and the sender needs that lock to
-        // queue each message, so very large reads stall the sender
-        // (see README, Benchmarks).
-        let mut buf = vec![0u8; 64 * 1024];
+        if let Some(v) = receiver.rcvlowat {
+            set_int_opt(s.fd(), libc::SO_RCVLOWAT, v)?;
+        }
+        if let Some(v) = receiver.rcvbuf {
+            set_int_opt(s.fd(), libc::SO_RCVBUF, v)?;
+        }
+        let mut buf = vec![0u8; receiver.read_size.max(1)];
         let mut total = 0u64;
         loop {
             match s.read(&mut buf) {
