@@ -150,6 +150,9 @@ pub struct Row {
     pub kind: String,
     /// The message size, bytes.
     pub size: usize,
+    /// In how many of the (interleaved) rounds the bypass did better.
+    pub better_rounds: usize,
+    pub rounds: usize,
     pub loopback: Stat,
     pub bypass: Stat,
     pub unix: Stat,
@@ -339,8 +342,23 @@ pub fn bench(target: &Target, opts: &BenchOptions) -> Result<Report> {
                 }
             };
             let [l, b, u] = &per_path;
+            // Rounds are interleaved, so each round pairs the two paths
+            // under the same conditions.
+            let better_rounds = l
+                .iter()
+                .zip(b)
+                .filter(|(l, b)| {
+                    if spec.higher_is_better() {
+                        b.value > l.value
+                    } else {
+                        b.value < l.value
+                    }
+                })
+                .count();
             let (loopback, bypass, unix) = (stat(l), stat(b), stat(u));
             Row {
+                better_rounds,
+                rounds: l.len(),
                 workload: spec.label(),
                 kind: spec.workload.arg().to_string(),
                 size: spec.size,

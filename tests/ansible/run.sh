@@ -11,6 +11,7 @@
 #
 # BPFPLAN_BIN: the bpfplan binary (default target/release/bpfplan).
 # BPFPLAN_VENV: the virtualenv (scripts/fleet-venv.sh creates or reuses it).
+# BPFPLAN_TEST_LOGS: a directory to keep the ansible-playbook logs in.
 set -euo pipefail
 ROOT=$(cd "$(dirname "$0")/../.." && pwd)
 cd "$ROOT"
@@ -62,6 +63,9 @@ cleanup() {
         detach_all "$SANDBOX_CGROUP"
         rm -rf "$SANDBOX_PINS"
         sandbox_remove
+    fi
+    if [ -n "${BPFPLAN_TEST_LOGS:-}" ]; then
+        mkdir -p "$BPFPLAN_TEST_LOGS" && cp "$work"/*.log "$BPFPLAN_TEST_LOGS"/ 2>/dev/null
     fi
     rm -rf "$work"
     [ "$rc" = 0 ] || echo "ansible test: cleaned up after a failure (exit $rc)" >&2

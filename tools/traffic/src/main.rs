@@ -252,8 +252,7 @@ fn run() -> Result<()> {
                 rcvlowat,
                 rcvbuf,
             };
-            let m =
-                traffic::measure(transport, workload, size, seconds, count, connect, receiver)?;
+            let m = traffic::measure(transport, workload, size, seconds, count, connect, receiver)?;
             event(serde_json::to_value(&m)?);
         }
         Mode::Hold { bind, connect } => {
