@@ -108,27 +108,39 @@ fn short(v: f64) -> String {
 
 /// One line for all: what to bypass on this machine.
 pub fn summary(verdicts: &[Verdict], rows: &[Row]) -> String {
-    let kinds = |outcome: &str, kind: &str| {
-        verdicts
-            .iter()
-            .zip(rows)
-            .any(|(v, r)| v.outcome == outcome && r.kind == kind)
+    let kinds = |outcome: &str| -> Vec<&'static str> {
+        let mut out: Vec<&'static str> = Vec::new();
+        for (v, r) in verdicts.iter().zip(rows) {
+            let name = match r.kind.as_str() {
+                "rr" => "request/response",
+                "stream" => "bulk transfers",
+                _ => "short-lived connections",
+            };
+            if v.outcome == outcome && !out.contains(&name) {
+                out.push(name);
+            }
+        }
+        out
     };
-    let rr_wins = kinds("wins", "rr");
-    let stream_loses = kinds("loses", "stream");
-    let connect_loses = kinds("loses", "connect");
-    match (rr_wins, stream_loses || connect_loses) {
-        (true, true) => "on this machine the bypass pays for request/response and costs bulk \
-                         streams (or connection setup): bypass request/response services \
-                         (only_ports), or keep bulk-transfer ports out (skip_ports)"
-            .into(),
-        (true, false) => "on this machine the bypass pays for request/response and costs \
-                          nothing measured: bypass everything"
-            .into(),
-        (false, true) => "on this machine the bypass gains no request/response latency and costs \
-                          streams: bypass only the ports you measured a gain for, if any"
-            .into(),
-        (false, false) => "on this machine the bypass makes no difference beyond the noise".into(),
+    let (gain, cost) = (kinds("wins"), kinds("loses"));
+    match (gain.is_empty(), cost.is_empty()) {
+        (false, true) => format!(
+            "on this machine the bypass pays for {} and costs nothing measured: bypass everything",
+            gain.join(" and ")
+        ),
+        (false, false) => format!(
+            "on this machine the bypass pays for {} and costs {}: keep the ports of {} out with \
+             skip_ports (or list the others in only_ports)",
+            gain.join(" and "),
+            cost.join(" and "),
+            cost.join(" and ")
+        ),
+        (true, false) => format!(
+            "on this machine the bypass gains nothing measured and costs {}: bypass only ports \
+             you measured a gain for, if any",
+            cost.join(" and ")
+        ),
+        (true, true) => "on this machine the bypass makes no difference beyond the noise".into(),
     }
 }
 
@@ -237,7 +249,11 @@ mod tests {
             ),
         ];
         let v: Vec<Verdict> = rows.iter().map(verdict).collect();
-        assert!(summary(&v, &rows).contains("only_ports"));
+        assert_eq!(
+            summary(&v, &rows),
+            "on this machine the bypass pays for request/response and costs bulk transfers: keep \
+             the ports of bulk transfers out with skip_ports (or list the others in only_ports)"
+        );
         assert!(summary(&v[..1], &rows[..1]).contains("bypass everything"));
     }
 }
