@@ -23,7 +23,9 @@ struct {
  *
  * skip_ports: a connection with either port listed is never bypassed.
  * only_ports: when it holds any entry, only connections with a port listed
- * are bypassed. */
+ * are bypassed. Telling an empty hash map from another takes a walk of its
+ * buckets, at every connection setup (never per message): only_ports is
+ * kept short, 32 ports, so the walk stays cheap (see README). */
 struct {
 	__uint(type, BPF_MAP_TYPE_HASH);
 	__uint(max_entries, 256);
@@ -33,7 +35,7 @@ struct {
 
 struct {
 	__uint(type, BPF_MAP_TYPE_HASH);
-	__uint(max_entries, 256);
+	__uint(max_entries, 32);
 	__type(key, __u32);
 	__type(value, __u8);
 } only_ports SEC(".maps");
