@@ -190,7 +190,7 @@ stdout:
   returned: failure
   type: str
 stderr:
-  description: Standard error of the last command (warnings; on failure, the error).
+  description: Standard error of apply or destroy when they ran, else of the last command (warnings; on failure, the error).
   returned: always
   type: str
 """
@@ -220,6 +220,8 @@ class Bpfplan(object):
         self.build_args = ["--build-dir", p["build_dir"]] if p["build_dir"] else []
         self.commands = []
         self.last_stderr = ""
+        self.main_stderr = None  # of apply/destroy, once they ran
+        self.warned = set()
         self.facts = {}
 
     @staticmethod
@@ -234,7 +236,8 @@ class Bpfplan(object):
         rc, out, err = self.module.run_command(argv, check_rc=False)
         self.last_stderr = err
         for line in err.splitlines():
-            if line.startswith("warning:"):
+            if line.startswith("warning:") and line not in self.warned:
+                self.warned.add(line)
                 self.module.warn("bpfplan: " + line[len("warning:"):].strip())
         return rc, out, err
 
@@ -249,7 +252,8 @@ class Bpfplan(object):
 
     def done(self, changed):
         res = dict(self.facts)
-        res.update(changed=changed, commands=self.commands, stderr=self.last_stderr)
+        stderr = self.main_stderr if self.main_stderr is not None else self.last_stderr
+        res.update(changed=changed, commands=self.commands, stderr=stderr)
         if self.module._diff and "plan" in res:
             res["diff"] = dict(prepared=res["plan"])
         self.module.exit_json(**res)
@@ -292,6 +296,7 @@ class Bpfplan(object):
     def run_events(self, args, what):
         """apply/destroy --format json; fails the task on a non-zero exit."""
         rc, out, err = self.run(args + ["--format", "json"])
+        self.main_stderr = err
         events = self.json_lines(out)
         result = None
         for ev in events:
@@ -384,7 +389,14 @@ class Bpfplan(object):
             self.done(decision != "nothing")
         result, _ = self.run_events(["apply", "--plan", self.saved_plan], "apply --plan")
         changed = result is None or result.get("outcome") != "no_changes"
+        # status needs the plan's variables and build directory (bpfplan
+        # counts another build directory as a changed program).
         self.var_args = self.saved_vars()
+        for step in shown.get("steps") or []:
+            obj = step.get("object") or {}
+            if obj.get("kind") == "build_dir" and obj.get("name"):
+                self.build_args = ["--build-dir", obj["name"]]
+                break
         if self.var_args is not None:
             self.status()
         self.done(changed)
