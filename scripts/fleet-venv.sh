@@ -12,8 +12,11 @@
 # 12's python3 is 3.11. So: BPFPLAN_PYTHON if set, else the first Python
 # >= 3.12 found (python3.13, python3.12, pyenv's installed versions), else
 # python3. Python >= 3.12 gets ansible-core 2.21.5; 3.11 gets 2.19.14, the
-# last ansible-core that runs on it. The module itself runs on the managed host's python3 (3.9+).
+# last ansible-core that runs on it (both pass tests/ansible/run.sh). The
+# module itself runs on the managed host's python3 (3.9 or later).
 # kubernetes-validate bundles its schemas: once installed it needs no network.
+# The venv is reused while its stamp (Python version and pins) matches: no
+# network then either.
 
 fleet_venv_main() {
     local root venv py want_core pins stamp_want lock
