@@ -10,20 +10,8 @@ use crate::common::sandbox::Sandbox;
 
 /// `bypass-policy.toml` with `deny_ports` holding these ports.
 fn with_ports(manifest: &std::path::Path, ports: impl Iterator<Item = u32>) {
-    let text = std::fs::read_to_string(manifest).unwrap();
-    // The entries of deny_ports: the last `entries = [` of the file.
-    let start = text.rfind("entries = [\n").unwrap();
-    let end = start + text[start..].find("\n]\n").unwrap() + 3;
-    let entries: Vec<String> = ports
-        .map(|p| format!("    {{ key = {p}, value = 1 }},"))
-        .collect();
-    let new = format!(
-        "{}entries = [\n{}\n]\n{}",
-        &text[..start],
-        entries.join("\n"),
-        &text[end..]
-    );
-    std::fs::write(manifest, new).unwrap();
+    let entries: Vec<(u32, u32)> = ports.map(|p| (p, 1)).collect();
+    crate::common::set_entries(manifest, "deny_ports", &entries);
 }
 
 fn deny_keys(sb: &Sandbox) -> Vec<u32> {

@@ -121,11 +121,6 @@ pub(crate) fn apply(
 
     // Build first (no kernel change, and compile errors stop here), or put
     // the reviewed objects in place.
-    for step in &plan.steps {
-        if let Step::MakeBuildDir { dir } = step {
-            build::check_dir(dir)?;
-        }
-    }
     let dirs = match &loaded {
         None => super::record::pin_dirs(plan)
             .iter()
@@ -137,33 +132,16 @@ pub(crate) fn apply(
         first: 1,
         total: plan.steps.len() + dirs,
     };
-    let build: Vec<Op> = match reviewed {
+    let built = match reviewed {
         Some(r) => {
             check_reviewed(r, loaded.as_ref(), &obs)?;
             exec.note(
                 "the deployment is as it was when the plan was made: loading the reviewed objects",
             );
             saved::install(&r.saved.objects)?;
-            Vec::new()
+            0
         }
-        None => {
-            let build: Vec<Op> = plan
-                .steps
-                .iter()
-                .filter(|s| !s.touches_kernel())
-                .cloned()
-                .map(Op::of)
-                .collect();
-            exec.run(
-                "build",
-                &build,
-                Policy::Transaction { commit_at: None },
-                None,
-                numbering,
-            )
-            .map_err(|f| f.error.context(f.label))?;
-            build
-        }
+        None => run_build(&mut exec, plan, Some(numbering))?,
     };
     let objects = build::object_hashes(plan)?;
     let sources = match reviewed {
@@ -185,7 +163,7 @@ pub(crate) fn apply(
                 objects,
                 started,
                 numbering: Numbering {
-                    first: build.len() + 1,
+                    first: built + 1,
                     total: numbering.total,
                 },
                 last_plan: reviewed.map(|r| r.hash.clone()),
@@ -221,31 +199,7 @@ pub(crate) fn save(plan: &Plan, vars: &[(String, String)]) -> Result<SavedPlan> 
     let store = Store::for_plan(plan)?;
     let loaded = read_record(&store)?;
     let obs = observe(&query(plan, loaded.as_ref()))?;
-    for step in &plan.steps {
-        if let Step::MakeBuildDir { dir } = step {
-            build::check_dir(dir)?;
-        }
-    }
-    let build: Vec<Op> = plan
-        .steps
-        .iter()
-        .filter(|s| !s.touches_kernel())
-        .cloned()
-        .map(Op::of)
-        .collect();
-    let numbering = Numbering {
-        first: 1,
-        total: build.len(),
-    };
-    Executor::new(Vec::new())
-        .run(
-            "build",
-            &build,
-            Policy::Transaction { commit_at: None },
-            None,
-            numbering,
-        )
-        .map_err(|f| f.error.context(f.label))?;
+    run_build(&mut Executor::new(Vec::new()), plan, None)?;
     let mut objects = Vec::new();
     for p in &plan.spec.programs {
         let (sha256, kept) = saved::keep(&p.object)?;
@@ -274,6 +228,37 @@ pub(crate) fn save(plan: &Plan, vars: &[(String, String)]) -> Result<SavedPlan> 
         review,
         saved::snapshot(&obs, loaded.as_ref()),
     ))
+}
+
+/// Build what the plan compiles (no kernel change, so compile errors stop
+/// everything before it), into a build directory that must be root's own.
+/// Returns how many build steps ran.
+fn run_build(exec: &mut Executor, plan: &Plan, numbering: Option<Numbering>) -> Result<usize> {
+    for step in &plan.steps {
+        if let Step::MakeBuildDir { dir } = step {
+            build::check_dir(dir)?;
+        }
+    }
+    let ops: Vec<Op> = plan
+        .steps
+        .iter()
+        .filter(|s| !s.touches_kernel())
+        .cloned()
+        .map(Op::of)
+        .collect();
+    let numbering = numbering.unwrap_or(Numbering {
+        first: 1,
+        total: ops.len(),
+    });
+    exec.run(
+        "build",
+        &ops,
+        Policy::Transaction { commit_at: None },
+        None,
+        numbering,
+    )
+    .map_err(|f| f.error.context(f.label))?;
+    Ok(ops.len())
 }
 
 /// Mount bpffs (under the lock, through the executor like every change).
@@ -805,31 +790,8 @@ pub(crate) fn build_only(plan: &Plan, listeners: Vec<&mut dyn Listener>) -> Resu
     if !super::build::stale_compiles(plan).is_empty() && which::which("clang").is_err() {
         bail!("`clang` not found in PATH: run `make deps` (apt-get install clang libbpf-dev)");
     }
-    for step in &plan.steps {
-        if let Step::MakeBuildDir { dir } = step {
-            build::check_dir(dir)?;
-        }
-    }
     let mut exec = Executor::new(listeners);
-    let build: Vec<Op> = plan
-        .steps
-        .iter()
-        .filter(|s| !s.touches_kernel())
-        .cloned()
-        .map(Op::of)
-        .collect();
-    let numbering = Numbering {
-        first: 1,
-        total: build.len(),
-    };
-    exec.run(
-        "build",
-        &build,
-        Policy::Transaction { commit_at: None },
-        None,
-        numbering,
-    )
-    .map_err(|f| f.error.context(f.label))?;
+    run_build(&mut exec, plan, None)?;
     for p in &plan.spec.programs {
         exec.note(&format!("`{}`: {}", p.name, p.object.display()));
     }
@@ -856,30 +818,7 @@ pub(crate) fn adopt(plan: &Plan, listeners: Vec<&mut dyn Listener>) -> Result<()
         );
     }
     let mut exec = Executor::new(listeners);
-    for step in &plan.steps {
-        if let Step::MakeBuildDir { dir } = step {
-            build::check_dir(dir)?;
-        }
-    }
-    let build: Vec<Op> = plan
-        .steps
-        .iter()
-        .filter(|s| !s.touches_kernel())
-        .cloned()
-        .map(Op::of)
-        .collect();
-    let numbering = Numbering {
-        first: 1,
-        total: build.len(),
-    };
-    exec.run(
-        "build",
-        &build,
-        Policy::Transaction { commit_at: None },
-        None,
-        numbering,
-    )
-    .map_err(|f| f.error.context(f.label))?;
+    run_build(&mut exec, plan, None)?;
     let tags = probe_tags(&mut exec, plan)?;
     let obs = observe(&query(plan, None))?;
     let (programs, maps) = decide::adoption(plan, &obs, &tags).map_err(|lines| Mismatch {
