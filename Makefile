@@ -29,13 +29,17 @@ deb: build
 	command -v cargo-deb >/dev/null 2>&1 || $(CARGO) install cargo-deb --locked --version 3.8.0
 	$(CARGO) deb -p bpfplan --no-build
 
-# Every test: the cargo tests (kernel tests included), then the Debian
-# package installed and run end to end. Each part says why it skips when it
-# cannot run here (not root); CI sets BPFPLAN_REQUIRE_KERNEL=1 so none skips.
+# Every test: the cargo tests (kernel tests included), the Debian package
+# installed and run end to end, the Ansible module under a real
+# ansible-playbook and the Kubernetes files (schema-validated, entrypoint run
+# on the host). Each part says why it skips when it cannot run here (not
+# root); CI sets BPFPLAN_REQUIRE_KERNEL=1 so none skips.
 test: deps
 	$(CARGO) test
 	$(MAKE) deb
 	sh tests/package/run.sh
+	bash tests/ansible/run.sh
+	bash tests/kubernetes/run.sh
 
 lint:
 	$(CARGO) fmt --check

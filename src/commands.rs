@@ -113,7 +113,13 @@ pub(crate) fn dispatch(cli: cli::Cli) -> Result<(), Failure> {
             let plan = load_plan(&target)?;
             let audit = AuditContext::for_plan("destroy", &plan)?;
             change("destroy", format, audit, |listeners| {
-                apply::destroy(&plan, listeners).map(|()| "destroyed")
+                apply::destroy(&plan, listeners).map(|did| {
+                    if did {
+                        "destroyed"
+                    } else {
+                        "nothing_to_destroy"
+                    }
+                })
             })
         }
         Command::Build { target } => {
@@ -363,7 +369,11 @@ fn status_cmd(target: &Target, format: ReportFormat) -> Result<(), Failure> {
     let report = status::status(&plan)?;
     match format {
         ReportFormat::Text => print!("{}", status::text(&report)),
-        ReportFormat::Json => println!("{}", to_json(&report)?),
+        // One line: a fleet's statuses collect into JSON lines.
+        ReportFormat::Json => println!(
+            "{}",
+            serde_json::to_string(&report).context("encoding JSON")?
+        ),
     }
     if report.in_sync {
         Ok(())

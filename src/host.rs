@@ -63,16 +63,18 @@ const CAP_NET_ADMIN: u32 = 12;
 const CAP_SYS_ADMIN: u32 = 21;
 const CAP_BPF: u32 = 39;
 
-/// Loading, pinning and attaching need CAP_SYS_ADMIN, or CAP_BPF with
-/// CAP_NET_ADMIN (kernel 5.8+): read them from the effective set.
+/// bpfplan needs CAP_SYS_ADMIN: CAP_BPF with CAP_NET_ADMIN loads and
+/// attaches, but finding a program's maps by id (`bpftool map pin id`, and
+/// bpfplan's own reads) needs CAP_SYS_ADMIN. Read from the effective set.
 pub fn check_privileges() -> Result<()> {
     let status =
         std::fs::read_to_string("/proc/self/status").context("reading /proc/self/status")?;
     let caps = effective_caps(&status).context("no CapEff in /proc/self/status")?;
     if !has_bpf_privileges(caps) {
         bail!(
-            "bpfplan needs root (CAP_SYS_ADMIN, or CAP_BPF and CAP_NET_ADMIN) to load and attach \
-             BPF programs; effective capabilities are {caps:#x}"
+            "bpfplan needs root, or at least CAP_SYS_ADMIN (CAP_BPF and CAP_NET_ADMIN load and \
+             attach, but looking maps and programs up by id needs CAP_SYS_ADMIN); effective \
+             capabilities are {caps:#x}"
         );
     }
     Ok(())
@@ -84,10 +86,17 @@ pub fn effective_caps(status: &str) -> Option<u64> {
     u64::from_str_radix(hex.trim(), 16).ok()
 }
 
-/// Whether a capability set may load and attach BPF programs.
+/// Whether a capability set may do all bpfplan does (see `check_privileges`).
 pub fn has_bpf_privileges(caps: u64) -> bool {
     let has = |c: u32| caps & (1u64 << c) != 0;
-    has(CAP_SYS_ADMIN) || (has(CAP_BPF) && has(CAP_NET_ADMIN))
+    has(CAP_SYS_ADMIN)
+}
+
+/// Whether a capability set holds CAP_BPF and CAP_NET_ADMIN (enough to load
+/// and attach, not to look objects up by id).
+pub fn has_bpf_and_net_admin(caps: u64) -> bool {
+    let has = |c: u32| caps & (1u64 << c) != 0;
+    has(CAP_BPF) && has(CAP_NET_ADMIN)
 }
 
 /// mountinfo escapes space, tab, newline and backslash as `\ooo`.
@@ -157,7 +166,8 @@ mod tests {
     fn privileges() {
         caps("Name:\tx\nCapEff:\t000001ffffffffff\n", Some(true));
         caps("CapEff:\t0000000000200000\n", Some(true)); // CAP_SYS_ADMIN
-        caps("CapEff:\t0000008000001000\n", Some(true)); // CAP_BPF + CAP_NET_ADMIN
+        // CAP_BPF + CAP_NET_ADMIN: loads, but cannot look maps up by id.
+        caps("CapEff:\t0000008000001000\n", Some(false));
         caps("CapEff:\t0000008000000000\n", Some(false)); // CAP_BPF alone
         caps("CapEff:\t0000000000000000\n", Some(false));
         caps("Name:\tx\n", None);

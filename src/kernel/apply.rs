@@ -625,7 +625,8 @@ pub(crate) fn pending(plan: &Plan) -> Result<Review> {
 /// Destroy: end a killed run, then tear down what was applied (or, with no
 /// usable record, what the manifest declares and is this deployment's),
 /// then wait until the kernel has freed it.
-pub(crate) fn destroy(plan: &Plan, listeners: Vec<&mut dyn Listener>) -> Result<()> {
+/// Whether destroy had anything to remove.
+pub(crate) fn destroy(plan: &Plan, listeners: Vec<&mut dyn Listener>) -> Result<bool> {
     preflight::inspect()?;
     let store = Store::for_plan(plan)?;
     let _lock = store.lock(lock_timeout()?)?;
@@ -702,7 +703,7 @@ pub(crate) fn destroy(plan: &Plan, listeners: Vec<&mut dyn Listener>) -> Result<
     }
     wait_freed(&t.prog_ids, &t.map_ids);
     exec.note(&format!("destroyed {}", plan.manifest.display()));
-    Ok(())
+    Ok(!t.steps.is_empty())
 }
 
 /// The tag each program of the plan gets when loaded: its built object is

@@ -7,7 +7,9 @@ use serde::Serialize;
 use std::path::Path;
 
 use super::cmd;
-use crate::host::{DEFAULT_BPFFS, HostFacts, effective_caps, has_bpf_privileges};
+use crate::host::{
+    DEFAULT_BPFFS, HostFacts, effective_caps, has_bpf_and_net_admin, has_bpf_privileges,
+};
 use crate::manifest::model::ProgType;
 use crate::plan::Plan;
 use crate::plan::step::{AttachPoint, Step};
@@ -90,15 +92,24 @@ fn privileges() -> Check {
             Verdict::Ok,
             format!("effective capabilities {c:#x}"),
         ),
-        Some(c) => with_fix(
+        Some(c) if has_bpf_and_net_admin(c) => with_fix(
             check(
                 "privileges",
                 Verdict::Fail,
                 format!(
-                    "effective capabilities {c:#x}: no CAP_SYS_ADMIN, nor CAP_BPF with CAP_NET_ADMIN"
+                    "effective capabilities {c:#x}: CAP_BPF and CAP_NET_ADMIN load and attach, \
+                     but looking maps up by id needs CAP_SYS_ADMIN"
                 ),
             ),
-            "run bpfplan as root (sudo), or give it CAP_BPF and CAP_NET_ADMIN (kernel 5.8+)",
+            "run bpfplan as root (sudo), or add CAP_SYS_ADMIN",
+        ),
+        Some(c) => with_fix(
+            check(
+                "privileges",
+                Verdict::Fail,
+                format!("effective capabilities {c:#x}: no CAP_SYS_ADMIN"),
+            ),
+            "run bpfplan as root (sudo), or give it CAP_SYS_ADMIN",
         ),
         None => with_fix(
             check(

@@ -83,7 +83,21 @@ impl Spec {
                 && a.pin == b.pin
                 && a.entries.is_some() == b.entries.is_some()
         };
-        self.programs == other.programs
+        // Where an object is built is not what is deployed: objects are
+        // compared by their hashes.
+        let program = |a: &ProgramSpec, b: &ProgramSpec| {
+            a.name == b.name
+                && a.prog_type == b.prog_type
+                && a.pin == b.pin
+                && a.source == b.source
+                && (a.source.is_some() || a.object == b.object)
+        };
+        self.programs.len() == other.programs.len()
+            && self
+                .programs
+                .iter()
+                .zip(&other.programs)
+                .all(|(a, b)| program(a, b))
             && self.attachments == other.attachments
             && self.maps.len() == other.maps.len()
             && self.maps.iter().zip(&other.maps).all(|(a, b)| map(a, b))

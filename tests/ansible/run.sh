@@ -43,7 +43,7 @@ SANDBOX_CGROUP=""
 
 # Detach whatever is still attached to our own cgroup (and only it).
 detach_all() {
-    local cg=$1 line
+    local cg=$1
     bpftool -j cgroup show "$cg" 2>/dev/null | python3 -c '
 import json, sys
 text = sys.stdin.read().strip()

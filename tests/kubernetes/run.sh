@@ -47,7 +47,8 @@ t_tests=$(now)
 
 work=$(mktemp -d /tmp/bpfplan-k8s.XXXXXX)
 SANDBOX_CGROUP=""
-ENTRY_PID=""
+ENTRY_PID=""  # a short entrypoint run (entry)
+LOOP_PID=""   # the long-running `run`
 
 detach_all() {
     bpftool -j cgroup show "$1" 2>/dev/null | python3 -c '
@@ -59,20 +60,29 @@ for a in (json.loads(text) if text else []):
     done
 }
 
-# End the entrypoint this script started, and its children, by their ids.
-stop_entry() {
-    [ -n "$ENTRY_PID" ] || return 0
-    local kids
-    kids=$(pgrep -P "$ENTRY_PID" || true)
-    kill -KILL "$ENTRY_PID" $kids 2>/dev/null || true
-    wait "$ENTRY_PID" 2>/dev/null || true
-    ENTRY_PID=""
+# The process ids of PID and all its descendants.
+tree() {
+    local p
+    echo "$1"
+    for p in $(pgrep -P "$1" || true); do tree "$p"; done
+}
+# End an entrypoint this script started, and what it started, by their ids:
+# SIGTERM first (what the kubelet sends), then SIGKILL.
+stop_pid() {
+    [ -n "$1" ] || return 0
+    local pids i
+    pids=$(tree "$1")
+    kill -TERM $pids 2>/dev/null || true
+    for i in $(seq 20); do kill -0 "$1" 2>/dev/null || break; sleep 0.1; done
+    kill -KILL $pids 2>/dev/null || true
+    wait "$1" 2>/dev/null || true
 }
 
 cleanup() {
     local rc=$?
     set +e
-    stop_entry
+    stop_pid "$ENTRY_PID"
+    stop_pid "$LOOP_PID"
     if [ -n "$SANDBOX_CGROUP" ]; then
         [ -f "$work/etc/manifest.toml" ] && bp destroy >/dev/null 2>&1
         detach_all "$SANDBOX_CGROUP"
@@ -162,7 +172,7 @@ EOF
 ok "the files agree: names, the entrypoint's path and verbs, env read by entrypoint.sh, host paths, the prebuilt build dir, the ConfigMap key (subPath)"
 
 sh -n "$ENTRY" || fail "entrypoint.sh: sh -n"
-if command -v dash >/dev/null; then dash -n "$ENTRY" || fail "entrypoint.sh: dash -n"; SH=dash; else SH=sh; fi
+if command -v dash >/dev/null; then dash -n "$ENTRY" || fail "entrypoint.sh: dash -n"; SH="dash"; else SH="sh"; fi
 ok "entrypoint.sh parses as POSIX sh; it runs under $SH below"
 
 # ------------------------------------------------------- 2. the entrypoint
@@ -198,12 +208,24 @@ wait_for() {
     done
 }
 in_sync() { [ "$(status_rc)" = 0 ]; }
+# entry SECONDS ARGS...: the entrypoint, in the background so that an
+# interrupted test ends it too (cleanup), bounded in time; its exit code.
+entry() {
+    local limit=$1 rc=0
+    shift
+    timeout -k 2 "$limit" $SH "$ENTRY" "$@" &
+    ENTRY_PID=$!
+    wait "$ENTRY_PID" || rc=$?
+    ENTRY_PID=""
+    [ "$rc" != 124 ] || fail "entrypoint $* did not end within $limit s"
+    return "$rc"
+}
 attached_one() { [ "$(attached)" = 1 ]; }
 
 # mount-bpffs: never over an existing bpffs.
 before=$(bpffs_mounts_at /sys/fs/bpf)
 [ "$before" -ge 1 ] || fail "no bpffs at /sys/fs/bpf on this host"
-$SH "$ENTRY" mount-bpffs > "$work/mount.log" 2>&1 || { cat "$work/mount.log"; fail "mount-bpffs"; }
+entry 10 mount-bpffs > "$work/mount.log" 2>&1 || { cat "$work/mount.log"; fail "mount-bpffs"; }
 grep -q "mounted at /sys/fs/bpf already" "$work/mount.log" || { cat "$work/mount.log"; fail "mount-bpffs did not notice the bpffs"; }
 [ "$(bpffs_mounts_at /sys/fs/bpf)" = "$before" ] || fail "mount-bpffs mounted over /sys/fs/bpf"
 # Where there is none (a directory of ours, in a mount namespace of its own):
@@ -232,21 +254,21 @@ BPFPLAN_SYNC_INTERVAL=1 BPFPLAN_SYNC_ITERATIONS=60 unshare -m --propagation priv
     if [ -n "$2" ]; then mount --bind /dev/null "$2" || exit 98; fi
     exec "$3" "$4" run
 ' sh "$CG2" "$clang_real" "$SH" "$ENTRY" > "$work/run.log" 2>&1 &
-ENTRY_PID=$!
+LOOP_PID=$!
 wait_for 30 in_sync || { cat "$work/run.log"; fail "run did not apply within 30 s"; }
 attached_one || fail "run applied, but nothing is attached to $CG"
 grep -q "applied $BPFPLAN_MANIFEST" "$work/run.log" || { cat "$work/run.log"; fail "run did not say it applied"; }
 # (seen through the entrypoint's own mount namespace: a child cgroup cannot be made)
-if mkdir "/proc/$ENTRY_PID/root$CG/probe" 2>"$work/mkdir.err"; then
+if mkdir "/proc/$LOOP_PID/root$CG/probe" 2>"$work/mkdir.err"; then
     rmdir "$CG/probe"; fail "the cgroup mount is writable in the entrypoint's namespace"
 fi
 grep -q "Read-only file system" "$work/mkdir.err" || { cat "$work/mkdir.err"; fail "mkdir in the cgroup failed, but not for a read-only mount"; }
-if [ -n "$clang_real" ] && "/proc/$ENTRY_PID/root$clang_real" --version >/dev/null 2>&1; then
+if [ -n "$clang_real" ] && "/proc/$LOOP_PID/root$clang_real" --version >/dev/null 2>&1; then
     fail "clang still runs in the entrypoint's namespace"
 fi
 ok "run: applied the ConfigMap's manifest with prebuilt objects, through a read-only cgroup mount, no clang ($(since "$t"))"
 
-$SH "$ENTRY" ready > "$work/ready.log" 2>&1 || { cat "$work/ready.log"; fail "ready: not ready while in sync"; }
+entry 20 ready > "$work/ready.log" 2>&1 || { cat "$work/ready.log"; fail "ready: not ready while in sync"; }
 ok "ready: exit 0 in sync"
 
 t=$(now)
@@ -258,20 +280,20 @@ wait_for 10 in_sync || fail "not in sync after the repair"
 grep -q "drift: the kernel differs" "$work/run.log" || { cat "$work/run.log"; fail "the loop did not report the drift"; }
 ok "run: a hand detach is seen and repaired by re-applying (attachment back, program $id_before replaced by $(bpftool -j cgroup show "$CG" | python3 -c 'import json,sys; print(json.load(sys.stdin)[0]["id"])'), status exit 0) in $(since "$t")"
 
-kids=$(pgrep -P "$ENTRY_PID" || true)
-kill -TERM "$ENTRY_PID"
+kids=$(pgrep -P "$LOOP_PID" || true)
+kill -TERM "$LOOP_PID"
 rc=0
-for _ in $(seq 50); do kill -0 "$ENTRY_PID" 2>/dev/null || break; sleep 0.1; done
-kill -0 "$ENTRY_PID" 2>/dev/null && fail "run did not stop within 5 s of SIGTERM"
-wait "$ENTRY_PID" || rc=$?
-ENTRY_PID=""
+for _ in $(seq 50); do kill -0 "$LOOP_PID" 2>/dev/null || break; sleep 0.1; done
+kill -0 "$LOOP_PID" 2>/dev/null && fail "run did not stop within 5 s of SIGTERM"
+wait "$LOOP_PID" || rc=$?
+LOOP_PID=""
 [ "$rc" = 0 ] || { cat "$work/run.log"; fail "run exited $rc on SIGTERM"; }
 grep -q "stopping on SIGTERM" "$work/run.log" || { cat "$work/run.log"; fail "run did not log its stop"; }
 for k in $kids; do kill -0 "$k" 2>/dev/null && fail "process $k of the entrypoint outlived it"; done
 in_sync && attached_one || fail "the deployment did not stay after SIGTERM"
 ok "run: SIGTERM ends the loop at once (exit 0), no child left, the deployment stays"
 
-BPFPLAN_SYNC_INTERVAL=1 BPFPLAN_SYNC_ITERATIONS=2 timeout 30 $SH "$ENTRY" run > "$work/bounded.log" 2>&1 \
+BPFPLAN_SYNC_INTERVAL=1 BPFPLAN_SYNC_ITERATIONS=2 entry 30 run > "$work/bounded.log" 2>&1 \
     || { cat "$work/bounded.log"; fail "a bounded run failed"; }
 grep -q "done after 2 checks" "$work/bounded.log" || { cat "$work/bounded.log"; fail "BPFPLAN_SYNC_ITERATIONS=2 did not stop after 2 checks"; }
 grep -q "No changes" "$work/bounded.log" && ! grep -q "drift" "$work/bounded.log" \
@@ -279,30 +301,30 @@ grep -q "No changes" "$work/bounded.log" && ! grep -q "drift" "$work/bounded.log
 ok "run: BPFPLAN_SYNC_ITERATIONS bounds the loop; over an in-sync deployment apply says No changes and no check finds drift"
 
 bpftool cgroup detach "$CG" sock_ops pinned "$PINS/bpf_sockops"
-rc=0; $SH "$ENTRY" ready > "$work/ready.log" 2>&1 || rc=$?
+rc=0; entry 20 ready > "$work/ready.log" 2>&1 || rc=$?
 [ "$rc" = 1 ] && grep -q "DRIFT" "$work/ready.log" || { cat "$work/ready.log"; fail "ready: expected exit 1 and the drift while detached (got $rc)"; }
-BPFPLAN_SYNC_ONCE=true $SH "$ENTRY" run > "$work/once.log" 2>&1 || { cat "$work/once.log"; fail "BPFPLAN_SYNC_ONCE run"; }
+BPFPLAN_SYNC_ONCE=true entry 30 run > "$work/once.log" 2>&1 || { cat "$work/once.log"; fail "BPFPLAN_SYNC_ONCE run"; }
 attached_one && in_sync || fail "BPFPLAN_SYNC_ONCE did not repair"
-$SH "$ENTRY" ready >/dev/null 2>&1 || fail "ready: not ready after the repair"
+entry 20 ready >/dev/null 2>&1 || fail "ready: not ready after the repair"
 ok "ready: exit 1 with the drift while detached; BPFPLAN_SYNC_ONCE=true applies once and exits 0; ready again"
 
 ln -s "$work/etc/manifest.toml" "$work/link.toml"
-BPFPLAN_MANIFEST="$work/link.toml" BPFPLAN_SYNC_ONCE=true $SH "$ENTRY" run > "$work/link.log" 2>&1 || { cat "$work/link.log"; fail "run through a symlinked manifest"; }
+BPFPLAN_MANIFEST="$work/link.toml" BPFPLAN_SYNC_ONCE=true entry 30 run > "$work/link.log" 2>&1 || { cat "$work/link.log"; fail "run through a symlinked manifest"; }
 grep -q "warning: $work/link.toml resolves to $work/etc/manifest.toml" "$work/link.log" || { cat "$work/link.log"; fail "no warning for a symlinked manifest"; }
-rc=0; BPFPLAN_VARS="cgroup" $SH "$ENTRY" run > "$work/bad.log" 2>&1 || rc=$?
+rc=0; BPFPLAN_VARS="cgroup" entry 10 run > "$work/bad.log" 2>&1 || rc=$?
 [ "$rc" = 1 ] && grep -q "is not NAME=VALUE" "$work/bad.log" || { cat "$work/bad.log"; fail "a bad BPFPLAN_VARS was accepted"; }
-rc=0; BPFPLAN_SYNC_INTERVAL=0 $SH "$ENTRY" run > "$work/bad.log" 2>&1 || rc=$?
+rc=0; BPFPLAN_SYNC_INTERVAL=0 entry 10 run > "$work/bad.log" 2>&1 || rc=$?
 [ "$rc" = 1 ] && grep -q "BPFPLAN_SYNC_INTERVAL" "$work/bad.log" || { cat "$work/bad.log"; fail "BPFPLAN_SYNC_INTERVAL=0 was accepted"; }
 ok "run: warns when the manifest is a symlink (ConfigMap without subPath); refuses bad BPFPLAN_VARS and intervals"
 
 # prestop: destroys only when opted in.
-$SH "$ENTRY" prestop > "$work/prestop.log" 2>&1 || { cat "$work/prestop.log"; fail "prestop without opt-in"; }
+entry 20 prestop > "$work/prestop.log" 2>&1 || { cat "$work/prestop.log"; fail "prestop without opt-in"; }
 grep -q "leaving the deployment in place" "$work/prestop.log" || fail "prestop did not say it leaves the deployment"
 in_sync && attached_one && [ "$(pin_count)" -gt 0 ] || fail "prestop without opt-in changed the deployment"
-BPFPLAN_DESTROY_ON_STOP=false $SH "$ENTRY" prestop >/dev/null 2>&1 || fail "prestop with BPFPLAN_DESTROY_ON_STOP=false"
+BPFPLAN_DESTROY_ON_STOP=false entry 20 prestop >/dev/null 2>&1 || fail "prestop with BPFPLAN_DESTROY_ON_STOP=false"
 in_sync || fail "prestop with BPFPLAN_DESTROY_ON_STOP=false changed the deployment"
 ok "prestop: with BPFPLAN_DESTROY_ON_STOP unset or false the deployment stays (status exit 0, attached, $(pin_count) pins)"
-BPFPLAN_DESTROY_ON_STOP=true $SH "$ENTRY" prestop > "$work/prestop.log" 2>&1 || { cat "$work/prestop.log"; fail "prestop with opt-in"; }
+BPFPLAN_DESTROY_ON_STOP=true entry 60 prestop > "$work/prestop.log" 2>&1 || { cat "$work/prestop.log"; fail "prestop with opt-in"; }
 [ "$(attached)" = 0 ] || fail "prestop with opt-in left a program attached"
 [ "$(pin_count)" = 0 ] || fail "prestop with opt-in left pins: $(ls "$PINS")"
 [ "$(status_rc)" = 2 ] || fail "status does not report the deployment gone"

@@ -71,6 +71,9 @@ options:
     description:
       - Where compiled objects go (C(--build-dir)); default bpfplan's own
         cache directory.
+      - Give every run of a deployment the same one, and the same to any
+        C(bpfplan status) run by hand; bpfplan counts another build directory
+        as a changed program, and would replace the deployment.
     type: path
 requirements:
   - bpfplan, bpftool (and clang, unless the objects are in the build cache) on the managed host
