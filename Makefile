@@ -35,6 +35,7 @@ deb: build
 # on the host). Each part says why it skips when it cannot run here (not
 # root); CI sets BPFPLAN_REQUIRE_KERNEL=1 so none skips.
 test: deps
+	$(CARGO) build -p bpfplan-traffic
 	$(CARGO) test
 	$(MAKE) deb
 	sh tests/package/run.sh

@@ -92,7 +92,13 @@ pub fn bin() -> &'static str {
 /// The traffic generator, built beside bpfplan (it is its own package in
 /// the workspace, so cargo does not name it for these tests).
 pub fn traffic_bin() -> PathBuf {
-    Path::new(bin()).with_file_name("bpfplan-traffic")
+    let path = Path::new(bin()).with_file_name("bpfplan-traffic");
+    assert!(
+        path.is_file(),
+        "{} is not built: run `cargo build -p bpfplan-traffic` (make test does)",
+        path.display()
+    );
+    path
 }
 
 /// Every manifest in `manifests/`, sorted.
