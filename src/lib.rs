@@ -7,7 +7,7 @@
 //! text, sh, JSON), `kernel` (look, decide, execute, record), `bench` and
 //! `sandbox` (measuring), then `cli` and `commands` (the verbs).
 
-pub mod bench;
+pub(crate) mod bench;
 pub mod cli;
 mod commands;
 pub mod host;
