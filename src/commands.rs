@@ -123,7 +123,12 @@ pub(crate) fn dispatch(cli: cli::Cli) -> Result<(), Failure> {
             })
         }
         Command::Build { target } => {
-            let plan = load_plan(&target)?;
+            // Building attaches nothing: an image build without a cgroup v2
+            // mount may still resolve `cgroup = "auto"` (to the usual place).
+            let mut host = HostFacts::read().context("reading /proc/self/mountinfo")?;
+            host.cgroup2
+                .get_or_insert_with(|| PathBuf::from("/sys/fs/cgroup"));
+            let plan = plan_on(&target, &host)?;
             apply::build_only(&plan, vec![&mut Printer::default()])?;
             Ok(())
         }
@@ -385,7 +390,12 @@ fn status_cmd(target: &Target, format: ReportFormat) -> Result<(), Failure> {
 /// Read, validate and plan a manifest, printing its diagnostics to stderr.
 pub fn load_plan(target: &Target) -> Result<Plan, Failure> {
     let host = HostFacts::read().context("reading /proc/self/mountinfo")?;
-    match manifest::load(&target.manifest, &target.vars, &host) {
+    plan_on(target, &host)
+}
+
+/// Read, validate and plan a manifest against these host facts.
+fn plan_on(target: &Target, host: &HostFacts) -> Result<Plan, Failure> {
+    match manifest::load(&target.manifest, &target.vars, host) {
         Ok(loaded) => {
             for w in &loaded.warnings {
                 eprint!("{w}");
