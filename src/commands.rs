@@ -3,7 +3,7 @@
 
 use anyhow::Context;
 
-use std::path::PathBuf;
+use std::path::{Path, PathBuf};
 
 use crate::Failure;
 use crate::cli::{self, Command, ReportFormat, Target};
@@ -23,26 +23,9 @@ pub(crate) fn dispatch(cli: cli::Cli) -> Result<(), Failure> {
         Command::Plan {
             target,
             format,
-            destroy: _,
-            detailed_exitcode: _,
             out: Some(out),
-        } => {
-            let plan = load_plan(&target)?;
-            let saved = apply::save(&plan, &target.vars)?;
-            let mut bytes = serde_json::to_vec_pretty(&saved).context("encoding the plan")?;
-            bytes.push(b'\n');
-            std::fs::write(&out, bytes).with_context(|| format!("writing {}", out.display()))?;
-            print!(
-                "{}",
-                render::render_reviewed(
-                    &saved.plan,
-                    Some(&saved.review),
-                    format,
-                    Direction::Apply
-                )?
-            );
-            Ok(())
-        }
+            ..
+        } => plan_out(&target, format, &out),
         Command::Plan {
             target,
             format,
@@ -50,19 +33,7 @@ pub(crate) fn dispatch(cli: cli::Cli) -> Result<(), Failure> {
             detailed_exitcode,
             out: None,
         } => plan_cmd(&target, format, destroy, detailed_exitcode),
-        Command::Show { file, format } => {
-            let (saved, _) = saved::read(&file)?;
-            print!(
-                "{}",
-                render::render_reviewed(
-                    &saved.plan,
-                    Some(&saved.review),
-                    format,
-                    Direction::Apply
-                )?
-            );
-            Ok(())
-        }
+        Command::Show { file, format } => show_cmd(&file, format),
         Command::Status { target, format } => status_cmd(&target, format),
         Command::Apply {
             manifest,
@@ -70,108 +41,35 @@ pub(crate) fn dispatch(cli: cli::Cli) -> Result<(), Failure> {
             build_dir,
             plan: saved_plan,
             format,
-        } => {
-            let outcome = |a| match a {
-                apply::Applied::NoChanges => "no_changes",
-                apply::Applied::Changed => "changed",
-            };
-            match (manifest, saved_plan) {
-                (_, Some(file)) => {
-                    let (saved, hash) = saved::read(&file)?;
-                    let mut audit = AuditContext::for_plan("apply", &saved.plan)?;
-                    audit.plan_hash = hash.clone();
-                    let reviewed = apply::Reviewed { saved, hash };
-                    change("apply", format, audit, |listeners| {
-                        apply::apply(&reviewed.saved.plan, listeners, Some(&reviewed)).map(outcome)
-                    })
-                }
-                (Some(manifest), None) => {
-                    let target = Target {
-                        manifest,
-                        vars,
-                        build_dir,
-                    };
-                    let plan = load_plan(&target)?;
-                    let audit = AuditContext::for_plan("apply", &plan)?;
-                    change("apply", format, audit, |listeners| {
-                        apply::apply(&plan, listeners, None).map(outcome)
-                    })
-                }
-                (None, None) => Err(Failure::Runtime(anyhow::anyhow!(
-                    "apply needs a manifest or --plan FILE"
-                ))),
-            }
-        }
-        Command::Adopt { target, format } => {
-            let plan = load_plan(&target)?;
-            let audit = AuditContext::for_plan("adopt", &plan)?;
-            change("adopt", format, audit, |listeners| {
-                apply::adopt(&plan, listeners).map(|()| "adopted")
-            })
-        }
-        Command::Destroy { target, format } => {
-            let plan = load_plan(&target)?;
-            let audit = AuditContext::for_plan("destroy", &plan)?;
-            change("destroy", format, audit, |listeners| {
-                apply::destroy(&plan, listeners).map(|did| {
-                    if did {
-                        "destroyed"
-                    } else {
-                        "nothing_to_destroy"
-                    }
-                })
-            })
-        }
-        Command::Build { target } => {
-            // Building attaches nothing: an image build without a cgroup v2
-            // mount may still resolve `cgroup = "auto"` (to the usual place).
-            let mut host = HostFacts::read().context("reading /proc/self/mountinfo")?;
-            host.cgroup2
-                .get_or_insert_with(|| PathBuf::from("/sys/fs/cgroup"));
-            let plan = plan_on(&target, &host)?;
-            apply::build_only(&plan, vec![&mut Printer::default()])?;
-            Ok(())
-        }
+        } => match (manifest, saved_plan) {
+            (_, Some(file)) => apply_saved(&file, format),
+            (Some(manifest), None) => apply_cmd(
+                &Target {
+                    manifest,
+                    vars,
+                    build_dir,
+                },
+                format,
+            ),
+            (None, None) => Err(Failure::Runtime(anyhow::anyhow!(
+                "apply needs a manifest or --plan FILE"
+            ))),
+        },
+        Command::Adopt { target, format } => adopt_cmd(&target, format),
+        Command::Destroy { target, format } => destroy_cmd(&target, format),
+        Command::Build { target } => build_cmd(&target),
         Command::Doctor {
             manifest,
             vars,
             build_dir,
             format,
-        } => {
-            let plan = doctor_plan(manifest, vars, build_dir)?;
-            let report = crate::kernel::doctor::doctor(&plan);
-            match format {
-                ReportFormat::Text => print!("{}", crate::kernel::doctor::text(&report)),
-                ReportFormat::Json => println!("{}", to_json(&report)?),
-            }
-            if report.ok {
-                Ok(())
-            } else {
-                // The report said it all, as advice.
-                Err(Failure::Quiet)
-            }
-        }
-        Command::Generate { what, out } => {
-            generate(what, &out)?;
-            Ok(())
-        }
+        } => doctor_cmd(manifest, vars, build_dir, format),
+        Command::Generate { what, out } => Ok(generate(what, &out)?),
         Command::Log {
             deployment,
             since,
             format,
-        } => {
-            let since = since.as_deref().map(audit::parse_since).transpose()?;
-            let lines = audit::read(&audit::log_path(), deployment.as_deref(), since)?;
-            match format {
-                ReportFormat::Text => print!("{}", audit::text(&lines)),
-                ReportFormat::Json => {
-                    for l in &lines {
-                        println!("{}", serde_json::to_string(l).context("encoding JSON")?);
-                    }
-                }
-            }
-            Ok(())
-        }
+        } => log_cmd(deployment.as_deref(), since.as_deref(), format),
         Command::Bench {
             target,
             rounds,
@@ -182,21 +80,10 @@ pub(crate) fn dispatch(cli: cli::Cli) -> Result<(), Failure> {
             pin_parent,
             workload,
             sizes,
-        } => {
-            // Validate first, with the two variables bench sets: a manifest
-            // error exits 2 before anything is made.
-            let mut probe = target.clone();
-            probe.vars.push(("cgroup".into(), "auto".into()));
-            probe
-                .vars
-                .push(("pin_dir".into(), host::DEFAULT_BPFFS.into()));
-            if let Err(e) = load_plan(&probe) {
-                eprintln!(
-                    "error: bench needs a manifest that declares `cgroup` and `pin_dir` in `[vars]`"
-                );
-                return Err(e);
-            }
-            let opts = crate::bench::BenchOptions {
+        } => bench_cmd(
+            &target,
+            format,
+            crate::bench::BenchOptions {
                 rounds,
                 quick,
                 cgroup_parent,
@@ -204,15 +91,153 @@ pub(crate) fn dispatch(cli: cli::Cli) -> Result<(), Failure> {
                 chart,
                 workloads: workload,
                 sizes,
-            };
-            let report = crate::bench::bench(&target, &opts)?;
-            match format {
-                ReportFormat::Text => print!("{}", crate::bench::text(&report)),
-                ReportFormat::Json => println!("{}", to_json(&report)?),
+            },
+        ),
+    }
+}
+
+/// `plan --out FILE`: build, save what was reviewed, print it.
+fn plan_out(target: &Target, format: Format, out: &Path) -> Result<(), Failure> {
+    let plan = load_plan(target)?;
+    let saved = apply::save(&plan, &target.vars)?;
+    let mut bytes = serde_json::to_vec_pretty(&saved).context("encoding the plan")?;
+    bytes.push(b'\n');
+    std::fs::write(out, bytes).with_context(|| format!("writing {}", out.display()))?;
+    print!(
+        "{}",
+        render::render_reviewed(&saved.plan, Some(&saved.review), format, Direction::Apply)?
+    );
+    Ok(())
+}
+
+fn show_cmd(file: &Path, format: Format) -> Result<(), Failure> {
+    let (saved, _) = saved::read(file)?;
+    print!(
+        "{}",
+        render::render_reviewed(&saved.plan, Some(&saved.review), format, Direction::Apply)?
+    );
+    Ok(())
+}
+
+fn outcome(a: apply::Applied) -> &'static str {
+    match a {
+        apply::Applied::NoChanges => "no_changes",
+        apply::Applied::Changed => "changed",
+    }
+}
+
+/// `apply --plan FILE`: exactly what was reviewed, or nothing.
+fn apply_saved(file: &Path, format: ReportFormat) -> Result<(), Failure> {
+    let (saved, hash) = saved::read(file)?;
+    let mut audit = AuditContext::for_plan("apply", &saved.plan)?;
+    audit.plan_hash = hash.clone();
+    let reviewed = apply::Reviewed { saved, hash };
+    change("apply", format, audit, |listeners| {
+        apply::apply(&reviewed.saved.plan, listeners, Some(&reviewed)).map(outcome)
+    })
+}
+
+fn apply_cmd(target: &Target, format: ReportFormat) -> Result<(), Failure> {
+    let plan = load_plan(target)?;
+    let audit = AuditContext::for_plan("apply", &plan)?;
+    change("apply", format, audit, |listeners| {
+        apply::apply(&plan, listeners, None).map(outcome)
+    })
+}
+
+fn adopt_cmd(target: &Target, format: ReportFormat) -> Result<(), Failure> {
+    let plan = load_plan(target)?;
+    let audit = AuditContext::for_plan("adopt", &plan)?;
+    change("adopt", format, audit, |listeners| {
+        apply::adopt(&plan, listeners).map(|()| "adopted")
+    })
+}
+
+fn destroy_cmd(target: &Target, format: ReportFormat) -> Result<(), Failure> {
+    let plan = load_plan(target)?;
+    let audit = AuditContext::for_plan("destroy", &plan)?;
+    change("destroy", format, audit, |listeners| {
+        apply::destroy(&plan, listeners).map(|did| {
+            if did {
+                "destroyed"
+            } else {
+                "nothing_to_destroy"
             }
-            Ok(())
+        })
+    })
+}
+
+fn build_cmd(target: &Target) -> Result<(), Failure> {
+    // Building attaches nothing: an image build without a cgroup v2
+    // mount may still resolve `cgroup = "auto"` (to the usual place).
+    let mut host = HostFacts::read().context("reading /proc/self/mountinfo")?;
+    host.cgroup2
+        .get_or_insert_with(|| PathBuf::from("/sys/fs/cgroup"));
+    let plan = plan_on(target, &host)?;
+    apply::build_only(&plan, vec![&mut Printer::default()])?;
+    Ok(())
+}
+
+fn doctor_cmd(
+    manifest: Option<PathBuf>,
+    vars: Vec<(String, String)>,
+    build_dir: Option<PathBuf>,
+    format: ReportFormat,
+) -> Result<(), Failure> {
+    let plan = doctor_plan(manifest, vars, build_dir)?;
+    let report = crate::kernel::doctor::doctor(&plan);
+    match format {
+        ReportFormat::Text => print!("{}", crate::kernel::doctor::text(&report)),
+        ReportFormat::Json => println!("{}", to_json(&report)?),
+    }
+    if report.ok {
+        Ok(())
+    } else {
+        // The report said it all, as advice.
+        Err(Failure::Quiet)
+    }
+}
+
+fn log_cmd(
+    deployment: Option<&str>,
+    since: Option<&str>,
+    format: ReportFormat,
+) -> Result<(), Failure> {
+    let since = since.map(audit::parse_since).transpose()?;
+    let lines = audit::read(&audit::log_path(), deployment, since)?;
+    match format {
+        ReportFormat::Text => print!("{}", audit::text(&lines)),
+        ReportFormat::Json => {
+            for l in &lines {
+                println!("{}", serde_json::to_string(l).context("encoding JSON")?);
+            }
         }
     }
+    Ok(())
+}
+
+fn bench_cmd(
+    target: &Target,
+    format: ReportFormat,
+    opts: crate::bench::BenchOptions,
+) -> Result<(), Failure> {
+    // Validate first, with the two variables bench sets: a manifest
+    // error exits 2 before anything is made.
+    let mut probe = target.clone();
+    probe.vars.push(("cgroup".into(), "auto".into()));
+    probe
+        .vars
+        .push(("pin_dir".into(), host::DEFAULT_BPFFS.into()));
+    if let Err(e) = load_plan(&probe) {
+        eprintln!("error: bench needs a manifest that declares `cgroup` and `pin_dir` in `[vars]`");
+        return Err(e);
+    }
+    let report = crate::bench::bench(target, &opts)?;
+    match format {
+        ReportFormat::Text => print!("{}", crate::bench::text(&report)),
+        ReportFormat::Json => println!("{}", to_json(&report)?),
+    }
+    Ok(())
 }
 
 /// Run a verb that changes the kernel, with the listeners its format asks
