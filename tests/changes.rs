@@ -148,6 +148,77 @@ fn a_failure_at_any_step_of_a_replace_restores_the_old_deployment() {
     assert_eq!(sb.attachments().len(), 0);
 }
 
+/// A kill at any step of a replace (before the step runs, or after it),
+/// then an apply: the run is undone or finished, and the deployment asked
+/// for runs, with no staged or set-aside pin left and nothing stuck.
+#[test]
+fn a_replace_killed_at_any_step_is_recovered_by_the_next_apply() {
+    let Some(mut sb) = Sandbox::new("replace_killed", "manifests/bypass-policy.toml") else {
+        return;
+    };
+    let inner = sb.child_cgroup("inner");
+    let to_inner = format!("cgroup={}", inner.display());
+    let old = ["--var", "deny_port=20013"];
+    let new = ["--var", "deny_port=20014", "--var", to_inner.as_str()];
+    sb.must_with("apply", &old);
+    let mut kills = 0;
+    for moment in ["before", "after"] {
+        for n in 1..=200 {
+            let out = sb
+                .bpfplan_cmd("apply", &sb.manifest)
+                .args(new)
+                .env("BPFPLAN_DIE_AT", format!("{moment}:{n}"))
+                .output()
+                .unwrap();
+            if out.status.success() {
+                // Past the last step: the replace ran whole. Back to the
+                // old deployment for the next moment.
+                sb.must_with("apply", &old);
+                break;
+            }
+            assert_eq!(
+                out.status.code(),
+                Some(137),
+                "{moment}:{n}: {}",
+                stderr(&out)
+            );
+            kills += 1;
+            let log = sb.must_with("apply", &new);
+            assert!(log.contains("interrupted"), "{moment}:{n}: {log}");
+            assert_eq!(sb.pins(), POLICY_PINS, "{moment}:{n}: {log}");
+            assert_eq!(sb.attachments().len(), 0, "{moment}:{n}: {log}");
+            let (code, st) = sb.status_of(&inner, &["--var", "deny_port=20014"]);
+            assert_eq!(code, 0, "{moment}:{n}: {st}");
+            assert!(sb.must_with("apply", &new).contains("No changes"));
+            sb.must_with("apply", &old);
+            assert_eq!(sb.attachments().len(), 1, "{moment}:{n}");
+        }
+    }
+    assert!(
+        kills > 20,
+        "only {kills} kill points: is BPFPLAN_DIE_AT honoured?"
+    );
+    assert!(denied(&sb, 20013));
+
+    // An entries run killed before its batch ran, and after: the next
+    // apply undoes only what landed, then writes the new entries.
+    for die in ["before:1", "after:1"] {
+        let out = sb
+            .bpfplan_cmd("apply", &sb.manifest)
+            .args(["--var", "deny_port=20015"])
+            .env("BPFPLAN_DIE_AT", die)
+            .output()
+            .unwrap();
+        assert_eq!(out.status.code(), Some(137), "{die}: {}", stderr(&out));
+        let log = sb.must_with("apply", &["--var", "deny_port=20015"]);
+        assert!(log.contains("interrupted"), "{die}: {log}");
+        let (code, st) = sb.status(&["--var", "deny_port=20015"]);
+        assert_eq!(code, 0, "{die}: {st}");
+        assert!(denied(&sb, 20015), "{die}");
+        sb.must_with("apply", &old);
+    }
+}
+
 #[test]
 fn nothing_is_lost_during_a_replace() {
     let (dir, manifest) = checkout("bypass.toml");

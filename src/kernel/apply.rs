@@ -649,7 +649,7 @@ pub(crate) fn destroy(plan: &Plan, listeners: Vec<&mut dyn Listener>) -> Result<
         if l.record.run.is_some() {
             let obs = observe(&query(plan, Some(&l)))?;
             if let Some(run) = &l.record.run {
-                let (ops, forward) = decide::recovery(run, l.started, &obs);
+                let (ops, forward) = super::recovery::recovery(run, l.started, &obs);
                 recover(&mut exec, &store, l, &ops, forward)?;
             }
             loaded = read_record(&store)?;

@@ -10,7 +10,7 @@ use std::path::PathBuf;
 
 use super::inspect::{PinState, ProgInfo};
 use super::observe::Observed;
-use super::record::{Deployed, FileHash, Loaded, MapFact, ProgramFact, Run};
+use super::record::{Deployed, FileHash, Loaded, MapFact, ProgramFact};
 use crate::manifest::model::{MapPin, ProgPin, ProgType, kernel_name};
 use crate::plan::step::{AttachPoint, Attachment, PinKind, ProgRef, Step};
 use crate::plan::{Drift, Op, Plan, Review, Spec};
@@ -236,7 +236,7 @@ pub(crate) fn decide(
         return fresh(plan, obs);
     };
     if let Some(run) = &loaded.record.run {
-        let (ops, forward) = recovery(run, loaded.started, obs);
+        let (ops, forward) = super::recovery::recovery(run, loaded.started, obs);
         return Decision::Recover { ops, forward };
     }
     let Some(d) = &loaded.record.deployed else {
@@ -305,56 +305,6 @@ fn missing_dirs(plan: &Plan, obs: &Observed) -> Vec<PathBuf> {
         .into_iter()
         .filter(|d| !obs.dirs.contains(d))
         .collect()
-}
-
-/// How to end a killed run: undo the ops it started, last first, or, past
-/// its point of no return, finish the ones left. Steps whose work is
-/// already done (or undone) are left out.
-pub(crate) fn recovery(run: &Run, started: usize, obs: &Observed) -> (Vec<Op>, bool) {
-    let started = started.min(run.ops.len());
-    let commit = run.commit_at.filter(|c| started > *c);
-    let forward = commit.is_some();
-    let steps: Vec<Step> = if let Some(c) = commit {
-        // Every op past the commit point, as some may have failed; those
-        // already done are filtered out below.
-        run.ops[c.min(run.ops.len())..]
-            .iter()
-            .map(|op| op.step.clone())
-            .collect()
-    } else {
-        run.ops[..started]
-            .iter()
-            .rev()
-            .filter_map(|op| op.undo.clone())
-            .collect()
-    };
-    let ops = steps
-        .into_iter()
-        .filter(|s| still_needed(s, obs))
-        .map(|step| Op { step, undo: None })
-        .collect();
-    (ops, forward)
-}
-
-/// Whether a teardown or recovery step still has something to do.
-pub(crate) fn still_needed(step: &Step, obs: &Observed) -> bool {
-    match step {
-        Step::UnpinProgram { pin, .. } => obs.pins.contains_key(pin.as_str()),
-        Step::UnpinMap { pin, .. } => obs.pins.contains_key(pin.as_str()),
-        Step::RenamePin { from, to, .. } => {
-            obs.pins.contains_key(from) && !obs.pins.contains_key(to)
-        }
-        Step::RemovePinDir { dir } => obs.dirs.contains(dir),
-        Step::Detach(a) => obs
-            .prog_id(&a.prog)
-            .is_some_and(|id| obs.attached(&a.point, id)),
-        Step::Attach(a) => obs
-            .prog_id(&a.prog)
-            .is_some_and(|id| !obs.attached(&a.point, id)),
-        Step::LoadProgram { pin, .. } => !obs.pins.contains_key(pin.as_str()),
-        Step::PinMap { pin, .. } => !obs.pins.contains_key(pin.as_str()),
-        _ => true,
-    }
 }
 
 /// The tag each program of a manifest gets when its object is loaded
@@ -959,7 +909,7 @@ mod tests {
     use super::*;
     use crate::host::HostFacts;
     use crate::kernel::inspect::{DumpEntry, MapInfo};
-    use crate::kernel::record::{Record, RunKind};
+    use crate::kernel::record::{Record, Run, RunKind};
     use crate::manifest::diag::Source;
     use crate::manifest::validate;
     use crate::plan::PlanOptions;
@@ -1317,6 +1267,122 @@ cgroup = "/sys/fs/cgroup/web"
             "{s:#?}"
         );
         assert_eq!(s[commit_at..].len(), 4, "{s:#?}");
+    }
+
+    /// Killed after the new pins were moved in, before the old ones were
+    /// removed: the undo is judged step by step against the kernel as the
+    /// undos before it leave it, so the old deployment comes back whole.
+    #[test]
+    fn a_replace_killed_after_the_swap_is_undone_whole() {
+        let p = plan("1000");
+        let on_record = loaded(Some(deployed(&p)), None, 0);
+        let mut rebuilt = objects();
+        rebuilt[0].sha256 = "o2".into();
+        let Decision::Replace { ops, commit_at, .. } =
+            decide(&p, Some(&on_record), &healthy(1000), &rebuilt)
+        else {
+            panic!("not a replace");
+        };
+        // The kernel when every step before the commit point has run: new
+        // objects (ids 5, 6, 20, 21) at the pins, old ones aside, only the
+        // new ones attached.
+        let mut o = Observed::default();
+        let t = "/sys/fs/bpf/t";
+        o.pins
+            .insert(format!("{t}/ops"), prog(5, "sock_ops", "ops", "aa"));
+        o.pins
+            .insert(format!("{t}/redir"), prog(6, "sk_msg", "redir", "bb"));
+        o.pins
+            .insert(format!("{t}/socks"), map(20, "sockhash", "socks"));
+        o.pins.insert(format!("{t}/deny"), map(21, "hash", "deny"));
+        o.pins
+            .insert(format!("{t}/ops~old"), prog(1, "sock_ops", "ops", "aa"));
+        o.pins
+            .insert(format!("{t}/redir~old"), prog(2, "sk_msg", "redir", "bb"));
+        o.pins
+            .insert(format!("{t}/socks~old"), map(10, "sockhash", "socks"));
+        o.pins
+            .insert(format!("{t}/deny~old"), map(11, "hash", "deny"));
+        o.cgroups.insert("/sys/fs/cgroup/web".into(), vec![5]);
+        let verdict = crate::manifest::model::AttachKind::MsgVerdict;
+        o.map_links.insert((format!("{t}/socks"), verdict), vec![6]);
+        o.map_links
+            .insert((format!("{t}/socks~old"), verdict), vec![]);
+        o.dirs.insert(t.into());
+        let run = Run {
+            kind: RunKind::Replace,
+            plan: p.clone(),
+            ops,
+            commit_at: Some(commit_at),
+            sources: vec![],
+            objects: vec![],
+            pin_dirs: vec![],
+        };
+        let (undo, forward) = crate::kernel::recovery::recovery(&run, commit_at, &o);
+        assert!(!forward);
+        let s = summaries(&undo);
+        for want in [
+            "move program `ops` from /sys/fs/bpf/t/ops to /sys/fs/bpf/t/ops~new",
+            "move program `ops` from /sys/fs/bpf/t/ops~old to /sys/fs/bpf/t/ops",
+            "move map `socks` from /sys/fs/bpf/t/socks~old to /sys/fs/bpf/t/socks",
+            "attach program `redir` to map `socks`",
+            "attach program `ops` to cgroup /sys/fs/cgroup/web",
+            "unpin program `ops` at /sys/fs/bpf/t/ops~new",
+            "unpin map `socks` at /sys/fs/bpf/t/socks~new",
+        ] {
+            assert!(
+                s.iter().any(|x| x.starts_with(want)),
+                "no {want:?} in {s:#?}"
+            );
+        }
+        // The new sockops comes off the cgroup (named by its staged pin)
+        // before that pin goes.
+        let detach_new = undo.iter().position(|op| {
+            matches!(&op.step, Step::Detach(a)
+                if a.prog == ProgRef::Pinned(ProgPin(format!("{t}/ops~new"))))
+        });
+        let unpin_new = s
+            .iter()
+            .position(|x| x == "unpin program `ops` at /sys/fs/bpf/t/ops~new");
+        assert!(detach_new.is_some() && detach_new < unpin_new, "{s:#?}");
+    }
+
+    /// An entries run killed mid-batch: only the keys that made it in are
+    /// removed again (deleting one that never did would fail, forever).
+    #[test]
+    fn a_killed_entries_run_undoes_only_what_landed() {
+        let p = plan("2000");
+        let on_record = loaded(Some(deployed(&plan("1000"))), None, 0);
+        let Decision::Entries(ops) = decide(&p, Some(&on_record), &healthy(1000), &objects())
+        else {
+            panic!("not an entries update");
+        };
+        let run = Run {
+            kind: RunKind::Entries,
+            plan: p.clone(),
+            ops,
+            commit_at: None,
+            sources: vec![],
+            objects: vec![],
+            pin_dirs: vec![],
+        };
+        // Both lines were started (one batch); only the first landed.
+        let mut o = healthy(1000);
+        o.contents.insert(
+            "/sys/fs/bpf/t/deny".into(),
+            [1000u32, 2000]
+                .iter()
+                .map(|k| DumpEntry {
+                    key: k.to_ne_bytes().to_vec(),
+                    values: vec![vec![1]],
+                })
+                .collect(),
+        );
+        let (undo, _) = crate::kernel::recovery::recovery(&run, 2, &o);
+        assert_eq!(summaries(&undo), ["remove `deny`[2000]"]);
+        // Nothing landed: nothing to undo.
+        let (undo, _) = crate::kernel::recovery::recovery(&run, 2, &healthy(1000));
+        assert_eq!(summaries(&undo), Vec::<String>::new());
     }
 
     #[test]

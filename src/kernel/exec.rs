@@ -244,6 +244,28 @@ pub(crate) struct Executor<'a> {
     /// `BPFPLAN_FAIL_STEP`: the first step whose summary holds this text
     /// fails before it runs, once (for testing rollback at any step).
     fail_step: Option<String>,
+    /// `BPFPLAN_DIE_AT=before:N|after:N`: the process exits at once, as if
+    /// killed, when op N (from 1) of a journaled run has been put on record
+    /// (`before` it runs) or has run (`after`); for testing recovery from a
+    /// kill at any step.
+    die_at: Option<(Moment, usize)>,
+}
+
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+enum Moment {
+    Before,
+    After,
+}
+
+fn die_at() -> Option<(Moment, usize)> {
+    let v = std::env::var("BPFPLAN_DIE_AT").ok()?;
+    let (when, n) = v.split_once(':')?;
+    let when = match when {
+        "before" => Moment::Before,
+        "after" => Moment::After,
+        _ => return None,
+    };
+    Some((when, n.parse().ok()?))
 }
 
 impl<'a> Executor<'a> {
@@ -253,6 +275,7 @@ impl<'a> Executor<'a> {
             fail_step: std::env::var("BPFPLAN_FAIL_STEP")
                 .ok()
                 .filter(|s| !s.is_empty()),
+            die_at: die_at(),
         }
     }
 
@@ -313,6 +336,9 @@ impl<'a> Executor<'a> {
                 let label = self.label(ops, i, numbering);
                 return Err(self.fail(ops, i, label, error, policy));
             }
+            if journal.is_some() {
+                self.maybe_die(Moment::Before, i..i + len);
+            }
             let result = if len > 1 {
                 self.batch(group, numbering.first + i, numbering.total)
             } else {
@@ -320,7 +346,12 @@ impl<'a> Executor<'a> {
                     .map_err(|e| (0, e))
             };
             match result {
-                Ok(()) => i += len,
+                Ok(()) => {
+                    if journal.is_some() {
+                        self.maybe_die(Moment::After, i..i + len);
+                    }
+                    i += len
+                }
                 Err((k, e)) => {
                     let at = i + k;
                     let committed = match policy {
@@ -337,6 +368,17 @@ impl<'a> Executor<'a> {
             }
         }
         Ok(failures)
+    }
+
+    /// `BPFPLAN_DIE_AT`: exit without a word or a rollback, like SIGKILL.
+    fn maybe_die(&self, moment: Moment, group: std::ops::Range<usize>) {
+        if let Some((when, n)) = self.die_at
+            && when == moment
+            && n >= 1
+            && group.contains(&(n - 1))
+        {
+            std::process::exit(137);
+        }
     }
 
     fn label(&self, ops: &[Op], at: usize, numbering: Numbering) -> String {

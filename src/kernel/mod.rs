@@ -14,6 +14,7 @@ pub mod inspect;
 pub(crate) mod observe;
 pub(crate) mod preflight;
 pub mod record;
+pub(crate) mod recovery;
 pub(crate) mod saved;
 pub(crate) mod status;
 pub(crate) mod sys;

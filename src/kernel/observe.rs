@@ -89,6 +89,11 @@ impl Query {
                 self.pin(to);
             }
             Step::Attach(a) | Step::Detach(a) => self.attachment(a),
+            // Recovery judges entry steps by the map's contents.
+            Step::UpdateMapEntry { pin, .. } | Step::DeleteMapEntry { pin, .. } => {
+                self.pin(pin.as_str());
+                self.dumps.insert(pin.0.clone());
+            }
             Step::MakePinDir { dir } | Step::RemovePinDir { dir } => {
                 self.dirs.insert(dir.clone());
             }
