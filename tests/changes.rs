@@ -99,8 +99,10 @@ fn a_failure_at_any_step_of_a_replace_restores_the_old_deployment() {
             sb.cgroup.display()
         ),
         "detach program `bpf_redir` (msg_verdict)".to_string(),
-        format!("move program `bpf_sockops` from {}", pin("bpf_sockops")),
-        format!("to {}", pin("sock_ops_map")),
+        format!("move program `bpf_sockops` from {} to", pin("bpf_sockops")),
+        format!("to {}~old", pin("sock_ops_map")),
+        format!("move program `bpf_sockops` from {}~new", pin("bpf_sockops")),
+        format!("move map `sock_ops_map` from {}~new", pin("sock_ops_map")),
     ];
     for step in &steps {
         let out = sb
