@@ -16,6 +16,7 @@ use crate::kernel::saved;
 use crate::kernel::status;
 use crate::manifest::{self, LoadError};
 use crate::plan::render::{self, Direction, Format};
+use crate::plan::step::Step;
 use crate::plan::{self, Plan, PlanOptions};
 
 pub(crate) fn dispatch(cli: cli::Cli) -> Result<(), Failure> {
@@ -110,8 +111,36 @@ fn plan_out(target: &Target, format: Format, out: &Path) -> Result<(), Failure> 
     Ok(())
 }
 
+/// A saved plan, once it holds up: root's own file, and exactly the plan
+/// its manifest and variables make today, so a file cannot ask root for a
+/// step, an object or a path its manifest does not. (What apply would run
+/// is checked against the file's review once apply has looked.)
+fn read_saved(file: &Path) -> Result<(saved::SavedPlan, String), Failure> {
+    let (saved, hash) = saved::read(file)?;
+    let build_dir = saved.plan.steps.iter().find_map(|s| match s {
+        Step::MakeBuildDir { dir } => Some(dir.clone()),
+        _ => None,
+    });
+    let target = Target {
+        manifest: saved.manifest.clone(),
+        vars: saved.vars.clone(),
+        build_dir,
+    };
+    if load_plan(&target)? != saved.plan {
+        eprintln!(
+            "error: {}: {} with the variables saved in the file no longer makes the plan the \
+             file holds (the manifest changed since, or the file was edited); nothing was \
+             changed: make the plan again",
+            file.display(),
+            saved.manifest.display()
+        );
+        return Err(Failure::Differs);
+    }
+    Ok((saved, hash))
+}
+
 fn show_cmd(file: &Path, format: Format) -> Result<(), Failure> {
-    let (saved, _) = saved::read(file)?;
+    let (saved, _) = read_saved(file)?;
     print!(
         "{}",
         render::render_reviewed(&saved.plan, Some(&saved.review), format, Direction::Apply)?
@@ -128,7 +157,7 @@ fn outcome(a: apply::Applied) -> &'static str {
 
 /// `apply --plan FILE`: exactly what was reviewed, or nothing.
 fn apply_saved(file: &Path, format: ReportFormat) -> Result<(), Failure> {
-    let (saved, hash) = saved::read(file)?;
+    let (saved, hash) = read_saved(file)?;
     let mut audit = AuditContext::for_plan("apply", &saved.plan)?;
     audit.plan_hash = hash.clone();
     let reviewed = apply::Reviewed { saved, hash };

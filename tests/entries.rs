@@ -101,3 +101,52 @@ fn a_failing_entry_is_named_and_rolled_back() {
     with_ports(&manifest, 30_000..31_000);
     assert_eq!(sb.status(&[]).0, 0);
 }
+
+/// bpftool dies mid-batch (here: after 5 lines, by SIGKILL, through a
+/// wrapper first on PATH): which entries landed is unknown, so nothing is
+/// undone blindly; the run stays on record and the next apply, looking at
+/// the map, undoes exactly what landed, then writes the new entries.
+#[test]
+fn a_batch_that_dies_midway_is_ended_by_the_next_apply() {
+    use std::os::unix::fs::PermissionsExt;
+    let (_dir, manifest) = checkout("bypass-policy.toml");
+    with_ports(&manifest, 40_000..41_000);
+    let Some(sb) = Sandbox::new("batch_died", manifest.to_str().unwrap()) else {
+        return;
+    };
+    sb.must("apply");
+    let ids = sb.prog_ids();
+    let real = which::which("bpftool").unwrap();
+    let bin = sb.tmp.path().join("bin");
+    std::fs::create_dir(&bin).unwrap();
+    let wrapper = bin.join("bpftool");
+    std::fs::write(
+        &wrapper,
+        format!(
+            "#!/bin/sh\nif [ \"$2\" = batch ]; then\n  head -n 5 | {real} -j batch file - >/dev/null\n  kill -9 $$\nfi\nexec {real} \"$@\"\n",
+            real = real.display()
+        ),
+    )
+    .unwrap();
+    std::fs::set_permissions(&wrapper, std::fs::Permissions::from_mode(0o755)).unwrap();
+    let path = format!("{}:{}", bin.display(), std::env::var("PATH").unwrap());
+
+    // Half the keys go, ten come.
+    with_ports(&manifest, 40_500..41_010);
+    let out = sb
+        .bpfplan_cmd("apply", &manifest)
+        .env("PATH", &path)
+        .output()
+        .unwrap();
+    let err = String::from_utf8_lossy(&out.stderr).into_owned();
+    assert_eq!(out.status.code(), Some(1), "{err}");
+    assert!(err.contains("which entries landed is unknown"), "{err}");
+    let landed = deny_keys(&sb);
+    assert_ne!(landed, (40_000..41_000).collect::<Vec<_>>(), "no line ran");
+
+    let log = sb.must("apply");
+    assert!(log.contains("interrupted"), "{log}");
+    assert_eq!(deny_keys(&sb), (40_500..41_010).collect::<Vec<_>>());
+    assert_eq!(sb.prog_ids(), ids, "a program was reloaded");
+    assert_eq!(sb.status(&[]).0, 0);
+}

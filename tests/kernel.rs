@@ -365,6 +365,32 @@ fn preflight_failures_change_nothing() {
     sb.must_with("destroy", &["--var", &var]);
     assert!(!missing.exists(), "destroy left the pin directory it made");
     sb.assert_clean(&[]);
+
+    // When someone else pins into that directory, destroy leaves it (and
+    // their pin) and still completes.
+    sb.must_with("apply", &["--var", &var]);
+    let foreign = missing.join("foreign");
+    let made = Command::new("bpftool")
+        .args(["map", "create"])
+        .arg(&foreign)
+        .args([
+            "type", "hash", "key", "4", "value", "4", "entries", "1", "name", "foreign",
+        ])
+        .output()
+        .unwrap();
+    assert!(made.status.success(), "{}", stderr(&made));
+    let log = sb.must_with("destroy", &["--var", &var]);
+    assert!(log.contains("not empty"), "{log}");
+    assert!(foreign.exists(), "destroy removed a pin it did not make");
+    let records: Vec<_> = std::fs::read_dir(sb.state_dir())
+        .unwrap()
+        .filter_map(|e| e.ok())
+        .filter(|e| e.path().extension().is_some_and(|x| x == "json"))
+        .collect();
+    assert!(records.is_empty(), "destroy left its record: {records:?}");
+    std::fs::remove_file(&foreign).unwrap();
+    std::fs::remove_dir(&missing).unwrap();
+    sb.assert_clean(&[]);
 }
 
 /// A kill after step N, made exactly: run the first N steps by hand, record

@@ -62,6 +62,8 @@ fn a_saved_plan_loads_what_was_reviewed_once() {
     let text = std::fs::read_to_string(&redir).unwrap();
     assert!(text.contains(DROP_ALL.0));
     std::fs::write(&redir, text.replace(DROP_ALL.0, DROP_ALL.1)).unwrap();
+    // And is built (the build cache now holds the edited object).
+    sb.must("build");
 
     let out = apply_plan(&sb, &file, &[]);
     assert!(out.status.success(), "{}{}", stdout(&out), stderr(&out));
@@ -87,8 +89,10 @@ fn a_saved_plan_loads_what_was_reviewed_once() {
         stderr(&again)
     );
 
-    // The edited source, applied the usual way, does drop.
-    sb.must("apply");
+    // The edited source, applied the usual way, does drop: the reviewed
+    // object put in place is not taken for the edited source's build.
+    let log = sb.must("apply");
+    assert!(log.contains("a program changed"), "{log}");
     assert_eq!(received(&sb, 20_031), 0);
 }
 
@@ -409,4 +413,162 @@ fn a_deployment_made_by_the_sh_script_is_adopted_and_a_changed_one_refused() {
     );
     let dump = bpftool_json(&["map", "dump", "pinned", &sb.pin("deny_ports")]);
     assert_eq!(dump[0]["formatted"]["value"], 7, "adopt changed an entry");
+}
+
+/// Root acts on a saved plan only when it holds up: root's own file, the
+/// plan its manifest and variables make today, its objects the ones that
+/// plan loads, and what apply would run what the file shows. Anything else
+/// is refused before a file is written or the kernel touched.
+#[test]
+fn a_saved_plan_that_does_not_hold_up_is_refused_and_changes_nothing() {
+    use std::os::unix::fs::PermissionsExt;
+    let (_dir, manifest) = checkout("bypass-policy.toml");
+    let Some(sb) = Sandbox::new("tampered", manifest.to_str().unwrap()) else {
+        return;
+    };
+    let file = sb.tmp.path().join("reviewed.json");
+    let out = run(&sb, "plan", &["--out", file.to_str().unwrap()]);
+    assert!(out.status.success(), "{}", stderr(&out));
+    let original: serde_json::Value =
+        serde_json::from_slice(&std::fs::read(&file).unwrap()).unwrap();
+    let precious = sb.tmp.path().join("precious");
+    std::fs::write(&precious, "keep me").unwrap();
+    let evil = sb.tmp.path().join("evil.o");
+    std::fs::write(&evil, "not a reviewed object").unwrap();
+
+    let tampered = |name: &str, edit: &dyn Fn(&mut serde_json::Value)| {
+        let mut v = original.clone();
+        edit(&mut v);
+        let path = sb.tmp.path().join(name);
+        std::fs::write(&path, serde_json::to_vec(&v).unwrap()).unwrap();
+        path
+    };
+    let evil_s = evil.display().to_string();
+    let precious_s = precious.display().to_string();
+    let cases: Vec<(std::path::PathBuf, &str)> = vec![
+        (
+            // The reviewed object written over another file.
+            tampered("object-path.json", &|v| {
+                v["objects"][0]["path"] = precious_s.clone().into();
+            }),
+            "not the objects its plan loads",
+        ),
+        (
+            // A step that loads an object nobody reviewed.
+            tampered("load-step.json", &|v| {
+                for s in v["plan"]["steps"].as_array_mut().unwrap() {
+                    if s["op"] == "load_program" {
+                        s["object"] = evil_s.clone().into();
+                    }
+                }
+                for o in v["objects"].as_array_mut().unwrap() {
+                    o["path"] = evil_s.clone().into();
+                }
+            }),
+            "not the objects its plan loads",
+        ),
+        (
+            // An extra step the manifest never asked for.
+            tampered("extra-step.json", &|v| {
+                let steps = v["plan"]["steps"].as_array_mut().unwrap();
+                steps.push(serde_json::json!({"op": "mount_bpffs", "dir": "/sys/fs/bpf"}));
+            }),
+            "no longer makes the plan",
+        ),
+        (
+            // A review that hides what apply would run.
+            tampered("review.json", &|v| {
+                v["review"]["changes"] = serde_json::json!([]);
+            }),
+            "not what the saved plan shows",
+        ),
+    ];
+    for (path, want) in &cases {
+        let out = apply_plan(&sb, path, &[]);
+        let err = stderr(&out);
+        assert!(!out.status.success(), "{}: {err}", path.display());
+        assert!(err.contains(want), "{}: {err}", path.display());
+        assert_eq!(sb.pins(), Vec::<String>::new(), "{}", path.display());
+        assert_eq!(std::fs::read_to_string(&precious).unwrap(), "keep me");
+        if !want.contains("shows") {
+            // show refuses it too.
+            let shown = Command::new(crate::common::bin())
+                .arg("show")
+                .arg(path)
+                .output()
+                .unwrap();
+            assert!(!shown.status.success(), "show {}", path.display());
+        }
+    }
+
+    // A file someone else could have written.
+    std::fs::set_permissions(&file, std::fs::Permissions::from_mode(0o666)).unwrap();
+    let out = apply_plan(&sb, &file, &[]);
+    assert!(
+        stderr(&out).contains("writable by group or others"),
+        "{}",
+        stderr(&out)
+    );
+    std::fs::set_permissions(&file, std::fs::Permissions::from_mode(0o644)).unwrap();
+    std::os::unix::fs::chown(&file, Some(65534), None).unwrap();
+    let out = apply_plan(&sb, &file, &[]);
+    assert!(stderr(&out).contains("not by root"), "{}", stderr(&out));
+    std::os::unix::fs::chown(&file, Some(0), None).unwrap();
+    assert_eq!(sb.pins(), Vec::<String>::new());
+
+    // The manifest changed since the review.
+    let text = std::fs::read_to_string(&manifest).unwrap();
+    std::fs::write(&manifest, text.replace("bpf_sockops", "bpf_sockopz")).unwrap();
+    let out = apply_plan(&sb, &file, &[]);
+    assert_eq!(out.status.code(), Some(2), "{}", stderr(&out));
+    assert!(
+        stderr(&out).contains("no longer makes the plan"),
+        "{}",
+        stderr(&out)
+    );
+    assert_eq!(sb.pins(), Vec::<String>::new());
+
+    // The file as it was made, with the manifest as it was, applies.
+    std::fs::write(&manifest, text).unwrap();
+    let out = apply_plan(&sb, &file, &[]);
+    assert!(out.status.success(), "{}", stderr(&out));
+    assert_eq!(sb.pins().len(), 8);
+}
+
+/// A saved plan whose run failed and was rolled back was not applied: it
+/// can be retried, and then it applies once.
+#[test]
+fn a_saved_plan_that_failed_can_be_retried() {
+    let Some(sb) = Sandbox::new("retried", "manifests/bypass-policy.toml") else {
+        return;
+    };
+    sb.must_with("apply", &["--var", "deny_port=20051"]);
+    let file = sb.tmp.path().join("entries.json");
+    let out = run(
+        &sb,
+        "plan",
+        &["--out", file.to_str().unwrap(), "--var", "deny_port=20052"],
+    );
+    assert!(out.status.success(), "{}", stderr(&out));
+    let failed = Command::new(crate::common::bin())
+        .args(["apply", "--plan"])
+        .arg(&file)
+        .env("BPFPLAN_STATE_DIR", sb.state_dir())
+        .env("BPFPLAN_AUDIT_LOG", sb.audit_log())
+        .env("BPFPLAN_FAIL_STEP", "remove `deny_ports`")
+        .output()
+        .unwrap();
+    assert_eq!(failed.status.code(), Some(1), "{}", stderr(&failed));
+    assert_eq!(received(&sb, 20_051), 0, "rolled back: 20051 still denied");
+    let out = apply_plan(&sb, &file, &[]);
+    assert!(out.status.success(), "{}", stderr(&out));
+    assert_eq!(received(&sb, 20_052), 0);
+    assert_eq!(received(&sb, 20_051), 1024);
+    let again = apply_plan(&sb, &file, &[]);
+    assert_eq!(again.status.code(), Some(2), "{}", stderr(&again));
+    assert!(
+        stderr(&again).contains("applied already"),
+        "{}",
+        stderr(&again)
+    );
 }

@@ -156,6 +156,26 @@ pub(crate) fn apply(
     for _ in 0..3 {
         let decision = decide::decide(plan, loaded.as_ref(), &obs, &objects);
         let Decision::Recover { ops, forward } = decision else {
+            if let Some(r) = reviewed {
+                // What runs is what the file showed the reviewer.
+                let deployed = loaded.as_ref().and_then(|l| l.record.deployed.as_ref());
+                let now = decide::review(plan, &decision, deployed, &obs);
+                if now != r.saved.review {
+                    return Err(Mismatch {
+                        headline: "what apply would run is not what the saved plan shows; \
+                                   nothing was changed: make the plan again"
+                            .into(),
+                        lines: vec![format!(
+                            "the file shows `{}` with {} step(s); apply would run `{}` with {}",
+                            r.saved.review.decision,
+                            r.saved.review.changes.len(),
+                            now.decision,
+                            now.changes.len()
+                        )],
+                    }
+                    .into());
+                }
+            }
             let ctx = RunContext {
                 store: &store,
                 plan,
@@ -309,9 +329,6 @@ fn carry_out(
         run: None,
         last_plan: None,
     });
-    if ctx.last_plan.is_some() {
-        record.last_plan = ctx.last_plan.clone();
-    }
     let run = |kind, ops: Vec<Op>, commit_at, pin_dirs| Run {
         kind,
         plan: ctx.plan.clone(),
@@ -331,6 +348,9 @@ fn carry_out(
                 .filter(|d| d.sources != ctx.sources)
                 .map(|d| d.sources = ctx.sources.clone())
                 .is_some();
+            if ctx.last_plan.is_some() {
+                record.last_plan = ctx.last_plan.clone();
+            }
             if new_sources || ctx.last_plan.is_some() {
                 ctx.store.save(&record)?;
             }
@@ -352,7 +372,7 @@ fn carry_out(
                 first: 1,
                 total: record.run.as_ref().map_or(0, |r| r.ops.len()),
             };
-            transact(exec, ctx.store, record, numbering, obs).map_err(|f| {
+            transact(exec, &ctx, record, numbering, obs).map_err(|f| {
                 let n = f.undone;
                 let plural = if n == 1 { "y" } else { "ies" };
                 explain(
@@ -365,7 +385,7 @@ fn carry_out(
         }
         Decision::Fresh { ops, pin_dirs } => {
             record.run = Some(run(RunKind::Fresh, ops, None, pin_dirs));
-            transact(exec, ctx.store, record, ctx.numbering, obs).map_err(|f| {
+            transact(exec, &ctx, record, ctx.numbering, obs).map_err(|f| {
                 let n = f.undone;
                 explain(
                     f,
@@ -386,7 +406,7 @@ fn carry_out(
             let total = ops.len();
             record.run = Some(run(RunKind::Replace, ops, Some(commit_at), pin_dirs));
             let numbering = Numbering { first: 1, total };
-            transact(exec, ctx.store, record, numbering, obs).map_err(|f| {
+            transact(exec, &ctx, record, numbering, obs).map_err(|f| {
                 let n = f.undone;
                 explain(
                     f,
@@ -427,7 +447,7 @@ fn explain(f: Failed, undone: &str) -> anyhow::Error {
 /// fails leaves the run on record for the next apply or destroy.
 fn transact(
     exec: &mut Executor,
-    store: &Store,
+    ctx: &RunContext,
     mut record: Record,
     numbering: Numbering,
     obs: &Observed,
@@ -439,6 +459,7 @@ fn transact(
         rollback_failures: Vec::new(),
         committed: false,
     };
+    let store = ctx.store;
     store.save(&record).map_err(unrecorded)?;
     let Some(run) = record.run.take() else {
         return Ok(());
@@ -464,6 +485,10 @@ fn transact(
         Ok(_) => {
             let deployed = complete(run, record.deployed.as_ref(), obs).map_err(unrecorded)?;
             record.deployed = Some(deployed);
+            // A saved plan counts as applied once its run completed.
+            if ctx.last_plan.is_some() {
+                record.last_plan = ctx.last_plan.clone();
+            }
             store.save(&record).map_err(unrecorded)?;
             Ok(())
         }

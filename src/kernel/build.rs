@@ -39,6 +39,17 @@ pub(crate) fn check_dir(dir: &Path) -> Result<()> {
     super::trust::private_dir(dir, "build directory")
 }
 
+/// Forget that an object is current (something other than its compile
+/// wrote it): the next build compiles it again.
+pub(crate) fn unstamp(object: &Path) -> Result<()> {
+    match std::fs::remove_file(stamp_path(object)) {
+        Err(e) if e.kind() != std::io::ErrorKind::NotFound => {
+            Err(e).with_context(|| format!("removing {}", stamp_path(object).display()))
+        }
+        _ => Ok(()),
+    }
+}
+
 fn stamp_path(object: &Path) -> PathBuf {
     let mut s = object.as_os_str().to_owned();
     s.push(".stamp");

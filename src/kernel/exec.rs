@@ -30,11 +30,24 @@ fn run_batch(argv: &[String], input: &[u8], count: usize) -> Option<(usize, anyh
     struct Line {
         output: Option<serde_json::Value>,
     }
+    // bpftool stopped (a time limit) or said nothing readable: which
+    // lines ran is unknown.
+    let uncertain =
+        |e: anyhow::Error| Some((0, anyhow::Error::new(UncertainBatch(format!("{e:#}")))));
     let out = match cmd::run(argv, Some(input)) {
         Ok(out) => out,
-        Err(e) => return Some((0, e)),
+        Err(e) => return uncertain(e),
     };
-    let lines: Vec<Line> = serde_json::from_slice(&out.stdout).unwrap_or_default();
+    let lines: Vec<Line> = match serde_json::from_slice(&out.stdout) {
+        Ok(lines) => lines,
+        Err(e) => {
+            return uncertain(
+                anyhow::Error::new(e)
+                    .context(cmd::failure(argv, &out))
+                    .context("reading bpftool batch output"),
+            );
+        }
+    };
     let failed = lines
         .iter()
         .position(|l| l.output.as_ref().is_some_and(|o| o.get("error").is_some()));
@@ -58,6 +71,20 @@ fn run_batch(argv: &[String], input: &[u8], count: usize) -> Option<(usize, anyh
         )),
     }
 }
+
+/// A batch that stopped where bpftool could not say: some of its lines may
+/// have run. Nothing is undone blindly; the run stays on record and the next
+/// apply or destroy, which looks at the map, ends it.
+#[derive(Debug)]
+pub(crate) struct UncertainBatch(String);
+
+impl std::fmt::Display for UncertainBatch {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        write!(f, "{}", self.0)
+    }
+}
+
+impl std::error::Error for UncertainBatch {}
 
 /// How a run treats a failed step.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
@@ -358,6 +385,18 @@ impl<'a> Executor<'a> {
                         Policy::BestEffort => true,
                         Policy::Transaction { commit_at } => commit_at.is_some_and(|c| at >= c),
                     };
+                    if !committed && e.downcast_ref::<UncertainBatch>().is_some() {
+                        return Err(Failed {
+                            label: self.label(ops, at, numbering),
+                            error: e,
+                            undone: 0,
+                            rollback_failures: vec![
+                                "bpftool stopped mid-batch, so which entries landed is unknown"
+                                    .into(),
+                            ],
+                            committed: false,
+                        });
+                    }
                     if !committed {
                         let label = self.label(ops, at, numbering);
                         return Err(self.fail(ops, at, label, e, policy));
@@ -431,14 +470,23 @@ impl<'a> Executor<'a> {
                 .any(|op| op.step.summary().contains(text.as_str()))
         }) {
             Some(text) => {
+                // As bpftool does: the lines before the failing one run.
                 let k = group
                     .iter()
                     .position(|op| op.step.summary().contains(text.as_str()))
                     .unwrap_or(0);
-                Some((
-                    k,
-                    anyhow::anyhow!("failed on purpose: BPFPLAN_FAIL_STEP={text:?}"),
-                ))
+                let mut before = lines[..k].join("\n");
+                before.push('\n');
+                match k {
+                    0 => None,
+                    _ => run_batch(&argv, before.as_bytes(), k),
+                }
+                .or_else(|| {
+                    Some((
+                        k,
+                        anyhow::anyhow!("failed on purpose: BPFPLAN_FAIL_STEP={text:?}"),
+                    ))
+                })
             }
             None => run_batch(&argv, input.as_bytes(), group.len()),
         };
@@ -610,6 +658,13 @@ impl<'a> Executor<'a> {
             && dir.is_dir()
         {
             return Ok(Some("exists"));
+        }
+        // A pin directory bpfplan made goes once empty; something else
+        // pinned there keeps it (and is not bpfplan's to remove).
+        if let Step::RemovePinDir { dir } = step
+            && std::fs::read_dir(dir).is_ok_and(|mut d| d.next().is_some())
+        {
+            return Ok(Some("not empty: other pins live there, so it stays"));
         }
         let out = cmd::run(argv, None).map_err(|e| (None, e))?;
         if !out.success() {

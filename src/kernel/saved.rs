@@ -95,6 +95,9 @@ pub(crate) fn install(objects: &[SavedObject]) -> Result<()> {
         let dir = o.path.parent().context("an object without a directory")?;
         super::build::check_dir(dir)?;
         let bytes = std::fs::read(&o.kept)?;
+        // The build cache must not take the reviewed object for the compile
+        // of today's source.
+        super::build::unstamp(&o.path)?;
         trust::write_private(&o.path, &bytes)?;
     }
     Ok(())
@@ -194,9 +197,13 @@ pub(crate) fn changes(
 }
 
 /// Read a saved plan, holding every path in it to the manifest's rules.
+/// Root acts on what the file says, so it must be root's own (not a
+/// symlink, not writable by group or others); that it is what its manifest
+/// plans is checked by the caller, which can plan.
 pub fn read(path: &Path) -> Result<(SavedPlan, String)> {
-    let bytes = std::fs::read(path)
-        .with_context(|| format!("reading the saved plan {}", path.display()))?;
+    let bytes = trust::read_private(path)
+        .with_context(|| format!("reading the saved plan {}", path.display()))?
+        .with_context(|| format!("the saved plan {} does not exist", path.display()))?;
     let saved: SavedPlan = serde_json::from_slice(&bytes)
         .with_context(|| format!("{} is not a saved bpfplan plan", path.display()))?;
     if saved.kind != KIND || saved.format_version != SAVED_FORMAT_VERSION {
@@ -226,6 +233,21 @@ pub fn read(path: &Path) -> Result<(SavedPlan, String)> {
     record
         .check_paths(&host)
         .map_err(|why| anyhow::anyhow!("{} does not hold up: {why}", path.display()))?;
+    // One reviewed object per program, loaded from where the plan says.
+    let programs = &saved.plan.spec.programs;
+    let matches = saved.objects.len() == programs.len()
+        && programs.iter().all(|p| {
+            saved
+                .objects
+                .iter()
+                .any(|o| o.program == p.name && o.path == p.object)
+        });
+    if !matches {
+        bail!(
+            "{}: its objects are not the objects its plan loads",
+            path.display()
+        );
+    }
     for o in &saved.objects {
         let store = objects_dir();
         if o.kept.parent() != Some(store.as_path()) {
