@@ -58,6 +58,11 @@ fn parse_seconds(text: &str) -> Result<Option<Duration>> {
     if !secs.is_finite() || secs < 0.0 {
         bail!("must be finite and not negative");
     }
+    // Beyond a century is no limit (and a deadline that far overflows the
+    // clock).
+    if secs > 3.2e9 {
+        return Ok(None);
+    }
     Duration::try_from_secs_f64(secs)
         .map(Some)
         .context("out of range")
@@ -82,6 +87,8 @@ mod tests {
         secs("-1", None);
         secs("NaN", None);
         secs("1e400", None);
+        // So large a deadline would overflow the clock: no limit.
+        secs("1e19", Some(None));
         secs("soon", None);
     }
 

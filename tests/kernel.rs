@@ -391,6 +391,26 @@ fn preflight_failures_change_nothing() {
     std::fs::remove_file(&foreign).unwrap();
     std::fs::remove_dir(&missing).unwrap();
     sb.assert_clean(&[]);
+
+    // Two levels missing: each is made private to root, and each goes.
+    let deep = sb.pin_dir.join("team_b").join("web");
+    let var = format!("pin_dir={}", deep.display());
+    sb.must_with("apply", &["--var", &var]);
+    for dir in [deep.as_path(), deep.parent().unwrap()] {
+        let mode = std::fs::metadata(dir).unwrap().permissions();
+        assert_eq!(
+            std::os::unix::fs::PermissionsExt::mode(&mode) & 0o777,
+            0o700,
+            "{}",
+            dir.display()
+        );
+    }
+    sb.must_with("destroy", &["--var", &var]);
+    assert!(
+        !deep.parent().unwrap().exists(),
+        "destroy left a directory it made"
+    );
+    sb.assert_clean(&[]);
 }
 
 /// A kill after step N, made exactly: run the first N steps by hand, record

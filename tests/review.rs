@@ -349,7 +349,28 @@ fn the_audit_log_holds_every_command_root_ran() {
             .iter()
             .all(|l| l["manifest"].as_str().unwrap().ends_with("rejected.toml"))
     );
-    assert!(log(&["--since", "2000-01-01T00:00:00Z"]).len() > lines.len());
+    let all = log(&["--since", "2000-01-01T00:00:00Z"]);
+    assert!(all.len() > lines.len());
+    // A torn line (a kill mid-write) is skipped with a warning; the rest
+    // still reads.
+    let mut f = std::fs::OpenOptions::new()
+        .append(true)
+        .open(sb.audit_log())
+        .unwrap();
+    std::io::Write::write_all(&mut f, b"{\"time\":\"2026-11-\n").unwrap();
+    drop(f);
+    let out = Command::new(crate::common::bin())
+        .args(["log", "--format", "json"])
+        .env("BPFPLAN_AUDIT_LOG", sb.audit_log())
+        .output()
+        .unwrap();
+    assert!(out.status.success(), "{}", stderr(&out));
+    assert!(
+        stderr(&out).contains("not an audit line"),
+        "{}",
+        stderr(&out)
+    );
+    assert_eq!(stdout(&out).lines().count(), all.len());
     sb.assert_clean(&[]);
 }
 

@@ -54,7 +54,7 @@ fn read_record(store: &Store) -> Result<Option<Loaded>> {
 fn query(plan: &Plan, loaded: Option<&Loaded>) -> Query {
     let mut q = Query::default();
     q.spec(&plan.spec, true);
-    q.dirs(super::record::pin_dirs(plan));
+    q.dirs(super::record::pin_dirs_and_parents(plan));
     let deployed = loaded.and_then(|l| l.record.deployed.as_ref());
     for pin in decide::swap_pins(plan, deployed) {
         q.pin(&pin);
@@ -122,7 +122,7 @@ pub(crate) fn apply(
     // Build first (no kernel change, and compile errors stop here), or put
     // the reviewed objects in place.
     let dirs = match &loaded {
-        None => super::record::pin_dirs(plan)
+        None => super::record::pin_dirs_and_parents(plan)
             .iter()
             .filter(|d| !obs.dirs.contains(*d))
             .count(),
@@ -540,7 +540,7 @@ fn complete(run: Run, before: Option<&Deployed>, obs: &Observed) -> Result<Deplo
         }
     }
     // Directories made before stay ours while the plan still pins there.
-    let in_use = super::record::pin_dirs(&run.plan);
+    let in_use = super::record::pin_dirs_and_parents(&run.plan);
     let mut pin_dirs: Vec<PathBuf> = before
         .map(|d| d.pin_dirs.clone())
         .unwrap_or_default()
@@ -598,7 +598,7 @@ fn recover(
         );
     }
     if forward {
-        let obs = observe(Query::default().dirs(super::record::pin_dirs(&run.plan)))?;
+        let obs = observe(Query::default().dirs(super::record::pin_dirs_and_parents(&run.plan)))?;
         record.deployed = Some(complete(run, record.deployed.as_ref(), &obs)?);
     }
     match record.deployed {

@@ -283,8 +283,19 @@ pub fn read(path: &Path, deployment: Option<&str>, since: Option<f64>) -> Result
         if line.trim().is_empty() {
             continue;
         }
-        let l: AuditLine = serde_json::from_str(line)
-            .with_context(|| format!("{}:{}: not an audit line", path.display(), n + 1))?;
+        // A torn or foreign line is reported and skipped: the rest of the
+        // record is still worth reading.
+        let l: AuditLine = match serde_json::from_str(line) {
+            Ok(l) => l,
+            Err(e) => {
+                eprintln!(
+                    "warning: {}:{}: not an audit line ({e}): skipped",
+                    path.display(),
+                    n + 1
+                );
+                continue;
+            }
+        };
         let matches = deployment
             .is_none_or(|d| l.deployment.contains(d) || l.manifest.to_string_lossy().contains(d));
         if matches && since.is_none_or(|s| l.unix >= s) {

@@ -301,7 +301,7 @@ fn fresh(plan: &Plan, obs: &Observed) -> Decision {
 
 /// The plan's pin directories that do not exist.
 fn missing_dirs(plan: &Plan, obs: &Observed) -> Vec<PathBuf> {
-    super::record::pin_dirs(plan)
+    super::record::pin_dirs_and_parents(plan)
         .into_iter()
         .filter(|d| !obs.dirs.contains(d))
         .collect()

@@ -276,6 +276,10 @@ pub(crate) struct Executor<'a> {
     /// (`before` it runs) or has run (`after`); for testing recovery from a
     /// kill at any step.
     die_at: Option<(Moment, usize)>,
+    /// Whether the steps now running put the kernel back (a rollback or a
+    /// recovery): those run even when a listener (the audit log) cannot
+    /// record them first, since leaving a half-made change is worse.
+    restoring: bool,
 }
 
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
@@ -303,6 +307,7 @@ impl<'a> Executor<'a> {
                 .ok()
                 .filter(|s| !s.is_empty()),
             die_at: die_at(),
+            restoring: false,
         }
     }
 
@@ -324,6 +329,18 @@ impl<'a> Executor<'a> {
         first
     }
 
+    /// An event before the fact: an error stops the step, unless the step
+    /// puts the kernel back (then it is a warning).
+    fn emit_first(&mut self, e: &Event<'_>) -> Result<()> {
+        match self.emit(e) {
+            Err(err) if self.restoring => {
+                eprintln!("warning: {err:#}; running it anyway, to put the kernel back");
+                Ok(())
+            }
+            other => other,
+        }
+    }
+
     /// An event after the fact: a listener that fails is reported, and the
     /// run goes on (what happened already happened).
     fn tell(&mut self, e: &Event<'_>) {
@@ -335,6 +352,21 @@ impl<'a> Executor<'a> {
     /// Run `ops` in order under `policy`. Best effort, and past a commit
     /// point, failures are returned, not raised.
     pub fn run(
+        &mut self,
+        title: &str,
+        ops: &[Op],
+        policy: Policy,
+        journal: Option<&mut Journal>,
+        numbering: Numbering,
+    ) -> Result<Vec<String>, Failed> {
+        let restoring =
+            std::mem::replace(&mut self.restoring, matches!(title, "rollback" | "recover"));
+        let result = self.run_ops(title, ops, policy, journal, numbering);
+        self.restoring = restoring;
+        result
+    }
+
+    fn run_ops(
         &mut self,
         title: &str,
         ops: &[Op],
@@ -442,7 +474,7 @@ impl<'a> Executor<'a> {
         let mut lines = Vec::with_capacity(group.len());
         for (k, op) in group.iter().enumerate() {
             let argv = resolve(&op.step.argv()).map_err(|e| (k, e))?;
-            self.emit(&Event::Started {
+            self.emit_first(&Event::Started {
                 n: first + k,
                 total,
                 step: &op.step,
@@ -456,7 +488,7 @@ impl<'a> Executor<'a> {
             .iter()
             .map(|s| s.to_string())
             .collect();
-        self.emit(&Event::BatchStarted {
+        self.emit_first(&Event::BatchStarted {
             argv: &argv,
             lines: &lines,
         })
@@ -572,7 +604,7 @@ impl<'a> Executor<'a> {
                 return Err(e);
             }
         };
-        if let Err(e) = self.emit(&Event::Started {
+        if let Err(e) = self.emit_first(&Event::Started {
             n,
             total,
             step,
@@ -689,4 +721,61 @@ fn resolve(argv: &[Arg]) -> Result<Vec<String>> {
             }
         })
         .collect()
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    /// A listener that records its first `ok` events, then fails (a full
+    /// disk under the audit log).
+    struct FullDisk {
+        ok: usize,
+    }
+
+    impl Listener for FullDisk {
+        fn event(&mut self, _: &Event<'_>) -> Result<()> {
+            match self.ok.checked_sub(1) {
+                Some(left) => {
+                    self.ok = left;
+                    Ok(())
+                }
+                None => anyhow::bail!("the audit log is full"),
+            }
+        }
+    }
+
+    /// A step that cannot be put on record does not run, but the rollback
+    /// still puts things back when the log fails: the directory the first
+    /// step made is removed again.
+    #[test]
+    fn a_rollback_runs_when_the_audit_log_fails() {
+        let tmp = tempfile::tempdir().unwrap();
+        let made = tmp.path().join("made");
+        let never = tmp.path().join("never");
+        let ops = vec![
+            Op::of(Step::MakePinDir { dir: made.clone() }),
+            Op::of(Step::MakePinDir { dir: never.clone() }),
+        ];
+        // `Begin` and the first `Started` are recorded; nothing after.
+        let mut log = FullDisk { ok: 2 };
+        let mut exec = Executor::new(vec![&mut log]);
+        let failed = exec
+            .run(
+                "apply",
+                &ops,
+                Policy::Transaction { commit_at: None },
+                None,
+                Numbering { first: 1, total: 2 },
+            )
+            .unwrap_err();
+        assert!(
+            format!("{:#}", failed.error).contains("could not be put on record"),
+            "{:#}",
+            failed.error
+        );
+        assert!(!never.exists(), "a step ran that was not on record");
+        assert!(!made.exists(), "the rollback did not run");
+        assert!(failed.rollback_failures.is_empty());
+    }
 }

@@ -256,6 +256,18 @@ pub fn pin_dirs(plan: &Plan) -> BTreeSet<PathBuf> {
         .collect()
 }
 
+/// The pin directories and every directory above them: what apply makes
+/// when missing (each one, parents first, so each is private to root and
+/// on record; destroy removes them again, children first).
+pub fn pin_dirs_and_parents(plan: &Plan) -> BTreeSet<PathBuf> {
+    pin_dirs(plan)
+        .iter()
+        .flat_map(|d| d.ancestors())
+        .filter(|d| d.parent().is_some())
+        .map(Path::to_path_buf)
+        .collect()
+}
+
 impl Store {
     /// The store of a plan's deployment in the state directory. A deployment
     /// is its manifest and the directories it pins into: the same manifest

@@ -315,7 +315,8 @@ impl Step {
                 argv
             }
             MakePinDir { dir } => {
-                let mut argv = words(&["mkdir", "-p", "-m", "0700", "--"]);
+                // Without -p: a missing parent is a step of its own.
+                let mut argv = words(&["mkdir", "-m", "0700", "--"]);
                 argv.push(Arg::path(dir));
                 argv
             }
