@@ -3,7 +3,8 @@
 //! (`/var/log/bpfplan/audit.jsonl`, or `BPFPLAN_AUDIT_LOG`): when, who (and
 //! `SUDO_USER`), which manifest and deployment, the hash of the plan, the
 //! command, its exit status, duration and stderr on failure. Lines are only
-//! ever appended, each with one write. `bpfplan log` reads them back.
+//! ever appended (O_APPEND). `bpfplan log` reads them back, skipping a torn
+//! line.
 
 use anyhow::{Context, Result, bail};
 use serde::{Deserialize, Serialize};
@@ -172,7 +173,8 @@ impl AuditLog {
         }
     }
 
-    /// Append one line with one write (O_APPEND: never interleaved).
+    /// Append one line (O_APPEND: lines of two writers do not interleave on
+    /// a local filesystem; a kill mid-line can tear it).
     fn append(&mut self, line: &AuditLine) -> Result<()> {
         let mut bytes = serde_json::to_vec(line).context("encoding an audit line")?;
         bytes.push(b'\n');
