@@ -24,15 +24,27 @@ fn run(sb: &Sandbox, verb: &str, extra: &[&str]) -> Output {
 }
 
 /// `bpfplan apply --plan FILE` (no manifest, no variables: all in the file).
-fn apply_plan(sb: &Sandbox, file: &std::path::Path, extra: &[&str]) -> Output {
-    Command::new(crate::common::bin())
-        .args(["apply", "--plan"])
+fn apply_plan_cmd(sb: &Sandbox, file: &std::path::Path) -> Command {
+    let mut cmd = Command::new(crate::common::bin());
+    cmd.args(["apply", "--plan"])
         .arg(file)
-        .args(extra)
         .env("BPFPLAN_STATE_DIR", sb.state_dir())
-        .env("BPFPLAN_AUDIT_LOG", sb.audit_log())
-        .output()
-        .unwrap()
+        .env("BPFPLAN_AUDIT_LOG", sb.audit_log());
+    cmd
+}
+
+fn apply_plan(sb: &Sandbox, file: &std::path::Path, extra: &[&str]) -> Output {
+    apply_plan_cmd(sb, file).args(extra).output().unwrap()
+}
+
+/// `bpfplan plan --out NAME` in the sandbox's directory.
+fn save_plan(sb: &Sandbox, name: &str, extra: &[&str]) -> std::path::PathBuf {
+    let file = sb.tmp.path().join(name);
+    let mut args = vec!["--out", file.to_str().unwrap()];
+    args.extend_from_slice(extra);
+    let out = run(sb, "plan", &args);
+    assert!(out.status.success(), "{}", stderr(&out));
+    file
 }
 
 fn received(sb: &Sandbox, port: u16) -> u64 {
@@ -53,9 +65,7 @@ fn a_saved_plan_loads_what_was_reviewed_once() {
     let Some(sb) = Sandbox::new("saved", manifest.to_str().unwrap()) else {
         return;
     };
-    let file = sb.tmp.path().join("reviewed.json");
-    let out = run(&sb, "plan", &["--out", file.to_str().unwrap()]);
-    assert!(out.status.success(), "{}", stderr(&out));
+    let file = save_plan(&sb, "reviewed.json", &[]);
 
     // After the review, the source changes so that every message is dropped.
     let redir = dir.path().join("bpf/redir.c");
@@ -136,14 +146,7 @@ fn a_stale_saved_plan_is_refused_and_changes_nothing() {
     let Some(sb) = Sandbox::new("stale", "manifests/bypass-policy.toml") else {
         return;
     };
-    let save = |name: &str, extra: &[&str]| {
-        let file = sb.tmp.path().join(name);
-        let mut args = vec!["--out", file.to_str().unwrap()];
-        args.extend_from_slice(extra);
-        let out = run(&sb, "plan", &args);
-        assert!(out.status.success(), "{}", stderr(&out));
-        file
-    };
+    let save = |name: &str, extra: &[&str]| save_plan(&sb, name, extra);
     // Made before any apply; another apply comes in between.
     let before = save("before.json", &[]);
     sb.must("apply");
@@ -447,9 +450,7 @@ fn a_saved_plan_that_does_not_hold_up_is_refused_and_changes_nothing() {
     let Some(sb) = Sandbox::new("tampered", manifest.to_str().unwrap()) else {
         return;
     };
-    let file = sb.tmp.path().join("reviewed.json");
-    let out = run(&sb, "plan", &["--out", file.to_str().unwrap()]);
-    assert!(out.status.success(), "{}", stderr(&out));
+    let file = save_plan(&sb, "reviewed.json", &[]);
     let original: serde_json::Value =
         serde_json::from_slice(&std::fs::read(&file).unwrap()).unwrap();
     let precious = sb.tmp.path().join("precious");
@@ -564,18 +565,8 @@ fn a_saved_plan_that_failed_can_be_retried() {
         return;
     };
     sb.must_with("apply", &["--var", "deny_port=20051"]);
-    let file = sb.tmp.path().join("entries.json");
-    let out = run(
-        &sb,
-        "plan",
-        &["--out", file.to_str().unwrap(), "--var", "deny_port=20052"],
-    );
-    assert!(out.status.success(), "{}", stderr(&out));
-    let failed = Command::new(crate::common::bin())
-        .args(["apply", "--plan"])
-        .arg(&file)
-        .env("BPFPLAN_STATE_DIR", sb.state_dir())
-        .env("BPFPLAN_AUDIT_LOG", sb.audit_log())
+    let file = save_plan(&sb, "entries.json", &["--var", "deny_port=20052"]);
+    let failed = apply_plan_cmd(&sb, &file)
         .env("BPFPLAN_FAIL_STEP", "remove `deny_ports`")
         .output()
         .unwrap();

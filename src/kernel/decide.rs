@@ -1077,6 +1077,19 @@ cgroup = "/sys/fs/cgroup/web"
         }
     }
 
+    /// A run of `p` as the record keeps it.
+    fn run_of(kind: RunKind, p: &Plan, ops: Vec<Op>, commit_at: Option<usize>) -> Run {
+        Run {
+            kind,
+            plan: p.clone(),
+            ops,
+            commit_at,
+            sources: vec![],
+            objects: vec![],
+            pin_dirs: vec![],
+        }
+    }
+
     fn summaries(ops: &[Op]) -> Vec<String> {
         ops.iter().map(|o| o.step.summary()).collect()
     }
@@ -1309,15 +1322,7 @@ cgroup = "/sys/fs/cgroup/web"
         o.map_links
             .insert((format!("{t}/socks~old"), verdict), vec![]);
         o.dirs.insert(t.into());
-        let run = Run {
-            kind: RunKind::Replace,
-            plan: p.clone(),
-            ops,
-            commit_at: Some(commit_at),
-            sources: vec![],
-            objects: vec![],
-            pin_dirs: vec![],
-        };
+        let run = run_of(RunKind::Replace, &p, ops, Some(commit_at));
         let (undo, forward) = crate::kernel::recovery::recovery(&run, commit_at, &o);
         assert!(!forward);
         let s = summaries(&undo);
@@ -1357,15 +1362,7 @@ cgroup = "/sys/fs/cgroup/web"
         else {
             panic!("not an entries update");
         };
-        let run = Run {
-            kind: RunKind::Entries,
-            plan: p.clone(),
-            ops,
-            commit_at: None,
-            sources: vec![],
-            objects: vec![],
-            pin_dirs: vec![],
-        };
+        let run = run_of(RunKind::Entries, &p, ops, None);
         // Both lines were started (one batch); only the first landed.
         let mut o = healthy(1000);
         o.contents.insert(
@@ -1395,15 +1392,7 @@ cgroup = "/sys/fs/cgroup/web"
             .cloned()
             .map(Op::of)
             .collect();
-        let run = Run {
-            kind: RunKind::Fresh,
-            plan: p.clone(),
-            ops,
-            commit_at: None,
-            sources: vec![],
-            objects: vec![],
-            pin_dirs: vec![],
-        };
+        let run = run_of(RunKind::Fresh, &p, ops, None);
         // Killed after the first two steps (load ops, pin socks): both are
         // undone, last first; what is already gone is left out.
         let mut o = Observed::default();
