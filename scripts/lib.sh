@@ -50,3 +50,26 @@ sandbox_remove() {
     rmdir "$SANDBOX_CGROUP" 2>/dev/null
     return 0
 }
+
+# For the shell tests. test_prelude NAME: fail/ok/now/since say NAME; a
+# non-root run skips (fails with BPFPLAN_REQUIRE_KERNEL=1).
+test_prelude() {
+    TEST_NAME=$1
+    if [ "$(id -u)" != 0 ]; then
+        [ "${BPFPLAN_REQUIRE_KERNEL:-}" = 1 ] && fail "needs root"
+        echo "skipping the $TEST_NAME test: not root"
+        exit 0
+    fi
+}
+fail() { echo "${TEST_NAME:-bpfplan} test FAILED: $*" >&2; exit 1; }
+ok() { echo "ok: $*"; }
+now() { date +%s.%N; }
+since() { awk -v a="$1" -v b="$(now)" 'BEGIN { printf "%.1f s", b - a }'; }
+
+# The bpfplan binary the shell tests run (BPFPLAN_BIN, default the release
+# build), and bpftool.
+test_binaries() {
+    BIN=${BPFPLAN_BIN:-$ROOT/target/release/bpfplan}
+    [ -x "$BIN" ] || fail "no bpfplan binary at $BIN (set BPFPLAN_BIN)"
+    command -v bpftool >/dev/null || fail "bpftool is not installed"
+}

@@ -143,6 +143,9 @@ run() {
         sleep "$INTERVAL" &
         SLEEP_PID=$!
         wait "$SLEEP_PID" 2>/dev/null || true
+        # A signal ends that wait early; this one reaps the killed sleep, so
+        # nothing of the loop outlives it.
+        wait "$SLEEP_PID" 2>/dev/null || true
         SLEEP_PID=""
         [ -z "$STOP" ] || break
         sync_once || true

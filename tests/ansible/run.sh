@@ -17,19 +17,8 @@ ROOT=$(cd "$(dirname "$0")/../.." && pwd)
 cd "$ROOT"
 . scripts/lib.sh
 
-fail() { echo "ansible test FAILED: $*" >&2; exit 1; }
-ok() { echo "ok: $*"; }
-now() { date +%s.%N; }
-since() { awk -v a="$1" -v b="$(now)" 'BEGIN { printf "%.1f s", b - a }'; }
-
-if [ "$(id -u)" != 0 ]; then
-    [ "${BPFPLAN_REQUIRE_KERNEL:-}" = 1 ] && fail "needs root"
-    echo "skipping the ansible test: not root"
-    exit 0
-fi
-BIN=${BPFPLAN_BIN:-$ROOT/target/release/bpfplan}
-[ -x "$BIN" ] || fail "no bpfplan binary at $BIN (set BPFPLAN_BIN)"
-command -v bpftool >/dev/null || fail "bpftool is not installed"
+test_prelude ansible
+test_binaries
 MANIFEST=$ROOT/manifests/bypass.toml
 REJECTED=$ROOT/tests/fixtures/kernel/rejected.toml
 

@@ -9,11 +9,7 @@ set -eu
 cd "$(dirname "$0")/../.."
 . scripts/lib.sh
 
-if [ "$(id -u)" != 0 ]; then
-    if [ "${BPFPLAN_REQUIRE_KERNEL:-}" = 1 ]; then echo "package test: needs root" >&2; exit 1; fi
-    echo "skipping the package test: not root"
-    exit 0
-fi
+test_prelude package
 deb=$(ls target/debian/bpfplan_*.deb 2>/dev/null | tail -n 1)
 [ -n "$deb" ] || { echo "package test: no target/debian/bpfplan_*.deb: run make deb" >&2; exit 1; }
 if dpkg -s bpfplan >/dev/null 2>&1; then
@@ -35,8 +31,6 @@ cleanup() {
     rm -rf "$work" /tmp/bpfplan-unit.$$
 }
 trap cleanup EXIT INT TERM
-fail() { echo "package test FAILED: $*" >&2; exit 1; }
-ok() { echo "ok: $*"; }
 
 dpkg -i "$deb" > "$work/dpkg.log" 2>&1 || { cat "$work/dpkg.log"; fail "dpkg -i $deb"; }
 installed=yes
