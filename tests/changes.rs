@@ -21,9 +21,7 @@ const POLICY_PINS: [&str; 8] = [
     "sock_ops_map",
 ];
 
-fn stderr(out: &std::process::Output) -> String {
-    String::from_utf8_lossy(&out.stderr).into_owned()
-}
+use crate::common::stderr;
 
 /// Whether the policy still denies `port`: the sender gets EACCES.
 fn denied(sb: &Sandbox, port: u16) -> bool {

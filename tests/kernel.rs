@@ -20,9 +20,7 @@ const BYPASS_PINS: [&str; 7] = [
     "sock_ops_map",
 ];
 
-fn stderr(out: &std::process::Output) -> String {
-    String::from_utf8_lossy(&out.stderr).into_owned()
-}
+use crate::common::stderr;
 
 #[test]
 fn apply_then_destroy_leaves_nothing() {

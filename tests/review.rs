@@ -7,13 +7,7 @@ use std::process::{Command, Output};
 use crate::common::checkout;
 use crate::common::sandbox::{Sandbox, bpftool_json, report};
 
-fn stdout(out: &Output) -> String {
-    String::from_utf8_lossy(&out.stdout).into_owned()
-}
-
-fn stderr(out: &Output) -> String {
-    String::from_utf8_lossy(&out.stderr).into_owned()
-}
+use crate::common::{stderr, stdout};
 
 /// `bpfplan VERB` in the sandbox with extra arguments.
 fn run(sb: &Sandbox, verb: &str, extra: &[&str]) -> Output {

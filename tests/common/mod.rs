@@ -9,6 +9,16 @@ use bpfplan::manifest::diag::Source;
 use bpfplan::manifest::validate::{self, Env};
 use bpfplan::plan::{Plan, PlanOptions};
 
+/// A command's standard error, as text.
+pub fn stderr(out: &std::process::Output) -> String {
+    String::from_utf8_lossy(&out.stderr).into_owned()
+}
+
+/// A command's standard output, as text.
+pub fn stdout(out: &std::process::Output) -> String {
+    String::from_utf8_lossy(&out.stdout).into_owned()
+}
+
 /// A host with the unified layout, so snapshots do not depend on the machine.
 pub fn fixed_host() -> HostFacts {
     HostFacts {
