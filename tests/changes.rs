@@ -289,7 +289,7 @@ fn where_bpfplan_runs_from_changes_nothing() {
         "--var".to_string(),
         format!("pin_dir={}", sb.pin_dir.display()),
     ];
-    let out = Command::new(common::bin())
+    let out = common::bpfplan()
         .arg("plan")
         .arg(&absolute)
         .args(&vars)
@@ -421,7 +421,7 @@ fn untrusted_state_and_build_directories_are_refused() {
         ("a symlinked state directory", Some(&link), None),
         ("a world-writable build directory", None, Some(&open)),
     ] {
-        let mut cmd = Command::new(common::bin());
+        let mut cmd = common::bpfplan();
         cmd.arg("apply")
             .arg(&sb.manifest)
             .args(["--var", &format!("cgroup={}", sb.cgroup.display())])

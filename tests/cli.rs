@@ -1,4 +1,6 @@
-//! The real binary: exit codes, stdout and stderr, snapshotted.
+//! The real binary: exit codes, stdout and stderr, snapshotted. These
+//! commands only plan (nothing is built or written), so the snapshots show
+//! bpfplan's real default build directory.
 
 use std::process::Command;
 

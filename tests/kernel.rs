@@ -497,7 +497,7 @@ fn bench_smoke_produces_every_figure() {
         return;
     };
     let chart = sb.tmp.path().join("chart.svg");
-    let out = Command::new(crate::common::bin())
+    let out = crate::common::bpfplan()
         .args([
             "bench",
             "manifests/bypass.toml",
@@ -559,7 +559,7 @@ fn bench_smoke_produces_every_figure() {
     assert_eq!(sb.pins(), Vec::<String>::new());
 
     // The operator's own sizes, one workload: only that is measured.
-    let out = Command::new(crate::common::bin())
+    let out = crate::common::bpfplan()
         .args([
             "bench",
             "manifests/bypass.toml",
@@ -773,7 +773,7 @@ fn after_a_build_apply_needs_no_compiler() {
 /// not a stack trace, and exits 1.
 #[test]
 fn doctor_explains_what_is_missing() {
-    let ok = std::process::Command::new(crate::common::bin())
+    let ok = crate::common::bpfplan()
         .args(["doctor", "--format", "json"])
         .output()
         .unwrap();
@@ -799,7 +799,7 @@ fn doctor_explains_what_is_missing() {
         assert!(names.contains(&name), "{name} not checked: {names:?}");
     }
     let empty = tempfile::tempdir().unwrap();
-    let out = std::process::Command::new(crate::common::bin())
+    let out = crate::common::bpfplan()
         .arg("doctor")
         .env("PATH", empty.path())
         .output()

@@ -19,7 +19,7 @@ fn run(sb: &Sandbox, verb: &str, extra: &[&str]) -> Output {
 
 /// `bpfplan apply --plan FILE` (no manifest, no variables: all in the file).
 fn apply_plan_cmd(sb: &Sandbox, file: &std::path::Path) -> Command {
-    let mut cmd = Command::new(crate::common::bin());
+    let mut cmd = crate::common::bpfplan();
     cmd.args(["apply", "--plan"])
         .arg(file)
         .env("BPFPLAN_STATE_DIR", sb.state_dir())
@@ -113,7 +113,7 @@ fn show_shows_what_plan_showed() {
             &["--out", file.to_str().unwrap(), "--format", format],
         );
         assert!(planned.status.success(), "{}", stderr(&planned));
-        let shown = Command::new(crate::common::bin())
+        let shown = crate::common::bpfplan()
             .args(["show", "--format", format])
             .arg(&file)
             .output()
@@ -272,7 +272,7 @@ fn the_audit_log_holds_every_command_root_ran() {
         .collect();
     sb.must("destroy");
     let log = |extra: &[&str]| -> Vec<serde_json::Value> {
-        let out = Command::new(crate::common::bin())
+        let out = crate::common::bpfplan()
             .args(["log", "--format", "json"])
             .args(extra)
             .env("BPFPLAN_AUDIT_LOG", sb.audit_log())
@@ -315,7 +315,7 @@ fn the_audit_log_holds_every_command_root_ran() {
     );
 
     // A failed step and its rollback are on record too.
-    let failing = Command::new(crate::common::bin())
+    let failing = crate::common::bpfplan()
         .args(["apply", "tests/fixtures/kernel/rejected.toml"])
         .args(sb.vars())
         .env("BPFPLAN_STATE_DIR", sb.state_dir())
@@ -356,7 +356,7 @@ fn the_audit_log_holds_every_command_root_ran() {
         .unwrap();
     std::io::Write::write_all(&mut f, b"{\"time\":\"2026-11-\n").unwrap();
     drop(f);
-    let out = Command::new(crate::common::bin())
+    let out = crate::common::bpfplan()
         .args(["log", "--format", "json"])
         .env("BPFPLAN_AUDIT_LOG", sb.audit_log())
         .output()
@@ -508,7 +508,7 @@ fn a_saved_plan_that_does_not_hold_up_is_refused_and_changes_nothing() {
         assert_eq!(std::fs::read_to_string(&precious).unwrap(), "keep me");
         if !want.contains("shows") {
             // show refuses it too.
-            let shown = Command::new(crate::common::bin())
+            let shown = crate::common::bpfplan()
                 .arg("show")
                 .arg(path)
                 .output()

@@ -99,6 +99,17 @@ pub fn bin() -> &'static str {
     env!("CARGO_BIN_EXE_bpfplan")
 }
 
+/// `bpfplan` with its build cache and object store under cargo's temporary
+/// directory for tests, never the host's `/var/cache/bpfplan`.
+pub fn bpfplan() -> std::process::Command {
+    let mut cmd = std::process::Command::new(bin());
+    cmd.env(
+        "BPFPLAN_CACHE_DIR",
+        Path::new(env!("CARGO_TARGET_TMPDIR")).join("bpfplan-cache"),
+    );
+    cmd
+}
+
 /// The traffic generator, built beside bpfplan (it is its own package in
 /// the workspace, so cargo does not name it for these tests).
 pub fn traffic_bin() -> PathBuf {

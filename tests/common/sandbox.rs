@@ -144,7 +144,7 @@ impl Sandbox {
 
     /// `bpfplan VERB MANIFEST` with this sandbox's variables.
     pub fn bpfplan_cmd(&self, verb: &str, manifest: &Path) -> Command {
-        let mut c = Command::new(crate::common::bin());
+        let mut c = crate::common::bpfplan();
         c.arg(verb)
             .arg(manifest)
             .args(self.vars())
