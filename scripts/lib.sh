@@ -73,3 +73,31 @@ test_binaries() {
     [ -x "$BIN" ] || fail "no bpfplan binary at $BIN (set BPFPLAN_BIN)"
     command -v bpftool >/dev/null || fail "bpftool is not installed"
 }
+
+# Detach every program attached to a cgroup (one this script created).
+detach_all() {
+    bpftool -j cgroup show "$1" 2>/dev/null | python3 -c '
+import json, sys
+text = sys.stdin.read().strip()
+for a in (json.loads(text) if text else []):
+    print(a["attach_type"], a["id"])' | while read -r type id; do
+        bpftool cgroup detach "$1" "$type" id "$id" 2>/dev/null || true
+    done
+}
+
+# The end of a shell test's EXIT trap: detach what is left on its cgroup,
+# remove its pins and sandbox, keep its logs (BPFPLAN_TEST_LOGS), remove
+# $work, and say when it cleaned up after a failure. test_cleanup RC
+test_cleanup() {
+    if [ -n "${SANDBOX_CGROUP:-}" ]; then
+        detach_all "$SANDBOX_CGROUP"
+        rm -rf "$SANDBOX_PINS"
+        sandbox_remove
+    fi
+    if [ -n "${BPFPLAN_TEST_LOGS:-}" ]; then
+        mkdir -p "$BPFPLAN_TEST_LOGS" && cp "$work"/*.log "$BPFPLAN_TEST_LOGS"/ 2>/dev/null
+    fi
+    rm -rf "$work"
+    [ "$1" = 0 ] || echo "$TEST_NAME test: cleaned up after a failure (exit $1)" >&2
+    exit "$1"
+}

@@ -193,13 +193,7 @@ fn drift_is_repaired_by_apply() {
     };
     sb.must("apply");
     // Someone detaches the sockops program by hand.
-    let cg = sb.cgroup.display().to_string();
-    let pin = sb.pin("bpf_sockops");
-    let out = Command::new("bpftool")
-        .args(["cgroup", "detach", &cg, "sock_ops", "pinned", &pin])
-        .output()
-        .unwrap();
-    assert!(out.status.success());
+    sb.detach_sockops_by_hand();
     let log = sb.must("apply");
     assert!(
         log.contains("drift: attachment `bpf_sockops (sock_ops)`"),
@@ -489,6 +483,23 @@ fn an_apply_interrupted_after_any_step_is_recovered() {
     }
 }
 
+/// `bpfplan bench --quick --format json` of the bypass, in the sandbox.
+fn quick_bench(sb: &Sandbox) -> Command {
+    let mut cmd = crate::common::bpfplan();
+    cmd.args([
+        "bench",
+        "manifests/bypass.toml",
+        "--quick",
+        "--format",
+        "json",
+    ])
+    .arg("--cgroup-parent")
+    .arg(&sb.cgroup)
+    .arg("--pin-parent")
+    .arg(&sb.pin_dir);
+    cmd
+}
+
 /// The bench harness runs end to end (tiny durations); only that figures
 /// were produced is checked, never their values.
 #[test]
@@ -497,20 +508,9 @@ fn bench_smoke_produces_every_figure() {
         return;
     };
     let chart = sb.tmp.path().join("chart.svg");
-    let out = crate::common::bpfplan()
-        .args([
-            "bench",
-            "manifests/bypass.toml",
-            "--quick",
-            "--format",
-            "json",
-            "--chart",
-        ])
+    let out = quick_bench(&sb)
+        .arg("--chart")
         .arg(&chart)
-        .arg("--cgroup-parent")
-        .arg(&sb.cgroup)
-        .arg("--pin-parent")
-        .arg(&sb.pin_dir)
         .output()
         .unwrap();
     assert!(out.status.success(), "{}", stderr(&out));
@@ -559,19 +559,8 @@ fn bench_smoke_produces_every_figure() {
     assert_eq!(sb.pins(), Vec::<String>::new());
 
     // The operator's own sizes, one workload: only that is measured.
-    let out = crate::common::bpfplan()
-        .args([
-            "bench",
-            "manifests/bypass.toml",
-            "--quick",
-            "--format",
-            "json",
-        ])
+    let out = quick_bench(&sb)
         .args(["--workload", "rr", "--sizes", "300,2k"])
-        .arg("--cgroup-parent")
-        .arg(&sb.cgroup)
-        .arg("--pin-parent")
-        .arg(&sb.pin_dir)
         .output()
         .unwrap();
     assert!(out.status.success(), "{}", stderr(&out));

@@ -157,12 +157,7 @@ fn a_stale_saved_plan_is_refused_and_changes_nothing() {
     // Made, then someone detaches the sockops program by hand.
     let policy = save("policy.json", &["--var", "deny_port=20041"]);
     let cg = sb.cgroup.display().to_string();
-    let pin = sb.pin("bpf_sockops");
-    let detach = Command::new("bpftool")
-        .args(["cgroup", "detach", &cg, "sock_ops", "pinned", &pin])
-        .output()
-        .unwrap();
-    assert!(detach.status.success());
+    sb.detach_sockops_by_hand();
     let out = apply_plan(&sb, &policy, &[]);
     assert_eq!(out.status.code(), Some(2), "{}", stderr(&out));
     assert!(

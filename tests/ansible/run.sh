@@ -30,18 +30,6 @@ t_tests=$(now)
 work=$(mktemp -d /tmp/bpfplan-ansible.XXXXXX)
 SANDBOX_CGROUP=""
 
-# Detach whatever is still attached to our own cgroup (and only it).
-detach_all() {
-    local cg=$1
-    bpftool -j cgroup show "$cg" 2>/dev/null | python3 -c '
-import json, sys
-text = sys.stdin.read().strip()
-for a in (json.loads(text) if text else []):
-    print(a["attach_type"], a["id"])' | while read -r type id; do
-        bpftool cgroup detach "$cg" "$type" id "$id" 2>/dev/null || true
-    done
-}
-
 cleanup() {
     local rc=$?
     set +e
@@ -49,16 +37,8 @@ cleanup() {
         BPFPLAN_STATE_DIR="$work/state" BPFPLAN_AUDIT_LOG="$work/log/audit.jsonl" BPFPLAN_CACHE_DIR="$work/cache" \
             "$BIN" destroy "$MANIFEST" --build-dir "$work/build" \
             --var "cgroup=$SANDBOX_CGROUP" --var "pin_dir=$SANDBOX_PINS" >/dev/null 2>&1
-        detach_all "$SANDBOX_CGROUP"
-        rm -rf "$SANDBOX_PINS"
-        sandbox_remove
     fi
-    if [ -n "${BPFPLAN_TEST_LOGS:-}" ]; then
-        mkdir -p "$BPFPLAN_TEST_LOGS" && cp "$work"/*.log "$BPFPLAN_TEST_LOGS"/ 2>/dev/null
-    fi
-    rm -rf "$work"
-    [ "$rc" = 0 ] || echo "ansible test: cleaned up after a failure (exit $rc)" >&2
-    exit "$rc"
+    test_cleanup "$rc"
 }
 trap cleanup EXIT
 trap 'exit 130' INT TERM

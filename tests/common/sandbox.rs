@@ -263,6 +263,22 @@ impl Sandbox {
         out
     }
 
+    /// Detach the sockops program from the sandbox cgroup by hand, as an
+    /// operator might (drift).
+    pub fn detach_sockops_by_hand(&self) {
+        let out = Command::new("bpftool")
+            .args(["cgroup", "detach"])
+            .arg(&self.cgroup)
+            .args(["sock_ops", "pinned", &self.pin("bpf_sockops")])
+            .output()
+            .unwrap();
+        assert!(
+            out.status.success(),
+            "{}",
+            String::from_utf8_lossy(&out.stderr)
+        );
+    }
+
     /// Number of entries in a pinned map.
     pub fn map_len(&self, pin: &str) -> usize {
         let v: serde_json::Value = bpftool_json(&["map", "dump", "pinned", &self.pin(pin)]);

@@ -39,16 +39,6 @@ SANDBOX_CGROUP=""
 ENTRY_PID=""  # a short entrypoint run (entry)
 LOOP_PID=""   # the long-running `run`
 
-detach_all() {
-    bpftool -j cgroup show "$1" 2>/dev/null | python3 -c '
-import json, sys
-text = sys.stdin.read().strip()
-for a in (json.loads(text) if text else []):
-    print(a["attach_type"], a["id"])' | while read -r type id; do
-        bpftool cgroup detach "$1" "$type" id "$id" 2>/dev/null || true
-    done
-}
-
 # The process ids of PID and all its descendants.
 tree() {
     local p
@@ -74,16 +64,8 @@ cleanup() {
     stop_pid "$LOOP_PID"
     if [ -n "$SANDBOX_CGROUP" ]; then
         [ -f "$work/etc/manifest.toml" ] && bp destroy >/dev/null 2>&1
-        detach_all "$SANDBOX_CGROUP"
-        rm -rf "$SANDBOX_PINS"
-        sandbox_remove
     fi
-    if [ -n "${BPFPLAN_TEST_LOGS:-}" ]; then
-        mkdir -p "$BPFPLAN_TEST_LOGS" && cp "$work"/*.log "$BPFPLAN_TEST_LOGS"/ 2>/dev/null
-    fi
-    rm -rf "$work"
-    [ "$rc" = 0 ] || echo "kubernetes test: cleaned up after a failure (exit $rc)" >&2
-    exit "$rc"
+    test_cleanup "$rc"
 }
 trap cleanup EXIT
 trap 'exit 130' INT TERM
