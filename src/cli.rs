@@ -6,12 +6,12 @@ use std::path::PathBuf;
 use crate::plan::render::Format;
 
 const EXIT_CODES: &str = "\
-Exit codes:
+Exit codes (Terraform's):
   0  success (status: in sync; plan --detailed-exitcode: no changes)
-  1  a command failed (apply rolled back what it had done)
-  2  usage or manifest error, nothing was changed; for status and
-     plan --detailed-exitcode, the kernel differs from the manifest; for
-     apply --plan, the saved plan is stale (nothing was changed)";
+  1  an error: a usage or manifest error, a stale saved plan, a failed
+     command (apply rolled back what it had done)
+  2  only for status and plan --detailed-exitcode: the kernel differs
+     from the manifest (changes or drift)";
 
 #[derive(Debug, Parser)]
 #[command(
@@ -76,7 +76,7 @@ pub enum Command {
         #[arg(long, value_name = "DIR", conflicts_with = "plan")]
         build_dir: Option<PathBuf>,
         /// Apply this saved plan (from `plan --out`): its steps and objects,
-        /// refused (exit 2) if the deployment changed since it was made.
+        /// refused (exit 1) if the deployment changed since it was made.
         #[arg(long, value_name = "FILE")]
         plan: Option<PathBuf>,
         /// text (progress for people) or json (one event per line).
@@ -84,7 +84,7 @@ pub enum Command {
         format: ReportFormat,
     },
     /// Take over a deployment made by hand or by the sh script, when the
-    /// kernel holds exactly what the manifest makes (else exit 2 and the
+    /// kernel holds exactly what the manifest makes (else exit 1 and the
     /// differences).
     Adopt {
         #[command(flatten)]

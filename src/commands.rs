@@ -127,14 +127,13 @@ fn read_saved(file: &Path) -> Result<(saved::SavedPlan, String), Failure> {
         build_dir,
     };
     if load_plan(&target)? != saved.plan {
-        eprintln!(
-            "error: {}: {} with the variables saved in the file no longer makes the plan the \
-             file holds (the manifest changed since, or the file was edited); nothing was \
-             changed: make the plan again",
+        return Err(Failure::Runtime(anyhow::anyhow!(
+            "{}: {} with the variables saved in the file no longer makes the plan the file \
+             holds (the manifest changed since, or the file was edited); nothing was changed: \
+             make the plan again",
             file.display(),
             saved.manifest.display()
-        );
-        return Err(Failure::Differs);
+        )));
     }
     Ok((saved, hash))
 }
@@ -297,16 +296,9 @@ fn change(
             }
         }
     };
-    match result {
-        Ok(()) => Ok(()),
-        // A stale saved plan or a deployment that does not match for
-        // adoption changed nothing: exit 2, like a manifest error.
-        Err(e) if e.downcast_ref::<apply::Mismatch>().is_some() => {
-            eprintln!("error: {e:#}");
-            Err(Failure::Differs)
-        }
-        Err(e) => Err(e.into()),
-    }
+    // A stale saved plan or a deployment that does not match for adoption
+    // changed nothing, and is an error like any other: exit 1.
+    result.map_err(Failure::from)
 }
 
 /// The plan doctor checks against: the manifest given, else the installed

@@ -21,17 +21,18 @@ use clap::Parser;
 
 pub use commands::load_plan;
 
-/// Why bpfplan stopped.
+/// Why bpfplan stopped. The exit codes are Terraform's: 0 nothing to
+/// change, 2 changes or drift (and only that), 1 every error.
 #[derive(Debug)]
 pub enum Failure {
-    /// The manifest (or a `--var`) is wrong; already reported. Exit 2.
+    /// The manifest (or a `--var`) is wrong; already reported. Exit 1.
     Manifest,
     /// A command or the host failed. Exit 1.
     Runtime(anyhow::Error),
     /// The kernel differs from the manifest (status, plan --detailed-exitcode).
     /// Exit 2.
     Differs,
-    /// A check failed and said so itself (doctor). Exit 1.
+    /// A check failed and said so itself (doctor, a stale saved plan). Exit 1.
     Quiet,
 }
 
@@ -41,13 +42,24 @@ impl From<anyhow::Error> for Failure {
     }
 }
 
+/// Exit code: changes or drift (status, `plan --detailed-exitcode`).
+pub const EXIT_DIFFERS: i32 = 2;
+
 /// Run the command line; returns the exit code.
 pub fn run() -> i32 {
-    let cli = cli::Cli::parse();
+    let cli = match cli::Cli::try_parse() {
+        Ok(cli) => cli,
+        Err(e) => {
+            // clap exits 2 on a usage error; 2 means "changes" here, so a
+            // usage error is an error like any other: 1 (help and version 0).
+            let _ = e.print();
+            return if e.use_stderr() { 1 } else { 0 };
+        }
+    };
     match commands::dispatch(cli) {
         Ok(()) => 0,
-        Err(Failure::Manifest | Failure::Differs) => 2,
-        Err(Failure::Quiet) => 1,
+        Err(Failure::Differs) => EXIT_DIFFERS,
+        Err(Failure::Manifest | Failure::Quiet) => 1,
         Err(Failure::Runtime(e)) => {
             eprintln!("error: {e:#}");
             1

@@ -62,33 +62,33 @@ fn plan_with_var_override() {
 }
 
 #[test]
-fn manifest_errors_exit_2() {
+fn manifest_errors_exit_1() {
     case(
         "many-errors",
         &["plan", "tests/fixtures/invalid/many_errors.toml"],
-        2,
+        1,
     );
 }
 
 #[test]
-fn unknown_var_override_exits_2() {
+fn unknown_var_override_exits_1() {
     case(
         "unknown-var",
         &["plan", "manifests/bypass.toml", "--var", "pin_dri=/x"],
-        2,
+        1,
     );
 }
 
 #[test]
 fn malformed_var_is_a_usage_error() {
     let (code, text) = run(&["plan", "manifests/bypass.toml", "--var", "novalue"]);
-    assert_eq!(code, 2, "{text}");
+    assert_eq!(code, 1, "{text}");
     assert!(text.contains("expected NAME=VALUE"), "{text}");
 }
 
 #[test]
-fn missing_manifest_exits_2() {
-    case("missing-manifest", &["plan", "manifests/nope.toml"], 2);
+fn missing_manifest_exits_1() {
+    case("missing-manifest", &["plan", "manifests/nope.toml"], 1);
 }
 
 #[test]
@@ -102,8 +102,15 @@ fn warnings_do_not_fail_the_plan() {
 fn help_documents_exit_codes() {
     let (code, text) = run(&["--help"]);
     assert_eq!(code, 0);
-    assert!(text.contains("Exit codes:"), "{text}");
-    assert!(text.contains("2  usage or manifest error"), "{text}");
+    assert!(text.contains("Exit codes (Terraform's):"), "{text}");
+    assert!(
+        text.contains("1  an error: a usage or manifest error"),
+        "{text}"
+    );
+    assert!(
+        text.contains("2  only for status and plan --detailed-exitcode"),
+        "{text}"
+    );
 }
 
 #[test]
@@ -121,7 +128,7 @@ fn json_plan_is_valid_json() {
 #[test]
 fn bench_refuses_a_manifest_without_cgroup_and_pin_dir_vars() {
     let (code, text) = run(&["bench", "manifests/xdp-counter.toml", "--quick"]);
-    assert_eq!(code, 2, "{text}");
+    assert_eq!(code, 1, "{text}");
     assert!(
         text.contains("bench needs a manifest that declares `cgroup` and `pin_dir`"),
         "{text}"

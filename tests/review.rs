@@ -86,7 +86,7 @@ fn a_saved_plan_loads_what_was_reviewed_once() {
 
     // A saved plan applies once.
     let again = apply_plan(&sb, &file, &[]);
-    assert_eq!(again.status.code(), Some(2), "{}", stderr(&again));
+    assert_eq!(again.status.code(), Some(1), "{}", stderr(&again));
     assert!(
         stderr(&again).contains("applied already"),
         "{}",
@@ -146,7 +146,7 @@ fn a_stale_saved_plan_is_refused_and_changes_nothing() {
     sb.must("apply");
     let ids = sb.prog_ids();
     let out = apply_plan(&sb, &before, &[]);
-    assert_eq!(out.status.code(), Some(2), "{}", stderr(&out));
+    assert_eq!(out.status.code(), Some(1), "{}", stderr(&out));
     assert!(stderr(&out).contains("stale"), "{}", stderr(&out));
     assert!(
         stderr(&out).contains("record: was none"),
@@ -159,7 +159,7 @@ fn a_stale_saved_plan_is_refused_and_changes_nothing() {
     let cg = sb.cgroup.display().to_string();
     sb.detach_sockops_by_hand();
     let out = apply_plan(&sb, &policy, &[]);
-    assert_eq!(out.status.code(), Some(2), "{}", stderr(&out));
+    assert_eq!(out.status.code(), Some(1), "{}", stderr(&out));
     assert!(
         stderr(&out).contains(&format!("cgroup {cg}: was programs")),
         "{}",
@@ -173,7 +173,7 @@ fn a_stale_saved_plan_is_refused_and_changes_nothing() {
     let policy = save("policy2.json", &["--var", "deny_port=20042"]);
     sb.must_with("apply", &["--var", "deny_port=20043"]);
     let out = apply_plan(&sb, &policy, &["--format", "json"]);
-    assert_eq!(out.status.code(), Some(2), "{}", stderr(&out));
+    assert_eq!(out.status.code(), Some(1), "{}", stderr(&out));
     assert!(
         stderr(&out).contains(&format!("entries {}", sb.pin("deny_ports"))),
         "{}",
@@ -413,7 +413,7 @@ fn a_deployment_made_by_the_sh_script_is_adopted_and_a_changed_one_refused() {
     assert!(update.status.success());
     let out = run(&sb, "adopt", &[]);
     let err = stderr(&out);
-    assert_eq!(out.status.code(), Some(2), "{err}");
+    assert_eq!(out.status.code(), Some(1), "{err}");
     assert!(err.contains("nothing was adopted"), "{err}");
     assert!(
         err.contains("program `bpf_redir` is not attached to map `sock_ops_map`"),
@@ -531,7 +531,7 @@ fn a_saved_plan_that_does_not_hold_up_is_refused_and_changes_nothing() {
     let text = std::fs::read_to_string(&manifest).unwrap();
     std::fs::write(&manifest, text.replace("bpf_sockops", "bpf_sockopz")).unwrap();
     let out = apply_plan(&sb, &file, &[]);
-    assert_eq!(out.status.code(), Some(2), "{}", stderr(&out));
+    assert_eq!(out.status.code(), Some(1), "{}", stderr(&out));
     assert!(
         stderr(&out).contains("no longer makes the plan"),
         "{}",
@@ -566,7 +566,7 @@ fn a_saved_plan_that_failed_can_be_retried() {
     assert_eq!(received(&sb, 20_052), 0);
     assert_eq!(received(&sb, 20_051), 1024);
     let again = apply_plan(&sb, &file, &[]);
-    assert_eq!(again.status.code(), Some(2), "{}", stderr(&again));
+    assert_eq!(again.status.code(), Some(1), "{}", stderr(&again));
     assert!(
         stderr(&again).contains("applied already"),
         "{}",

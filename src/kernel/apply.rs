@@ -825,7 +825,7 @@ pub(crate) fn build_only(plan: &Plan, listeners: Vec<&mut dyn Listener>) -> Resu
 }
 
 /// Take over a deployment made by hand or by the sh script: refused unless
-/// the kernel holds exactly what the manifest makes (exit 2 with the
+/// the kernel holds exactly what the manifest makes (exit 1 with the
 /// differences); then recorded as bpfplan's, as if apply had made it.
 pub(crate) fn adopt(plan: &Plan, listeners: Vec<&mut dyn Listener>) -> Result<()> {
     preflight::apply(plan, true)?;

@@ -59,7 +59,7 @@ options:
         applied with C(bpfplan apply --plan FILE), which runs exactly the
         reviewed steps and objects. A saved plan is made on, and for, one host.
       - A saved plan applies once; applying it again, or after the deployment
-        changed, fails as stale (bpfplan exit 2) and changes nothing.
+        changed, fails as stale (bpfplan exit 1) and changes nothing.
       - Only with O(state=present).
     type: path
   binary:
@@ -323,7 +323,7 @@ class Bpfplan(object):
             if len(lines) > 200:
                 out = "\n".join(["... (%d earlier lines)" % (len(lines) - 200)] + lines[-200:])
             fallback = result.get("error") if result else None
-            if rc == 2 and result and result.get("outcome") == "stale":
+            if result and result.get("outcome") == "stale":
                 self.fail("bpfplan %s: the saved plan is stale, nothing was changed: %s"
                           % (what, self.error_text(err, out, fallback)), rc, out, err)
             self.fail(self.error_text(err, out, fallback), rc, out, err)
@@ -341,8 +341,9 @@ class Bpfplan(object):
                 parsed = json.loads(out)
             except ValueError:
                 parsed = None
-        # Exit 2 is also a manifest or usage error: then there is no JSON plan.
-        if parsed is None or not isinstance(parsed.get("changes"), dict):
+        # Exit codes are Terraform's: 0 no changes, 2 changes, 1 any error
+        # (then there is no JSON plan).
+        if rc not in (0, 2) or parsed is None or not isinstance(parsed.get("changes"), dict):
             self.fail(self.error_text(err, out, None), rc, out, err)
         changes = parsed["changes"]
         decision = changes.get("decision") or ("nothing" if rc == 0 else "unknown")
@@ -426,11 +427,9 @@ class Bpfplan(object):
         if parsed is not None:
             states = [((f.get("health") or {}).get("state")) for f in parsed.get("findings", [])]
             exists = parsed.get("recorded") is not None or any(s != "missing" for s in states)
-        elif rc == 2 and not (err or "").lstrip().startswith("error:"):
-            exists = True
         elif rc == 2:
-            # A manifest or usage error: nothing can be destroyed with it.
-            self.fail(self.error_text(err, "", None), rc, None, err)
+            # Drift, and only drift (a manifest error exits 1).
+            exists = True
         else:
             # status failed (say, a record it cannot read): destroy knows how
             # to deal with that, so let it decide.
