@@ -20,9 +20,9 @@ trap cleanup EXIT INT TERM
 sandbox_create bpfplan-bench
 vars="--var cgroup=$SANDBOX_CGROUP --var pin_dir=$SANDBOX_PINS --build-dir $work/build"
 # shellcheck disable=SC2086
-"$BPFPLAN" plan manifests/bypass.toml $vars --format sh > "$work/apply.sh"
+"$BPFPLAN" plan manifests/bypass.toml $vars --manifest-only --format sh > "$work/apply.sh"
 # shellcheck disable=SC2086
-"$BPFPLAN" plan manifests/bypass.toml $vars --format sh --destroy > "$work/destroy.sh"
+"$BPFPLAN" plan manifests/bypass.toml $vars --manifest-only --format sh --destroy > "$work/destroy.sh"
 
 ms() { s=$(date +%s%N); "$@" > /dev/null 2>&1; e=$(date +%s%N); echo $(( (e - s) / 1000 )); }
 median() { sort -n | sed -n 4p | awk '{ printf "%.1f ms", $1 / 1000 }'; }

@@ -42,8 +42,8 @@ run_bpfplan() { "$BPFPLAN" "$@" "$m" $vars; }
 echo "entries applied (ms, median)   sh script   bpfplan cold build   bpfplan cached build"
 for n in $SIZES; do
     gen "$n" > "$m"
-    run_bpfplan plan --format sh > "$work/apply.sh"
-    run_bpfplan plan --format sh --destroy > "$work/destroy.sh"
+    run_bpfplan plan --manifest-only --format sh > "$work/apply.sh"
+    run_bpfplan plan --manifest-only --format sh --destroy > "$work/destroy.sh"
     rounds=$ROUNDS
     [ "$n" -ge 100000 ] && rounds=1
     : > "$work/sh"; : > "$work/cold"; : > "$work/warm"

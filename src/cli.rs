@@ -27,23 +27,31 @@ pub struct Cli {
 
 #[derive(Debug, Subcommand)]
 pub enum Command {
-    /// Show the commands apply (or destroy) would run, changing nothing.
+    /// Show the commands apply (or destroy) would run now, changing
+    /// nothing: as root it looks at the kernel and shows exactly what would
+    /// run, numbered as the command numbers it; otherwise (or with
+    /// --manifest-only) the manifest's plan.
     Plan {
         #[command(flatten)]
         target: Target,
         /// How to show the plan.
         #[arg(long, value_enum, default_value_t = Format::Text)]
         format: Format,
-        /// Show the teardown instead.
+        /// Show what destroy would run instead.
         #[arg(long)]
         destroy: bool,
-        /// Compare with the live kernel (root): show only what apply would
-        /// change, exit 0 when nothing, 2 when something.
-        #[arg(long, conflicts_with = "destroy")]
+        /// Exit 0 when apply (or destroy) would change nothing, 2 when it
+        /// would change something (root: it needs a look at the kernel).
+        #[arg(long, conflicts_with = "manifest_only")]
         detailed_exitcode: bool,
+        /// Show the manifest's plan without looking at the kernel (what a
+        /// first apply runs when its pin directories exist), as a reviewer
+        /// without root sees it.
+        #[arg(long)]
+        manifest_only: bool,
         /// Also save the plan to FILE (root: builds the objects and looks at
         /// the kernel), for `bpfplan show` and `bpfplan apply --plan`.
-        #[arg(long, value_name = "FILE", conflicts_with_all = ["destroy", "detailed_exitcode"])]
+        #[arg(long, value_name = "FILE", conflicts_with_all = ["destroy", "detailed_exitcode", "manifest_only"])]
         out: Option<PathBuf>,
     },
     /// Show a saved plan exactly as `plan` showed it.

@@ -10,14 +10,17 @@ use crate::cli::{self, Command, ReportFormat, Target};
 use crate::host::{self, HostFacts};
 use crate::kernel::apply;
 use crate::kernel::audit::{self, AuditContext, AuditLog};
+use crate::kernel::carry::Applied;
+use crate::kernel::destroy::{self, Destroyed};
 use crate::kernel::events::JsonLines;
 use crate::kernel::exec::{Listener, Printer};
 use crate::kernel::saved;
+use crate::kernel::seam::{Faults, Live};
 use crate::kernel::status;
 use crate::manifest::{self, LoadError};
 use crate::plan::render::{self, Direction, Format};
 use crate::plan::step::Step;
-use crate::plan::{self, Plan, PlanOptions};
+use crate::plan::{self, DecisionKind, Plan, PlanOptions};
 
 pub(crate) fn dispatch(cli: cli::Cli) -> Result<(), Failure> {
     match cli.command {
@@ -32,8 +35,19 @@ pub(crate) fn dispatch(cli: cli::Cli) -> Result<(), Failure> {
             format,
             destroy,
             detailed_exitcode,
+            manifest_only,
             out: None,
-        } => plan_cmd(&target, format, destroy, detailed_exitcode),
+        } => plan_cmd(
+            &target,
+            format,
+            if destroy {
+                Direction::Destroy
+            } else {
+                Direction::Apply
+            },
+            detailed_exitcode,
+            manifest_only,
+        ),
         Command::Show { file, format } => show_cmd(&file, format),
         Command::Status { target, format } => status_cmd(&target, format),
         Command::Apply {
@@ -97,16 +111,23 @@ pub(crate) fn dispatch(cli: cli::Cli) -> Result<(), Failure> {
     }
 }
 
-/// `plan --out FILE`: build, save what was reviewed, print it.
+/// The kernel bpfplan acts on: the live one, with the faults a test asks
+/// for through the environment.
+fn kernel() -> Faults<Live> {
+    Faults::from_env(Live)
+}
+
+/// `plan --out FILE`: build, save what was reviewed, print it: what
+/// `apply --plan FILE` runs (the objects are built and kept in the file).
 fn plan_out(target: &Target, format: Format, out: &Path) -> Result<(), Failure> {
     let plan = load_plan(target)?;
-    let saved = apply::save(&plan, &target.vars)?;
+    let saved = apply::save(&plan, &mut kernel(), &target.vars)?;
     let mut bytes = serde_json::to_vec_pretty(&saved).context("encoding the plan")?;
     bytes.push(b'\n');
     std::fs::write(out, bytes).with_context(|| format!("writing {}", out.display()))?;
     print!(
         "{}",
-        render::render_reviewed(&saved.plan, Some(&saved.review), format, Direction::Apply)?
+        render::render_decided(&saved.plan, &saved.review, format, Direction::Apply)?
     );
     Ok(())
 }
@@ -142,15 +163,15 @@ fn show_cmd(file: &Path, format: Format) -> Result<(), Failure> {
     let (saved, _) = read_saved(file)?;
     print!(
         "{}",
-        render::render_reviewed(&saved.plan, Some(&saved.review), format, Direction::Apply)?
+        render::render_decided(&saved.plan, &saved.review, format, Direction::Apply)?
     );
     Ok(())
 }
 
-fn outcome(a: apply::Applied) -> &'static str {
+fn outcome(a: Applied) -> &'static str {
     match a {
-        apply::Applied::NoChanges => "no_changes",
-        apply::Applied::Changed => "changed",
+        Applied::NoChanges => "no_changes",
+        Applied::Changed => "changed",
     }
 }
 
@@ -161,7 +182,13 @@ fn apply_saved(file: &Path, format: ReportFormat) -> Result<(), Failure> {
     audit.plan_hash = hash.clone();
     let reviewed = apply::Reviewed { saved, hash };
     change("apply", format, audit, |listeners| {
-        apply::apply(&reviewed.saved.plan, listeners, Some(&reviewed)).map(outcome)
+        apply::apply(
+            &reviewed.saved.plan,
+            &mut kernel(),
+            listeners,
+            Some(&reviewed),
+        )
+        .map(outcome)
     })
 }
 
@@ -169,7 +196,7 @@ fn apply_cmd(target: &Target, format: ReportFormat) -> Result<(), Failure> {
     let plan = load_plan(target)?;
     let audit = AuditContext::for_plan("apply", &plan)?;
     change("apply", format, audit, |listeners| {
-        apply::apply(&plan, listeners, None).map(outcome)
+        apply::apply(&plan, &mut kernel(), listeners, None).map(outcome)
     })
 }
 
@@ -177,7 +204,7 @@ fn adopt_cmd(target: &Target, format: ReportFormat) -> Result<(), Failure> {
     let plan = load_plan(target)?;
     let audit = AuditContext::for_plan("adopt", &plan)?;
     change("adopt", format, audit, |listeners| {
-        apply::adopt(&plan, listeners).map(|()| "adopted")
+        destroy::adopt(&plan, &mut kernel(), listeners).map(|()| "adopted")
     })
 }
 
@@ -185,12 +212,10 @@ fn destroy_cmd(target: &Target, format: ReportFormat) -> Result<(), Failure> {
     let plan = load_plan(target)?;
     let audit = AuditContext::for_plan("destroy", &plan)?;
     change("destroy", format, audit, |listeners| {
-        apply::destroy(&plan, listeners).map(|did| {
-            if did {
-                "destroyed"
-            } else {
-                "nothing_to_destroy"
-            }
+        destroy::destroy(&plan, &mut kernel(), listeners).map(|d| match d {
+            Destroyed::Freed => "destroyed",
+            Destroyed::Lingering { .. } => "destroyed_objects_linger",
+            Destroyed::Nothing => "nothing_to_destroy",
         })
     })
 }
@@ -202,7 +227,7 @@ fn build_cmd(target: &Target) -> Result<(), Failure> {
     host.cgroup2
         .get_or_insert_with(|| PathBuf::from("/sys/fs/cgroup"));
     let plan = plan_on(target, &host)?;
-    apply::build_only(&plan, vec![&mut Printer::default()])?;
+    apply::build_only(&plan, &mut kernel(), vec![&mut Printer::default()])?;
     Ok(())
 }
 
@@ -368,51 +393,50 @@ fn to_json<T: serde::Serialize>(v: &T) -> anyhow::Result<String> {
 fn plan_cmd(
     target: &Target,
     format: Format,
-    destroy: bool,
+    dir: Direction,
     detailed_exitcode: bool,
+    manifest_only: bool,
 ) -> Result<(), Failure> {
     let plan = load_plan(target)?;
-    if !detailed_exitcode {
-        let (plan, dir) = if destroy {
-            (plan.destroy(), Direction::Destroy)
-        } else {
-            (plan, Direction::Apply)
-        };
-        print!("{}", render::render(&plan, format, dir)?);
+    let manifest_plan = |plan: Plan| match dir {
+        Direction::Apply => plan,
+        Direction::Destroy => plan.destroy(),
+    };
+    if manifest_only {
+        print!("{}", render::render(&manifest_plan(plan), format, dir)?);
         return Ok(());
     }
-    let review = apply::pending(&plan)?;
-    if review.decision == "nothing" {
-        if format == Format::Json {
-            print!(
-                "{}",
-                render::render_reviewed(&plan, Some(&review), format, Direction::Apply)?
-            );
-        } else {
-            println!("No changes: the kernel matches {}", plan.manifest.display());
+    // Looking at the kernel needs root (bpf(2)) and bpftool.
+    if let Err(why) = crate::kernel::preflight::inspect() {
+        if detailed_exitcode {
+            return Err(why
+                .context("plan --detailed-exitcode compares with the kernel")
+                .into());
         }
+        eprintln!(
+            "note: the kernel was not looked at ({why:#}): this is the manifest's plan, what a \
+             first {} runs (as `--manifest-only` shows it)",
+            match dir {
+                Direction::Apply => "apply",
+                Direction::Destroy => "destroy after it",
+            }
+        );
+        print!("{}", render::render(&manifest_plan(plan), format, dir)?);
         return Ok(());
     }
-    match (review.decision.as_str(), &review.reason) {
-        ("refused", Some(why)) => eprintln!("apply would refuse: {why}"),
-        ("fresh", _) => eprintln!("not applied yet: apply runs the whole plan"),
-        ("replace", Some(why)) => eprintln!("{why}: apply replaces the deployment"),
-        (_, Some(why)) => eprintln!("{why}"),
-        _ => {}
+    let review = match dir {
+        Direction::Apply => apply::pending(&plan, &mut kernel())?,
+        Direction::Destroy => destroy::pending(&plan, &mut kernel())?,
+    };
+    print!("{}", render::render_decided(&plan, &review, format, dir)?);
+    let changes = !matches!(
+        review.decision,
+        DecisionKind::Nothing | DecisionKind::NothingToDestroy
+    );
+    if detailed_exitcode && changes {
+        return Err(Failure::Differs);
     }
-    if format == Format::Json {
-        print!(
-            "{}",
-            render::render_reviewed(&plan, Some(&review), format, Direction::Apply)?
-        );
-    } else {
-        let changes = Plan {
-            steps: review.changes.clone(),
-            ..plan
-        };
-        print!("{}", render::render(&changes, format, Direction::Apply)?);
-    }
-    Err(Failure::Differs)
+    Ok(())
 }
 
 fn status_cmd(target: &Target, format: ReportFormat) -> Result<(), Failure> {

@@ -78,7 +78,8 @@ fn changing_only_the_policy_updates_it_live() {
         .unwrap();
     let shown = String::from_utf8_lossy(&out.stdout);
     assert_eq!(out.status.code(), Some(2), "{shown}");
-    assert!(shown.contains("2 steps"), "{shown}");
+    assert!(shown.contains("2 changing the kernel"), "{shown}");
+    assert!(shown.contains("only map contents differ"), "{shown}");
     assert!(shown.contains("set `deny_ports`[20004] = 1"), "{shown}");
     assert!(shown.contains("remove `deny_ports`[20003]"), "{shown}");
 

@@ -41,7 +41,11 @@ fn case(name: &str, args: &[&str], want_code: i32) {
 
 #[test]
 fn plan_text_of_bypass() {
-    case("plan-bypass", &["plan", "manifests/bypass.toml"], 0);
+    case(
+        "plan-bypass",
+        &["plan", "manifests/bypass.toml", "--manifest-only"],
+        0,
+    );
 }
 
 #[test]
@@ -56,6 +60,7 @@ fn plan_with_var_override() {
             "--format",
             "sh",
             "--destroy",
+            "--manifest-only",
         ],
         0,
     );

@@ -422,7 +422,7 @@ fn measure(
 /// plan, apply, no-op apply and destroy, next to the sh script, interleaved.
 fn control_plane(world: &World, rounds: usize) -> Result<Vec<ControlRow>> {
     let script = |destroy: bool| -> Result<PathBuf> {
-        let mut c = world.bpfplan(&["plan", "--format", "sh"]);
+        let mut c = world.bpfplan(&["plan", "--manifest-only", "--format", "sh"]);
         if destroy {
             c.arg("--destroy");
         }

@@ -33,7 +33,8 @@ pub struct AuditLine {
     /// Seconds since the epoch (for `--since`).
     pub unix: f64,
     /// `start` before a command runs, `end` after; `note` for what is not a
-    /// command (a rollback begins, an adoption).
+    /// command (a rollback begins, an adoption); `warning` for something
+    /// wrong that did not stop the command.
     pub phase: String,
     /// apply, destroy or adopt.
     pub command: String,
@@ -259,6 +260,11 @@ impl Listener for AuditLog {
             // What bpfplan decided and why, between the commands.
             Event::Note { text } => {
                 let mut l = self.line("note");
+                l.note = Some(text.to_string());
+                l
+            }
+            Event::Warning { text } => {
+                let mut l = self.line("warning");
                 l.note = Some(text.to_string());
                 l
             }

@@ -11,9 +11,9 @@ use std::path::PathBuf;
 use super::inspect::{PinState, ProgInfo};
 use super::observe::Observed;
 use super::record::{Deployed, FileHash, Loaded, MapFact, ProgramFact};
-use crate::manifest::model::{MapPin, ProgPin, ProgType, kernel_name};
+use crate::manifest::model::{MapPin, ProgPin, ProgType, Staging, kernel_name};
 use crate::plan::step::{AttachPoint, Attachment, PinKind, ProgRef, Step};
-use crate::plan::{Drift, Op, Plan, Review, Spec};
+use crate::plan::{Drift, Op, Plan, Spec};
 
 /// What apply does.
 #[derive(Debug, Clone, PartialEq, Eq)]
@@ -147,66 +147,28 @@ fn reuses(plan: &Plan, prog: &ProgPin, map: &MapPin) -> bool {
     })
 }
 
-/// What a decision means for a reviewer: its name, why, the steps apply
-/// runs (the build first, when it builds), and what drifted.
-pub(crate) fn review(
-    plan: &Plan,
-    decision: &Decision,
-    deployed: Option<&Deployed>,
-    obs: &Observed,
-) -> Review {
-    let build = || plan.steps.iter().filter(|s| !s.touches_kernel()).cloned();
-    fn steps(ops: &[Op]) -> impl Iterator<Item = Step> + '_ {
-        ops.iter().map(|o| o.step.clone())
-    }
-    let (name, reason, changes): (&str, Option<String>, Vec<Step>) = match decision {
-        Decision::Nothing => ("nothing", None, Vec::new()),
-        Decision::Entries(ops) => ("entries", None, steps(ops).collect()),
-        Decision::Fresh { ops, .. } => ("fresh", None, build().chain(steps(ops)).collect()),
-        Decision::Replace { reason, ops, .. } => (
-            "replace",
-            Some(reason.clone()),
-            build().chain(steps(ops)).collect(),
-        ),
-        Decision::Recover { ops, .. } => (
-            "recover",
-            Some("an earlier apply was interrupted; apply ends it, then decides again".into()),
-            steps(ops).collect(),
-        ),
-        Decision::Refuse(why) => ("refused", Some(why.clone()), Vec::new()),
-    };
-    let drift = if deployed.is_some() {
-        findings(&plan.spec, deployed, obs)
-            .into_iter()
-            .filter(|f| f.health != Health::Present)
-            .map(|f| Drift {
-                kind: f.kind.to_string(),
-                name: f.name,
-                place: f.place,
-                state: f.health.describe(),
-            })
-            .collect()
-    } else {
-        Vec::new()
-    };
-    Review {
-        decision: name.to_string(),
-        reason,
-        applicable: !matches!(decision, Decision::Refuse(_)),
-        changes,
-        drift,
-    }
+/// The manifest's objects that are missing or different in the kernel.
+pub(crate) fn drift(spec: &Spec, deployed: Option<&Deployed>, obs: &Observed) -> Vec<Drift> {
+    findings(spec, deployed, obs)
+        .into_iter()
+        .filter(|f| f.health != Health::Present)
+        .map(|f| Drift {
+            kind: f.kind.to_string(),
+            name: f.name,
+            place: f.place,
+            state: f.health.describe(),
+        })
+        .collect()
 }
 
-/// The name a replace stages a new object under, beside the old one; `~`
-/// is not allowed in manifest pins, so it can never be another's pin.
-pub(crate) fn staged(pin: &str) -> String {
-    format!("{pin}~new")
+/// The name a replace stages a new object under, beside the old one.
+fn staged(pin: &str) -> String {
+    Staging::New.of(pin)
 }
 
 /// The name a replace moves an old object to before removing it.
-pub(crate) fn aside(pin: &str) -> String {
-    format!("{pin}~old")
+fn aside(pin: &str) -> String {
+    Staging::Old.of(pin)
 }
 
 /// Every pin a replace of `plan` over `deployed` may touch besides their

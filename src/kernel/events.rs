@@ -44,7 +44,9 @@ impl JsonLines {
 /// The JSON form of an event.
 pub(crate) fn to_json(e: &Event<'_>) -> Value {
     match e {
-        Event::Begin { title, total } => json!({"event": "begin", "run": title, "steps": total}),
+        Event::Begin { stage, total } => {
+            json!({"event": "begin", "run": stage.word(), "steps": total})
+        }
         Event::Started {
             n,
             total,
@@ -113,6 +115,7 @@ pub(crate) fn to_json(e: &Event<'_>) -> Value {
         }
         Event::Rollback { count } => json!({"event": "rollback", "steps": count}),
         Event::Note { text } => json!({"event": "note", "text": text}),
+        Event::Warning { text } => json!({"event": "warning", "text": text}),
     }
 }
 
@@ -126,6 +129,10 @@ impl Listener for JsonLines {
     fn event(&mut self, e: &Event<'_>) -> anyhow::Result<()> {
         if matches!(e, Event::BatchStarted { .. }) {
             return Ok(());
+        }
+        if let Event::Warning { text } = e {
+            // People running `--format json` read warnings on stderr too.
+            let _ = writeln!(std::io::stderr(), "warning: {text}");
         }
         let mut v = to_json(e);
         v["t_ms"] = json!(self.t_ms());

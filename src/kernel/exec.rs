@@ -1,17 +1,21 @@
-//! The one executor. It runs a list of ops under a policy (a transaction
-//! that rolls back from each op's undo, or best effort for teardown), notes
-//! each op in the journal before it runs, and reports every step's start and
-//! outcome to its listeners: the one place where printing, JSON events and
-//! the audit log hear what happened. It decides nothing.
+//! The one executor. It runs a list of ops through the kernel seam under a
+//! policy (a transaction that rolls back from each op's undo, or best
+//! effort for teardown), notes each op in the journal before it runs, and
+//! reports every step's start and outcome, every note and every warning to
+//! its listeners: the one place where printing, JSON events and the audit
+//! log hear what happened. It decides nothing; when a step fails it looks
+//! at the kernel again to judge what the step did.
 
-use anyhow::{Context, Result};
+use anyhow::Result;
 use std::io::Write;
 use std::time::{Duration, Instant};
 
+use super::observe::{self, Observed, Query};
 use super::record::Journal;
-use super::{build, cmd, inspect};
-use crate::plan::Op;
-use crate::plan::step::{Arg, Step};
+use super::recovery::Simulated;
+use super::seam::{self, At, BatchEnd, Kernel, Ran};
+use crate::plan::step::Step;
+use crate::plan::{Op, Stage};
 
 /// At most this many entries go to one bpftool process.
 const BATCH_MAX: usize = 50_000;
@@ -22,69 +26,6 @@ fn is_entry(step: &Step) -> bool {
         Step::UpdateMapEntry { .. } | Step::DeleteMapEntry { .. }
     )
 }
-
-/// Run `bpftool -j batch file -` over `count` lines; `Some((k, error))`
-/// when line `k` failed (bpftool ran none after it).
-fn run_batch(argv: &[String], input: &[u8], count: usize) -> Option<(usize, anyhow::Error)> {
-    #[derive(serde::Deserialize)]
-    struct Line {
-        output: Option<serde_json::Value>,
-    }
-    // bpftool stopped (a time limit) or said nothing readable: which
-    // lines ran is unknown.
-    let uncertain =
-        |e: anyhow::Error| Some((0, anyhow::Error::new(UncertainBatch(format!("{e:#}")))));
-    let out = match cmd::run(argv, Some(input)) {
-        Ok(out) => out,
-        Err(e) => return uncertain(e),
-    };
-    let lines: Vec<Line> = match serde_json::from_slice(&out.stdout) {
-        Ok(lines) => lines,
-        Err(e) => {
-            return uncertain(
-                anyhow::Error::new(e)
-                    .context(cmd::failure(argv, &out))
-                    .context("reading bpftool batch output"),
-            );
-        }
-    };
-    let failed = lines
-        .iter()
-        .position(|l| l.output.as_ref().is_some_and(|o| o.get("error").is_some()));
-    match failed {
-        Some(k) => {
-            let why = lines[k]
-                .output
-                .as_ref()
-                .and_then(|o| o.get("error"))
-                .and_then(|e| e.as_str())
-                .unwrap_or("failed")
-                .to_string();
-            Some((k, anyhow::anyhow!("bpftool batch, line {}: {why}", k + 1)))
-        }
-        None if out.success() && lines.len() == count => None,
-        // No line failed, yet not all ran (or bpftool failed otherwise):
-        // the first that did not run is the culprit.
-        None => Some((
-            lines.len().min(count.saturating_sub(1)),
-            cmd::failure(argv, &out),
-        )),
-    }
-}
-
-/// A batch that stopped where bpftool could not say: some of its lines may
-/// have run. Nothing is undone blindly; the run stays on record and the next
-/// apply or destroy, which looks at the map, ends it.
-#[derive(Debug)]
-pub(crate) struct UncertainBatch(String);
-
-impl std::fmt::Display for UncertainBatch {
-    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
-        write!(f, "{}", self.0)
-    }
-}
-
-impl std::error::Error for UncertainBatch {}
 
 /// How a run treats a failed step.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
@@ -113,8 +54,8 @@ pub(crate) enum Outcome<'a> {
 /// What listeners hear.
 #[derive(Debug)]
 pub(crate) enum Event<'a> {
-    /// A run of `total` steps begins; `title` says what it is for.
-    Begin { title: &'a str, total: usize },
+    /// A run of `total` steps begins; `stage` says what it is for.
+    Begin { stage: Stage, total: usize },
     /// A step is about to run `argv`.
     Started {
         n: usize,
@@ -151,8 +92,10 @@ pub(crate) enum Event<'a> {
     },
     /// A transaction failed: `count` undo steps follow.
     Rollback { count: usize },
-    /// Something people should know (a decision, a warning).
+    /// Something people should know (a decision, what was found).
     Note { text: &'a str },
+    /// Something wrong that did not stop the command.
+    Warning { text: &'a str },
 }
 
 /// Something that hears every step.
@@ -222,6 +165,10 @@ impl Listener for Printer {
             Event::Note { text } => {
                 let _ = writeln!(out, "{text}");
             }
+            Event::Warning { text } => {
+                // People read warnings on stderr, apart from the progress.
+                let _ = std::io::stderr().write_all(format!("warning: {text}\n").as_bytes());
+            }
             Event::BatchStarted { .. } => hold = true,
             Event::Batch { lines, elapsed, .. } => {
                 let _ = writeln!(
@@ -242,13 +189,25 @@ impl Listener for Printer {
     }
 }
 
-/// Where a run's steps are numbered from, for people reading the output.
+/// Where a run's steps are numbered from, for people reading the output:
+/// a command's stages are numbered on, one after the other, as its plan
+/// numbers them.
 #[derive(Debug, Clone, Copy)]
 pub(crate) struct Numbering {
     /// The number of the first step.
     pub first: usize,
     /// The total shown.
     pub total: usize,
+}
+
+impl Numbering {
+    /// A run numbered on its own.
+    pub fn alone(ops: &[Op]) -> Numbering {
+        Numbering {
+            first: 1,
+            total: ops.len(),
+        }
+    }
 }
 
 /// A transaction that failed.
@@ -263,57 +222,93 @@ pub(crate) struct Failed {
     pub rollback_failures: Vec<String>,
     /// The run was past its point of no return: nothing was undone.
     pub committed: bool,
+    /// What a look at the kernel after the rollback found different from
+    /// the look the run was decided on: empty when nothing is left behind;
+    /// `None` when there was no such look.
+    pub left: Option<Vec<String>>,
 }
 
-/// The executor and who listens to it.
-pub(crate) struct Executor<'a> {
+impl Failed {
+    /// A failure before any kernel step of the run: nothing to undo.
+    pub fn before_any(label: &str, error: anyhow::Error) -> Failed {
+        Failed {
+            label: label.to_string(),
+            error,
+            undone: 0,
+            rollback_failures: Vec::new(),
+            committed: false,
+            left: None,
+        }
+    }
+
+    /// What became of the kernel, in words for the error message.
+    pub fn aftermath(&self) -> String {
+        match &self.left {
+            Some(left) if left.is_empty() => {
+                "a look at the kernel afterwards found it as it was before the run: nothing is \
+                 left behind"
+                    .to_string()
+            }
+            Some(left) => format!(
+                "a look at the kernel afterwards found it not as before the run: {}",
+                left.join("; ")
+            ),
+            None => "the kernel was not looked at afterwards".to_string(),
+        }
+    }
+}
+
+/// What a run is: its stage, its ops and how failures are treated.
+pub(crate) struct Batch<'o> {
+    pub stage: Stage,
+    pub ops: &'o [Op],
+    pub policy: Policy,
+    pub numbering: Numbering,
+    /// The look the ops were decided on: a failed step is judged against it
+    /// (did it take effect?) and so is the kernel after a rollback.
+    pub decided_on: Option<&'o Observed>,
+}
+
+/// How a group of ops stopped.
+enum Stop {
+    /// Op `k` of the group failed.
+    At(usize, anyhow::Error),
+    /// bpftool stopped mid-batch: which entries landed is unknown.
+    Uncertain(anyhow::Error),
+}
+
+/// The executor, the kernel it acts on and who listens to it.
+pub(crate) struct Executor<'a, 'k> {
     listeners: Vec<&'a mut dyn Listener>,
-    /// `BPFPLAN_FAIL_STEP`: the first step whose summary holds this text
-    /// fails before it runs, once (for testing rollback at any step).
-    fail_step: Option<String>,
-    /// `BPFPLAN_DIE_AT=before:N|after:N`: the process exits at once, as if
-    /// killed, when op N (from 1) of a journaled run has been put on record
-    /// (`before` it runs) or has run (`after`); for testing recovery from a
-    /// kill at any step.
-    die_at: Option<(Moment, usize)>,
+    kernel: &'k mut dyn Kernel,
     /// Whether the steps now running put the kernel back (a rollback or a
     /// recovery): those run even when a listener (the audit log) cannot
     /// record them first, since leaving a half-made change is worse.
     restoring: bool,
 }
 
-#[derive(Debug, Clone, Copy, PartialEq, Eq)]
-enum Moment {
-    Before,
-    After,
-}
-
-fn die_at() -> Option<(Moment, usize)> {
-    let v = std::env::var("BPFPLAN_DIE_AT").ok()?;
-    let (when, n) = v.split_once(':')?;
-    let when = match when {
-        "before" => Moment::Before,
-        "after" => Moment::After,
-        _ => return None,
-    };
-    Some((when, n.parse().ok()?))
-}
-
-impl<'a> Executor<'a> {
-    pub fn new(listeners: Vec<&'a mut dyn Listener>) -> Self {
+impl<'a, 'k> Executor<'a, 'k> {
+    pub fn new(kernel: &'k mut dyn Kernel, listeners: Vec<&'a mut dyn Listener>) -> Self {
         Executor {
             listeners,
-            fail_step: std::env::var("BPFPLAN_FAIL_STEP")
-                .ok()
-                .filter(|s| !s.is_empty()),
-            die_at: die_at(),
+            kernel,
             restoring: false,
         }
+    }
+
+    /// One look at the kernel.
+    pub fn observe(&mut self, q: &Query) -> Result<Observed> {
+        self.kernel.observe(q)
     }
 
     /// Tell the listeners something.
     pub fn note(&mut self, text: &str) {
         self.tell(&Event::Note { text });
+    }
+
+    /// Warn every listener (stderr, the JSON events, the audit log).
+    pub fn warn(&mut self, text: &str) {
+        self.tell(&Event::Warning { text });
     }
 
     /// Every listener hears the event; the first error is returned.
@@ -334,49 +329,46 @@ impl<'a> Executor<'a> {
     fn emit_first(&mut self, e: &Event<'_>) -> Result<()> {
         match self.emit(e) {
             Err(err) if self.restoring => {
-                eprintln!("warning: {err:#}; running it anyway, to put the kernel back");
+                self.warn(&format!(
+                    "{err:#}; running it anyway, to put the kernel back"
+                ));
                 Ok(())
             }
             other => other,
         }
     }
 
-    /// An event after the fact: a listener that fails is reported, and the
-    /// run goes on (what happened already happened).
+    /// An event after the fact: a listener that fails is reported (on
+    /// stderr, the one place left), and the run goes on: what happened
+    /// already happened.
     fn tell(&mut self, e: &Event<'_>) {
         if let Err(err) = self.emit(e) {
             eprintln!("warning: {err:#}");
         }
     }
 
-    /// Run `ops` in order under `policy`. Best effort, and past a commit
-    /// point, failures are returned, not raised.
+    /// Run a batch of ops in order under its policy. Best effort, and past
+    /// a commit point, failures are returned, not raised.
     pub fn run(
         &mut self,
-        title: &str,
-        ops: &[Op],
-        policy: Policy,
+        b: Batch<'_>,
         journal: Option<&mut Journal>,
-        numbering: Numbering,
     ) -> Result<Vec<String>, Failed> {
-        let restoring =
-            std::mem::replace(&mut self.restoring, matches!(title, "rollback" | "recover"));
-        let result = self.run_ops(title, ops, policy, journal, numbering);
+        let restoring = std::mem::replace(&mut self.restoring, b.stage.restores());
+        let result = self.run_ops(&b, journal);
         self.restoring = restoring;
         result
     }
 
     fn run_ops(
         &mut self,
-        title: &str,
-        ops: &[Op],
-        policy: Policy,
+        b: &Batch<'_>,
         mut journal: Option<&mut Journal>,
-        numbering: Numbering,
     ) -> Result<Vec<String>, Failed> {
+        let ops = b.ops;
         self.tell(&Event::Begin {
-            title,
-            total: numbering.total,
+            stage: b.stage,
+            total: b.numbering.total,
         });
         let mut failures = Vec::new();
         let mut i = 0;
@@ -388,92 +380,70 @@ impl<'a> Executor<'a> {
                 .take_while(|op| is_entry(&op.step))
                 .count()
                 .max(1);
-            let group = &ops[i..i + len];
             if let Some(j) = journal.as_deref_mut()
                 && let Err(error) = j.started(i + len - 1)
             {
-                let label = self.label(ops, i, numbering);
-                return Err(self.fail(ops, i, label, error, policy));
+                let label = label(ops, i, b.numbering);
+                return Err(self.fail(b, i, label, error, false));
             }
-            if journal.is_some() {
-                self.maybe_die(Moment::Before, i..i + len);
-            }
-            let result = if len > 1 {
-                self.batch(group, numbering.first + i, numbering.total)
-            } else {
-                self.step(&group[0].step, numbering.first + i, numbering.total)
-                    .map_err(|e| (0, e))
+            let at = At {
+                index: i,
+                journaled: journal.is_some(),
             };
-            match result {
+            let result = if len > 1 {
+                self.batch(
+                    at,
+                    &ops[i..i + len],
+                    b.numbering.first + i,
+                    b.numbering.total,
+                )
+            } else {
+                self.step(at, &ops[i].step, b.numbering.first + i, b.numbering.total)
+                    .map_err(|e| Stop::At(0, e))
+            };
+            let (k, e, uncertain) = match result {
                 Ok(()) => {
-                    if journal.is_some() {
-                        self.maybe_die(Moment::After, i..i + len);
-                    }
-                    i += len
+                    i += len;
+                    continue;
                 }
-                Err((k, e)) => {
-                    let at = i + k;
-                    let committed = match policy {
-                        Policy::BestEffort => true,
-                        Policy::Transaction { commit_at } => commit_at.is_some_and(|c| at >= c),
-                    };
-                    if !committed && e.downcast_ref::<UncertainBatch>().is_some() {
-                        return Err(Failed {
-                            label: self.label(ops, at, numbering),
-                            error: e,
-                            undone: 0,
-                            rollback_failures: vec![
-                                "bpftool stopped mid-batch, so which entries landed is unknown"
-                                    .into(),
-                            ],
-                            committed: false,
-                        });
-                    }
-                    if !committed {
-                        let label = self.label(ops, at, numbering);
-                        return Err(self.fail(ops, at, label, e, policy));
-                    }
-                    failures.push(format!("{}: {e:#}", ops[at].step.summary()));
-                    i = at + 1;
-                }
+                Err(Stop::At(k, e)) => (k, e, false),
+                Err(Stop::Uncertain(e)) => (0, e, true),
+            };
+            let failed_at = i + k;
+            let committed = match b.policy {
+                Policy::BestEffort => true,
+                Policy::Transaction { commit_at } => commit_at.is_some_and(|c| failed_at >= c),
+            };
+            if !committed && uncertain {
+                return Err(Failed {
+                    label: label(ops, failed_at, b.numbering),
+                    error: e,
+                    undone: 0,
+                    rollback_failures: vec![
+                        "bpftool stopped mid-batch, so which entries landed is unknown".into(),
+                    ],
+                    committed: false,
+                    left: None,
+                });
             }
+            if !committed {
+                let label = label(ops, failed_at, b.numbering);
+                return Err(self.fail(b, failed_at, label, e, true));
+            }
+            failures.push(format!("{}: {e:#}", ops[failed_at].step.summary()));
+            i = failed_at + 1;
         }
         Ok(failures)
-    }
-
-    /// `BPFPLAN_DIE_AT`: exit without a word or a rollback, like SIGKILL.
-    fn maybe_die(&self, moment: Moment, group: std::ops::Range<usize>) {
-        if let Some((when, n)) = self.die_at
-            && when == moment
-            && n >= 1
-            && group.contains(&(n - 1))
-        {
-            std::process::exit(137);
-        }
-    }
-
-    fn label(&self, ops: &[Op], at: usize, numbering: Numbering) -> String {
-        format!(
-            "step {}/{} failed: {}",
-            numbering.first + at,
-            numbering.total,
-            ops[at].step.summary()
-        )
     }
 
     /// Run map entry changes as the lines of one `bpftool batch file -`
     /// (still one plain bpftool command per entry). bpftool stops at the
     /// first failing line; its JSON output says which one, so the error
-    /// names the entry: `Err((index in the group, error))`.
-    fn batch(
-        &mut self,
-        group: &[Op],
-        first: usize,
-        total: usize,
-    ) -> Result<(), (usize, anyhow::Error)> {
+    /// names the entry.
+    fn batch(&mut self, at: At, group: &[Op], first: usize, total: usize) -> Result<(), Stop> {
         let mut lines = Vec::with_capacity(group.len());
         for (k, op) in group.iter().enumerate() {
-            let argv = resolve(&op.step.argv()).map_err(|e| (k, e))?;
+            let argv = seam::resolve(self.kernel, &op.step.argv()).map_err(|e| Stop::At(k, e))?;
             self.emit_first(&Event::Started {
                 n: first + k,
                 total,
@@ -481,56 +451,34 @@ impl<'a> Executor<'a> {
                 argv: &argv,
                 batched: true,
             })
-            .map_err(|e| (0, e))?;
+            .map_err(|e| Stop::At(0, e))?;
             lines.push(argv[1..].join(" "));
         }
-        let argv: Vec<String> = ["bpftool", "-j", "batch", "file", "-"]
-            .iter()
-            .map(|s| s.to_string())
-            .collect();
+        let argv = seam::batch_argv();
         self.emit_first(&Event::BatchStarted {
             argv: &argv,
             lines: &lines,
         })
-        .map_err(|e| (0, e))?;
-        let mut input = lines.join("\n");
-        input.push('\n');
+        .map_err(|e| Stop::At(0, e))?;
+        let steps: Vec<&Step> = group.iter().map(|op| &op.step).collect();
         let started = Instant::now();
-        let failed = match self.fail_step.take_if(|text| {
-            group
-                .iter()
-                .any(|op| op.step.summary().contains(text.as_str()))
-        }) {
-            Some(text) => {
-                // As bpftool does: the lines before the failing one run.
-                let k = group
-                    .iter()
-                    .position(|op| op.step.summary().contains(text.as_str()))
-                    .unwrap_or(0);
-                let mut before = lines[..k].join("\n");
-                before.push('\n');
-                match k {
-                    0 => None,
-                    _ => run_batch(&argv, before.as_bytes(), k),
-                }
-                .or_else(|| {
-                    Some((
-                        k,
-                        anyhow::anyhow!("failed on purpose: BPFPLAN_FAIL_STEP={text:?}"),
-                    ))
-                })
-            }
-            None => run_batch(&argv, input.as_bytes(), group.len()),
-        };
+        let end = self.kernel.batch(at, &steps, &lines);
         let elapsed = started.elapsed();
+        let failed_at = match &end {
+            BatchEnd::Done => None,
+            BatchEnd::Failed(k, _) => Some(*k),
+            BatchEnd::Uncertain(_) => Some(0),
+        };
         self.tell(&Event::Batch {
             argv: &argv,
             lines: &lines,
             elapsed,
-            failed: failed.as_ref().map(|(k, _)| *k),
+            failed: failed_at,
         });
-        let failed_at = failed.as_ref().map(|(k, _)| *k);
-        let error = failed.as_ref().map(|(_, e)| format!("{e:#}"));
+        let error = match &end {
+            BatchEnd::Failed(_, e) | BatchEnd::Uncertain(e) => Some(format!("{e:#}")),
+            BatchEnd::Done => None,
+        };
         for (k, op) in group.iter().enumerate() {
             let outcome = match (failed_at, &error) {
                 (Some(f), Some(error)) if f == k => Outcome::Failed { exit: None, error },
@@ -547,60 +495,119 @@ impl<'a> Executor<'a> {
                 batched: true,
             });
         }
-        match failed {
-            Some(f) => Err(f),
-            None => Ok(()),
+        match end {
+            BatchEnd::Done => Ok(()),
+            BatchEnd::Failed(k, e) => Err(Stop::At(k, e)),
+            BatchEnd::Uncertain(e) => Err(Stop::Uncertain(e)),
         }
     }
 
-    /// Roll back the ops before `index` (the failed one did not take effect,
-    /// and undoing it could remove what it collided with).
+    /// Roll back the ops before `index`, and the failed one too when a
+    /// fresh look shows it took effect (a bpftool that attached, then timed
+    /// out); a step that failed without effect is not undone, as undoing it
+    /// could remove what it collided with. Then look again at what the run
+    /// touched, to say what is left.
     fn fail(
         &mut self,
-        ops: &[Op],
+        b: &Batch<'_>,
         index: usize,
         label: String,
         error: anyhow::Error,
-        policy: Policy,
+        ran: bool,
     ) -> Failed {
-        let undo: Vec<Op> = match policy {
-            Policy::BestEffort => Vec::new(),
-            Policy::Transaction { .. } => ops[..index]
-                .iter()
-                .rev()
-                .filter_map(|op| op.undo.clone())
-                .map(|step| Op { step, undo: None })
-                .collect(),
-        };
+        let ops = b.ops;
+        let mut undo: Vec<Step> = Vec::new();
+        if matches!(b.policy, Policy::Transaction { .. }) {
+            if ran && self.took_effect(b, index) {
+                self.note(&format!(
+                    "a look at the kernel shows that the failed step {} took effect: it is undone too",
+                    b.numbering.first + index
+                ));
+                undo.extend(ops[index].undo.clone());
+            }
+            undo.extend(ops[..index].iter().rev().filter_map(|op| op.undo.clone()));
+        }
+        let undo: Vec<Op> = undo
+            .into_iter()
+            .map(|step| Op { step, undo: None })
+            .collect();
         let mut rollback_failures = Vec::new();
         if !undo.is_empty() {
             self.tell(&Event::Rollback { count: undo.len() });
-            let numbering = Numbering {
-                first: 1,
-                total: undo.len(),
+            let rollback = Batch {
+                stage: Stage::Rollback,
+                ops: &undo,
+                policy: Policy::BestEffort,
+                numbering: Numbering::alone(&undo),
+                decided_on: None,
             };
-            match self.run("rollback", &undo, Policy::BestEffort, None, numbering) {
+            match self.run(rollback, None) {
                 Ok(failures) => rollback_failures = failures,
                 Err(f) => rollback_failures.push(format!("{:#}", f.error)),
             }
         }
+        let left = b.decided_on.and_then(|before| {
+            let mut q = Query::default();
+            q.ops(ops);
+            match self.kernel.observe(&q) {
+                Ok(after) => Some(observe::differences(&q, before, &after)),
+                Err(e) => {
+                    self.warn(&format!(
+                        "looking at the kernel after the rollback failed: {e:#}"
+                    ));
+                    None
+                }
+            }
+        });
         Failed {
             label,
             error,
             undone: undo.len(),
             rollback_failures,
             committed: false,
+            left,
+        }
+    }
+
+    /// Whether the failed op at `index` changed the kernel: it was needed
+    /// in the kernel the ops before it left (simulated from the look the run
+    /// was decided on) and a fresh look finds it no longer needed.
+    fn took_effect(&mut self, b: &Batch<'_>, index: usize) -> bool {
+        let Some(before) = b.decided_on else {
+            return false;
+        };
+        let op = &b.ops[index];
+        if op.undo.is_none() || is_entry(&op.step) {
+            // Entry lines bpftool reported failed did not land.
+            return false;
+        }
+        let mut sim = Simulated::new(before);
+        for prior in &b.ops[..index] {
+            sim.effect(&prior.step);
+        }
+        if !sim.needed(&op.step) {
+            return false;
+        }
+        let mut q = Query::default();
+        q.ops(std::slice::from_ref(op));
+        match self.kernel.observe(&q) {
+            Ok(now) => !Simulated::new(&now).needed(&op.step),
+            Err(e) => {
+                self.warn(&format!(
+                    "looking at what the failed step did failed: {e:#}; it is not undone"
+                ));
+                false
+            }
         }
     }
 
     /// Run one step and report it.
-    fn step(&mut self, step: &Step, n: usize, total: usize) -> Result<()> {
+    fn step(&mut self, at: At, step: &Step, n: usize, total: usize) -> Result<()> {
         let started = Instant::now();
-        let argv = match resolve(&step.argv()) {
+        let argv = match seam::resolve(self.kernel, &step.argv()) {
             Ok(argv) => argv,
             Err(e) => {
-                let words: Vec<String> = Vec::new();
-                self.report_failure(step, n, total, &words, started, None, &e);
+                self.report_failure(step, (n, total), &[], started, None, &e);
                 return Err(e);
             }
         };
@@ -612,40 +619,36 @@ impl<'a> Executor<'a> {
             batched: false,
         }) {
             let e = e.context("not run: it could not be put on record first");
-            self.report_failure(step, n, total, &argv, started, None, &e);
+            self.report_failure(step, (n, total), &argv, started, None, &e);
             return Err(e);
         }
-        let result = self.execute(step, &argv);
-        let elapsed = started.elapsed();
-        match result {
-            Ok(skip) => {
+        match self.kernel.execute(at, step, &argv) {
+            Ok(ran) => {
                 self.tell(&Event::Finished {
                     n,
                     total,
                     step,
                     argv: &argv,
-                    elapsed,
-                    outcome: match skip {
-                        Some(why) => Outcome::Skipped(why),
-                        None => Outcome::Done,
+                    elapsed: started.elapsed(),
+                    outcome: match ran {
+                        Ran::Skipped(why) => Outcome::Skipped(why),
+                        Ran::Done => Outcome::Done,
                     },
                     batched: false,
                 });
                 Ok(())
             }
-            Err((exit, e)) => {
-                self.report_failure(step, n, total, &argv, started, exit, &e);
-                Err(e)
+            Err(f) => {
+                self.report_failure(step, (n, total), &argv, started, f.exit, &f.error);
+                Err(f.error)
             }
         }
     }
 
-    #[allow(clippy::too_many_arguments)]
     fn report_failure(
         &mut self,
         step: &Step,
-        n: usize,
-        total: usize,
+        (n, total): (usize, usize),
         argv: &[String],
         started: Instant,
         exit: Option<i32>,
@@ -665,62 +668,15 @@ impl<'a> Executor<'a> {
             batched: false,
         });
     }
-
-    /// Run the command; `Some(reason)` when there was nothing to do.
-    fn execute(
-        &mut self,
-        step: &Step,
-        argv: &[String],
-    ) -> Result<Option<&'static str>, (Option<i32>, anyhow::Error)> {
-        if let Some(text) = self
-            .fail_step
-            .take_if(|text| step.summary().contains(text.as_str()))
-        {
-            return Err((
-                None,
-                anyhow::anyhow!("failed on purpose: BPFPLAN_FAIL_STEP={text:?}"),
-            ));
-        }
-        if let Step::Compile { object, .. } = step
-            && build::up_to_date(argv, object)
-        {
-            return Ok(Some("up to date"));
-        }
-        if let Step::MakeBuildDir { dir } = step
-            && dir.is_dir()
-        {
-            return Ok(Some("exists"));
-        }
-        // A pin directory bpfplan made goes once empty; something else
-        // pinned there keeps it (and is not bpfplan's to remove).
-        if let Step::RemovePinDir { dir } = step
-            && std::fs::read_dir(dir).is_ok_and(|mut d| d.next().is_some())
-        {
-            return Ok(Some("not empty: other pins live there, so it stays"));
-        }
-        let out = cmd::run(argv, None).map_err(|e| (None, e))?;
-        if !out.success() {
-            return Err((out.code, cmd::failure(argv, &out)));
-        }
-        if let Step::Compile { object, .. } = step {
-            build::stamp(argv, object).map_err(|e| (None, e))?;
-        }
-        Ok(None)
-    }
 }
 
-/// Fill in the words known only at run time (map ids).
-fn resolve(argv: &[Arg]) -> Result<Vec<String>> {
-    argv.iter()
-        .map(|a| match a {
-            Arg::Lit(s) => Ok(s.clone()),
-            Arg::MapId { program_pin, map } => {
-                inspect::map_id_of(program_pin.as_str(), map.as_str())
-                    .map(|id| id.to_string())
-                    .with_context(|| format!("finding map `{map}` of {program_pin}"))
-            }
-        })
-        .collect()
+fn label(ops: &[Op], at: usize, numbering: Numbering) -> String {
+    format!(
+        "step {}/{} failed: {}",
+        numbering.first + at,
+        numbering.total,
+        ops[at].step.summary()
+    )
 }
 
 #[cfg(test)]
@@ -750,32 +706,39 @@ mod tests {
     /// step made is removed again.
     #[test]
     fn a_rollback_runs_when_the_audit_log_fails() {
-        let tmp = tempfile::tempdir().unwrap();
-        let made = tmp.path().join("made");
-        let never = tmp.path().join("never");
+        let made = std::path::PathBuf::from("/sys/fs/bpf/made");
+        let never = std::path::PathBuf::from("/sys/fs/bpf/never");
         let ops = vec![
             Op::of(Step::MakePinDir { dir: made.clone() }),
             Op::of(Step::MakePinDir { dir: never.clone() }),
         ];
+        let mut fake = super::super::fake::Fake::default();
         // `Begin` and the first `Started` are recorded; nothing after.
         let mut log = FullDisk { ok: 2 };
-        let mut exec = Executor::new(vec![&mut log]);
-        let failed = exec
-            .run(
-                "apply",
-                &ops,
-                Policy::Transaction { commit_at: None },
-                None,
-                Numbering { first: 1, total: 2 },
-            )
-            .unwrap_err();
+        let mut exec = Executor::new(&mut fake, vec![&mut log]);
+        let b = Batch {
+            stage: Stage::Apply,
+            ops: &ops,
+            policy: Policy::Transaction { commit_at: None },
+            numbering: Numbering::alone(&ops),
+            decided_on: None,
+        };
+        let failed = exec.run(b, None).unwrap_err();
         assert!(
             format!("{:#}", failed.error).contains("could not be put on record"),
             "{:#}",
             failed.error
         );
-        assert!(!never.exists(), "a step ran that was not on record");
-        assert!(!made.exists(), "the rollback did not run");
         assert!(failed.rollback_failures.is_empty());
+        let ran: Vec<String> = fake.ran.iter().map(|a| a.join(" ")).collect();
+        assert_eq!(
+            ran,
+            [
+                "mkdir -m 0700 -- /sys/fs/bpf/made",
+                "rmdir -- /sys/fs/bpf/made"
+            ],
+            "a step ran that was not on record, or the rollback did not run"
+        );
+        assert!(fake.is_empty());
     }
 }

@@ -7,22 +7,23 @@ use anyhow::Result;
 use std::collections::{BTreeMap, BTreeSet};
 use std::path::{Path, PathBuf};
 
-use super::inspect::{self, DumpEntry, PinState, ProgInfo};
+use super::inspect::{self, DumpEntry, MapInfo, PinState, ProgInfo};
 use super::record::Record;
 use crate::manifest::model::AttachKind;
 use crate::plan::step::{AttachPoint, Attachment, ProgRef, Step};
 use crate::plan::{Op, Spec};
 
 /// What to look at.
-#[derive(Debug, Default)]
+#[derive(Debug, Default, Clone)]
 pub(crate) struct Query {
-    pins: BTreeSet<String>,
-    cgroups: BTreeSet<String>,
-    map_links: BTreeSet<(String, AttachKind)>,
-    ifaces: BTreeSet<String>,
-    prog_ids: BTreeSet<u32>,
-    dumps: BTreeSet<String>,
-    dirs: BTreeSet<PathBuf>,
+    pub pins: BTreeSet<String>,
+    pub cgroups: BTreeSet<String>,
+    pub map_links: BTreeSet<(String, AttachKind)>,
+    pub ifaces: BTreeSet<String>,
+    pub prog_ids: BTreeSet<u32>,
+    pub map_ids: BTreeSet<u32>,
+    pub dumps: BTreeSet<String>,
+    pub dirs: BTreeSet<PathBuf>,
 }
 
 impl Query {
@@ -127,6 +128,13 @@ impl Query {
         }
     }
 
+    /// Also look for these program and map ids.
+    pub fn ids(&mut self, progs: &[u32], maps: &[u32]) -> &mut Self {
+        self.prog_ids.extend(progs);
+        self.map_ids.extend(maps);
+        self
+    }
+
     /// Also look at these directories.
     pub fn dirs(&mut self, dirs: impl IntoIterator<Item = PathBuf>) -> &mut Self {
         self.dirs.extend(dirs);
@@ -147,6 +155,8 @@ pub(crate) struct Observed {
     pub xdp: BTreeMap<String, Vec<u32>>,
     /// The asked-for program ids that still exist.
     pub programs: BTreeMap<u32, ProgInfo>,
+    /// The asked-for map ids that still exist.
+    pub maps: BTreeMap<u32, MapInfo>,
     /// Entries of the asked-for maps.
     pub contents: BTreeMap<String, Vec<DumpEntry>>,
     /// The asked-for directories that exist.
@@ -183,6 +193,88 @@ impl Observed {
     }
 }
 
+/// What differs between two looks, for what `q` asks: each pin, cgroup,
+/// sockmap link, interface, directory and map content, in words. Empty when
+/// the kernel is as it was.
+pub(crate) fn differences(q: &Query, before: &Observed, after: &Observed) -> Vec<String> {
+    fn held(state: Option<&PinState>) -> String {
+        match state {
+            None => "nothing".into(),
+            Some(PinState::Program(p)) => format!("program id {}", p.id),
+            Some(PinState::Map(m)) => format!("map id {}", m.id),
+            Some(PinState::Other) => "something else".into(),
+        }
+    }
+    fn ids<K: Ord>(m: &BTreeMap<K, Vec<u32>>, k: &K) -> Vec<u32> {
+        let mut v = m.get(k).cloned().unwrap_or_default();
+        v.sort_unstable();
+        v
+    }
+    let mut out = Vec::new();
+    for pin in &q.pins {
+        let (b, a) = (before.pins.get(pin), after.pins.get(pin));
+        if held(b) != held(a) {
+            out.push(format!("{pin} held {} and now holds {}", held(b), held(a)));
+        }
+    }
+    for cg in &q.cgroups {
+        let (b, a) = (ids(&before.cgroups, cg), ids(&after.cgroups, cg));
+        if b != a {
+            out.push(format!(
+                "cgroup {cg} had programs {b:?} attached and now {a:?}"
+            ));
+        }
+    }
+    for link in &q.map_links {
+        let (b, a) = (ids(&before.map_links, link), ids(&after.map_links, link));
+        if b != a {
+            out.push(format!(
+                "map {} had programs {b:?} attached as {} and now {a:?}",
+                link.0, link.1
+            ));
+        }
+    }
+    for iface in &q.ifaces {
+        let (b, a) = (ids(&before.xdp, iface), ids(&after.xdp, iface));
+        if b != a {
+            out.push(format!(
+                "interface {iface} had XDP programs {b:?} and now {a:?}"
+            ));
+        }
+    }
+    for dir in &q.dirs {
+        let (b, a) = (before.dirs.contains(dir), after.dirs.contains(dir));
+        if b != a {
+            let was = |x: bool| if x { "existed" } else { "was missing" };
+            let now = |x: bool| if x { "exists" } else { "is missing" };
+            out.push(format!("{} {} and now {}", dir.display(), was(b), now(a)));
+        }
+    }
+    for pin in &q.dumps {
+        let entries = |o: &Observed| {
+            o.contents.get(pin).map(|d| {
+                let mut kv: Vec<(Vec<u8>, Vec<Vec<u8>>)> = d
+                    .iter()
+                    .map(|e| (e.key.clone(), e.values.clone()))
+                    .collect();
+                kv.sort();
+                kv
+            })
+        };
+        // A map that is gone, or was not there, is told by its pin.
+        if let (Some(b), Some(a)) = (entries(before), entries(after))
+            && b != a
+        {
+            out.push(format!(
+                "the entries of {pin} differ ({} before, {} now)",
+                b.len(),
+                a.len()
+            ));
+        }
+    }
+    out
+}
+
 /// Look.
 pub(crate) fn observe(q: &Query) -> Result<Observed> {
     let mut o = Observed::default();
@@ -210,6 +302,11 @@ pub(crate) fn observe(q: &Query) -> Result<Observed> {
     for id in &q.prog_ids {
         if let Some(p) = inspect::prog_by_id(*id) {
             o.programs.insert(*id, p);
+        }
+    }
+    for id in &q.map_ids {
+        if let Some(m) = inspect::map_by_id(*id) {
+            o.maps.insert(*id, m);
         }
     }
     for pin in &q.dumps {

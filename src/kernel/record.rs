@@ -15,7 +15,7 @@ use std::time::{Duration, Instant};
 
 use super::trust;
 use crate::host::{DEFAULT_BPFFS, HostFacts};
-use crate::manifest::model::{MapName, MapPin, ProgName, ProgPin};
+use crate::manifest::model::{MapName, MapPin, ProgName, ProgPin, Staging};
 use crate::manifest::validate::{check_cgroup, check_pin};
 use crate::plan::step::{AttachPoint, ProgRef, Step};
 use crate::plan::{Op, Plan};
@@ -179,13 +179,9 @@ impl Record {
                 _ => {}
             }
         }
-        // A replace stages and moves aside under these two suffixes.
-        let base = |pin: &'_ str| -> String {
-            pin.strip_suffix("~new")
-                .or_else(|| pin.strip_suffix("~old"))
-                .unwrap_or(pin)
-                .to_string()
-        };
+        // A replace stages and moves aside, and a probe loads, under
+        // staging names.
+        let base = |pin: &'_ str| -> String { Staging::strip(pin).to_string() };
         for pin in pins {
             check_pin(&base(pin), host).map_err(|k| format!("it names {pin}: {k}"))?;
         }

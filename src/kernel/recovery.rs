@@ -49,8 +49,9 @@ pub(crate) fn recovery(run: &Run, started: usize, obs: &Observed) -> (Vec<Op>, b
     (ops, forward)
 }
 
-/// What the kernel will look like as recovery steps run.
-struct Simulated {
+/// What the kernel will look like as steps run: recovery judges each of
+/// its steps by it, and the executor judges a failed step by it.
+pub(crate) struct Simulated {
     obs: Observed,
     /// The entries of each dumped map, key to (first) value.
     entries: BTreeMap<String, BTreeMap<Vec<u8>, Vec<u8>>>,
@@ -61,7 +62,7 @@ struct Simulated {
 const NOT_YET_LOADED: u32 = 0;
 
 impl Simulated {
-    fn new(obs: &Observed) -> Self {
+    pub fn new(obs: &Observed) -> Self {
         let entries = obs
             .contents
             .iter()
@@ -79,9 +80,29 @@ impl Simulated {
         }
     }
 
+    /// The kernel as the simulated steps left it.
+    pub fn into_observed(self) -> Observed {
+        let mut obs = self.obs;
+        obs.contents = self
+            .entries
+            .into_iter()
+            .map(|(pin, kv)| {
+                let dump = kv
+                    .into_iter()
+                    .map(|(key, value)| super::inspect::DumpEntry {
+                        key,
+                        values: vec![value],
+                    })
+                    .collect();
+                (pin, dump)
+            })
+            .collect();
+        obs
+    }
+
     /// Whether a step still has something to do. A map whose entries were
     /// not looked at is assumed to need every entry step.
-    fn needed(&self, step: &Step) -> bool {
+    pub fn needed(&self, step: &Step) -> bool {
         let obs = &self.obs;
         match step {
             Step::UnpinProgram { pin, .. } => obs.pins.contains_key(pin.as_str()),
@@ -112,7 +133,7 @@ impl Simulated {
     }
 
     /// Change the simulated kernel as the step will.
-    fn effect(&mut self, step: &Step) {
+    pub fn effect(&mut self, step: &Step) {
         match step {
             Step::UnpinProgram { pin, .. } => self.unpin(pin.as_str()),
             Step::UnpinMap { pin, .. } => self.unpin(pin.as_str()),

@@ -40,6 +40,58 @@ newtype!(
     /// A cgroup v2 directory.
     CgroupPath
 );
+
+/// The names a pin takes for a moment besides its own, made and stripped
+/// here only. `~` is not allowed in manifest pins, so none of them can be
+/// another deployment's pin.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Staging {
+    /// A replace's new object, loaded beside the running one.
+    New,
+    /// A replace's old object, moved aside before it goes.
+    Old,
+    /// A program loaded once to learn its tag.
+    Probe,
+}
+
+impl Staging {
+    pub const ALL: [Staging; 3] = [Staging::New, Staging::Old, Staging::Probe];
+
+    pub fn suffix(self) -> &'static str {
+        match self {
+            Staging::New => "~new",
+            Staging::Old => "~old",
+            Staging::Probe => "~probe",
+        }
+    }
+
+    /// `pin` under this name.
+    pub fn of(self, pin: &str) -> String {
+        format!("{pin}{}", self.suffix())
+    }
+
+    /// The pin a staged name stands for (itself when it is not staged).
+    pub fn strip(pin: &str) -> &str {
+        Staging::ALL
+            .iter()
+            .find_map(|s| pin.strip_suffix(s.suffix()))
+            .unwrap_or(pin)
+    }
+}
+
+impl ProgPin {
+    /// This pin under a staging name.
+    pub fn staged(&self, s: Staging) -> ProgPin {
+        ProgPin(s.of(&self.0))
+    }
+}
+
+impl MapPin {
+    /// This pin under a staging name.
+    pub fn staged(&self, s: Staging) -> MapPin {
+        MapPin(s.of(&self.0))
+    }
+}
 newtype!(
     /// A program's name in the manifest.
     ProgName

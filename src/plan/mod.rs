@@ -195,20 +195,130 @@ impl Plan {
     }
 }
 
-/// What the kernel made of a plan when it was looked at: what apply would
-/// run and why, and which objects of the manifest are not as it says.
+/// One run of steps within a command, in the order a command runs them:
+/// each is numbered on from the one before, by the plan and the executor
+/// alike.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, PartialOrd, Ord, Serialize, Deserialize)]
+#[serde(rename_all = "snake_case")]
+pub enum Stage {
+    /// bpffs mounted where a pin needs one and none is.
+    Mount,
+    /// The objects compiled (no kernel change).
+    Build,
+    /// A killed run ended: undone, or finished past its point of no return.
+    Recover,
+    /// Without a record, each program loaded once under a probe pin to learn
+    /// its tag, then unpinned.
+    Probe,
+    /// The change itself: fresh, entries or replace.
+    Apply,
+    /// The teardown.
+    Destroy,
+    /// The undo of a failed transaction (never planned: it follows a failure).
+    Rollback,
+}
+
+impl Stage {
+    /// Its name in events, the audit log and plans.
+    pub fn word(self) -> &'static str {
+        match self {
+            Stage::Mount => "mount",
+            Stage::Build => "build",
+            Stage::Recover => "recover",
+            Stage::Probe => "probe",
+            Stage::Apply => "apply",
+            Stage::Destroy => "destroy",
+            Stage::Rollback => "rollback",
+        }
+    }
+
+    /// Whether its steps put the kernel back as it was (these run even when
+    /// the audit log cannot record them first: a half-made change is worse).
+    pub fn restores(self) -> bool {
+        matches!(self, Stage::Recover | Stage::Rollback)
+    }
+}
+
+/// What a look at the kernel decided, by name.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(rename_all = "snake_case")]
+pub enum DecisionKind {
+    /// The kernel matches; apply changes nothing.
+    Nothing,
+    /// Nothing of the deployment exists: the whole plan runs.
+    Fresh,
+    /// Only map contents differ.
+    Entries,
+    /// The deployment is replaced (staged beside, then swapped in).
+    Replace,
+    /// A killed run is ended first.
+    Recover,
+    /// apply would not go on.
+    Refused,
+    /// destroy removes what is there.
+    Destroy,
+    /// destroy finds nothing of the deployment.
+    NothingToDestroy,
+}
+
+impl DecisionKind {
+    pub fn word(self) -> &'static str {
+        match self {
+            DecisionKind::Nothing => "nothing",
+            DecisionKind::Fresh => "fresh",
+            DecisionKind::Entries => "entries",
+            DecisionKind::Replace => "replace",
+            DecisionKind::Recover => "recover",
+            DecisionKind::Refused => "refused",
+            DecisionKind::Destroy => "destroy",
+            DecisionKind::NothingToDestroy => "nothing_to_destroy",
+        }
+    }
+}
+
+/// A stage of a decided command and how many of its steps follow.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize)]
+pub struct Span {
+    pub stage: Stage,
+    pub steps: usize,
+}
+
+/// What the kernel made of a plan when it was looked at: what the command
+/// would run, in order and numbered as it runs them, why, and which objects
+/// of the manifest are not as it says.
 #[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
 pub struct Review {
-    /// nothing, fresh, entries, replace, recover or refused.
-    pub decision: String,
-    /// Why, when the deployment is replaced or refused.
+    pub decision: DecisionKind,
+    /// Why, when the deployment is replaced, recovered or refused.
     pub reason: Option<String>,
     /// Whether apply can run it (not refused).
     pub applicable: bool,
-    /// The steps apply would run, in order.
+    /// Every step the command would run, in order: `changes[i]` is step
+    /// `i + 1` of the run.
     pub changes: Vec<Step>,
+    /// Which stage each stretch of `changes` belongs to.
+    #[serde(default)]
+    pub stages: Vec<Span>,
+    /// What the command says besides its steps (why a stage is there).
+    #[serde(default)]
+    pub notes: Vec<String>,
     /// The manifest's objects that are missing or different in the kernel.
     pub drift: Vec<Drift>,
+}
+
+impl Review {
+    /// The steps with the stage each belongs to, in order.
+    pub fn staged_steps(&self) -> impl Iterator<Item = (Stage, &Step)> {
+        self.stages
+            .iter()
+            .flat_map(|s| std::iter::repeat_n(s.stage, s.steps))
+            .zip(&self.changes)
+    }
+
+    /// How many steps change the kernel (not the build).
+    pub fn kernel_steps(&self) -> usize {
+        self.changes.iter().filter(|s| s.touches_kernel()).count()
+    }
 }
 
 /// One object of the manifest that is not as the manifest says.

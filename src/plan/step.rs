@@ -477,8 +477,10 @@ impl Step {
         use Step::*;
         match self {
             PinMap { .. } => Some(
-                "the map id is read from `bpftool -j prog show pinned PROGRAM_PIN` (map_ids), \
-                 matched by name with `bpftool -j map show id ID`",
+                "the map id is looked up when the step runs, among the ids of the maps the \
+                 program uses, by name: bpfplan reads them with bpf(2) (the program's and each \
+                 map's info), the sh script with `bpftool -j prog show pinned PROGRAM_PIN` and \
+                 `bpftool -j map show id ID`",
             ),
             Attach(Attachment {
                 point: AttachPoint::Cgroup { .. },

@@ -1,0 +1,328 @@
+//! destroy end to end: end a killed run, learn the tags of programs found
+//! at the pins when there is no record (the probe), tear down what is this
+//! deployment's, and wait until the kernel has freed it; and what `plan
+//! --destroy` shows, which is the same intent. `adopt`, which uses the same
+//! probe, lives here too.
+
+use anyhow::{Context, Result, bail};
+use std::collections::BTreeSet;
+use std::path::PathBuf;
+
+use super::apply::{Mismatch, lock_timeout, query, read_record};
+use super::carry;
+use super::decide::{self, Tags};
+use super::exec::{Executor, Listener, Numbering, Policy};
+use super::intent::{self, Probe, Staged};
+use super::observe::Query;
+use super::record::{Deployed, Found, Loaded, Record, Store};
+use super::seam::Kernel;
+use super::{build, preflight};
+use crate::manifest::model::Staging;
+use crate::plan::{Plan, Review, Stage};
+
+/// What destroy did.
+#[derive(Debug, PartialEq, Eq)]
+pub(crate) enum Destroyed {
+    /// Nothing of the deployment was there.
+    Nothing,
+    /// Its pins and attachments are gone, and the kernel freed every
+    /// program and map of it.
+    Freed,
+    /// Its pins and attachments are gone, but the kernel still holds these
+    /// programs and maps (something else references them).
+    Lingering { programs: Vec<u32>, maps: Vec<u32> },
+}
+
+/// The objects of a plan that are built (a probe can load them).
+fn built(plan: &Plan) -> BTreeSet<PathBuf> {
+    plan.spec
+        .programs
+        .iter()
+        .filter(|p| p.object.is_file())
+        .map(|p| p.object.clone())
+        .collect()
+}
+
+/// The record for destroy: an unusable one is set aside at the end, and
+/// destroy removes only what the manifest declares and is recognisably
+/// this deployment's.
+fn load(exec: &mut Executor, store: &Store) -> (Option<Loaded>, bool) {
+    match store.load() {
+        Found::Missing => (None, false),
+        Found::Ok(l) => (Some(*l), false),
+        Found::Corrupt(why) => {
+            exec.warn(&format!(
+                "the record {} cannot be used ({why}): removing only what the manifest \
+                 declares and is recognisably this deployment's",
+                store.path.display()
+            ));
+            (None, true)
+        }
+    }
+}
+
+/// Destroy a deployment.
+pub(crate) fn destroy(
+    plan: &Plan,
+    kernel: &mut dyn Kernel,
+    listeners: Vec<&mut dyn Listener>,
+) -> Result<Destroyed> {
+    preflight::inspect()?;
+    let store = Store::for_plan(plan)?;
+    let _lock = store.lock(lock_timeout()?)?;
+    let mut exec = Executor::new(kernel, listeners);
+    destroy_on(&mut exec, &store, plan, &built(plan))
+}
+
+/// Destroy, once checked and locked: the part the fake kernel runs.
+/// `built` are the objects a probe can load.
+pub(crate) fn destroy_on(
+    exec: &mut Executor,
+    store: &Store,
+    plan: &Plan,
+    built: &BTreeSet<PathBuf>,
+) -> Result<Destroyed> {
+    let (mut loaded, corrupt) = load(exec, store);
+    let mut obs = exec.observe(&query(plan, loaded.as_ref()))?;
+    let foreseen = intent::destroy(plan, loaded.as_ref(), &obs, built);
+    let total = foreseen.total();
+    if let Some(r) = &foreseen.recover {
+        let l = loaded
+            .take()
+            .context("internal error: a recovery without a record")?;
+        let numbering = Numbering {
+            first: foreseen.first(Stage::Recover),
+            total,
+        };
+        carry::recover(exec, store, l, r, numbering)?;
+        loaded = read_record(store)?;
+        obs = exec.observe(&query(plan, loaded.as_ref()))?;
+    }
+    let deployed = loaded.as_ref().and_then(|l| l.record.deployed.as_ref());
+    let probe = match deployed {
+        Some(_) => None,
+        None => intent::probe(plan, &obs, built),
+    };
+    let tags = match &probe {
+        Some(p) => run_probe(exec, p, foreseen.first(Stage::Probe), total, plan)?,
+        None => Tags::new(),
+    };
+    let decided =
+        intent::teardown_intent(plan, deployed, &obs, foreseen.recover.clone(), probe, &tags);
+    if decided.ops != foreseen.ops {
+        exec.note(&format!(
+            "the kernel is not as foreseen before destroy began: its teardown is decided again \
+             ({} step(s) where {} were foreseen)",
+            decided.ops.len(),
+            foreseen.ops.len()
+        ));
+    }
+    teardown(exec, store, decided, corrupt, plan)
+}
+
+/// Tear down, forget the record, and wait for the kernel to free it all.
+fn teardown(
+    exec: &mut Executor,
+    store: &Store,
+    decided: intent::DestroyIntent,
+    corrupt: bool,
+    plan: &Plan,
+) -> Result<Destroyed> {
+    for f in &decided.teardown.foreign {
+        exec.warn(f);
+    }
+    if decided.ops.is_empty() {
+        exec.note("nothing to destroy");
+    }
+    let numbering = Numbering {
+        first: decided.first(Stage::Destroy),
+        total: decided.total(),
+    };
+    let failures = carry::stage(
+        exec,
+        Stage::Destroy,
+        &decided.ops,
+        Policy::BestEffort,
+        numbering,
+    )?;
+    if !failures.is_empty() {
+        bail!(
+            "{} teardown step(s) failed:\n  {}",
+            failures.len(),
+            failures.join("\n  ")
+        );
+    }
+    carry::forget(exec, store, corrupt)?;
+    let t = &decided.teardown;
+    let (programs, maps) = carry::wait_freed(exec, &t.prog_ids, &t.map_ids)?;
+    let manifest = plan.manifest.display();
+    if decided.ops.is_empty() {
+        return Ok(Destroyed::Nothing);
+    }
+    if programs.is_empty() && maps.is_empty() {
+        exec.note(&format!(
+            "destroyed {manifest}: its pins and attachments are gone and the kernel freed its \
+             programs and maps"
+        ));
+        return Ok(Destroyed::Freed);
+    }
+    exec.warn(&format!(
+        "destroyed {manifest}'s pins and attachments, but the kernel still holds program ids \
+         {programs:?} and map ids {maps:?}: something else references them"
+    ));
+    Ok(Destroyed::Lingering { programs, maps })
+}
+
+/// Load each probed program under its probe pin, read the tags, unpin.
+fn run_probe(
+    exec: &mut Executor,
+    p: &Probe,
+    first: usize,
+    total: usize,
+    plan: &Plan,
+) -> Result<Tags> {
+    exec.note("loading each program found at its pin once under a probe pin, to learn its tag");
+    carry::stage(
+        exec,
+        Stage::Probe,
+        &p.loads,
+        Policy::Transaction { commit_at: None },
+        Numbering { first, total },
+    )
+    .context("probing tags")?;
+    let mut q = Query::default();
+    for pin in intent::probe_pins(plan) {
+        q.pin(pin.as_str());
+    }
+    let obs = exec.observe(&q)?;
+    let mut tags = Tags::new();
+    for prog in &plan.spec.programs {
+        if let Some(info) = obs.program_at(prog.pin.staged(Staging::Probe).as_str()) {
+            tags.insert(prog.pin.clone(), info.tag.clone());
+        }
+    }
+    let numbering = Numbering {
+        first: first + p.loads.len(),
+        total,
+    };
+    let failures = carry::stage(exec, Stage::Probe, &p.unpins, Policy::BestEffort, numbering)?;
+    if let Some(f) = failures.first() {
+        bail!("removing a probe pin failed: {f}");
+    }
+    Ok(tags)
+}
+
+/// What destroy would run now, as a reviewer reads it.
+pub(crate) fn pending(plan: &Plan, kernel: &mut dyn Kernel) -> Result<Review> {
+    preflight::inspect()?;
+    let store = Store::for_plan(plan)?;
+    let (loaded, corrupt) = match store.load() {
+        Found::Missing => (None, false),
+        Found::Ok(l) => (Some(*l), false),
+        Found::Corrupt(_) => (None, true),
+    };
+    let obs = kernel.observe(&query(plan, loaded.as_ref()))?;
+    let mut review =
+        intent::destroy_review(&intent::destroy(plan, loaded.as_ref(), &obs, &built(plan)));
+    if corrupt {
+        review.notes.push(format!(
+            "the record {} cannot be used: destroy removes only what the manifest declares and \
+             is recognisably this deployment's, and sets the record aside",
+            store.path.display()
+        ));
+    }
+    Ok(review)
+}
+
+/// Take over a deployment made by hand or by the sh script: refused unless
+/// the kernel holds exactly what the manifest makes (with the differences);
+/// then recorded as bpfplan's, as if apply had made it.
+pub(crate) fn adopt(
+    plan: &Plan,
+    kernel: &mut dyn Kernel,
+    listeners: Vec<&mut dyn Listener>,
+) -> Result<()> {
+    preflight::apply(plan, true)?;
+    let store = Store::for_plan(plan)?;
+    let _lock = store.lock(lock_timeout()?)?;
+    if let Some(l) = read_record(&store)? {
+        if l.record.run.is_some() {
+            bail!(
+                "an apply of this deployment was interrupted: run `bpfplan apply` or `bpfplan destroy` first"
+            );
+        }
+        bail!(
+            "{} is bpfplan's already (recorded in {}): nothing to adopt",
+            plan.manifest.display(),
+            store.path.display()
+        );
+    }
+    let mut exec = Executor::new(kernel, listeners);
+    let build = intent::build_ops(plan);
+    let obs = exec.observe(&query(plan, None))?;
+    let probe = intent::probe(
+        plan,
+        &obs,
+        &plan
+            .spec
+            .programs
+            .iter()
+            .map(|p| p.object.clone())
+            .collect(),
+    );
+    let probed = probe.as_ref().map_or(0, |p| p.loads.len() + p.unpins.len());
+    let total = build.len() + probed;
+    super::apply::build_stage(&mut exec, plan, &build, Numbering { first: 1, total })?;
+    let tags = match &probe {
+        Some(p) => run_probe(&mut exec, p, build.len() + 1, total, plan)?,
+        None => Tags::new(),
+    };
+    let obs = exec.observe(&query(plan, None))?;
+    let (programs, maps) = decide::adoption(plan, &obs, &tags).map_err(|lines| Mismatch {
+        headline: format!(
+            "the kernel does not hold exactly what {} makes, so nothing was adopted",
+            plan.manifest.display()
+        ),
+        lines,
+    })?;
+    for p in &programs {
+        exec.note(&format!(
+            "takes over program `{}` (id {}, tag {}) at {}",
+            p.name, p.id, p.tag, p.pin
+        ));
+    }
+    for m in &maps {
+        exec.note(&format!(
+            "takes over map `{}` (id {}) at {}",
+            m.name, m.id, m.pin
+        ));
+    }
+    for a in &plan.spec.attachments {
+        exec.note(&format!(
+            "takes over the attachment of `{}` to {}",
+            a.program,
+            a.place()
+        ));
+    }
+    let record = Record {
+        format_version: super::record::FORMAT_VERSION,
+        manifest: plan.manifest.clone(),
+        deployed: Some(Deployed {
+            plan: plan.clone(),
+            programs,
+            maps,
+            sources: build::source_hashes(plan)?,
+            objects: build::object_hashes(plan)?,
+            pin_dirs: Vec::new(),
+        }),
+        run: None,
+        last_plan: None,
+    };
+    carry::adopted(&store, &record)?;
+    exec.note(&format!(
+        "adopted {}: it is bpfplan's now (recorded in {})",
+        plan.manifest.display(),
+        store.path.display()
+    ));
+    Ok(())
+}

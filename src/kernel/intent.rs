@@ -1,0 +1,445 @@
+//! What a command will run, decided before it runs anything: its stages in
+//! order (mount, build, recover, probe, apply or destroy), each a list of
+//! ops, numbered on from one stage to the next. `plan` renders an intent,
+//! apply and destroy carry one out: the steps a reviewer reads are the
+//! steps that run. Pure: the plan, the record and one look decide.
+//!
+//! A stage that follows a recovery or a probe is decided on the kernel as
+//! the steps before it will leave it (the recovery simulator); the command
+//! looks again when it gets there and says so if the kernel is not as
+//! foreseen.
+
+use std::collections::BTreeSet;
+use std::path::PathBuf;
+
+use super::decide::{self, Decision, Tags, Teardown};
+use super::inspect::PinState;
+use super::observe::Observed;
+use super::record::{Deployed, Loaded, MapFact, ProgramFact, Run};
+use super::recovery::{self, Simulated};
+use crate::manifest::model::{ProgPin, Staging, kernel_name};
+use crate::plan::step::Step;
+use crate::plan::{DecisionKind, Op, Plan, Review, Span, Stage};
+
+/// A killed run's end: its ops, and whether they finish it (past its point
+/// of no return) or undo it.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub(crate) struct Recovery {
+    pub ops: Vec<Op>,
+    pub forward: bool,
+}
+
+/// Without a record, the programs loaded once under probe pins to learn
+/// the tags their objects get, and the unpins after.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub(crate) struct Probe {
+    pub loads: Vec<Op>,
+    pub unpins: Vec<Op>,
+}
+
+/// What apply runs.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub(crate) struct ApplyIntent {
+    pub mount: Vec<Op>,
+    pub build: Vec<Op>,
+    pub recover: Option<Recovery>,
+    /// What apply does once any recovery has run.
+    pub decision: Decision,
+}
+
+/// What destroy runs.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub(crate) struct DestroyIntent {
+    pub recover: Option<Recovery>,
+    pub probe: Option<Probe>,
+    pub teardown: Teardown,
+    /// The teardown's steps as ops (best effort: none is undone).
+    pub ops: Vec<Op>,
+}
+
+/// The ops of each stage, in the order they run.
+pub(crate) trait Staged {
+    fn stages(&self) -> Vec<(Stage, &[Op])>;
+
+    /// How many steps run in all.
+    fn total(&self) -> usize {
+        self.stages().iter().map(|(_, ops)| ops.len()).sum()
+    }
+
+    /// The number of the first step of `stage` (numbered on from 1).
+    fn first(&self, stage: Stage) -> usize {
+        1 + self
+            .stages()
+            .iter()
+            .take_while(|(s, _)| *s != stage)
+            .map(|(_, ops)| ops.len())
+            .sum::<usize>()
+    }
+
+    /// Every step, with the stage spans of a review.
+    fn steps(&self) -> (Vec<Step>, Vec<Span>) {
+        let mut steps = Vec::new();
+        let mut spans = Vec::new();
+        for (stage, ops) in self.stages() {
+            if ops.is_empty() {
+                continue;
+            }
+            spans.push(Span {
+                stage,
+                steps: ops.len(),
+            });
+            steps.extend(ops.iter().map(|o| o.step.clone()));
+        }
+        (steps, spans)
+    }
+}
+
+impl Staged for ApplyIntent {
+    fn stages(&self) -> Vec<(Stage, &[Op])> {
+        let mut out: Vec<(Stage, &[Op])> =
+            vec![(Stage::Mount, &self.mount), (Stage::Build, &self.build)];
+        if let Some(r) = &self.recover {
+            out.push((Stage::Recover, &r.ops));
+        }
+        out.push((Stage::Apply, run_ops(&self.decision)));
+        out
+    }
+}
+
+impl Staged for DestroyIntent {
+    fn stages(&self) -> Vec<(Stage, &[Op])> {
+        let mut out: Vec<(Stage, &[Op])> = Vec::new();
+        if let Some(r) = &self.recover {
+            out.push((Stage::Recover, &r.ops));
+        }
+        if let Some(p) = &self.probe {
+            out.push((Stage::Probe, &p.loads));
+            out.push((Stage::Probe, &p.unpins));
+        }
+        out.push((Stage::Destroy, &self.ops));
+        out
+    }
+}
+
+/// The ops a decision runs (none for nothing, refuse and recover).
+pub(crate) fn run_ops(d: &Decision) -> &[Op] {
+    match d {
+        Decision::Entries(ops) | Decision::Replace { ops, .. } | Decision::Fresh { ops, .. } => ops,
+        Decision::Nothing | Decision::Refuse(_) | Decision::Recover { .. } => &[],
+    }
+}
+
+/// The build stage of a plan: its steps that change no kernel object.
+pub(crate) fn build_ops(plan: &Plan) -> Vec<Op> {
+    plan.steps
+        .iter()
+        .filter(|s| !s.touches_kernel())
+        .cloned()
+        .map(Op::of)
+        .collect()
+}
+
+/// Decide apply: `objects` are the hashes of the objects the plan loads;
+/// `mount` the bpffs mount preflight found missing.
+pub(crate) fn apply(
+    plan: &Plan,
+    mount: Option<Step>,
+    build: Vec<Op>,
+    loaded: Option<&Loaded>,
+    obs: &Observed,
+    objects: &[super::record::FileHash],
+) -> ApplyIntent {
+    let (recover, decision) = match decide::decide(plan, loaded, obs, objects) {
+        Decision::Recover { ops, forward } => {
+            let (after, sim) = recovered(loaded, &ops, forward, obs);
+            let decision = decide::decide(plan, after.as_ref(), &sim, objects);
+            (Some(Recovery { ops, forward }), decision)
+        }
+        d => (None, d),
+    };
+    ApplyIntent {
+        mount: mount.into_iter().map(Op::of).collect(),
+        build,
+        recover,
+        decision,
+    }
+}
+
+/// The record and the kernel as a recovery will leave them: undone, the
+/// run is gone from the record; finished, what it brought in is deployed.
+pub(crate) fn recovered(
+    loaded: Option<&Loaded>,
+    ops: &[Op],
+    forward: bool,
+    obs: &Observed,
+) -> (Option<Loaded>, Observed) {
+    let mut sim = Simulated::new(obs);
+    for op in ops {
+        sim.effect(&op.step);
+    }
+    let obs = sim.into_observed();
+    let Some(l) = loaded else {
+        return (None, obs);
+    };
+    let mut record = l.record.clone();
+    if let Some(run) = record.run.take()
+        && forward
+    {
+        record.deployed = Some(completed(run, record.deployed.as_ref(), &obs));
+    }
+    let after = (record.deployed.is_some() || record.last_plan.is_some())
+        .then_some(Loaded { record, started: 0 });
+    (after, obs)
+}
+
+/// What the kernel holds once `run` completed, as a look shows it: its
+/// plan, with the ids and tags behind its pins. Pin directories made
+/// before stay ours while the plan still pins there and they exist.
+pub(crate) fn completed(run: Run, before: Option<&Deployed>, obs: &Observed) -> Deployed {
+    let programs = run
+        .plan
+        .spec
+        .programs
+        .iter()
+        .filter_map(|p| {
+            let info = obs.program_at(p.pin.as_str())?;
+            Some(ProgramFact {
+                name: p.name.clone(),
+                pin: p.pin.clone(),
+                id: info.id,
+                tag: info.tag.clone(),
+                map_ids: info.map_ids.clone(),
+            })
+        })
+        .collect();
+    let maps = run
+        .plan
+        .spec
+        .maps
+        .iter()
+        .filter_map(|m| match obs.pins.get(m.pin.as_str()) {
+            Some(PinState::Map(info)) => Some(MapFact {
+                name: m.name.clone(),
+                pin: m.pin.clone(),
+                id: info.id,
+            }),
+            _ => None,
+        })
+        .collect();
+    let in_use = super::record::pin_dirs_and_parents(&run.plan);
+    let mut pin_dirs: Vec<PathBuf> = before
+        .map(|d| d.pin_dirs.clone())
+        .unwrap_or_default()
+        .into_iter()
+        .filter(|d| in_use.contains(d) && obs.dirs.contains(d))
+        .collect();
+    pin_dirs.extend(run.pin_dirs.iter().cloned());
+    pin_dirs.sort();
+    pin_dirs.dedup();
+    Deployed {
+        plan: run.plan,
+        programs,
+        maps,
+        sources: run.sources,
+        objects: run.objects,
+        pin_dirs,
+    }
+}
+
+/// Decide destroy. `target` is what was deployed (or, without a record,
+/// what the manifest declares); `built` the objects that exist, which a
+/// probe can load. Without a record, the teardown is decided as if each
+/// probed program has the tag of what sits at its pin: the probe tells,
+/// and destroy decides its teardown again with what it learned.
+pub(crate) fn destroy(
+    plan: &Plan,
+    loaded: Option<&Loaded>,
+    obs: &Observed,
+    built: &BTreeSet<PathBuf>,
+) -> DestroyIntent {
+    let mut recover = None;
+    let (after, obs) = match loaded {
+        Some(l) => match &l.record.run {
+            Some(run) => {
+                let (ops, forward) = recovery::recovery(run, l.started, obs);
+                let after = recovered(loaded, &ops, forward, obs);
+                recover = Some(Recovery { ops, forward });
+                after
+            }
+            None => (Some(l.clone()), obs.clone()),
+        },
+        None => (None, obs.clone()),
+    };
+    let deployed = after.as_ref().and_then(|l| l.record.deployed.as_ref());
+    let probe = match deployed {
+        Some(_) => None,
+        None => probe(plan, &obs, built),
+    };
+    teardown_intent(plan, deployed, &obs, recover, probe, &Tags::new())
+}
+
+/// The teardown part of destroy, once the tags are known (or foreseen).
+pub(crate) fn teardown_intent(
+    plan: &Plan,
+    deployed: Option<&Deployed>,
+    obs: &Observed,
+    recover: Option<Recovery>,
+    probe: Option<Probe>,
+    tags: &Tags,
+) -> DestroyIntent {
+    let target = deployed.map_or(plan, |d| &d.plan);
+    let teardown = decide::teardown(target, deployed, obs, tags);
+    let ops = teardown
+        .steps
+        .iter()
+        .cloned()
+        .map(|step| Op { step, undo: None })
+        .collect();
+    DestroyIntent {
+        recover,
+        probe,
+        teardown,
+        ops,
+    }
+}
+
+/// The probe, when some pin of the plan holds a program of the plan's type
+/// and name whose tag must decide whether it is this deployment's. None
+/// when no pin holds such a program: nothing is loaded to learn nothing
+/// (and a second destroy, after the first removed the pin directory, does
+/// not pin into a directory that is gone).
+pub(crate) fn probe(plan: &Plan, obs: &Observed, built: &BTreeSet<PathBuf>) -> Option<Probe> {
+    let programs: Vec<_> = plan
+        .spec
+        .programs
+        .iter()
+        .filter(|p| built.contains(&p.object))
+        .filter(|p| {
+            obs.program_at(p.pin.as_str()).is_some_and(|info| {
+                info.prog_type == p.prog_type.kernel_word()
+                    && info.name == kernel_name(p.name.as_str())
+            })
+        })
+        .collect();
+    if programs.is_empty() {
+        return None;
+    }
+    let unpin = |p: &crate::plan::ProgramSpec| Op {
+        step: Step::UnpinProgram {
+            program: p.name.clone(),
+            pin: p.pin.staged(Staging::Probe),
+        },
+        undo: None,
+    };
+    // A probe pin left by a killed run goes first: `~` never names anyone
+    // else's pin.
+    let mut loads: Vec<Op> = programs
+        .iter()
+        .filter(|p| obs.pins.contains_key(p.pin.staged(Staging::Probe).as_str()))
+        .map(|p| unpin(p))
+        .collect();
+    loads.extend(programs.iter().map(|p| {
+        Op::of(Step::LoadProgram {
+            program: p.name.clone(),
+            object: p.object.clone(),
+            prog_type: p.prog_type,
+            pin: p.pin.staged(Staging::Probe),
+            reuse: Vec::new(),
+        })
+    }));
+    let unpins = programs.iter().map(|p| unpin(p)).collect();
+    Some(Probe { loads, unpins })
+}
+
+/// The probe pins of a plan's programs: what destroy looks at besides its
+/// own pins.
+pub(crate) fn probe_pins(plan: &Plan) -> Vec<ProgPin> {
+    plan.spec
+        .programs
+        .iter()
+        .map(|p| p.pin.staged(Staging::Probe))
+        .collect()
+}
+
+/// What an apply intent means for a reviewer.
+pub(crate) fn apply_review(
+    plan: &Plan,
+    i: &ApplyIntent,
+    deployed: Option<&Deployed>,
+    obs: &Observed,
+) -> Review {
+    let (changes, stages) = i.steps();
+    let (mut decision, mut reason) = match &i.decision {
+        Decision::Nothing => (DecisionKind::Nothing, None),
+        Decision::Entries(_) => (DecisionKind::Entries, None),
+        Decision::Fresh { .. } => (DecisionKind::Fresh, None),
+        Decision::Replace { reason, .. } => (DecisionKind::Replace, Some(reason.clone())),
+        Decision::Recover { .. } => (DecisionKind::Recover, None),
+        Decision::Refuse(why) => (DecisionKind::Refused, Some(why.clone())),
+    };
+    let mut notes = Vec::new();
+    if let Some(r) = &i.recover {
+        notes.push(format!(
+            "an earlier apply was interrupted: apply first {} it ({} step(s)), then {}",
+            if r.forward { "finishes" } else { "undoes" },
+            r.ops.len(),
+            match decision {
+                DecisionKind::Nothing => "finds nothing else to change".to_string(),
+                d => format!("runs the `{}` decision foreseen here", d.word()),
+            }
+        ));
+        if decision != DecisionKind::Refused {
+            reason = Some(match reason {
+                Some(r) => format!("an earlier apply was interrupted; then {r}"),
+                None => "an earlier apply was interrupted".into(),
+            });
+            decision = DecisionKind::Recover;
+        }
+    }
+    let drift = match deployed {
+        Some(_) => decide::drift(&plan.spec, deployed, obs),
+        None => Vec::new(),
+    };
+    Review {
+        decision,
+        reason,
+        applicable: !matches!(i.decision, Decision::Refuse(_)),
+        changes,
+        stages,
+        notes,
+        drift,
+    }
+}
+
+/// What a destroy intent means for a reviewer.
+pub(crate) fn destroy_review(i: &DestroyIntent) -> Review {
+    let (changes, stages) = i.steps();
+    let mut notes: Vec<String> = i.teardown.foreign.clone();
+    if i.probe.is_some() {
+        notes.push(
+            "there is no record: each program found at its pin is loaded once under a probe pin \
+             to learn its tag, and only a program with that tag is removed"
+                .into(),
+        );
+    }
+    if let Some(r) = &i.recover {
+        notes.push(format!(
+            "an earlier apply was interrupted: destroy first {} it ({} step(s))",
+            if r.forward { "finishes" } else { "undoes" },
+            r.ops.len()
+        ));
+    }
+    Review {
+        decision: if changes.is_empty() {
+            DecisionKind::NothingToDestroy
+        } else {
+            DecisionKind::Destroy
+        },
+        reason: None,
+        applicable: true,
+        changes,
+        stages,
+        notes,
+        drift: Vec::new(),
+    }
+}

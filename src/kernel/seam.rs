@@ -1,0 +1,291 @@
+//! The seam between bpfplan and the kernel: one interface to look (observe)
+//! and to act (run a step, run a batch of entry steps). `Live` is the real
+//! kernel, through bpf(2) reads and bpftool; `fake::Fake` (tests) models
+//! the effect of every step kind; `Faults` wraps either one to fail a step
+//! or to die at one, which is how the failure and kill matrices are driven.
+//! Nothing above this module starts a process or reads the kernel.
+
+use anyhow::{Context, Result};
+
+use super::observe::{self, Observed, Query};
+use super::{build, cmd, inspect};
+use crate::plan::step::{Arg, Step};
+
+/// Where a step stands in its run: faults are aimed by these.
+#[derive(Debug, Clone, Copy)]
+pub(crate) struct At {
+    /// The 0-based index of the op in its run.
+    pub index: usize,
+    /// Whether the run is journaled (the record's run): a kill at a step
+    /// is only meaningful there.
+    pub journaled: bool,
+}
+
+/// How a step ran.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub(crate) enum Ran {
+    Done,
+    /// Nothing to do (a compile whose inputs are unchanged).
+    Skipped(&'static str),
+}
+
+/// A step that failed: the exit code of its command (none when it did not
+/// run, timed out or a signal ended it) and the error, with its stderr.
+#[derive(Debug)]
+pub(crate) struct StepError {
+    pub exit: Option<i32>,
+    pub error: anyhow::Error,
+}
+
+impl StepError {
+    fn new(error: anyhow::Error) -> Self {
+        StepError { exit: None, error }
+    }
+}
+
+/// How a batch of entry steps ended.
+#[derive(Debug)]
+pub(crate) enum BatchEnd {
+    /// Every line ran.
+    Done,
+    /// Line `k` (0-based) failed; bpftool runs none after it.
+    Failed(usize, anyhow::Error),
+    /// bpftool stopped where it could not say (a time limit, unreadable
+    /// output): which lines ran is unknown.
+    Uncertain(anyhow::Error),
+}
+
+/// The kernel, as bpfplan sees it.
+pub(crate) trait Kernel {
+    /// One look at what a query names.
+    fn observe(&mut self, q: &Query) -> Result<Observed>;
+    /// The id of the map named `map` among the maps of the program at
+    /// `program_pin` (a word known only at run time).
+    fn map_id(&mut self, program_pin: &str, map: &str) -> Result<u32>;
+    /// Run one step, whose words are `argv`.
+    fn execute(&mut self, at: At, step: &Step, argv: &[String]) -> Result<Ran, StepError>;
+    /// Run map entry steps as the lines of one `bpftool batch file -`.
+    fn batch(&mut self, at: At, steps: &[&Step], lines: &[String]) -> BatchEnd;
+}
+
+/// The words of a step with the run-time ones filled in.
+pub(crate) fn resolve(kernel: &mut dyn Kernel, argv: &[Arg]) -> Result<Vec<String>> {
+    argv.iter()
+        .map(|a| match a {
+            Arg::Lit(s) => Ok(s.clone()),
+            Arg::MapId { program_pin, map } => kernel
+                .map_id(program_pin.as_str(), map.as_str())
+                .map(|id| id.to_string())
+                .with_context(|| format!("finding map `{map}` of {program_pin}")),
+        })
+        .collect()
+}
+
+/// The command every batch runs.
+pub(crate) fn batch_argv() -> Vec<String> {
+    ["bpftool", "-j", "batch", "file", "-"]
+        .iter()
+        .map(|s| s.to_string())
+        .collect()
+}
+
+/// The real kernel.
+#[derive(Debug, Default)]
+pub(crate) struct Live;
+
+impl Kernel for Live {
+    fn observe(&mut self, q: &Query) -> Result<Observed> {
+        observe::observe(q)
+    }
+
+    fn map_id(&mut self, program_pin: &str, map: &str) -> Result<u32> {
+        inspect::map_id_of(program_pin, map)
+    }
+
+    fn execute(&mut self, _: At, step: &Step, argv: &[String]) -> Result<Ran, StepError> {
+        match step {
+            Step::Compile { object, .. } if build::up_to_date(argv, object) => {
+                return Ok(Ran::Skipped("up to date"));
+            }
+            Step::MakeBuildDir { dir } if dir.is_dir() => return Ok(Ran::Skipped("exists")),
+            // A pin directory bpfplan made goes once empty; something else
+            // pinned there keeps it (and is not bpfplan's to remove).
+            Step::RemovePinDir { dir }
+                if std::fs::read_dir(dir).is_ok_and(|mut d| d.next().is_some()) =>
+            {
+                return Ok(Ran::Skipped(
+                    "not empty: other pins live there, so it stays",
+                ));
+            }
+            _ => {}
+        }
+        let out = cmd::run(argv, None).map_err(StepError::new)?;
+        if !out.success() {
+            return Err(StepError {
+                exit: out.code,
+                error: cmd::failure(argv, &out),
+            });
+        }
+        if let Step::Compile { object, .. } = step {
+            build::stamp(argv, object).map_err(StepError::new)?;
+        }
+        Ok(Ran::Done)
+    }
+
+    fn batch(&mut self, _: At, steps: &[&Step], lines: &[String]) -> BatchEnd {
+        let mut input = lines.join("\n");
+        input.push('\n');
+        run_batch(&batch_argv(), input.as_bytes(), steps.len())
+    }
+}
+
+/// Run `bpftool -j batch file -` over `count` lines and read which failed.
+fn run_batch(argv: &[String], input: &[u8], count: usize) -> BatchEnd {
+    #[derive(serde::Deserialize)]
+    struct Line {
+        output: Option<serde_json::Value>,
+    }
+    let out = match cmd::run(argv, Some(input)) {
+        Ok(out) => out,
+        Err(e) => return BatchEnd::Uncertain(e),
+    };
+    let lines: Vec<Line> = match serde_json::from_slice(&out.stdout) {
+        Ok(lines) => lines,
+        Err(e) => {
+            return BatchEnd::Uncertain(
+                anyhow::Error::new(e)
+                    .context(cmd::failure(argv, &out))
+                    .context("reading bpftool batch output"),
+            );
+        }
+    };
+    let failed = lines.iter().enumerate().find_map(|(k, l)| {
+        let error = l.output.as_ref()?.get("error")?;
+        Some((k, error.as_str().unwrap_or("failed").to_string()))
+    });
+    match failed {
+        Some((k, why)) => {
+            BatchEnd::Failed(k, anyhow::anyhow!("bpftool batch, line {}: {why}", k + 1))
+        }
+        None if out.success() && lines.len() == count => BatchEnd::Done,
+        // No line failed, yet not all ran (or bpftool failed otherwise):
+        // the first that did not run is the culprit.
+        None => BatchEnd::Failed(
+            lines.len().min(count.saturating_sub(1)),
+            cmd::failure(argv, &out),
+        ),
+    }
+}
+
+/// When a fault strikes a step: before it runs, or once it has run.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub(crate) enum Moment {
+    Before,
+    After,
+}
+
+/// Faults for testing, around any kernel: the first step whose summary
+/// holds `fail_step` fails before it runs (once; in a batch, the lines
+/// before it run, as bpftool does); with `die_at`, the process exits at
+/// once, as if killed, before or after op N (from 1) of a journaled run.
+pub(crate) struct Faults<K> {
+    pub inner: K,
+    pub fail_step: Option<String>,
+    pub die_at: Option<(Moment, usize)>,
+    /// What dying does: exit like SIGKILL (the binary), or panic (tests of
+    /// the fake, which catch it and look at what was left).
+    pub die: fn() -> !,
+}
+
+fn exit_killed() -> ! {
+    std::process::exit(137)
+}
+
+impl<K: Kernel> Faults<K> {
+    /// The faults `BPFPLAN_FAIL_STEP` and `BPFPLAN_DIE_AT=before:N|after:N`
+    /// ask for (read here, once, and nowhere else).
+    pub fn from_env(inner: K) -> Self {
+        let die_at = std::env::var("BPFPLAN_DIE_AT").ok().and_then(|v| {
+            let (when, n) = v.split_once(':')?;
+            let when = match when {
+                "before" => Moment::Before,
+                "after" => Moment::After,
+                _ => return None,
+            };
+            Some((when, n.parse().ok()?))
+        });
+        Faults {
+            inner,
+            fail_step: std::env::var("BPFPLAN_FAIL_STEP")
+                .ok()
+                .filter(|s| !s.is_empty()),
+            die_at,
+            die: exit_killed,
+        }
+    }
+
+    fn maybe_die(&self, moment: Moment, at: At, len: usize) {
+        if let Some((when, n)) = self.die_at
+            && at.journaled
+            && when == moment
+            && n >= 1
+            && (at.index..at.index + len).contains(&(n - 1))
+        {
+            (self.die)();
+        }
+    }
+
+    fn take_fail(&mut self, step: &Step) -> Option<String> {
+        self.fail_step
+            .take_if(|text| step.summary().contains(text.as_str()))
+    }
+}
+
+fn on_purpose(text: &str) -> anyhow::Error {
+    anyhow::anyhow!("failed on purpose: BPFPLAN_FAIL_STEP={text:?}")
+}
+
+impl<K: Kernel> Kernel for Faults<K> {
+    fn observe(&mut self, q: &Query) -> Result<Observed> {
+        self.inner.observe(q)
+    }
+
+    fn map_id(&mut self, program_pin: &str, map: &str) -> Result<u32> {
+        self.inner.map_id(program_pin, map)
+    }
+
+    fn execute(&mut self, at: At, step: &Step, argv: &[String]) -> Result<Ran, StepError> {
+        self.maybe_die(Moment::Before, at, 1);
+        if let Some(text) = self.take_fail(step) {
+            return Err(StepError::new(on_purpose(&text)));
+        }
+        let ran = self.inner.execute(at, step, argv)?;
+        self.maybe_die(Moment::After, at, 1);
+        Ok(ran)
+    }
+
+    fn batch(&mut self, at: At, steps: &[&Step], lines: &[String]) -> BatchEnd {
+        self.maybe_die(Moment::Before, at, steps.len());
+        let failing = self.fail_step.as_ref().and_then(|text| {
+            steps
+                .iter()
+                .position(|s| s.summary().contains(text.as_str()))
+        });
+        if let Some(k) = failing {
+            let text = self.fail_step.take().unwrap_or_default();
+            // As bpftool does: the lines before the failing one run.
+            if k > 0 {
+                match self.inner.batch(at, &steps[..k], &lines[..k]) {
+                    BatchEnd::Done => {}
+                    other => return other,
+                }
+            }
+            return BatchEnd::Failed(k, on_purpose(&text));
+        }
+        let end = self.inner.batch(at, steps, lines);
+        if matches!(end, BatchEnd::Done) {
+            self.maybe_die(Moment::After, at, steps.len());
+        }
+        end
+    }
+}
