@@ -178,7 +178,8 @@ fn explain(f: Failed, what: Undone) -> anyhow::Error {
     }
     if !f.rollback_failures.is_empty() {
         // The error already says the rollback failed too.
-        return f.error.context(f.label.clone());
+        let aftermath = f.aftermath();
+        return f.error.context(format!("{}; {aftermath}", f.label));
     }
     let n = f.undone;
     let undone = match what {

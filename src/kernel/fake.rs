@@ -18,6 +18,9 @@ use super::seam::{At, BatchEnd, Kernel, Ran, StepError};
 use crate::manifest::model::{AttachKind, kernel_name};
 use crate::plan::step::{AttachPoint, Attachment, ProgRef, Step};
 
+/// The directories there are before anything runs: bpffs and above it.
+const BASE_DIRS: [&str; 3] = ["/sys", "/sys/fs", "/sys/fs/bpf"];
+
 /// What loading an object creates besides the program.
 #[derive(Debug, Clone)]
 pub(crate) struct Object {
@@ -66,7 +69,7 @@ impl Default for Fake {
             progs: BTreeMap::new(),
             maps: BTreeMap::new(),
             pins: BTreeMap::new(),
-            dirs: ["/sys/fs/bpf".into()].into(),
+            dirs: BASE_DIRS.iter().map(PathBuf::from).collect(),
             cgroups: BTreeMap::new(),
             links: BTreeMap::new(),
             xdp: BTreeMap::new(),
@@ -86,11 +89,6 @@ impl Fake {
     /// What loading `path` makes.
     pub fn object(&mut self, path: impl Into<PathBuf>, object: Object) {
         self.objects.insert(path.into(), object);
-    }
-
-    /// A directory exists (made by someone else).
-    pub fn dir(&mut self, dir: impl Into<PathBuf>) {
-        self.dirs.insert(dir.into());
     }
 
     /// Every pin, with what it holds ("prog 3", "map 4").
@@ -142,7 +140,7 @@ impl Fake {
             && self.cgroups.values().all(Vec::is_empty)
             && self.links.values().all(Vec::is_empty)
             && self.xdp.values().all(Vec::is_empty)
-            && self.dirs.len() == 1
+            && self.dirs.len() == BASE_DIRS.len()
     }
 
     fn id(&mut self) -> u32 {

@@ -26,3 +26,5 @@ pub(crate) mod seam;
 pub(crate) mod status;
 pub(crate) mod sys;
 pub(crate) mod trust;
+#[cfg(test)]
+mod twins;

@@ -289,3 +289,22 @@ impl<K: Kernel> Kernel for Faults<K> {
         end
     }
 }
+
+/// A kernel lent out (a fault wrapper around a fake the test keeps).
+impl<K: Kernel + ?Sized> Kernel for &mut K {
+    fn observe(&mut self, q: &Query) -> Result<Observed> {
+        (**self).observe(q)
+    }
+
+    fn map_id(&mut self, program_pin: &str, map: &str) -> Result<u32> {
+        (**self).map_id(program_pin, map)
+    }
+
+    fn execute(&mut self, at: At, step: &Step, argv: &[String]) -> Result<Ran, StepError> {
+        (**self).execute(at, step, argv)
+    }
+
+    fn batch(&mut self, at: At, steps: &[&Step], lines: &[String]) -> BatchEnd {
+        (**self).batch(at, steps, lines)
+    }
+}

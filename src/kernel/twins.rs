@@ -1,0 +1,557 @@
+//! Fast twins of the kernel tests, on the fake kernel: fresh, entries,
+//! replace, repair, destroy with and without a record, a failure at every
+//! step of a replace, a kill before and after every step, and a step that
+//! takes effect before it fails. Each run's commands are compared with what
+//! the plan showed just before it (map ids aside), as the root test does
+//! with the audit log. Milliseconds, no root; `tests/` runs the same on the
+//! real kernel.
+
+use std::panic::{AssertUnwindSafe, catch_unwind};
+use std::path::{Path, PathBuf};
+use std::time::Instant;
+
+use super::apply::{self, Inputs, Pre, read_record};
+use super::carry::Applied;
+use super::destroy::{self, Destroyed};
+use super::exec::Executor;
+use super::fake::{Fake, Object};
+use super::intent;
+use super::observe::Observed;
+use super::record::{FileHash, Store};
+use super::seam::{At, BatchEnd, Faults, Kernel, Moment, Ran, StepError};
+use crate::host::HostFacts;
+use crate::manifest::diag::Source;
+use crate::manifest::validate;
+use crate::plan::step::{Arg, Step};
+use crate::plan::{DecisionKind, Plan, PlanOptions, Review};
+
+const MANIFEST: &str = r#"
+[vars]
+port = "1000"
+cgroup = "/sys/fs/cgroup/twin"
+[[program]]
+name = "ops"
+object = "ops.o"
+type = "sockops"
+pin = "/sys/fs/bpf/twin/ops"
+[[map]]
+name = "socks"
+program = "ops"
+pin = "/sys/fs/bpf/twin/socks"
+[[program]]
+name = "redir"
+object = "redir.o"
+type = "sk_msg"
+pin = "/sys/fs/bpf/twin/redir"
+maps = ["socks"]
+[[map]]
+name = "deny"
+program = "redir"
+pin = "/sys/fs/bpf/twin/deny"
+key = "u32"
+value = "u8"
+entries = [{ key = "${port}", value = 1 }, { key = "7", value = 1 }]
+[[attach]]
+program = "redir"
+type = "msg_verdict"
+map = "socks"
+[[attach]]
+program = "ops"
+type = "sock_ops"
+cgroup = "${cgroup}"
+"#;
+
+/// Pins (with ids), the cgroup's programs and the policy map's entries.
+type State = (Vec<String>, Vec<u32>, Option<Vec<(Vec<u8>, Vec<u8>)>>);
+
+/// The fake, a state directory of its own and the objects' tags.
+struct Twin {
+    fake: Fake,
+    state: tempfile::TempDir,
+    /// The tag of redir.o (a new one stands for an edited program).
+    redir: String,
+}
+
+/// The host facts records are checked against (the cgroup must be under
+/// this host's cgroup v2 mount).
+fn host() -> HostFacts {
+    let mut h = HostFacts::read().unwrap_or(HostFacts {
+        cgroup2: None,
+        bpffs: Vec::new(),
+    });
+    h.cgroup2.get_or_insert_with(|| "/sys/fs/cgroup".into());
+    h
+}
+
+fn plan(port: &str) -> Plan {
+    let host = host();
+    let cg = host.cgroup2.clone().unwrap_or_default().join("twin");
+    let vars = vec![
+        ("port".to_string(), port.to_string()),
+        ("cgroup".to_string(), cg.display().to_string()),
+    ];
+    let env = validate::Env {
+        host: &host,
+        overrides: &vars,
+        exists: &|_| true,
+    };
+    let src = Source::new(Path::new("/m/twin.toml"), MANIFEST.to_string());
+    let checked = validate::validate(&src, &env).expect("valid");
+    crate::plan::plan(
+        &checked.model,
+        &PlanOptions {
+            build_dir: "/b".into(),
+            include: vec![],
+        },
+    )
+}
+
+impl Twin {
+    fn new() -> Twin {
+        let mut t = Twin {
+            fake: Fake::default(),
+            state: tempfile::tempdir().unwrap(),
+            redir: "bb01".into(),
+        };
+        t.objects();
+        t
+    }
+
+    fn objects(&mut self) {
+        self.fake.object(
+            "/m/ops.o",
+            Object {
+                tag: "aa01".into(),
+                maps: vec![("socks".into(), "sockhash".into(), 16)],
+            },
+        );
+        self.fake.object(
+            "/m/redir.o",
+            Object {
+                tag: self.redir.clone(),
+                maps: vec![("deny".into(), "hash".into(), 4)],
+            },
+        );
+    }
+
+    /// A program edited: redir.o loads with another tag.
+    fn edit_redir(&mut self, tag: &str) {
+        self.redir = tag.into();
+        self.objects();
+    }
+
+    fn store(&self, plan: &Plan) -> Store {
+        Store::in_dir(self.state.path(), plan).unwrap()
+    }
+
+    fn hashes(&self) -> Vec<FileHash> {
+        vec![
+            FileHash {
+                path: "/m/ops.o".into(),
+                sha256: "aa01".into(),
+            },
+            FileHash {
+                path: "/m/redir.o".into(),
+                sha256: self.redir.clone(),
+            },
+        ]
+    }
+
+    /// What `plan` shows for apply now.
+    fn plan_apply(&mut self, plan: &Plan) -> Review {
+        let store = self.store(plan);
+        let loaded = read_record(&store).unwrap();
+        let obs = self
+            .fake
+            .observe(&apply::query(plan, loaded.as_ref()))
+            .unwrap();
+        let i = intent::apply(
+            plan,
+            None,
+            Vec::new(),
+            loaded.as_ref(),
+            &obs,
+            &self.hashes(),
+        );
+        let deployed = loaded.as_ref().and_then(|l| l.record.deployed.as_ref());
+        intent::apply_review(plan, &i, deployed, &obs)
+    }
+
+    /// What `plan --destroy` shows now.
+    fn plan_destroy(&mut self, plan: &Plan) -> Review {
+        let store = self.store(plan);
+        let loaded = read_record(&store).unwrap();
+        let obs = self
+            .fake
+            .observe(&apply::query(plan, loaded.as_ref()))
+            .unwrap();
+        intent::destroy_review(&intent::destroy(plan, loaded.as_ref(), &obs, &built()))
+    }
+
+    fn apply_with(&mut self, plan: &Plan, kernel: &mut dyn Kernel) -> anyhow::Result<Applied> {
+        let store = self.store(plan);
+        let loaded = read_record(&store)?;
+        let hashes = self.hashes();
+        let mut exec = Executor::new(kernel, Vec::new());
+        let obs = exec.observe(&apply::query(plan, loaded.as_ref()))?;
+        let inputs = Inputs {
+            objects: hashes,
+            sources: Vec::new(),
+            last_plan: None,
+            started: Instant::now(),
+        };
+        apply::carry_out(
+            &mut exec,
+            &store,
+            plan,
+            Pre::default(),
+            loaded,
+            obs,
+            inputs,
+            None,
+        )
+    }
+
+    fn apply(&mut self, plan: &Plan) -> anyhow::Result<Applied> {
+        let mut fake = std::mem::take(&mut self.fake);
+        let out = self.apply_with(plan, &mut fake);
+        self.fake = fake;
+        out
+    }
+
+    fn destroy(&mut self, plan: &Plan) -> anyhow::Result<Destroyed> {
+        let store = self.store(plan);
+        let mut exec = Executor::new(&mut self.fake, Vec::new());
+        destroy::destroy_on(&mut exec, &store, plan, &built())
+    }
+
+    /// Apply, and check that what ran is what the plan showed just before.
+    #[track_caller]
+    fn apply_as_planned(&mut self, plan: &Plan) -> Review {
+        let review = self.plan_apply(plan);
+        let from = self.fake.ran.len();
+        self.apply(plan).unwrap();
+        assert_eq!(
+            ran(&self.fake, from),
+            shown(&review),
+            "apply ran what plan did not show"
+        );
+        review
+    }
+
+    /// Destroy, and check that what ran is what `plan --destroy` showed.
+    #[track_caller]
+    fn destroy_as_planned(&mut self, plan: &Plan) -> (Review, Destroyed) {
+        let review = self.plan_destroy(plan);
+        let from = self.fake.ran.len();
+        let d = self.destroy(plan).unwrap();
+        assert_eq!(
+            ran(&self.fake, from),
+            shown(&review),
+            "destroy ran what plan did not show"
+        );
+        (review, d)
+    }
+
+    /// What an observer compares before and after a failed run.
+    fn state(&self) -> State {
+        let cg = host().cgroup2.unwrap_or_default().join("twin");
+        (
+            self.fake.pins(),
+            self.fake.cgroup(&cg.display().to_string()),
+            self.fake
+                .entries("/sys/fs/bpf/twin/deny")
+                .map(|e| e.iter().map(|(k, v)| (k.clone(), v.clone())).collect()),
+        )
+    }
+}
+
+fn built() -> std::collections::BTreeSet<PathBuf> {
+    ["/m/ops.o".into(), "/m/redir.o".into()].into()
+}
+
+/// A command line with the map ids aside.
+fn aside(words: Vec<String>) -> String {
+    let mut out = Vec::new();
+    let mut after_id = false;
+    for w in words {
+        out.push(if after_id {
+            "<id>".to_string()
+        } else {
+            w.clone()
+        });
+        after_id = w == "id";
+    }
+    out.join(" ")
+}
+
+fn ran(fake: &Fake, from: usize) -> Vec<String> {
+    fake.ran[from..].iter().cloned().map(aside).collect()
+}
+
+fn shown(review: &Review) -> Vec<String> {
+    review
+        .changes
+        .iter()
+        .map(|s| {
+            let words = s.argv().into_iter().map(|a| match a {
+                Arg::Lit(w) => w,
+                Arg::MapId { .. } => "<id>".to_string(),
+            });
+            aside(words.collect())
+        })
+        .collect()
+}
+
+#[test]
+fn fresh_apply_and_destroy_run_what_plan_showed_and_leave_nothing() {
+    let mut t = Twin::new();
+    let p = plan("1000");
+    let review = t.apply_as_planned(&p);
+    assert_eq!(review.decision, DecisionKind::Fresh);
+    // The missing pin directory is made first, and shown.
+    assert!(
+        matches!(review.changes[0], Step::MakePinDir { .. }),
+        "{:?}",
+        review.changes[0]
+    );
+    assert_eq!(t.plan_apply(&p).decision, DecisionKind::Nothing);
+    let (review, d) = t.destroy_as_planned(&p);
+    assert_eq!(review.decision, DecisionKind::Destroy);
+    assert!(
+        review
+            .changes
+            .iter()
+            .any(|s| matches!(s, Step::RemovePinDir { .. }))
+    );
+    assert_eq!(d, Destroyed::Freed);
+    assert!(t.fake.is_empty(), "{:?}", t.fake.pins());
+    // A second destroy has nothing to do and says so.
+    let (review, d) = t.destroy_as_planned(&p);
+    assert_eq!(review.decision, DecisionKind::NothingToDestroy);
+    assert_eq!(d, Destroyed::Nothing);
+}
+
+#[test]
+fn an_entries_change_runs_only_map_updates() {
+    let mut t = Twin::new();
+    t.apply(&plan("1000")).unwrap();
+    let ids = t.fake.ids();
+    let review = t.apply_as_planned(&plan("2000"));
+    assert_eq!(review.decision, DecisionKind::Entries);
+    assert_eq!(review.changes.len(), 2, "{:?}", review.changes);
+    assert_eq!(t.fake.ids(), ids, "programs were reloaded");
+}
+
+#[test]
+fn a_replace_and_a_repair_run_what_plan_showed() {
+    let mut t = Twin::new();
+    let p = plan("1000");
+    t.apply(&p).unwrap();
+    t.edit_redir("bb02");
+    let review = t.apply_as_planned(&p);
+    assert_eq!(review.decision, DecisionKind::Replace);
+    assert_eq!(t.plan_apply(&p).decision, DecisionKind::Nothing);
+    // A hand detach is drift: repaired as planned.
+    let cg = host()
+        .cgroup2
+        .unwrap_or_default()
+        .join("twin")
+        .display()
+        .to_string();
+    let ops = t.fake.cgroup(&cg)[0];
+    t.fake.detach_by_hand(&cg, ops);
+    let review = t.apply_as_planned(&p);
+    assert_ne!(review.decision, DecisionKind::Nothing);
+    assert_eq!(t.plan_apply(&p).decision, DecisionKind::Nothing);
+    t.destroy_as_planned(&p);
+    assert!(t.fake.is_empty(), "{:?}", t.fake.pins());
+}
+
+#[test]
+fn a_record_less_destroy_probes_then_removes_what_is_its_own() {
+    let mut t = Twin::new();
+    let p = plan("1000");
+    t.apply(&p).unwrap();
+    t.store(&p).remove().unwrap();
+    let (review, d) = t.destroy_as_planned(&p);
+    let probes = review
+        .changes
+        .iter()
+        .filter(|s| matches!(s, Step::LoadProgram { pin, .. } if pin.as_str().ends_with("~probe")))
+        .count();
+    assert_eq!(probes, 2, "{:?}", review.changes);
+    assert_eq!(d, Destroyed::Freed);
+    // Without a record the pin directory is not known to be ours: it stays.
+    assert_eq!(t.fake.pins(), Vec::<String>::new());
+    assert_eq!(t.fake.ids(), (vec![], vec![]));
+}
+
+#[test]
+fn a_failure_at_any_step_of_a_replace_restores_the_old_deployment() {
+    let mut t = Twin::new();
+    let p = plan("1000");
+    t.apply(&p).unwrap();
+    let before = t.state();
+    t.edit_redir("bb02");
+    let review = t.plan_apply(&p);
+    assert_eq!(review.decision, DecisionKind::Replace);
+    // Every step up to the point of no return (the unpins of the old
+    // objects come after it and are finished, not undone).
+    let steps: Vec<String> = review
+        .changes
+        .iter()
+        .filter(|s| !matches!(s, Step::UnpinProgram { pin, .. } if pin.as_str().ends_with("~old")))
+        .filter(|s| !matches!(s, Step::UnpinMap { pin, .. } if pin.as_str().ends_with("~old")))
+        .map(Step::summary)
+        .collect();
+    assert!(steps.len() > 10, "{steps:?}");
+    for summary in &steps {
+        let mut fake = std::mem::take(&mut t.fake);
+        let mut faults = Faults {
+            inner: &mut fake,
+            fail_step: Some(summary.clone()),
+            die_at: None,
+            die: || panic!("no kill here"),
+        };
+        let out = t.apply_with(&p, &mut faults);
+        t.fake = fake;
+        let e = format!("{:#}", out.expect_err(summary));
+        assert!(e.contains("failed on purpose"), "{summary}: {e}");
+        assert!(
+            e.contains("the previous deployment still runs"),
+            "{summary}: {e}"
+        );
+        assert!(e.contains("nothing is left behind"), "{summary}: {e}");
+        assert_eq!(t.state(), before, "{summary}");
+    }
+    t.apply_as_planned(&p);
+    assert_eq!(t.plan_apply(&p).decision, DecisionKind::Nothing);
+}
+
+fn killed() -> ! {
+    panic!("killed")
+}
+
+#[test]
+fn a_kill_before_or_after_any_step_is_recovered_by_the_next_apply() {
+    let base = {
+        let mut t = Twin::new();
+        t.apply(&plan("1000")).unwrap();
+        t
+    };
+    let p = plan("1000");
+    let mut probe = Twin {
+        fake: base.fake.clone(),
+        state: tempfile::tempdir().unwrap(),
+        redir: base.redir.clone(),
+    };
+    copy_state(&base, &probe);
+    probe.edit_redir("bb02");
+    let n = probe.plan_apply(&p).changes.len();
+    for moment in [Moment::Before, Moment::After] {
+        for k in 1..=n {
+            let mut t = Twin {
+                fake: base.fake.clone(),
+                state: tempfile::tempdir().unwrap(),
+                redir: base.redir.clone(),
+            };
+            copy_state(&base, &t);
+            t.edit_redir("bb02");
+            let mut fake = std::mem::take(&mut t.fake);
+            let mut faults = Faults {
+                inner: &mut fake,
+                fail_step: None,
+                die_at: Some((moment, k)),
+                die: killed,
+            };
+            let died = catch_unwind(AssertUnwindSafe(|| t.apply_with(&p, &mut faults)));
+            t.fake = fake;
+            assert!(died.is_err(), "{moment:?} {k}: not killed");
+            // The next apply ends the killed run and finishes the change,
+            // running what its plan showed.
+            let review = t.apply_as_planned(&p);
+            assert_ne!(review.decision, DecisionKind::Nothing, "{moment:?} {k}");
+            assert_eq!(
+                t.plan_apply(&p).decision,
+                DecisionKind::Nothing,
+                "{moment:?} {k}"
+            );
+            t.destroy(&p).unwrap();
+            assert!(t.fake.is_empty(), "{moment:?} {k}: {:?}", t.fake.pins());
+        }
+    }
+}
+
+/// The record of one twin, copied to another's state directory.
+fn copy_state(from: &Twin, to: &Twin) {
+    for e in std::fs::read_dir(from.state.path()).unwrap().flatten() {
+        std::fs::copy(e.path(), to.state.path().join(e.file_name())).unwrap();
+    }
+}
+
+/// A kernel whose cgroup attach takes effect and then reports a failure
+/// (a bpftool that timed out after the kernel did the work); with `stuck`,
+/// the detach that would undo it fails too.
+struct LateFailure<'f> {
+    fake: &'f mut Fake,
+    stuck: bool,
+}
+
+impl Kernel for LateFailure<'_> {
+    fn observe(&mut self, q: &super::observe::Query) -> anyhow::Result<Observed> {
+        self.fake.observe(q)
+    }
+    fn map_id(&mut self, pin: &str, map: &str) -> anyhow::Result<u32> {
+        self.fake.map_id(pin, map)
+    }
+    fn execute(&mut self, at: At, step: &Step, argv: &[String]) -> Result<Ran, StepError> {
+        let cgroup = |s: &Step| matches!(s, Step::Attach(a) | Step::Detach(a) if matches!(a.point, crate::plan::step::AttachPoint::Cgroup { .. }));
+        if self.stuck && matches!(step, Step::Detach(_)) && cgroup(step) {
+            return Err(StepError {
+                exit: Some(255),
+                error: anyhow::anyhow!("detach failed"),
+            });
+        }
+        let ran = self.fake.execute(at, step, argv)?;
+        if matches!(step, Step::Attach(_)) && cgroup(step) {
+            return Err(StepError {
+                exit: None,
+                error: anyhow::anyhow!("did not finish within 300s and was killed"),
+            });
+        }
+        Ok(ran)
+    }
+    fn batch(&mut self, at: At, steps: &[&Step], lines: &[String]) -> BatchEnd {
+        self.fake.batch(at, steps, lines)
+    }
+}
+
+#[test]
+fn a_step_that_took_effect_before_it_failed_is_undone_and_what_is_left_is_said() {
+    let mut t = Twin::new();
+    let p = plan("1000");
+    let mut fake = std::mem::take(&mut t.fake);
+    let out = t.apply_with(
+        &p,
+        &mut LateFailure {
+            fake: &mut fake,
+            stuck: false,
+        },
+    );
+    let e = format!("{:#}", out.unwrap_err());
+    assert!(e.contains("nothing is left behind"), "{e}");
+    assert!(fake.is_empty(), "{:?}", fake.pins());
+
+    // When the undo fails as well, the message says what a look found.
+    let out = t.apply_with(
+        &p,
+        &mut LateFailure {
+            fake: &mut fake,
+            stuck: true,
+        },
+    );
+    let e = format!("{:#}", out.unwrap_err());
+    assert!(!e.contains("nothing is left behind"), "{e}");
+    assert!(e.contains("rollback failed too"), "{e}");
+}
