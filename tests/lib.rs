@@ -11,6 +11,7 @@ mod entries;
 mod errors;
 mod hostile;
 mod kernel;
+mod pipeline;
 mod plans;
 mod review;
 mod selection;
