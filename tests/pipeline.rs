@@ -137,13 +137,17 @@ impl Deployment<'_> {
         (decision, shown)
     }
 
-    fn status(&self) -> i32 {
-        self.cmd("status", &[])
-            .output()
-            .unwrap()
-            .status
-            .code()
-            .unwrap_or(-1)
+    /// `status` exits 0: the kernel is as the manifest says.
+    #[track_caller]
+    fn in_sync(&self, extra: &[&str]) {
+        let out = self.cmd("status", extra).output().unwrap();
+        assert_eq!(
+            out.status.code(),
+            Some(0),
+            "{}{}",
+            stdout(&out),
+            stderr(&out)
+        );
     }
 }
 
@@ -175,7 +179,7 @@ fn every_run_is_the_commands_its_plan_showed() {
         .filter(|c| c.starts_with("mkdir -m 0700"))
         .collect();
     assert_eq!(mkdirs.len(), 2, "{shown:?}");
-    assert_eq!(d.status(), 0);
+    d.in_sync(&[]);
 
     // Entries only.
     let (decision, _) = d.as_planned("apply", &["--var", "deny_port=20098"]);
@@ -186,7 +190,7 @@ fn every_run_is_the_commands_its_plan_showed() {
     edit(&redir, 1);
     let (decision, _) = d.as_planned("apply", &["--var", "deny_port=20098"]);
     assert_eq!(decision, "replace");
-    assert_eq!(d.status(), 0);
+    d.in_sync(&["--var", "deny_port=20098"]);
 
     // Repair after a hand detach.
     let out = Command::new("bpftool")
@@ -199,7 +203,7 @@ fn every_run_is_the_commands_its_plan_showed() {
     assert!(out.status.success(), "{}", stderr(&out));
     let (decision, _) = d.as_planned("apply", &["--var", "deny_port=20098"]);
     assert_ne!(decision, "nothing");
-    assert_eq!(d.status(), 0);
+    d.in_sync(&["--var", "deny_port=20098"]);
 
     // Recovery after a kill in the middle of a replace.
     edit(&redir, 2);
@@ -211,7 +215,7 @@ fn every_run_is_the_commands_its_plan_showed() {
     assert_eq!(killed.status.code(), Some(137), "{}", stderr(&killed));
     let (decision, shown) = d.as_planned("apply", &["--var", "deny_port=20098"]);
     assert_eq!(decision, "recover", "{shown:?}");
-    assert_eq!(d.status(), 0);
+    d.in_sync(&["--var", "deny_port=20098"]);
 
     // Destroy, as shown; then there is nothing left to show or do.
     let (decision, shown) = d.as_planned("destroy", &["--var", "deny_port=20098"]);
@@ -269,7 +273,7 @@ fn the_sh_export_of_a_plan_runs_where_apply_would() {
     // What the script made is what the manifest makes: adopt takes it over.
     let out = d.cmd("adopt", &[]).output().unwrap();
     assert!(out.status.success(), "{}{}", stdout(&out), stderr(&out));
-    assert_eq!(d.status(), 0);
+    d.in_sync(&[]);
     d.as_planned("destroy", &[]);
     // Directories the script made are not on bpfplan's record: they stay.
     std::fs::remove_dir(&d.pin_dir).unwrap();
