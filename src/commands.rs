@@ -13,7 +13,7 @@ use crate::kernel::audit::{self, AuditContext, AuditLog};
 use crate::kernel::carry::Applied;
 use crate::kernel::destroy::{self, Destroyed};
 use crate::kernel::events::JsonLines;
-use crate::kernel::exec::{Listener, Printer};
+use crate::kernel::exec::{Event, Listener, Printer};
 use crate::kernel::saved;
 use crate::kernel::seam::{Faults, Live};
 use crate::kernel::status;
@@ -181,7 +181,7 @@ fn apply_saved(file: &Path, format: ReportFormat) -> Result<(), Failure> {
     let mut audit = AuditContext::for_plan("apply", &saved.plan)?;
     audit.plan_hash = hash.clone();
     let reviewed = apply::Reviewed { saved, hash };
-    change("apply", format, audit, |listeners| {
+    change("apply", format, audit, &[], |listeners| {
         apply::apply(
             &reviewed.saved.plan,
             &mut kernel(),
@@ -193,25 +193,25 @@ fn apply_saved(file: &Path, format: ReportFormat) -> Result<(), Failure> {
 }
 
 fn apply_cmd(target: &Target, format: ReportFormat) -> Result<(), Failure> {
-    let plan = load_plan(target)?;
+    let (plan, warnings) = load_plan_warned(target)?;
     let audit = AuditContext::for_plan("apply", &plan)?;
-    change("apply", format, audit, |listeners| {
+    change("apply", format, audit, &warnings, |listeners| {
         apply::apply(&plan, &mut kernel(), listeners, None).map(outcome)
     })
 }
 
 fn adopt_cmd(target: &Target, format: ReportFormat) -> Result<(), Failure> {
-    let plan = load_plan(target)?;
+    let (plan, warnings) = load_plan_warned(target)?;
     let audit = AuditContext::for_plan("adopt", &plan)?;
-    change("adopt", format, audit, |listeners| {
+    change("adopt", format, audit, &warnings, |listeners| {
         destroy::adopt(&plan, &mut kernel(), listeners).map(|()| "adopted")
     })
 }
 
 fn destroy_cmd(target: &Target, format: ReportFormat) -> Result<(), Failure> {
-    let plan = load_plan(target)?;
+    let (plan, warnings) = load_plan_warned(target)?;
     let audit = AuditContext::for_plan("destroy", &plan)?;
-    change("destroy", format, audit, |listeners| {
+    change("destroy", format, audit, &warnings, |listeners| {
         destroy::destroy(&plan, &mut kernel(), listeners).map(|d| match d {
             Destroyed::Freed => "destroyed",
             Destroyed::Lingering { .. } => "destroyed_objects_linger",
@@ -226,7 +226,7 @@ fn build_cmd(target: &Target) -> Result<(), Failure> {
     let mut host = HostFacts::read().context("reading /proc/self/mountinfo")?;
     host.cgroup2
         .get_or_insert_with(|| PathBuf::from("/sys/fs/cgroup"));
-    let plan = plan_on(target, &host)?;
+    let (plan, _) = plan_on(target, &host)?;
     apply::build_only(&plan, &mut kernel(), vec![&mut Printer::default()])?;
     Ok(())
 }
@@ -285,7 +285,12 @@ fn bench_cmd(
         eprintln!("error: bench needs a manifest that declares `cgroup` and `pin_dir` in `[vars]`");
         return Err(e);
     }
-    let report = crate::bench::bench(target, &opts)?;
+    let subject = crate::bench::Subject {
+        manifest: target.manifest.clone(),
+        vars: target.vars.clone(),
+        build_dir: target.build_dir.clone(),
+    };
+    let report = crate::bench::bench(&subject, &opts)?;
     match format {
         ReportFormat::Text => print!("{}", crate::bench::text(&report)),
         ReportFormat::Json => println!("{}", to_json(&report)?),
@@ -299,13 +304,25 @@ fn change(
     verb: &str,
     format: ReportFormat,
     audit: AuditContext,
+    warnings: &[String],
     f: impl FnOnce(Vec<&mut dyn Listener>) -> anyhow::Result<&'static str>,
 ) -> Result<(), Failure> {
     let mut log = AuditLog::open(audit)?;
+    // The manifest's warnings were printed when it was read; the audit log
+    // and the JSON events hear them too.
+    for w in warnings {
+        let text = w.trim_end();
+        let text = text.strip_prefix("warning: ").unwrap_or(text);
+        log.event(&Event::Warning { text })?;
+    }
     let result = match format {
         ReportFormat::Text => f(vec![&mut Printer::default(), &mut log]).map(|_| ()),
         ReportFormat::Json => {
             let mut json = JsonLines::new();
+            for w in warnings {
+                let text = w.trim_end();
+                json.quiet_warning(text.strip_prefix("warning: ").unwrap_or(text));
+            }
             let outcome = f(vec![&mut json, &mut log]);
             match outcome {
                 Ok(outcome) => {
@@ -441,7 +458,7 @@ fn plan_cmd(
 
 fn status_cmd(target: &Target, format: ReportFormat) -> Result<(), Failure> {
     let plan = load_plan(target)?;
-    let report = status::status(&plan)?;
+    let report = status::status(&plan, &mut kernel())?;
     match format {
         ReportFormat::Text => print!("{}", status::text(&report)),
         // One line: a fleet's statuses collect into JSON lines.
@@ -459,24 +476,31 @@ fn status_cmd(target: &Target, format: ReportFormat) -> Result<(), Failure> {
 
 /// Read, validate and plan a manifest, printing its diagnostics to stderr.
 pub fn load_plan(target: &Target) -> Result<Plan, Failure> {
+    load_plan_warned(target).map(|(plan, _)| plan)
+}
+
+/// `load_plan`, and the warnings it printed.
+fn load_plan_warned(target: &Target) -> Result<(Plan, Vec<String>), Failure> {
     let host = HostFacts::read().context("reading /proc/self/mountinfo")?;
     plan_on(target, &host)
 }
 
-/// Read, validate and plan a manifest against these host facts.
-fn plan_on(target: &Target, host: &HostFacts) -> Result<Plan, Failure> {
+/// Read, validate and plan a manifest against these host facts; its
+/// warnings are printed, and returned.
+fn plan_on(target: &Target, host: &HostFacts) -> Result<(Plan, Vec<String>), Failure> {
     match manifest::load(&target.manifest, &target.vars, host) {
         Ok(loaded) => {
             for w in &loaded.warnings {
                 eprint!("{w}");
             }
+            let warnings = loaded.warnings.clone();
             let build_dir = match &target.build_dir {
                 // Relative to where bpfplan runs, like any path argument.
                 Some(dir) => std::path::absolute(dir).context("resolving --build-dir")?,
                 None => crate::kernel::build::default_build_dir(&loaded.model.manifest),
             };
             let opts = PlanOptions::for_host(build_dir);
-            Ok(plan::plan(&loaded.model, &opts))
+            Ok((plan::plan(&loaded.model, &opts), warnings))
         }
         Err(LoadError::Unreadable(msg)) => {
             eprintln!("error: {msg}");

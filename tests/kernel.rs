@@ -631,7 +631,7 @@ fn what_bpfplan_reads_is_what_bpftool_shows() {
                 let b = bpftool_json(&["prog", "show", "pinned", &path]);
                 assert_eq!(b["id"].as_u64(), Some(p.id.into()), "{pin}");
                 assert_eq!(b["tag"], p.tag, "{pin}");
-                assert_eq!(b["type"], p.prog_type, "{pin}");
+                assert_eq!(b["type"], p.prog_type.word().as_ref(), "{pin}");
                 assert_eq!(b["name"], p.name, "{pin}");
                 let ids: Vec<u64> = b["map_ids"]
                     .as_array()
@@ -648,7 +648,7 @@ fn what_bpfplan_reads_is_what_bpftool_shows() {
             Some(PinState::Map(m)) => {
                 let b = bpftool_json(&["map", "show", "pinned", &path]);
                 assert_eq!(b["id"].as_u64(), Some(m.id.into()), "{pin}");
-                assert_eq!(b["type"], m.map_type, "{pin}");
+                assert_eq!(b["type"], m.map_type.word().as_ref(), "{pin}");
                 assert_eq!(b["name"], m.name, "{pin}");
                 // Contents read in batches equal bpftool's dump.
                 let hex = |v: &serde_json::Value| -> Vec<u8> {
@@ -687,7 +687,7 @@ fn what_bpfplan_reads_is_what_bpftool_shows() {
                 theirs.sort();
                 ours.sort();
                 // A sockhash's values are socket cookies: compare the keys.
-                if m.map_type == "sockhash" {
+                if m.map_type == bpfplan::manifest::model::KernelMapType::Sockhash {
                     assert_eq!(ours.len(), 2, "{pin}");
                     theirs
                         .iter_mut()

@@ -12,7 +12,6 @@ use std::time::Instant;
 
 mod verdict;
 
-use crate::cli::Target;
 use crate::sandbox::Sandbox;
 pub use verdict::Verdict;
 
@@ -272,7 +271,14 @@ fn machine() -> String {
     format!("{cpu}, {cores} cores, kernel {}", kernel.trim())
 }
 
-pub fn bench(target: &Target, opts: &BenchOptions) -> Result<Report> {
+/// What is benchmarked: a manifest, its variables and build directory.
+pub struct Subject {
+    pub manifest: PathBuf,
+    pub vars: Vec<(String, String)>,
+    pub build_dir: Option<PathBuf>,
+}
+
+pub fn bench(target: &Subject, opts: &BenchOptions) -> Result<Report> {
     let exe = std::env::current_exe().context("locating the bpfplan binary")?;
     let traffic = exe.with_file_name("bpfplan-traffic");
     if !traffic.is_file() {
@@ -329,47 +335,7 @@ pub fn bench(target: &Target, opts: &BenchOptions) -> Result<Report> {
     let rows: Vec<Row> = specs
         .iter()
         .zip(samples)
-        .map(|(spec, per_path)| {
-            let stat = |ms: &[Measurement]| {
-                let mut v: Vec<f64> = ms.iter().map(|m| m.value).collect();
-                let mut p99: Vec<f64> = ms.iter().filter_map(|m| m.p99).collect();
-                Stat {
-                    median: median(&mut v),
-                    min: v.first().copied().unwrap_or(f64::NAN),
-                    max: v.last().copied().unwrap_or(f64::NAN),
-                    p99: (!p99.is_empty()).then(|| median(&mut p99)),
-                    unit: ms.first().map_or(String::new(), |m| m.unit.clone()),
-                }
-            };
-            let [l, b, u] = &per_path;
-            // Rounds are interleaved, so each round pairs the two paths
-            // under the same conditions.
-            let better_rounds = l
-                .iter()
-                .zip(b)
-                .filter(|(l, b)| {
-                    if spec.higher_is_better() {
-                        b.value > l.value
-                    } else {
-                        b.value < l.value
-                    }
-                })
-                .count();
-            let (loopback, bypass, unix) = (stat(l), stat(b), stat(u));
-            Row {
-                better_rounds,
-                rounds: l.len(),
-                workload: spec.label(),
-                kind: spec.workload.arg().to_string(),
-                size: spec.size,
-                bypass_vs_loopback: bypass.median / loopback.median,
-                bypass_vs_unix: bypass.median / unix.median,
-                higher_is_better: spec.higher_is_better(),
-                loopback,
-                bypass,
-                unix,
-            }
-        })
+        .map(|(spec, per_path)| row(spec, &per_path))
         .collect();
     let verdicts: Vec<Verdict> = rows.iter().map(verdict::verdict).collect();
     let advice = verdict::summary(&verdicts, &rows);
@@ -386,6 +352,50 @@ pub fn bench(target: &Target, opts: &BenchOptions) -> Result<Report> {
             .with_context(|| format!("writing {}", chart.display()))?;
     }
     Ok(report)
+}
+
+/// One workload's figures over the three paths, and how many rounds the
+/// bypass did better in.
+fn row(spec: &Spec, per_path: &[Vec<Measurement>; 3]) -> Row {
+    let stat = |ms: &[Measurement]| {
+        let mut v: Vec<f64> = ms.iter().map(|m| m.value).collect();
+        let mut p99: Vec<f64> = ms.iter().filter_map(|m| m.p99).collect();
+        Stat {
+            median: median(&mut v),
+            min: v.first().copied().unwrap_or(f64::NAN),
+            max: v.last().copied().unwrap_or(f64::NAN),
+            p99: (!p99.is_empty()).then(|| median(&mut p99)),
+            unit: ms.first().map_or(String::new(), |m| m.unit.clone()),
+        }
+    };
+    let [l, b, u] = per_path;
+    // Rounds are interleaved, so each round pairs the two paths under the
+    // same conditions.
+    let better_rounds = l
+        .iter()
+        .zip(b)
+        .filter(|(l, b)| {
+            if spec.higher_is_better() {
+                b.value > l.value
+            } else {
+                b.value < l.value
+            }
+        })
+        .count();
+    let (loopback, bypass, unix) = (stat(l), stat(b), stat(u));
+    Row {
+        better_rounds,
+        rounds: l.len(),
+        workload: spec.label(),
+        kind: spec.workload.arg().to_string(),
+        size: spec.size,
+        bypass_vs_loopback: bypass.median / loopback.median,
+        bypass_vs_unix: bypass.median / unix.median,
+        higher_is_better: spec.higher_is_better(),
+        loopback,
+        bypass,
+        unix,
+    }
 }
 
 fn measure(

@@ -6,7 +6,7 @@ use anyhow::{Result, bail};
 use std::time::{Duration, Instant};
 
 use super::carry::{self, Applied};
-use super::decide::Decision;
+use super::decide::{Decision, Reason};
 use super::exec::{Executor, Listener, Numbering, Policy};
 use super::intent::{self, ApplyIntent, Staged};
 use super::observe::{Observed, Query};
@@ -111,9 +111,6 @@ pub(crate) fn apply(
     let mut exec = Executor::new(kernel, listeners);
     let loaded = read_record(&store)?;
     let mut obs = exec.observe(&query(plan, loaded.as_ref()))?;
-    if let Some(r) = reviewed {
-        check_reviewed(r, loaded.as_ref(), &obs)?;
-    }
     let mount = preflight::bpffs_mount(plan)?;
     let build = match reviewed {
         Some(_) => Vec::new(),
@@ -122,19 +119,13 @@ pub(crate) fn apply(
     // What apply foresees before it builds (a changed source stands for a
     // changed program, as `plan` shows it) numbers the mount and the build.
     let foreseen = foresee(plan, mount, build, loaded.as_ref(), &obs)?;
+    if let Some(r) = reviewed {
+        check_reviewed(r, loaded.as_ref(), &obs)?;
+        check_review(plan, r, loaded.as_ref(), &obs, &foreseen.mount)?;
+    }
     let total = foreseen.total();
     if !foreseen.mount.is_empty() {
-        exec.note("bpffs is not mounted where the pins go: mounting it");
-        let failures = carry::stage(
-            &mut exec,
-            Stage::Mount,
-            &foreseen.mount,
-            Policy::BestEffort,
-            Numbering { first: 1, total },
-        )?;
-        if let Some(f) = failures.first() {
-            bail!("{f}");
-        }
+        mount_stage(&mut exec, &foreseen.mount, Numbering { first: 1, total })?;
         obs = exec.observe(&query(plan, loaded.as_ref()))?;
     }
     preflight::on_bpffs(plan)?;
@@ -145,15 +136,13 @@ pub(crate) fn apply(
             );
             saved::install(&r.saved.objects)?;
         }
-        None => build_stage(
-            &mut exec,
-            plan,
-            &foreseen.build,
-            Numbering {
+        None => {
+            let numbering = Numbering {
                 first: foreseen.first(Stage::Build),
                 total,
-            },
-        )?,
+            };
+            build_stage(&mut exec, plan, &foreseen.build, numbering)?;
+        }
     }
     let inputs = Inputs {
         objects: build::object_hashes(plan)?,
@@ -171,47 +160,62 @@ pub(crate) fn apply(
         mount: foreseen.mount.clone(),
         build: foreseen.build.clone(),
     };
-    if let Some(r) = reviewed {
-        let decided = intent::apply(
-            plan,
-            None,
-            Vec::new(),
-            loaded.as_ref(),
-            &obs,
-            &inputs.objects,
-        );
-        let decided = ApplyIntent {
-            mount: pre.mount.clone(),
-            ..decided
-        };
-        let deployed = loaded.as_ref().and_then(|l| l.record.deployed.as_ref());
-        let now = intent::apply_review(plan, &decided, deployed, &obs);
-        if now.decision != r.saved.review.decision || now.changes != r.saved.review.changes {
-            return Err(Mismatch {
-                headline: "what apply would run is not what the saved plan shows; nothing was \
-                           changed: make the plan again"
-                    .into(),
-                lines: vec![format!(
-                    "the file shows `{}` with {} step(s); apply would run `{}` with {}",
-                    r.saved.review.decision.word(),
-                    r.saved.review.changes.len(),
-                    now.decision.word(),
-                    now.changes.len()
-                )],
-            }
-            .into());
-        }
+    let foreseen = Some(&foreseen.decision);
+    carry_out(&mut exec, &store, plan, pre, loaded, obs, inputs, foreseen)
+}
+
+/// Mount bpffs where the pins need one (through the executor, like every
+/// change).
+fn mount_stage(exec: &mut Executor, mount: &[crate::plan::Op], numbering: Numbering) -> Result<()> {
+    exec.note("bpffs is not mounted where the pins go: mounting it");
+    let failures = carry::stage(exec, Stage::Mount, mount, Policy::BestEffort, numbering)?;
+    match failures.first() {
+        Some(f) => bail!("{f}"),
+        None => Ok(()),
     }
-    carry_out(
-        &mut exec,
-        &store,
-        plan,
-        pre,
-        loaded,
-        obs,
-        inputs,
-        Some(&foreseen.decision),
-    )
+}
+
+/// What apply would run with the saved plan's objects is what the file
+/// shows its reviewer, or nothing runs.
+fn check_review(
+    plan: &Plan,
+    r: &Reviewed,
+    loaded: Option<&Loaded>,
+    obs: &Observed,
+    mount: &[crate::plan::Op],
+) -> Result<()> {
+    let objects: Vec<super::record::FileHash> = r
+        .saved
+        .objects
+        .iter()
+        .map(|o| super::record::FileHash {
+            path: o.path.clone(),
+            sha256: o.sha256.clone(),
+        })
+        .collect();
+    let decided = intent::apply(plan, None, Vec::new(), loaded, obs, &objects);
+    let decided = ApplyIntent {
+        mount: mount.to_vec(),
+        ..decided
+    };
+    let deployed = loaded.and_then(|l| l.record.deployed.as_ref());
+    let now = intent::apply_review(plan, &decided, deployed, obs);
+    if now.decision == r.saved.review.decision && now.changes == r.saved.review.changes {
+        return Ok(());
+    }
+    Err(Mismatch {
+        headline: "what apply would run is not what the saved plan shows; nothing was \
+                   changed: make the plan again"
+            .into(),
+        lines: vec![format!(
+            "the file shows `{}` with {} step(s); apply would run `{}` with {}",
+            r.saved.review.decision.word(),
+            r.saved.review.changes.len(),
+            now.decision.word(),
+            now.changes.len()
+        )],
+    }
+    .into())
 }
 
 /// The stages of apply that ran before it decides with the objects built:
@@ -259,7 +263,8 @@ pub(crate) fn carry_out(
         ..decided
     };
     if let Some(f) = foreseen
-        && *f != decided.decision
+        && (decided_word(f) != decided_word(&decided.decision)
+            || intent::run_ops(f) != intent::run_ops(&decided.decision))
     {
         exec.note(&format!(
             "with the objects built, apply decides `{}` rather than the `{}` foreseen from the \
@@ -354,11 +359,20 @@ fn foresee(
     obs: &Observed,
 ) -> Result<ApplyIntent> {
     let deployed = loaded.and_then(|l| l.record.deployed.as_ref());
+    let rebuilt =
+        deployed.is_some_and(|d| build::source_hashes(plan).ok().as_ref() != Some(&d.sources));
     let objects = match deployed {
-        Some(d) if build::source_hashes(plan)? == d.sources => d.objects.clone(),
+        Some(d) if !rebuilt => d.objects.clone(),
         _ => Vec::new(),
     };
-    Ok(intent::apply(plan, mount, build, loaded, obs, &objects))
+    let mut foreseen = intent::apply(plan, mount, build, loaded, obs, &objects);
+    if let Decision::Replace { reason, .. } = &mut foreseen.decision
+        && rebuilt
+        && *reason == Reason::ProgramChanged
+    {
+        *reason = Reason::SourceChanged;
+    }
+    Ok(foreseen)
 }
 
 /// A saved plan applies once, and only to the deployment it was made on.
@@ -451,10 +465,6 @@ pub(crate) fn pending(plan: &Plan, kernel: &mut dyn Kernel) -> Result<Review> {
     let loaded = read_record(&store)?;
     let obs = kernel.observe(&query(plan, loaded.as_ref()))?;
     let deployed = loaded.as_ref().and_then(|l| l.record.deployed.as_ref());
-    let rebuilt = match deployed {
-        Some(d) => build::source_hashes(plan)? != d.sources,
-        None => false,
-    };
     let foreseen = foresee(
         plan,
         preflight::bpffs_mount(plan)?,
@@ -462,11 +472,7 @@ pub(crate) fn pending(plan: &Plan, kernel: &mut dyn Kernel) -> Result<Review> {
         loaded.as_ref(),
         &obs,
     )?;
-    let mut review = intent::apply_review(plan, &foreseen, deployed, &obs);
-    if rebuilt && matches!(foreseen.decision, Decision::Replace { .. }) {
-        review.reason = Some("a program's source, header or object changed".into());
-    }
-    Ok(review)
+    Ok(intent::apply_review(plan, &foreseen, deployed, &obs))
 }
 
 /// `bpfplan build`: compile what the plan compiles into the build cache,

@@ -28,7 +28,7 @@ pub(crate) enum Decision {
     /// The deployment changes: stage, swap, then remove the old objects
     /// (from `commit_at` on, the run is past its point of no return).
     Replace {
-        reason: String,
+        reason: Reason,
         ops: Vec<Op>,
         commit_at: usize,
         pin_dirs: Vec<PathBuf>,
@@ -40,6 +40,38 @@ pub(crate) enum Decision {
     },
     /// Apply must not go on, for this reason.
     Refuse(String),
+}
+
+/// Why a deployment is replaced.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub(crate) enum Reason {
+    /// Its programs, maps, pins or attachments are not the deployed ones.
+    ManifestChanged,
+    /// An object loads other instructions.
+    ProgramChanged,
+    /// A source, header or prebuilt object changed (foreseen before the
+    /// build: what it compiles to decides).
+    SourceChanged,
+    /// Something of the deployment is missing or different in the kernel.
+    Drift(Finding),
+}
+
+impl std::fmt::Display for Reason {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        match self {
+            Reason::ManifestChanged => f.write_str("the manifest changed"),
+            Reason::ProgramChanged => f.write_str("a program changed"),
+            Reason::SourceChanged => f.write_str("a program's source, header or object changed"),
+            Reason::Drift(d) => write!(
+                f,
+                "drift: {} `{}` at {} is {}",
+                d.kind,
+                d.name,
+                d.place,
+                d.health.describe()
+            ),
+        }
+    }
 }
 
 /// What `adopt` takes over: every program, map, entry and attachment of
@@ -57,7 +89,7 @@ pub(crate) fn adoption(
     for p in &plan.spec.programs {
         let want = format!(
             "a {} program `{}` with tag {}",
-            p.prog_type.kernel_word(),
+            p.prog_type.kernel_type(),
             kernel_name(p.name.as_str()),
             tags.get(&p.pin).map_or("?", String::as_str)
         );
@@ -205,22 +237,14 @@ pub(crate) fn decide(
         return fresh(plan, obs);
     };
     let reason = if !d.plan.spec.same_structure(&plan.spec) {
-        Some("the manifest changed".to_string())
+        Some(Reason::ManifestChanged)
     } else if d.objects != objects {
-        Some("a program changed".to_string())
+        Some(Reason::ProgramChanged)
     } else {
         findings(&plan.spec, Some(d), obs)
             .into_iter()
             .find(|f| f.health != Health::Present)
-            .map(|f| {
-                format!(
-                    "drift: {} `{}` at {} is {}",
-                    f.kind,
-                    f.name,
-                    f.place,
-                    f.health.describe()
-                )
-            })
+            .map(Reason::Drift)
     };
     match reason {
         Some(reason) => replace(plan, d, obs, reason),
@@ -278,7 +302,7 @@ pub(crate) type Tags = BTreeMap<ProgPin, String>;
 /// deployment's: its type, the name the kernel keeps, and (when known) the
 /// tag apply recorded.
 fn is_ours(info: &ProgInfo, prog_type: ProgType, name: &str, tag: Option<&str>) -> bool {
-    info.prog_type == prog_type.kernel_word()
+    info.prog_type == prog_type.kernel_type()
         && info.name == kernel_name(name)
         && tag.is_none_or(|t| t == info.tag)
 }
@@ -350,7 +374,7 @@ pub(crate) fn entry_ops(spec: &Spec, obs: &Observed, deployed: Option<&Deployed>
         // it is, never deleted (the kernel refuses that). Per-CPU maps are
         // compared on the first CPU, the one `bpftool map update` writes a
         // single value for.
-        let is_array = matches!(info.map_type.as_str(), "array" | "percpu_array");
+        let is_array = info.map_type.is_array();
         let live: BTreeMap<&[u8], &[u8]> = dump
             .iter()
             .map(|e| {
@@ -439,11 +463,35 @@ impl Health {
     }
 }
 
+/// What kind of object a finding is about.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize)]
+#[serde(rename_all = "snake_case")]
+pub enum ObjectKind {
+    Program,
+    Map,
+    Entries,
+    Attachment,
+    Manifest,
+    Record,
+}
+
+impl std::fmt::Display for ObjectKind {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.write_str(match self {
+            ObjectKind::Program => "program",
+            ObjectKind::Map => "map",
+            ObjectKind::Entries => "entries",
+            ObjectKind::Attachment => "attachment",
+            ObjectKind::Manifest => "manifest",
+            ObjectKind::Record => "record",
+        })
+    }
+}
+
 /// One object of the manifest and how it stands.
-#[derive(Debug, Clone, Serialize)]
+#[derive(Debug, Clone, PartialEq, Eq, Serialize)]
 pub struct Finding {
-    /// program, map, entries, attachment, manifest or record.
-    pub kind: &'static str,
+    pub kind: ObjectKind,
     /// The object, as the manifest names it.
     pub name: String,
     /// Where it lives (a pin, a cgroup, an interface).
@@ -471,7 +519,7 @@ pub(crate) fn findings(spec: &Spec, deployed: Option<&Deployed>, obs: &Observed)
             Some(_) => Health::Different("the pin holds something else".into()),
         };
         out.push(Finding {
-            kind: "program",
+            kind: ObjectKind::Program,
             name: p.name.0.clone(),
             place: p.pin.0.clone(),
             health,
@@ -484,7 +532,7 @@ pub(crate) fn findings(spec: &Spec, deployed: Option<&Deployed>, obs: &Observed)
             Some(_) => Health::Different("the pin holds something else".into()),
         };
         out.push(Finding {
-            kind: "map",
+            kind: ObjectKind::Map,
             name: m.name.0.clone(),
             place: m.pin.0.clone(),
             health,
@@ -506,7 +554,7 @@ pub(crate) fn findings(spec: &Spec, deployed: Option<&Deployed>, obs: &Observed)
             }
         };
         out.push(Finding {
-            kind: "attachment",
+            kind: ObjectKind::Attachment,
             name,
             place,
             health: if present {
@@ -640,7 +688,7 @@ fn describe_pin(state: &PinState) -> String {
 ///
 /// Every step up to 4 has an undo, so a failure restores the old
 /// deployment as it was, down to its program ids and map contents.
-fn replace(plan: &Plan, deployed: &Deployed, obs: &Observed, reason: String) -> Decision {
+fn replace(plan: &Plan, deployed: &Deployed, obs: &Observed, reason: Reason) -> Decision {
     let old_spec = &deployed.plan.spec;
     // Refuse what cannot be swapped: a foreign object at one of our pins,
     // or leftovers of an earlier swap.
@@ -942,7 +990,7 @@ cgroup = "/sys/fs/cgroup/web"
         PinState::Program(ProgInfo {
             id,
             tag: tag.into(),
-            prog_type: kind.into(),
+            prog_type: crate::manifest::model::KernelProgType::parse(kind).expect("a kernel type"),
             name: name.into(),
             map_ids: vec![],
         })
@@ -951,7 +999,7 @@ cgroup = "/sys/fs/cgroup/web"
     fn map(id: u32, kind: &str, name: &str) -> PinState {
         PinState::Map(MapInfo {
             id,
-            map_type: kind.into(),
+            map_type: crate::manifest::model::KernelMapType::parse(kind).expect("a kernel type"),
             name: name.into(),
         })
     }
@@ -1080,7 +1128,11 @@ cgroup = "/sys/fs/cgroup/web"
     ) -> Decision {
         let d = decide(p, l, o, &objects());
         assert_eq!(kind(&d), want, "{what}: {d:#?}");
-        let text = format!("{d:?}");
+        let reason = match &d {
+            Decision::Replace { reason, .. } => reason.to_string(),
+            _ => String::new(),
+        };
+        let text = format!("{reason} {d:?}");
         assert!(text.contains(detail), "{what}: {detail:?} not in {d:#?}");
         d
     }
@@ -1406,7 +1458,7 @@ cgroup = "/sys/fs/cgroup/web"
             ProgInfo {
                 id: 1,
                 tag: "aa".into(),
-                prog_type: "sock_ops".into(),
+                prog_type: crate::manifest::model::KernelProgType::SockOps,
                 name: "ops".into(),
                 map_ids: vec![],
             },

@@ -302,8 +302,8 @@ fn kernel_support(plan: &Plan, have_bpftool: bool) -> Vec<Check> {
     types.dedup();
     for t in &types {
         needed.push((
-            format!("program type {}", t.kernel_word()),
-            format!("program_types.have_{}_prog_type", t.kernel_word()),
+            format!("program type {}", t.kernel_type()),
+            format!("program_types.have_{}_prog_type", t.kernel_type()),
         ));
     }
     let sockmaps = plan

@@ -28,6 +28,13 @@ impl JsonLines {
         let _ = out.flush();
     }
 
+    /// A warning already printed on stderr, as an event line only.
+    pub fn quiet_warning(&self, text: &str) {
+        let mut v = to_json(&Event::Warning { text });
+        v["t_ms"] = json!(self.t_ms());
+        Self::line(&v);
+    }
+
     /// The last line: how the command ended.
     pub fn result(&self, verb: &str, ok: bool, outcome: &str, error: Option<&str>) {
         Self::line(&json!({

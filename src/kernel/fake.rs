@@ -15,7 +15,7 @@ use std::path::{Path, PathBuf};
 use super::inspect::{DumpEntry, MapInfo, PinState, ProgInfo};
 use super::observe::{Observed, Query};
 use super::seam::{At, BatchEnd, Kernel, Ran, StepError};
-use crate::manifest::model::{AttachKind, kernel_name};
+use crate::manifest::model::{AttachKind, KernelMapType, KernelProgType, kernel_name};
 use crate::plan::step::{AttachPoint, Attachment, ProgRef, Step};
 
 /// The directories there are before anything runs: bpffs and above it.
@@ -26,7 +26,7 @@ const BASE_DIRS: [&str; 3] = ["/sys", "/sys/fs", "/sys/fs/bpf"];
 pub(crate) struct Object {
     pub tag: String,
     /// (name, kernel type, max entries) of each map it creates.
-    pub maps: Vec<(String, String, usize)>,
+    pub maps: Vec<(String, KernelMapType, usize)>,
 }
 
 #[derive(Debug, Clone)]
@@ -232,7 +232,7 @@ impl Fake {
         &mut self,
         program: &str,
         object: &Path,
-        prog_type: &str,
+        prog_type: KernelProgType,
         pin: &str,
         reuse: &[String],
     ) -> Result<(), StepError> {
@@ -260,7 +260,7 @@ impl Fake {
                 Map {
                     info: MapInfo {
                         id: map_id,
-                        map_type: map_type.clone(),
+                        map_type: *map_type,
                         name: kernel_name(name).to_string(),
                     },
                     max_entries: *max_entries,
@@ -274,7 +274,7 @@ impl Fake {
             ProgInfo {
                 id,
                 tag: obj.tag.clone(),
-                prog_type: prog_type.to_string(),
+                prog_type,
                 name: kernel_name(program).to_string(),
                 map_ids,
             },
@@ -389,7 +389,7 @@ impl Fake {
                 self.load(
                     program.as_str(),
                     object,
-                    prog_type.kernel_word(),
+                    prog_type.kernel_type(),
                     pin.as_str(),
                     &reuse,
                 )?;

@@ -10,30 +10,7 @@ use super::cmd::bpftool_json;
 use super::sys;
 use crate::manifest::model::AttachKind;
 
-/// What `bpftool -j prog show` says of one program (the fields we use).
-#[derive(Debug, Clone, Serialize, Deserialize, PartialEq, Eq)]
-pub struct ProgInfo {
-    pub id: u32,
-    pub tag: String,
-    /// The kernel's type name (`sock_ops`, `sk_msg`, ...).
-    #[serde(rename = "type", default)]
-    pub prog_type: String,
-    #[serde(default)]
-    pub name: String,
-    #[serde(default)]
-    pub map_ids: Vec<u32>,
-}
-
-/// What `bpftool -j map show` says of one map (the fields we use).
-#[derive(Debug, Clone, Serialize, Deserialize, PartialEq, Eq)]
-pub struct MapInfo {
-    pub id: u32,
-    /// The kernel's type name (`hash`, `sockhash`, ...).
-    #[serde(rename = "type", default)]
-    pub map_type: String,
-    #[serde(default)]
-    pub name: String,
-}
+pub use super::sys::{MapInfo, ProgInfo};
 
 #[derive(Debug, Clone, Deserialize)]
 struct CgroupAttachment {
@@ -219,7 +196,7 @@ impl<'de> Deserialize<'de> for HexBytes {
 /// when the map type allows, else from `bpftool -j map dump`.
 pub fn map_dump(pin: &str) -> Result<Vec<DumpEntry>> {
     let fd = sys::obj_get(pin).with_context(|| format!("opening the map pinned at {pin}"))?;
-    let per_cpu = sys::map_info(&fd)?.map_type.starts_with("percpu_");
+    let per_cpu = sys::map_info(&fd)?.map_type.per_cpu();
     if let Some(entries) = sys::map_entries(&fd, per_cpu)? {
         return Ok(entries
             .into_iter()

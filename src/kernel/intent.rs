@@ -316,7 +316,7 @@ pub(crate) fn probe(plan: &Plan, obs: &Observed, built: &BTreeSet<PathBuf>) -> O
         .filter(|p| built.contains(&p.object))
         .filter(|p| {
             obs.program_at(p.pin.as_str()).is_some_and(|info| {
-                info.prog_type == p.prog_type.kernel_word()
+                info.prog_type == p.prog_type.kernel_type()
                     && info.name == kernel_name(p.name.as_str())
             })
         })
@@ -373,7 +373,7 @@ pub(crate) fn apply_review(
         Decision::Nothing => (DecisionKind::Nothing, None),
         Decision::Entries(_) => (DecisionKind::Entries, None),
         Decision::Fresh { .. } => (DecisionKind::Fresh, None),
-        Decision::Replace { reason, .. } => (DecisionKind::Replace, Some(reason.clone())),
+        Decision::Replace { reason, .. } => (DecisionKind::Replace, Some(reason.to_string())),
         Decision::Recover { .. } => (DecisionKind::Recover, None),
         Decision::Refuse(why) => (DecisionKind::Refused, Some(why.clone())),
     };

@@ -11,6 +11,7 @@ use std::collections::BTreeMap;
 use super::inspect::{MapInfo, PinState, ProgInfo};
 use super::observe::Observed;
 use super::record::Run;
+use crate::manifest::model::{KernelMapType, KernelProgType};
 use crate::plan::Op;
 use crate::plan::step::{AttachPoint, Attachment, Step};
 
@@ -158,7 +159,7 @@ impl Simulated {
                 let info = ProgInfo {
                     id: NOT_YET_LOADED,
                     tag: String::new(),
-                    prog_type: String::new(),
+                    prog_type: KernelProgType::Unspec,
                     name: program.0.clone(),
                     map_ids: Vec::new(),
                 };
@@ -167,7 +168,7 @@ impl Simulated {
             Step::PinMap { pin, map, .. } => {
                 let info = MapInfo {
                     id: 0,
-                    map_type: String::new(),
+                    map_type: KernelMapType::Unspec,
                     name: map.0.clone(),
                 };
                 self.obs.pins.insert(pin.0.clone(), PinState::Map(info));

@@ -7,10 +7,11 @@ use serde::Serialize;
 use std::collections::BTreeMap;
 use std::path::PathBuf;
 
-use super::decide::{self, Finding, Health};
+use super::decide::{self, Finding, Health, ObjectKind};
 use super::inspect::PinState;
-use super::observe::{Observed, Query, observe};
+use super::observe::{Observed, Query};
 use super::record::{Deployed, FileHash, Found, Store};
+use super::seam::Kernel;
 use super::{build, preflight};
 use crate::plan::step::Step;
 use crate::plan::{Plan, Spec};
@@ -58,7 +59,7 @@ pub struct StatusReport {
 }
 
 /// Compare the live kernel with the manifest's plan.
-pub fn status(plan: &Plan) -> Result<StatusReport> {
+pub(crate) fn status(plan: &Plan, kernel: &mut dyn Kernel) -> Result<StatusReport> {
     preflight::inspect()?;
     let store = Store::for_plan(plan)?;
     let found = store.load();
@@ -67,7 +68,7 @@ pub fn status(plan: &Plan) -> Result<StatusReport> {
     if let Found::Ok(l) = &found {
         q.record(&l.record);
     }
-    let obs = observe(&q)?;
+    let obs = kernel.observe(&q)?;
     let sources = build::source_hashes(plan)?;
     let mut r = report(plan, &found, &obs, &sources);
     r.deployment = store
@@ -86,7 +87,7 @@ fn report(plan: &Plan, found: &Found, obs: &Observed, sources: &[FileHash]) -> S
             None,
             Some("unreadable"),
             vec![Finding {
-                kind: "record",
+                kind: ObjectKind::Record,
                 name: "record".into(),
                 place: why.clone(),
                 health: Health::Different("unreadable: `bpfplan destroy` clears it".into()),
@@ -181,7 +182,7 @@ fn changed_since_apply(
 ) {
     if !d.plan.spec.same_structure(&plan.spec) {
         findings.push(Finding {
-            kind: "manifest",
+            kind: ObjectKind::Manifest,
             name: plan.manifest.display().to_string(),
             place: "the plan".into(),
             health: Health::Different("changed since apply".into()),
@@ -198,7 +199,9 @@ fn changed_since_apply(
             .find(|p| p.source.as_ref() == Some(&now.path) || p.object == now.path);
         if let Some(program) = program
             && let Some(f) = findings.iter_mut().find(|f| {
-                f.kind == "program" && f.name == program.name.0 && f.health == Health::Present
+                f.kind == ObjectKind::Program
+                    && f.name == program.name.0
+                    && f.health == Health::Present
             })
         {
             f.health = Health::Different(format!(
@@ -233,7 +236,7 @@ fn entry_findings(spec: &Spec, deployed: Option<&Deployed>, obs: &Observed) -> V
                 Health::Different(format!("{n} entries differ from the manifest"))
             };
             Finding {
-                kind: "entries",
+                kind: ObjectKind::Entries,
                 name: m.name.0.clone(),
                 place: m.pin.0.clone(),
                 health,
@@ -252,13 +255,13 @@ fn gauges(spec: &Spec, obs: &Observed) -> Vec<Gauge> {
         ) else {
             continue;
         };
-        match info.map_type.as_str() {
-            "sockhash" | "sockmap" => out.push(Gauge {
+        match info.map_type {
+            t if t.is_sockmap() => out.push(Gauge {
                 map: m.name.0.clone(),
                 name: "entries".into(),
                 value: dump.len() as u64,
             }),
-            "percpu_array" | "array" if !m.labels.is_empty() => {
+            t if t.is_array() && !m.labels.is_empty() => {
                 for e in dump {
                     let idx = le_u64(&e.key) as usize;
                     let sum = e

@@ -4,9 +4,33 @@
 //! Only reads: every change is a bpftool command a reviewer can read.
 
 use anyhow::{Context, Result, bail};
+use serde::{Deserialize, Serialize};
 use std::os::fd::{AsRawFd, FromRawFd, OwnedFd};
 
-use super::inspect::{MapInfo, ProgInfo};
+use crate::manifest::model::{KernelMapType, KernelProgType};
+
+/// What the kernel says of one program (the fields bpfplan uses).
+#[derive(Debug, Clone, Serialize, Deserialize, PartialEq, Eq)]
+pub struct ProgInfo {
+    pub id: u32,
+    pub tag: String,
+    #[serde(rename = "type")]
+    pub prog_type: KernelProgType,
+    #[serde(default)]
+    pub name: String,
+    #[serde(default)]
+    pub map_ids: Vec<u32>,
+}
+
+/// What the kernel says of one map (the fields bpfplan uses).
+#[derive(Debug, Clone, Serialize, Deserialize, PartialEq, Eq)]
+pub struct MapInfo {
+    pub id: u32,
+    #[serde(rename = "type")]
+    pub map_type: KernelMapType,
+    #[serde(default)]
+    pub name: String,
+}
 
 const BPF_OBJ_GET: libc::c_long = 7;
 const BPF_PROG_GET_FD_BY_ID: libc::c_long = 13;
@@ -112,7 +136,7 @@ pub(crate) fn prog_info(fd: &OwnedFd) -> Result<ProgInfo> {
         // type (u32) at 0, id at 4, tag (8 bytes) at 8, name (16) at 64.
         id: get_u32(&info, 4),
         tag: crate::util::hex(&info[8..16]),
-        prog_type: prog_type_name(get_u32(&info, 0)),
+        prog_type: KernelProgType::from(get_u32(&info, 0)),
         name: name(&info[64..80]),
         map_ids,
     })
@@ -125,7 +149,7 @@ pub(crate) fn map_info(fd: &OwnedFd) -> Result<MapInfo> {
     Ok(MapInfo {
         // type (u32) at 0, id at 4, name (16 bytes) at 24.
         id: get_u32(&info, 4),
-        map_type: map_type_name(get_u32(&info, 0)),
+        map_type: KernelMapType::from(get_u32(&info, 0)),
         name: name(&info[24..40]),
     })
 }
@@ -260,67 +284,4 @@ pub(crate) fn query(fd: &OwnedFd, attach_type: u32, what: &str) -> Result<Vec<u3
     }
     let count = (get_u32(&attr, 24) as usize).min(ids.len());
     Ok(ids[..count].to_vec())
-}
-
-/// `enum bpf_prog_type` as bpftool names it.
-fn prog_type_name(t: u32) -> String {
-    const NAMES: &[&str] = &[
-        "unspec",
-        "socket_filter",
-        "kprobe",
-        "sched_cls",
-        "sched_act",
-        "tracepoint",
-        "xdp",
-        "perf_event",
-        "cgroup_skb",
-        "cgroup_sock",
-        "lwt_in",
-        "lwt_out",
-        "lwt_xmit",
-        "sock_ops",
-        "sk_skb",
-        "cgroup_device",
-        "sk_msg",
-        "raw_tracepoint",
-        "cgroup_sock_addr",
-        "lwt_seg6local",
-        "lirc_mode2",
-        "sk_reuseport",
-        "flow_dissector",
-        "cgroup_sysctl",
-        "raw_tracepoint_writable",
-        "cgroup_sockopt",
-    ];
-    NAMES
-        .get(t as usize)
-        .map_or_else(|| format!("type {t}"), |n| n.to_string())
-}
-
-/// `enum bpf_map_type` as bpftool names it.
-fn map_type_name(t: u32) -> String {
-    const NAMES: &[&str] = &[
-        "unspec",
-        "hash",
-        "array",
-        "prog_array",
-        "perf_event_array",
-        "percpu_hash",
-        "percpu_array",
-        "stack_trace",
-        "cgroup_array",
-        "lru_hash",
-        "lru_percpu_hash",
-        "lpm_trie",
-        "array_of_maps",
-        "hash_of_maps",
-        "devmap",
-        "sockmap",
-        "cpumap",
-        "xskmap",
-        "sockhash",
-    ];
-    NAMES
-        .get(t as usize)
-        .map_or_else(|| format!("type {t}"), |n| n.to_string())
 }

@@ -21,6 +21,7 @@ use super::record::{FileHash, Store};
 use super::seam::{At, BatchEnd, Faults, Kernel, Moment, Ran, StepError};
 use crate::host::HostFacts;
 use crate::manifest::diag::Source;
+use crate::manifest::model::KernelMapType;
 use crate::manifest::validate;
 use crate::plan::step::{Arg, Step};
 use crate::plan::{DecisionKind, Plan, PlanOptions, Review};
@@ -122,14 +123,14 @@ impl Twin {
             "/m/ops.o",
             Object {
                 tag: "aa01".into(),
-                maps: vec![("socks".into(), "sockhash".into(), 16)],
+                maps: vec![("socks".into(), KernelMapType::Sockhash, 16)],
             },
         );
         self.fake.object(
             "/m/redir.o",
             Object {
                 tag: self.redir.clone(),
-                maps: vec![("deny".into(), "hash".into(), 4)],
+                maps: vec![("deny".into(), KernelMapType::Hash, 4)],
             },
         );
     }

@@ -211,31 +211,6 @@ impl ManifestErrorKind {
                 name.len(),
                 crate::manifest::model::kernel_name(name)
             ),
-            PinNotAbsolute(pin) => write!(f, "pin path `{pin}` must be absolute"),
-            PinDotDot(pin) => write!(
-                f,
-                "pin path `{pin}` must not contain `.` or `..` components"
-            ),
-            PinBadChars(pin) => write!(
-                f,
-                "pin path `{}` may hold only ASCII letters, digits, `_`, `-`, `.` and `/`",
-                pin.escape_debug()
-            ),
-            PinOutsideBpffs { pin, mounts } => {
-                write!(f, "pin path `{pin}` is not on a bpf filesystem ({mounts})")
-            }
-            CgroupPath { path, reason } => {
-                write!(f, "cgroup path `{}` {reason}", path.escape_debug())
-            }
-            NoCgroup2 => write!(
-                f,
-                "`auto` cgroup: no cgroup v2 mount found in /proc/self/mountinfo"
-            ),
-            BadInterface(name) => write!(
-                f,
-                "interface name `{}` must be 1 to 15 ASCII letters, digits, `_`, `-` or `.`",
-                name.escape_debug()
-            ),
             UnknownVariable(name) => write!(
                 f,
                 "unknown variable `{name}`; declare it in `[vars]` with a default"
@@ -289,16 +264,49 @@ impl ManifestErrorKind {
                 f,
                 "interface `{iface}` already gets XDP program `{first}`; an interface holds one"
             ),
-            PinDot { pin, name } => write!(
-                f,
-                "pin path `{pin}`: bpffs refuses names holding `.` (`{name}`)"
-            ),
             ControlChars { what, value } => write!(
                 f,
                 "{what} `{}` holds a control character",
                 value.escape_debug()
             ),
-            // Every kind is spelled in one of the two matches.
+            _ => self.fmt_paths(f),
+        }
+    }
+
+    /// The messages about paths: pins, cgroups, interfaces.
+    fn fmt_paths(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        use ManifestErrorKind::*;
+        match self {
+            PinNotAbsolute(pin) => write!(f, "pin path `{pin}` must be absolute"),
+            PinDotDot(pin) => write!(
+                f,
+                "pin path `{pin}` must not contain `.` or `..` components"
+            ),
+            PinBadChars(pin) => write!(
+                f,
+                "pin path `{}` may hold only ASCII letters, digits, `_`, `-`, `.` and `/`",
+                pin.escape_debug()
+            ),
+            PinOutsideBpffs { pin, mounts } => {
+                write!(f, "pin path `{pin}` is not on a bpf filesystem ({mounts})")
+            }
+            CgroupPath { path, reason } => {
+                write!(f, "cgroup path `{}` {reason}", path.escape_debug())
+            }
+            NoCgroup2 => write!(
+                f,
+                "`auto` cgroup: no cgroup v2 mount found in /proc/self/mountinfo"
+            ),
+            BadInterface(name) => write!(
+                f,
+                "interface name `{}` must be 1 to 15 ASCII letters, digits, `_`, `-` or `.`",
+                name.escape_debug()
+            ),
+            PinDot { pin, name } => write!(
+                f,
+                "pin path `{pin}`: bpffs refuses names holding `.` (`{name}`)"
+            ),
+            // Every kind is spelled in one of the three matches.
             other => write!(f, "{other:?}"),
         }
     }

@@ -160,6 +160,140 @@ macro_rules! word_enum {
     };
 }
 
+/// An enum of the kernel's (`enum bpf_prog_type`, `enum bpf_map_type`):
+/// its number, and the word bpftool prints for it. A number this bpfplan
+/// does not know is kept as `Other`, printed `type N`.
+macro_rules! kernel_enum {
+    ($(#[$doc:meta])* $name:ident { $($variant:ident = $n:literal $word:literal),+ $(,)? }) => {
+        $(#[$doc])*
+        #[derive(Debug, Clone, Copy, PartialEq, Eq, PartialOrd, Ord, Hash)]
+        pub enum $name {
+            $($variant,)+
+            Other(u32),
+        }
+
+        impl From<u32> for $name {
+            fn from(n: u32) -> Self {
+                match n { $($n => $name::$variant,)+ other => $name::Other(other) }
+            }
+        }
+
+        impl $name {
+            /// bpftool's word for it.
+            pub fn word(self) -> std::borrow::Cow<'static, str> {
+                match self {
+                    $($name::$variant => std::borrow::Cow::Borrowed($word),)+
+                    $name::Other(n) => std::borrow::Cow::Owned(format!("type {n}")),
+                }
+            }
+
+            pub fn parse(s: &str) -> Option<$name> {
+                match s {
+                    $($word => Some($name::$variant),)+
+                    other => other.strip_prefix("type ")?.parse().ok().map($name::Other),
+                }
+            }
+        }
+
+        impl fmt::Display for $name {
+            fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+                f.write_str(&self.word())
+            }
+        }
+
+        impl Serialize for $name {
+            fn serialize<S: serde::Serializer>(&self, s: S) -> Result<S::Ok, S::Error> {
+                s.serialize_str(&self.word())
+            }
+        }
+
+        impl<'de> Deserialize<'de> for $name {
+            fn deserialize<D: serde::Deserializer<'de>>(d: D) -> Result<Self, D::Error> {
+                let word = String::deserialize(d)?;
+                $name::parse(&word)
+                    .ok_or_else(|| serde::de::Error::custom(format!("unknown type `{word}`")))
+            }
+        }
+    };
+}
+
+kernel_enum!(
+    /// A program's type as the kernel reports it.
+    KernelProgType {
+        Unspec = 0 "unspec",
+        SocketFilter = 1 "socket_filter",
+        Kprobe = 2 "kprobe",
+        SchedCls = 3 "sched_cls",
+        SchedAct = 4 "sched_act",
+        Tracepoint = 5 "tracepoint",
+        Xdp = 6 "xdp",
+        PerfEvent = 7 "perf_event",
+        CgroupSkb = 8 "cgroup_skb",
+        CgroupSock = 9 "cgroup_sock",
+        LwtIn = 10 "lwt_in",
+        LwtOut = 11 "lwt_out",
+        LwtXmit = 12 "lwt_xmit",
+        SockOps = 13 "sock_ops",
+        SkSkb = 14 "sk_skb",
+        CgroupDevice = 15 "cgroup_device",
+        SkMsg = 16 "sk_msg",
+        RawTracepoint = 17 "raw_tracepoint",
+        CgroupSockAddr = 18 "cgroup_sock_addr",
+        LwtSeg6local = 19 "lwt_seg6local",
+        LircMode2 = 20 "lirc_mode2",
+        SkReuseport = 21 "sk_reuseport",
+        FlowDissector = 22 "flow_dissector",
+        CgroupSysctl = 23 "cgroup_sysctl",
+        RawTracepointWritable = 24 "raw_tracepoint_writable",
+        CgroupSockopt = 25 "cgroup_sockopt",
+    }
+);
+
+kernel_enum!(
+    /// A map's type as the kernel reports it.
+    KernelMapType {
+        Unspec = 0 "unspec",
+        Hash = 1 "hash",
+        Array = 2 "array",
+        ProgArray = 3 "prog_array",
+        PerfEventArray = 4 "perf_event_array",
+        PercpuHash = 5 "percpu_hash",
+        PercpuArray = 6 "percpu_array",
+        StackTrace = 7 "stack_trace",
+        CgroupArray = 8 "cgroup_array",
+        LruHash = 9 "lru_hash",
+        LruPercpuHash = 10 "lru_percpu_hash",
+        LpmTrie = 11 "lpm_trie",
+        ArrayOfMaps = 12 "array_of_maps",
+        HashOfMaps = 13 "hash_of_maps",
+        Devmap = 14 "devmap",
+        Sockmap = 15 "sockmap",
+        Cpumap = 16 "cpumap",
+        Xskmap = 17 "xskmap",
+        Sockhash = 18 "sockhash",
+    }
+);
+
+impl KernelMapType {
+    /// One value per CPU.
+    pub fn per_cpu(self) -> bool {
+        matches!(
+            self,
+            KernelMapType::PercpuHash | KernelMapType::PercpuArray | KernelMapType::LruPercpuHash
+        )
+    }
+
+    /// Every slot always exists (it cannot be deleted).
+    pub fn is_array(self) -> bool {
+        matches!(self, KernelMapType::Array | KernelMapType::PercpuArray)
+    }
+
+    /// Holds sockets.
+    pub fn is_sockmap(self) -> bool {
+        matches!(self, KernelMapType::Sockmap | KernelMapType::Sockhash)
+    }
+}
+
 word_enum!(
     /// An attach type, spelled as bpftool's `attach` commands spell it.
     AttachKind {
@@ -277,19 +411,21 @@ impl ProgType {
         }
     }
 
-    /// The type as `bpftool -j prog show` reports it.
-    pub fn kernel_word(self) -> &'static str {
+    /// The type the kernel reports for a program loaded as this.
+    pub fn kernel_type(self) -> KernelProgType {
         match self {
-            ProgType::SockOps => "sock_ops",
-            ProgType::SkMsg => "sk_msg",
-            ProgType::SkSkb => "sk_skb",
-            ProgType::Xdp => "xdp",
-            ProgType::CgroupSkb => "cgroup_skb",
-            ProgType::CgroupSock => "cgroup_sock",
-            ProgType::CgroupDev => "cgroup_device",
-            ProgType::CgroupSysctl => "cgroup_sysctl",
-            ProgType::CgroupGetsockopt | ProgType::CgroupSetsockopt => "cgroup_sockopt",
-            _ => "cgroup_sock_addr",
+            ProgType::SockOps => KernelProgType::SockOps,
+            ProgType::SkMsg => KernelProgType::SkMsg,
+            ProgType::SkSkb => KernelProgType::SkSkb,
+            ProgType::Xdp => KernelProgType::Xdp,
+            ProgType::CgroupSkb => KernelProgType::CgroupSkb,
+            ProgType::CgroupSock => KernelProgType::CgroupSock,
+            ProgType::CgroupDev => KernelProgType::CgroupDevice,
+            ProgType::CgroupSysctl => KernelProgType::CgroupSysctl,
+            ProgType::CgroupGetsockopt | ProgType::CgroupSetsockopt => {
+                KernelProgType::CgroupSockopt
+            }
+            _ => KernelProgType::CgroupSockAddr,
         }
     }
 }

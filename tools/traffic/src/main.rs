@@ -146,6 +146,40 @@ fn event(json: serde_json::Value) {
     let _ = out.flush();
 }
 
+/// One line of the demo's table: a 64 MiB stream and 20,000 round trips
+/// of 64 bytes, with the bytes they put on `lo`.
+fn compare(label: &str, header: bool) -> Result<()> {
+    if header {
+        println!(
+            "{:<18} {:>12} {:>14} {:>12} {:>12} {:>10}",
+            "", "payload", "bytes on lo", "rr p50", "rr p99", "stream"
+        );
+    }
+    let s = traffic::stream(1, Length::Bytes(64 << 20), false, || {})?;
+    let rr = traffic::measure(
+        Transport::Tcp,
+        Workload::Rr,
+        64,
+        0.0,
+        20_000,
+        None,
+        traffic::Receiver::default(),
+    )?;
+    if !s.intact {
+        anyhow::bail!("stream corrupted: {:?}", s.errors);
+    }
+    println!(
+        "{:<18} {:>12} {:>14} {:>9.1} us {:>9.1} us {:>5.1} GB/s",
+        label,
+        "64 MiB",
+        s.lo_bytes,
+        rr.value,
+        rr.p99.unwrap_or(f64::NAN),
+        s.payload_bytes as f64 / s.seconds / 1e9
+    );
+    Ok(())
+}
+
 fn run() -> Result<()> {
     let cli = Cli::parse();
     if let Some(cg) = &cli.cgroup {
@@ -206,36 +240,7 @@ fn run() -> Result<()> {
             )?;
             event(serde_json::to_value(&r)?);
         }
-        Mode::Compare { label, header } => {
-            if header {
-                println!(
-                    "{:<18} {:>12} {:>14} {:>12} {:>12} {:>10}",
-                    "", "payload", "bytes on lo", "rr p50", "rr p99", "stream"
-                );
-            }
-            let s = traffic::stream(1, Length::Bytes(64 << 20), false, || {})?;
-            let rr = traffic::measure(
-                Transport::Tcp,
-                Workload::Rr,
-                64,
-                0.0,
-                20_000,
-                None,
-                traffic::Receiver::default(),
-            )?;
-            if !s.intact {
-                anyhow::bail!("stream corrupted: {:?}", s.errors);
-            }
-            println!(
-                "{:<18} {:>12} {:>14} {:>9.1} us {:>9.1} us {:>5.1} GB/s",
-                label,
-                "64 MiB",
-                s.lo_bytes,
-                rr.value,
-                rr.p99.unwrap_or(f64::NAN),
-                s.payload_bytes as f64 / s.seconds / 1e9
-            );
-        }
+        Mode::Compare { label, header } => compare(&label, header)?,
         Mode::Measure {
             transport,
             workload,
