@@ -8,15 +8,15 @@ use std::path::{Path, PathBuf};
 use crate::Failure;
 use crate::cli::{self, Command, ReportFormat, Target};
 use crate::host::{self, HostFacts};
-use crate::kernel::apply;
-use crate::kernel::audit::{self, AuditContext, AuditLog};
-use crate::kernel::carry::Applied;
-use crate::kernel::destroy::{self, Destroyed};
-use crate::kernel::events::JsonLines;
-use crate::kernel::exec::{Event, Listener, Printer};
-use crate::kernel::saved;
-use crate::kernel::seam::{Faults, Live};
-use crate::kernel::status;
+use crate::kernel::act::carry::Applied;
+use crate::kernel::act::events::JsonLines;
+use crate::kernel::act::exec::{Event, Listener, Printer};
+use crate::kernel::act::seam::{Faults, Live};
+use crate::kernel::remember::audit::{self, AuditContext, AuditLog};
+use crate::kernel::remember::saved;
+use crate::kernel::verbs::apply;
+use crate::kernel::verbs::destroy::{self, Destroyed};
+use crate::kernel::verbs::status;
 use crate::manifest::{self, LoadError};
 use crate::plan::render::{self, Direction, Format};
 use crate::plan::step::Step;
@@ -238,9 +238,9 @@ fn doctor_cmd(
     format: ReportFormat,
 ) -> Result<(), Failure> {
     let plan = doctor_plan(manifest, vars, build_dir)?;
-    let report = crate::kernel::doctor::doctor(&plan);
+    let report = crate::kernel::verbs::doctor::doctor(&plan);
     match format {
-        ReportFormat::Text => print!("{}", crate::kernel::doctor::text(&report)),
+        ReportFormat::Text => print!("{}", crate::kernel::verbs::doctor::text(&report)),
         ReportFormat::Json => println!("{}", to_json(&report)?),
     }
     if report.ok {
@@ -377,7 +377,7 @@ fn doctor_plan(
             "the built-in bypass manifest does not validate here"
         ))
     })?;
-    let build_dir = crate::kernel::build::default_build_dir(&checked.model.manifest);
+    let build_dir = crate::kernel::remember::build::default_build_dir(&checked.model.manifest);
     Ok(plan::plan(
         &checked.model,
         &PlanOptions::for_host(build_dir),
@@ -424,7 +424,7 @@ fn plan_cmd(
         return Ok(());
     }
     // Looking at the kernel needs root (bpf(2)) and bpftool.
-    if let Err(why) = crate::kernel::preflight::inspect() {
+    if let Err(why) = crate::kernel::verbs::preflight::inspect() {
         if detailed_exitcode {
             return Err(why
                 .context("plan --detailed-exitcode compares with the kernel")
@@ -497,7 +497,7 @@ fn plan_on(target: &Target, host: &HostFacts) -> Result<(Plan, Vec<String>), Fai
             let build_dir = match &target.build_dir {
                 // Relative to where bpfplan runs, like any path argument.
                 Some(dir) => std::path::absolute(dir).context("resolving --build-dir")?,
-                None => crate::kernel::build::default_build_dir(&loaded.model.manifest),
+                None => crate::kernel::remember::build::default_build_dir(&loaded.model.manifest),
             };
             let opts = PlanOptions::for_host(build_dir);
             Ok((plan::plan(&loaded.model, &opts), warnings))

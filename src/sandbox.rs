@@ -10,7 +10,7 @@ use std::path::{Path, PathBuf};
 use std::time::{Duration, Instant};
 
 use crate::host::{DEFAULT_BPFFS, HostFacts};
-use crate::kernel::cmd;
+use crate::kernel::act::cmd;
 
 pub struct Sandbox {
     /// The sandbox's cgroup.
@@ -36,7 +36,7 @@ impl Sandbox {
         };
         let pin_parent = pin_parent.map_or_else(|| PathBuf::from(DEFAULT_BPFFS), Path::to_path_buf);
         if pin_parent.starts_with(DEFAULT_BPFFS) {
-            crate::kernel::preflight::mount_bpffs(&host)?;
+            crate::kernel::verbs::preflight::mount_bpffs(&host)?;
         }
         let unique = format!("{name}-{}", std::process::id());
         let cgroup = parent.join(&unique);

@@ -1,30 +1,24 @@
-//! The kernel side: look (inspect, observe), decide (decide, intent,
-//! recovery: purely), act (the one executor through the seam, carried out
-//! by `carry`), and remember (the record). Everything that starts a bpftool
-//! or clang process does it through `cmd`, behind the seam.
+//! The kernel side, in four rooms and the verbs that use them:
+//!
+//! - `look`: what the kernel holds (bpf(2) reads, `bpftool -j`), as one
+//!   observation per decision.
+//! - `decide`: pure decisions from the plan, the record and a look: what
+//!   apply, destroy and adopt do (`decide`), as staged, numbered intents
+//!   (`intent`), and how a killed run ends (`recovery`).
+//! - `act`: the seam to the kernel (live, fake, faults), the one executor,
+//!   the one carry-out that writes the record, and the listeners.
+//! - `remember`: the record and its journal, the audit log, saved plans,
+//!   the build cache, and the trust rules for all of them.
+//! - `verbs`: apply, destroy, adopt, build, status and doctor end to end.
+//!
+//! Everything that starts a bpftool or clang process does it through
+//! `act::cmd`, behind the seam.
 
-pub(crate) mod apply;
-pub(crate) mod audit;
-pub(crate) mod build;
-pub(crate) mod carry;
-pub(crate) mod cmd;
+pub(crate) mod act;
 pub(crate) mod decide;
-pub(crate) mod destroy;
-pub(crate) mod doctor;
-pub(crate) mod events;
-pub(crate) mod exec;
-#[cfg(test)]
-pub(crate) mod fake;
-pub mod inspect;
-pub(crate) mod intent;
-pub(crate) mod observe;
-pub(crate) mod preflight;
-pub mod record;
-pub(crate) mod recovery;
-pub(crate) mod saved;
-pub(crate) mod seam;
-pub(crate) mod status;
-pub(crate) mod sys;
-pub(crate) mod trust;
-#[cfg(test)]
-mod twins;
+pub(crate) mod look;
+pub(crate) mod remember;
+pub(crate) mod verbs;
+
+pub use look::inspect;
+pub use remember::record;

@@ -10,16 +10,16 @@ use std::panic::{AssertUnwindSafe, catch_unwind};
 use std::path::{Path, PathBuf};
 use std::time::Instant;
 
-use super::apply::{self, Inputs, Pre, read_record};
-use super::carry::Applied;
-use super::destroy::{self, Destroyed};
-use super::exec::Executor;
-use super::fake::{Fake, Object};
-use super::intent;
-use super::observe::Observed;
-use super::record::{FileHash, Store};
-use super::seam::{At, BatchEnd, Faults, Kernel, Moment, Ran, StepError};
 use crate::host::HostFacts;
+use crate::kernel::act::carry::Applied;
+use crate::kernel::act::exec::Executor;
+use crate::kernel::act::fake::{Fake, Object};
+use crate::kernel::act::seam::{At, BatchEnd, Faults, Kernel, Moment, Ran, StepError};
+use crate::kernel::decide::intent;
+use crate::kernel::look::observe::Observed;
+use crate::kernel::remember::record::{FileHash, Store};
+use crate::kernel::verbs::apply::{self, Inputs, Pre, read_record};
+use crate::kernel::verbs::destroy::{self, Destroyed};
 use crate::manifest::diag::Source;
 use crate::manifest::model::KernelMapType;
 use crate::manifest::validate;
@@ -500,7 +500,7 @@ struct LateFailure<'f> {
 }
 
 impl Kernel for LateFailure<'_> {
-    fn observe(&mut self, q: &super::observe::Query) -> anyhow::Result<Observed> {
+    fn observe(&mut self, q: &crate::kernel::look::observe::Query) -> anyhow::Result<Observed> {
         self.fake.observe(q)
     }
     fn map_id(&mut self, pin: &str, map: &str) -> anyhow::Result<u32> {

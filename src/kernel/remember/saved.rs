@@ -9,10 +9,10 @@ use serde::{Deserialize, Serialize};
 use std::collections::BTreeMap;
 use std::path::{Path, PathBuf};
 
-use super::inspect::PinState;
-use super::observe::Observed;
-use super::record::{FileHash, Loaded};
-use super::trust;
+use crate::kernel::look::inspect::PinState;
+use crate::kernel::look::observe::Observed;
+use crate::kernel::remember::record::{FileHash, Loaded};
+use crate::kernel::remember::trust;
 use crate::manifest::model::ProgName;
 use crate::plan::{Plan, Review};
 use crate::util::{file_sha256, sha256_hex};
@@ -57,7 +57,7 @@ pub struct SavedPlan {
 
 /// Where kept objects live: `<cache>/objects/<sha256>.o`.
 fn objects_dir() -> PathBuf {
-    super::build::cache_dir().join("objects")
+    crate::kernel::remember::build::cache_dir().join("objects")
 }
 
 /// Keep a copy of an object under its hash (root's own directory).
@@ -93,11 +93,11 @@ pub(crate) fn install(objects: &[SavedObject]) -> Result<()> {
             );
         }
         let dir = o.path.parent().context("an object without a directory")?;
-        super::build::check_dir(dir)?;
+        crate::kernel::remember::build::check_dir(dir)?;
         let bytes = std::fs::read(&o.kept)?;
         // The build cache must not take the reviewed object for the compile
         // of today's source.
-        super::build::unstamp(&o.path)?;
+        crate::kernel::remember::build::unstamp(&o.path)?;
         trust::write_private(&o.path, &bytes)?;
     }
     Ok(())
@@ -215,12 +215,12 @@ pub fn read(path: &Path) -> Result<(SavedPlan, String)> {
         );
     }
     let host = crate::host::HostFacts::read().context("reading /proc/self/mountinfo")?;
-    let record = super::record::Record {
-        format_version: super::record::FORMAT_VERSION,
+    let record = crate::kernel::remember::record::Record {
+        format_version: crate::kernel::remember::record::FORMAT_VERSION,
         manifest: saved.manifest.clone(),
         deployed: None,
-        run: Some(super::record::Run {
-            kind: super::record::RunKind::Fresh,
+        run: Some(crate::kernel::remember::record::Run {
+            kind: crate::kernel::remember::record::RunKind::Fresh,
             plan: saved.plan.clone(),
             ops: Vec::new(),
             commit_at: None,

@@ -8,9 +8,9 @@
 
 use std::collections::BTreeMap;
 
-use super::inspect::{MapInfo, PinState, ProgInfo};
-use super::observe::Observed;
-use super::record::Run;
+use crate::kernel::look::inspect::{MapInfo, PinState, ProgInfo};
+use crate::kernel::look::observe::Observed;
+use crate::kernel::remember::record::Run;
 use crate::manifest::model::{KernelMapType, KernelProgType};
 use crate::plan::Op;
 use crate::plan::step::{AttachPoint, Attachment, Step};
@@ -90,7 +90,7 @@ impl Simulated {
             .map(|(pin, kv)| {
                 let dump = kv
                     .into_iter()
-                    .map(|(key, value)| super::inspect::DumpEntry {
+                    .map(|(key, value)| crate::kernel::look::inspect::DumpEntry {
                         key,
                         values: vec![value],
                     })

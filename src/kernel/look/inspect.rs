@@ -6,11 +6,11 @@ use anyhow::{Context, Result, bail};
 use serde::{Deserialize, Serialize};
 use std::path::Path;
 
-use super::cmd::bpftool_json;
-use super::sys;
+use crate::kernel::act::cmd::bpftool_json;
+use crate::kernel::look::sys;
 use crate::manifest::model::AttachKind;
 
-pub use super::sys::{MapInfo, ProgInfo};
+pub use crate::kernel::look::sys::{MapInfo, ProgInfo};
 
 #[derive(Debug, Clone, Deserialize)]
 struct CgroupAttachment {
@@ -222,7 +222,7 @@ fn bpftool_dump(pin: &str) -> Result<Vec<DumpEntry>> {
         .iter()
         .map(|s| s.to_string())
         .collect();
-    let out = super::cmd::run_checked(&argv, None)?;
+    let out = crate::kernel::act::cmd::run_checked(&argv, None)?;
     if out.stdout.iter().all(u8::is_ascii_whitespace) {
         return Ok(Vec::new());
     }

@@ -13,8 +13,8 @@ use std::io::Write;
 use std::path::{Path, PathBuf};
 use std::time::{Duration, SystemTime};
 
-use super::exec::{Event, Listener, Outcome};
-use super::trust;
+use crate::kernel::act::exec::{Event, Listener, Outcome};
+use crate::kernel::remember::trust;
 
 /// Where the log is kept unless `BPFPLAN_AUDIT_LOG` says otherwise.
 pub const DEFAULT_AUDIT_LOG: &str = "/var/log/bpfplan/audit.jsonl";
@@ -79,7 +79,7 @@ pub struct AuditContext {
 impl AuditContext {
     /// The context of a command on a plan's deployment.
     pub fn for_plan(command: &str, plan: &crate::plan::Plan) -> Result<AuditContext> {
-        let store = super::record::Store::for_plan(plan)?;
+        let store = crate::kernel::remember::record::Store::for_plan(plan)?;
         let bytes = serde_json::to_vec(plan).context("encoding the plan")?;
         Ok(AuditContext {
             command: command.into(),
@@ -344,7 +344,7 @@ pub fn text(lines: &[AuditLine]) -> String {
             None => l.user.clone(),
         };
         let what = if !l.argv.is_empty() {
-            let mut cmd = super::cmd::shown(&l.argv);
+            let mut cmd = crate::kernel::act::cmd::shown(&l.argv);
             if !l.lines.is_empty() {
                 cmd.push_str(&format!(" <<{} line(s)>>", l.lines.len()));
             }

@@ -6,10 +6,10 @@
 use serde::Serialize;
 use std::path::Path;
 
-use super::cmd;
 use crate::host::{
     DEFAULT_BPFFS, HostFacts, effective_caps, has_bpf_and_net_admin, has_bpf_privileges,
 };
+use crate::kernel::act::cmd;
 use crate::manifest::model::ProgType;
 use crate::plan::Plan;
 use crate::plan::step::{AttachPoint, Step};
@@ -151,7 +151,7 @@ fn bpftool() -> Check {
 /// clang and libbpf's headers, when a source must be compiled (objects
 /// already built into the cache need neither).
 fn compiler(plan: &Plan) -> Vec<Check> {
-    let to_build = super::build::stale_compiles(plan);
+    let to_build = crate::kernel::remember::build::stale_compiles(plan);
     if to_build.is_empty() {
         let why = if plan.steps.iter().any(|s| matches!(s, Step::Compile { .. })) {
             "every object is built and current in the cache: apply needs no compiler"

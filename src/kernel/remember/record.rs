@@ -13,8 +13,8 @@ use std::io::Write;
 use std::path::{Path, PathBuf};
 use std::time::{Duration, Instant};
 
-use super::trust;
 use crate::host::{DEFAULT_BPFFS, HostFacts};
+use crate::kernel::remember::trust;
 use crate::manifest::model::{MapName, MapPin, ProgName, ProgPin, Staging};
 use crate::manifest::validate::{check_cgroup, check_pin};
 use crate::plan::step::{AttachPoint, ProgRef, Step};

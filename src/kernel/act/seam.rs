@@ -7,8 +7,10 @@
 
 use anyhow::{Context, Result};
 
-use super::observe::{self, Observed, Query};
-use super::{build, cmd, inspect};
+use crate::kernel::act::cmd;
+use crate::kernel::look::inspect;
+use crate::kernel::look::observe::{self, Observed, Query};
+use crate::kernel::remember::build;
 use crate::plan::step::{Arg, Step};
 
 /// Where a step stands in its run: faults are aimed by these.

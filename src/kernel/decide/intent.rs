@@ -12,11 +12,11 @@
 use std::collections::BTreeSet;
 use std::path::PathBuf;
 
-use super::decide::{self, Decision, Tags, Teardown};
-use super::inspect::PinState;
-use super::observe::Observed;
-use super::record::{Deployed, Loaded, MapFact, ProgramFact, Run};
-use super::recovery::{self, Simulated};
+use crate::kernel::decide::recovery::{self, Simulated};
+use crate::kernel::decide::{self, Decision, Tags, Teardown};
+use crate::kernel::look::inspect::PinState;
+use crate::kernel::look::observe::Observed;
+use crate::kernel::remember::record::{Deployed, Loaded, MapFact, ProgramFact, Run};
 use crate::manifest::model::{ProgPin, Staging, kernel_name};
 use crate::plan::step::Step;
 use crate::plan::{DecisionKind, Op, Plan, Review, Span, Stage};
@@ -147,7 +147,7 @@ pub(crate) fn apply(
     build: Vec<Op>,
     loaded: Option<&Loaded>,
     obs: &Observed,
-    objects: &[super::record::FileHash],
+    objects: &[crate::kernel::remember::record::FileHash],
 ) -> ApplyIntent {
     let (recover, decision) = match decide::decide(plan, loaded, obs, objects) {
         Decision::Recover { ops, forward } => {
@@ -226,7 +226,7 @@ pub(crate) fn completed(run: Run, before: Option<&Deployed>, obs: &Observed) -> 
             _ => None,
         })
         .collect();
-    let in_use = super::record::pin_dirs_and_parents(&run.plan);
+    let in_use = crate::kernel::remember::record::pin_dirs_and_parents(&run.plan);
     let mut pin_dirs: Vec<PathBuf> = before
         .map(|d| d.pin_dirs.clone())
         .unwrap_or_default()

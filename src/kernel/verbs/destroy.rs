@@ -8,15 +8,16 @@ use anyhow::{Context, Result, bail};
 use std::collections::BTreeSet;
 use std::path::PathBuf;
 
-use super::apply::{Mismatch, lock_timeout, query, read_record};
-use super::carry;
-use super::decide::{self, Tags};
-use super::exec::{Executor, Listener, Numbering, Policy};
-use super::intent::{self, Probe, Staged};
-use super::observe::Query;
-use super::record::{Deployed, Found, Loaded, Record, Store};
-use super::seam::Kernel;
-use super::{build, preflight};
+use crate::kernel::act::carry;
+use crate::kernel::act::exec::{Executor, Listener, Numbering, Policy};
+use crate::kernel::act::seam::Kernel;
+use crate::kernel::decide::intent::{self, Probe, Staged};
+use crate::kernel::decide::{self, Tags};
+use crate::kernel::look::observe::Query;
+use crate::kernel::remember::build;
+use crate::kernel::remember::record::{Deployed, Found, Loaded, Record, Store};
+use crate::kernel::verbs::apply::{Mismatch, lock_timeout, query, read_record};
+use crate::kernel::verbs::preflight;
 use crate::manifest::model::Staging;
 use crate::plan::{Plan, Review, Stage};
 
@@ -272,7 +273,12 @@ pub(crate) fn adopt(
     );
     let probed = probe.as_ref().map_or(0, |p| p.loads.len() + p.unpins.len());
     let total = build.len() + probed;
-    super::apply::build_stage(&mut exec, plan, &build, Numbering { first: 1, total })?;
+    crate::kernel::verbs::apply::build_stage(
+        &mut exec,
+        plan,
+        &build,
+        Numbering { first: 1, total },
+    )?;
     let tags = match &probe {
         Some(p) => run_probe(&mut exec, p, build.len() + 1, total, plan)?,
         None => Tags::new(),
@@ -305,7 +311,7 @@ pub(crate) fn adopt(
         ));
     }
     let record = Record {
-        format_version: super::record::FORMAT_VERSION,
+        format_version: crate::kernel::remember::record::FORMAT_VERSION,
         manifest: plan.manifest.clone(),
         deployed: Some(Deployed {
             plan: plan.clone(),

@@ -4,13 +4,16 @@
 //! old, then swapped in), apply fresh, or refuse. The teardown that destroy
 //! runs and the findings that status reports come from the same facts.
 
+pub(crate) mod intent;
+pub(crate) mod recovery;
+
 use serde::Serialize;
 use std::collections::{BTreeMap, BTreeSet};
 use std::path::PathBuf;
 
-use super::inspect::{PinState, ProgInfo};
-use super::observe::Observed;
-use super::record::{Deployed, FileHash, Loaded, MapFact, ProgramFact};
+use crate::kernel::look::inspect::{PinState, ProgInfo};
+use crate::kernel::look::observe::Observed;
+use crate::kernel::remember::record::{Deployed, FileHash, Loaded, MapFact, ProgramFact};
 use crate::manifest::model::{MapPin, ProgPin, ProgType, Staging, kernel_name};
 use crate::plan::step::{AttachPoint, Attachment, PinKind, ProgRef, Step};
 use crate::plan::{Drift, Op, Plan, Spec};
@@ -230,7 +233,7 @@ pub(crate) fn decide(
         return fresh(plan, obs);
     };
     if let Some(run) = &loaded.record.run {
-        let (ops, forward) = super::recovery::recovery(run, loaded.started, obs);
+        let (ops, forward) = crate::kernel::decide::recovery::recovery(run, loaded.started, obs);
         return Decision::Recover { ops, forward };
     }
     let Some(d) = &loaded.record.deployed else {
@@ -287,7 +290,7 @@ fn fresh(plan: &Plan, obs: &Observed) -> Decision {
 
 /// The plan's pin directories that do not exist.
 fn missing_dirs(plan: &Plan, obs: &Observed) -> Vec<PathBuf> {
-    super::record::pin_dirs_and_parents(plan)
+    crate::kernel::remember::record::pin_dirs_and_parents(plan)
         .into_iter()
         .filter(|d| !obs.dirs.contains(d))
         .collect()
@@ -769,7 +772,7 @@ fn replace(plan: &Plan, deployed: &Deployed, obs: &Observed, reason: Reason) -> 
             undo: None,
         });
     }
-    let new_dirs = super::record::pin_dirs(plan);
+    let new_dirs = crate::kernel::remember::record::pin_dirs(plan);
     for dir in deployed.pin_dirs.iter().rev() {
         if !new_dirs.iter().any(|d| d.starts_with(dir)) {
             ops.push(Op {
@@ -918,8 +921,8 @@ fn stage_step(step: &Step) -> Step {
 mod tests {
     use super::*;
     use crate::host::HostFacts;
-    use crate::kernel::inspect::{DumpEntry, MapInfo};
-    use crate::kernel::record::{Record, Run, RunKind};
+    use crate::kernel::look::inspect::{DumpEntry, MapInfo};
+    use crate::kernel::remember::record::{Record, Run, RunKind};
     use crate::manifest::diag::Source;
     use crate::manifest::validate;
     use crate::plan::PlanOptions;
@@ -1077,7 +1080,7 @@ cgroup = "/sys/fs/cgroup/web"
     fn loaded(d: Option<Deployed>, run: Option<Run>, started: usize) -> Loaded {
         Loaded {
             record: Record {
-                format_version: crate::kernel::record::FORMAT_VERSION,
+                format_version: crate::kernel::remember::record::FORMAT_VERSION,
                 manifest: "/m/x.toml".into(),
                 deployed: d,
                 run,
@@ -1337,7 +1340,7 @@ cgroup = "/sys/fs/cgroup/web"
             .insert((format!("{t}/socks~old"), verdict), vec![]);
         o.dirs.insert(t.into());
         let run = run_of(RunKind::Replace, &p, ops, Some(commit_at));
-        let (undo, forward) = crate::kernel::recovery::recovery(&run, commit_at, &o);
+        let (undo, forward) = crate::kernel::decide::recovery::recovery(&run, commit_at, &o);
         assert!(!forward);
         let s = summaries(&undo);
         for want in [
@@ -1389,10 +1392,10 @@ cgroup = "/sys/fs/cgroup/web"
                 })
                 .collect(),
         );
-        let (undo, _) = crate::kernel::recovery::recovery(&run, 2, &o);
+        let (undo, _) = crate::kernel::decide::recovery::recovery(&run, 2, &o);
         assert_eq!(summaries(&undo), ["remove `deny`[2000]"]);
         // Nothing landed: nothing to undo.
-        let (undo, _) = crate::kernel::recovery::recovery(&run, 2, &healthy(1000));
+        let (undo, _) = crate::kernel::decide::recovery::recovery(&run, 2, &healthy(1000));
         assert_eq!(summaries(&undo), Vec::<String>::new());
     }
 

@@ -8,11 +8,11 @@
 use anyhow::{Result, bail};
 use std::time::{Duration, Instant};
 
-use super::decide::Decision;
-use super::exec::{Batch, Executor, Failed, Numbering, Policy};
-use super::intent::{self, Recovery};
-use super::observe::{Observed, Query};
-use super::record::{FileHash, Loaded, Record, Run, RunKind, Store};
+use crate::kernel::act::exec::{Batch, Executor, Failed, Numbering, Policy};
+use crate::kernel::decide::Decision;
+use crate::kernel::decide::intent::{self, Recovery};
+use crate::kernel::look::observe::{Observed, Query};
+use crate::kernel::remember::record::{FileHash, Loaded, Record, Run, RunKind, Store};
 use crate::plan::{Op, Plan, Stage};
 
 /// How long destroy waits for the kernel to free programs and maps.
@@ -88,7 +88,7 @@ pub(crate) fn apply(
 ) -> Result<Applied> {
     let manifest = ctx.plan.manifest.display().to_string();
     let mut record = loaded.map(|l| l.record).unwrap_or_else(|| Record {
-        format_version: super::record::FORMAT_VERSION,
+        format_version: crate::kernel::remember::record::FORMAT_VERSION,
         manifest: ctx.plan.manifest.clone(),
         deployed: None,
         run: None,
@@ -282,7 +282,7 @@ fn transact(
 fn looks_after(plan: &Plan) -> Query {
     let mut q = Query::default();
     q.spec(&plan.spec, false);
-    q.dirs(super::record::pin_dirs_and_parents(plan));
+    q.dirs(crate::kernel::remember::record::pin_dirs_and_parents(plan));
     q
 }
 

@@ -7,7 +7,7 @@ use anyhow::{Context, Result};
 use sha2::{Digest, Sha256};
 use std::path::{Path, PathBuf};
 
-use super::record::FileHash;
+use crate::kernel::remember::record::FileHash;
 use crate::plan::Plan;
 use crate::util::{file_sha256, hex};
 
@@ -36,7 +36,7 @@ pub fn default_build_dir(manifest: &Path) -> PathBuf {
 /// Make sure the build directory is root's own before anything is compiled
 /// into it or loaded from it.
 pub(crate) fn check_dir(dir: &Path) -> Result<()> {
-    super::trust::private_dir(dir, "build directory")
+    crate::kernel::remember::trust::private_dir(dir, "build directory")
 }
 
 /// Forget that an object is current (something other than its compile

@@ -10,10 +10,10 @@ use anyhow::Result;
 use std::io::Write;
 use std::time::{Duration, Instant};
 
-use super::observe::{self, Observed, Query};
-use super::record::Journal;
-use super::recovery::Simulated;
-use super::seam::{self, At, BatchEnd, Kernel, Ran};
+use crate::kernel::act::seam::{self, At, BatchEnd, Kernel, Ran};
+use crate::kernel::decide::recovery::Simulated;
+use crate::kernel::look::observe::{self, Observed, Query};
+use crate::kernel::remember::record::Journal;
 use crate::plan::step::Step;
 use crate::plan::{Op, Stage};
 
@@ -712,7 +712,7 @@ mod tests {
             Op::of(Step::MakePinDir { dir: made.clone() }),
             Op::of(Step::MakePinDir { dir: never.clone() }),
         ];
-        let mut fake = super::super::fake::Fake::default();
+        let mut fake = crate::kernel::act::fake::Fake::default();
         // `Begin` and the first `Started` are recorded; nothing after.
         let mut log = FullDisk { ok: 2 };
         let mut exec = Executor::new(&mut fake, vec![&mut log]);

@@ -5,8 +5,8 @@
 use anyhow::{Context, Result, bail};
 use std::path::Path;
 
-use super::cmd;
 use crate::host::{DEFAULT_BPFFS, HostFacts, check_privileges};
+use crate::kernel::act::cmd;
 use crate::plan::Plan;
 use crate::plan::step::{AttachPoint, Step};
 
@@ -16,7 +16,7 @@ pub(crate) fn apply(plan: &Plan, builds: bool) -> Result<()> {
     check_privileges()?;
     tool("bpftool")?;
     // Objects already built into the cache need no compiler (at boot, say).
-    if builds && !super::build::stale_compiles(plan).is_empty() {
+    if builds && !crate::kernel::remember::build::stale_compiles(plan).is_empty() {
         tool("clang")?;
     }
     for a in &plan.spec.attachments {
@@ -62,7 +62,7 @@ fn tool(name: &str) -> Result<()> {
 /// the pins.
 pub(crate) fn bpffs_mount(plan: &Plan) -> Result<Option<Step>> {
     let host = HostFacts::read().context("reading /proc/self/mountinfo")?;
-    let needed = super::record::pin_dirs(plan)
+    let needed = crate::kernel::remember::record::pin_dirs(plan)
         .iter()
         .any(|d| host.bpffs_for(d).is_none() && d.starts_with(DEFAULT_BPFFS));
     Ok(needed.then(|| Step::MountBpffs {
@@ -73,7 +73,7 @@ pub(crate) fn bpffs_mount(plan: &Plan) -> Result<Option<Step>> {
 /// Every pin directory is on a bpf filesystem.
 pub(crate) fn on_bpffs(plan: &Plan) -> Result<()> {
     let host = HostFacts::read().context("reading /proc/self/mountinfo")?;
-    for dir in super::record::pin_dirs(plan) {
+    for dir in crate::kernel::remember::record::pin_dirs(plan) {
         if host.bpffs_for(&dir).is_none() {
             bail!("pin directory {} is not on a bpf filesystem", dir.display());
         }

@@ -7,8 +7,8 @@ use anyhow::Result;
 use std::collections::{BTreeMap, BTreeSet};
 use std::path::{Path, PathBuf};
 
-use super::inspect::{self, DumpEntry, MapInfo, PinState, ProgInfo};
-use super::record::Record;
+use crate::kernel::look::inspect::{self, DumpEntry, MapInfo, PinState, ProgInfo};
+use crate::kernel::remember::record::Record;
 use crate::manifest::model::AttachKind;
 use crate::plan::step::{AttachPoint, Attachment, ProgRef, Step};
 use crate::plan::{Op, Spec};

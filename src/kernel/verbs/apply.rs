@@ -5,15 +5,16 @@
 use anyhow::{Result, bail};
 use std::time::{Duration, Instant};
 
-use super::carry::{self, Applied};
-use super::decide::{Decision, Reason};
-use super::exec::{Executor, Listener, Numbering, Policy};
-use super::intent::{self, ApplyIntent, Staged};
-use super::observe::{Observed, Query};
-use super::record::{Found, Loaded, Store};
-use super::saved::{self, SavedObject, SavedPlan};
-use super::seam::Kernel;
-use super::{build, preflight};
+use crate::kernel::act::carry::{self, Applied};
+use crate::kernel::act::exec::{Executor, Listener, Numbering, Policy};
+use crate::kernel::act::seam::Kernel;
+use crate::kernel::decide::intent::{self, ApplyIntent, Staged};
+use crate::kernel::decide::{Decision, Reason};
+use crate::kernel::look::observe::{Observed, Query};
+use crate::kernel::remember::build;
+use crate::kernel::remember::record::{Found, Loaded, Store};
+use crate::kernel::remember::saved::{self, SavedObject, SavedPlan};
+use crate::kernel::verbs::preflight;
 use crate::plan::step::Step;
 use crate::plan::{Plan, Review, Stage};
 
@@ -44,9 +45,9 @@ pub(crate) fn read_record(store: &Store) -> Result<Option<Loaded>> {
 pub(crate) fn query(plan: &Plan, loaded: Option<&Loaded>) -> Query {
     let mut q = Query::default();
     q.spec(&plan.spec, true);
-    q.dirs(super::record::pin_dirs_and_parents(plan));
+    q.dirs(crate::kernel::remember::record::pin_dirs_and_parents(plan));
     let deployed = loaded.and_then(|l| l.record.deployed.as_ref());
-    for pin in super::decide::swap_pins(plan, deployed) {
+    for pin in crate::kernel::decide::swap_pins(plan, deployed) {
         q.pin(&pin);
     }
     for pin in intent::probe_pins(plan) {
@@ -184,11 +185,11 @@ fn check_review(
     obs: &Observed,
     mount: &[crate::plan::Op],
 ) -> Result<()> {
-    let objects: Vec<super::record::FileHash> = r
+    let objects: Vec<crate::kernel::remember::record::FileHash> = r
         .saved
         .objects
         .iter()
-        .map(|o| super::record::FileHash {
+        .map(|o| crate::kernel::remember::record::FileHash {
             path: o.path.clone(),
             sha256: o.sha256.clone(),
         })
@@ -228,8 +229,8 @@ pub(crate) struct Pre {
 
 /// What apply records of the inputs besides the kernel.
 pub(crate) struct Inputs {
-    pub objects: Vec<super::record::FileHash>,
-    pub sources: Vec<super::record::FileHash>,
+    pub objects: Vec<crate::kernel::remember::record::FileHash>,
+    pub sources: Vec<crate::kernel::remember::record::FileHash>,
     /// The hash of the saved plan being applied.
     pub last_plan: Option<String>,
     pub started: Instant,

@@ -7,12 +7,13 @@ use serde::Serialize;
 use std::collections::BTreeMap;
 use std::path::PathBuf;
 
-use super::decide::{self, Finding, Health, ObjectKind};
-use super::inspect::PinState;
-use super::observe::{Observed, Query};
-use super::record::{Deployed, FileHash, Found, Store};
-use super::seam::Kernel;
-use super::{build, preflight};
+use crate::kernel::act::seam::Kernel;
+use crate::kernel::decide::{self, Finding, Health, ObjectKind};
+use crate::kernel::look::inspect::PinState;
+use crate::kernel::look::observe::{Observed, Query};
+use crate::kernel::remember::build;
+use crate::kernel::remember::record::{Deployed, FileHash, Found, Store};
+use crate::kernel::verbs::preflight;
 use crate::plan::step::Step;
 use crate::plan::{Plan, Spec};
 

@@ -12,9 +12,9 @@ use anyhow::{Result, anyhow, bail};
 use std::collections::{BTreeMap, BTreeSet};
 use std::path::{Path, PathBuf};
 
-use super::inspect::{DumpEntry, MapInfo, PinState, ProgInfo};
-use super::observe::{Observed, Query};
-use super::seam::{At, BatchEnd, Kernel, Ran, StepError};
+use crate::kernel::act::seam::{At, BatchEnd, Kernel, Ran, StepError};
+use crate::kernel::look::inspect::{DumpEntry, MapInfo, PinState, ProgInfo};
+use crate::kernel::look::observe::{Observed, Query};
 use crate::manifest::model::{AttachKind, KernelMapType, KernelProgType, kernel_name};
 use crate::plan::step::{AttachPoint, Attachment, ProgRef, Step};
 

@@ -6,7 +6,7 @@
 use serde_json::{Value, json};
 use std::io::Write;
 
-use super::exec::{Event, Listener, Outcome};
+use crate::kernel::act::exec::{Event, Listener, Outcome};
 
 /// Writes each event as a line of JSON on stdout, stamped with the
 /// milliseconds since the command began (`t_ms`).

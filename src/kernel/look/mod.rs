@@ -1,0 +1,6 @@
+//! Looking: what sits behind a pin or an id, what is attached where, what a
+//! map holds. Changes nothing.
+
+pub mod inspect;
+pub(crate) mod observe;
+pub(crate) mod sys;
