@@ -8,6 +8,72 @@
  */
 #include "sock_key.h"
 
+/*
+ * Backpressure. The bypass queues each message at its receiver and checks no
+ * receive-buffer limit, so a reader that stalls would let its sender queue
+ * until the host's TCP memory runs out. So after each redirect the verdict
+ * looks at what the receiver now holds (the kernel's own `struct sk_msg`
+ * names the receiver, `sk_redir`, once bpf_msg_redirect_hash chose it), and
+ * when that is more than the receiver's buffer (or the manifest's bound),
+ * the connection leaves the redirect for good: its next messages take TCP,
+ * whose flow control then holds the sender back. The receiver reads what
+ * was redirected before what came by TCP, so no byte is reordered.
+ *
+ * The kernel's structs, only the fields read (CO-RE: libbpf finds them in
+ * the running kernel's BTF). bpf_cast_to_kern_ctx needs Linux 6.2.
+ */
+typedef struct {
+	int counter;
+} bpfplan_atomic_t;
+
+struct sock___bpfplan {
+	struct {
+		bpfplan_atomic_t rmem_alloc;
+	} sk_backlog;
+	int sk_rcvbuf;
+} __attribute__((preserve_access_index));
+
+struct sk_msg___bpfplan {
+	struct sock___bpfplan *sk_redir;
+} __attribute__((preserve_access_index));
+
+extern void *bpf_cast_to_kern_ctx(void *) __ksym;
+
+/* What the verdict keeps per connection, on its sending socket. */
+struct conn {
+	__u32 demoted; /* why it left the redirect, for good (DEMOTED_*) */
+	__u32 pad;
+	__u64 redirected; /* bytes redirected so far */
+};
+
+#define DEMOTED_BACKPRESSURE 1
+#define DEMOTED_BULK 2
+
+struct {
+	__uint(type, BPF_MAP_TYPE_SK_STORAGE);
+	__uint(map_flags, BPF_F_NO_PREALLOC);
+	__type(key, int);
+	__type(value, struct conn);
+} conns SEC(".maps");
+
+/* The bounds, set by the manifest (0: the default). [0] bytes a receiver may
+ * hold before its sender leaves the redirect (default: its receive buffer);
+ * [1] bytes a connection may redirect in all before it counts as a bulk
+ * transfer and leaves (default 0: never). */
+struct {
+	__uint(type, BPF_MAP_TYPE_ARRAY);
+	__uint(max_entries, 2);
+	__type(key, __u32);
+	__type(value, __u64);
+} bypass_bounds SEC(".maps");
+
+static __always_inline __u64 bound(__u32 which)
+{
+	__u64 *v = bpf_map_lookup_elem(&bypass_bounds, &which);
+
+	return v ? *v : 0;
+}
+
 /* Destination ports (host order) whose messages are dropped. Empty unless
  * the manifest declares entries (manifests/bypass-policy.toml does). */
 struct {
@@ -22,6 +88,10 @@ int bpf_redir(struct sk_msg_md *msg)
 {
 	struct sock_key key = {};
 	__u64 len = msg->size;
+
+	/* Destroyed: every message takes TCP, no policy applies. */
+	if (bypass_off())
+		return SK_PASS;
 
 	/* The peer's key: our remote end is its local end and vice versa. */
 	if (msg->family == AF_INET) {
@@ -48,13 +118,36 @@ int bpf_redir(struct sk_msg_md *msg)
 		return SK_DROP;
 	}
 
+	struct conn *c = bpf_sk_storage_get(&conns, msg->sk, 0, BPF_SK_STORAGE_GET_F_CREATE);
+
+	/* Demoted: TCP from now on (and its flow control). */
+	if (c && c->demoted)
+		return SK_PASS;
+
 	/* A miss returns SK_DROP without setting a redirect target; returning
 	 * SK_PASS regardless hands the message to TCP, so a miss loses nothing. */
-	if (bpf_msg_redirect_hash(msg, &sock_ops_map, &key, BPF_F_INGRESS) == SK_PASS) {
-		count(STAT_REDIRECTED_MSGS, 1);
-		count(STAT_REDIRECTED_BYTES, len);
-	} else {
+	if (bpf_msg_redirect_hash(msg, &sock_ops_map, &key, BPF_F_INGRESS) != SK_PASS) {
 		count(STAT_MISSES, 1);
+		return SK_PASS;
+	}
+	count(STAT_REDIRECTED_MSGS, 1);
+	count(STAT_REDIRECTED_BYTES, len);
+	if (!c)
+		return SK_PASS;
+	c->redirected += len;
+
+	struct sk_msg___bpfplan *kmsg = bpf_cast_to_kern_ctx(msg);
+	struct sock___bpfplan *peer = kmsg->sk_redir;
+	__s64 held = peer->sk_backlog.rmem_alloc.counter;
+	__s64 limit = bound(0) ? (__s64)bound(0) : peer->sk_rcvbuf;
+	__u64 bulk = bound(1);
+
+	if (held + (__s64)len > limit) {
+		c->demoted = DEMOTED_BACKPRESSURE;
+		count(STAT_DEMOTED_BACKPRESSURE, 1);
+	} else if (bulk && c->redirected > bulk) {
+		c->demoted = DEMOTED_BULK;
+		count(STAT_DEMOTED_BULK, 1);
 	}
 	return SK_PASS;
 }

@@ -54,7 +54,9 @@ enum bypass_stat {
 	STAT_DROPPED = 5,	  /* messages dropped by the port policy */
 	STAT_SKIPPED_SELECTION = 6, /* sockets left out by skip_ports/only_ports */
 	STAT_INSERT_FAILED = 7,	  /* sockhash inserts that failed (full, say) */
-	STAT_MAX = 8,
+	STAT_DEMOTED_BACKPRESSURE = 8, /* connections sent back to TCP: peer full */
+	STAT_DEMOTED_BULK = 9,	  /* connections sent back to TCP: bulk */
+	STAT_MAX = 10,
 };
 
 struct {
@@ -72,6 +74,31 @@ static __always_inline void count(__u32 stat, __u64 n)
 	if (v)
 		*v += n; /* per-CPU: no other writer */
 #endif
+}
+
+/*
+ * One switch both programs read, for good once set: 0 (as created)
+ * redirects; 1, which `bpfplan destroy` writes before it detaches anything
+ * (the map's `on_destroy`), makes sockops insert no socket and the verdict
+ * pass every message to TCP. A connection made during the bypass keeps these
+ * programs (and this map) until it closes, so this is what makes it behave
+ * as plain TCP for everything it sends after destroy. Data already queued at
+ * the receiver is read first, then the TCP queue: nothing is lost or
+ * reordered, which deleting the socket from the sockhash would not ensure.
+ */
+struct {
+	__uint(type, BPF_MAP_TYPE_ARRAY);
+	__uint(max_entries, 1);
+	__type(key, __u32);
+	__type(value, __u32);
+} bypass_ctl SEC(".maps");
+
+static __always_inline int bypass_off(void)
+{
+	__u32 zero = 0;
+	__u32 *off = bpf_map_lookup_elem(&bypass_ctl, &zero);
+
+	return off && *off;
 }
 
 /* ::ffff:a.b.c.d from an IPv4 address in network order. */

@@ -82,6 +82,8 @@ int bpf_sockops(struct bpf_sock_ops *skops)
 	if (op != BPF_SOCK_OPS_PASSIVE_ESTABLISHED_CB &&
 	    op != BPF_SOCK_OPS_ACTIVE_ESTABLISHED_CB)
 		return 0;
+	if (bypass_off())
+		return 0;
 
 	if (skops->family == AF_INET) {
 		map_v4(key.sip, skops->local_ip4);

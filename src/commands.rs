@@ -214,7 +214,7 @@ fn destroy_cmd(target: &Target, format: ReportFormat) -> Result<(), Failure> {
     change("destroy", format, audit, &warnings, |listeners| {
         destroy::destroy(&plan, &mut kernel(), listeners).map(|d| match d {
             Destroyed::Freed => "destroyed",
-            Destroyed::Lingering { .. } => "destroyed_objects_linger",
+            Destroyed::Lingering(_) => "destroyed_objects_linger",
             Destroyed::Nothing => "nothing_to_destroy",
         })
     })

@@ -10,9 +10,10 @@ use crate::common::sandbox::{Sandbox, assert_redirected, next_event, report, spa
 use crate::common::{self, append, checkout};
 
 const MIB: u64 = 1 << 20;
-const POLICY_PINS: [&str; 8] = [
+const POLICY_PINS: [&str; 9] = [
     "bpf_sockops",
     "bpf_tcpip_bypass",
+    "bypass_ctl",
     "bypass_stats",
     "deny_ports",
     "local_addrs",
@@ -82,30 +83,39 @@ fn a_failure_at_any_step_of_a_replace_restores_the_old_deployment() {
     sb.must_with("apply", &["--var", "deny_port=20012"]);
     let ids = sb.prog_ids();
     let pin = |name: &str| sb.pin(name);
-    // One step of each kind a replace runs, in order: staging, the new
-    // attachments, the old ones off, the pins swapped.
+    // One step of each kind a replace runs, in order: staging (the maps are
+    // kept, their entries changed in place), the new verdict on the kept
+    // sockhash, the new cgroup attachment, the old one off, the program
+    // pins swapped.
     let steps = [
         format!(
             "load sockops program `bpf_sockops` and pin it at {}~new",
             pin("bpf_sockops")
         ),
-        "set `deny_ports`[20012] = 1".to_string(),
+        "set `deny_ports`[20013] = 1".to_string(),
+        "remove `deny_ports`[20012]".to_string(),
         "attach program `bpf_redir` to map `sock_ops_map`".to_string(),
         format!("attach program `bpf_sockops` to cgroup {}", inner.display()),
         format!(
             "detach program `bpf_sockops` (sock_ops) from cgroup {}",
             sb.cgroup.display()
         ),
-        "detach program `bpf_redir` (msg_verdict)".to_string(),
         format!("move program `bpf_sockops` from {} to", pin("bpf_sockops")),
-        format!("to {}~old", pin("sock_ops_map")),
+        format!(
+            "move program `bpf_redir` from {} to",
+            pin("bpf_tcpip_bypass")
+        ),
         format!("move program `bpf_sockops` from {}~new", pin("bpf_sockops")),
-        format!("move map `sock_ops_map` from {}~new", pin("sock_ops_map")),
+        format!(
+            "move program `bpf_redir` from {}~new",
+            pin("bpf_tcpip_bypass")
+        ),
     ];
+    let maps = sb.map_ids();
     for step in &steps {
         let out = sb
             .bpfplan_cmd("apply", &sb.manifest)
-            .args(["--var", "deny_port=20012", "--var", &to_inner])
+            .args(["--var", "deny_port=20013", "--var", &to_inner])
             .env("BPFPLAN_FAIL_STEP", step)
             .output()
             .unwrap();
@@ -117,12 +127,14 @@ fn a_failure_at_any_step_of_a_replace_restores_the_old_deployment() {
             "{step}: {err}"
         );
         assert_eq!(sb.prog_ids(), ids, "{step}");
+        assert_eq!(sb.map_ids(), maps, "{step}");
         assert_eq!(sb.pins(), POLICY_PINS, "{step}");
         assert_eq!(sb.attachments().len(), 1, "{step}");
         let (code, st) = sb.status(&["--var", "deny_port=20012"]);
         assert_eq!(code, 0, "{step}: {st}");
     }
     assert!(denied(&sb, 20012));
+    assert!(!denied(&sb, 20013));
 
     // Past the point of no return a failure leaves the new deployment
     // running; the next apply removes what is left of the old one.
@@ -329,6 +341,7 @@ fn editing_the_manifest_replaces_its_deployment_and_orphans_nothing() {
         [
             "bpf_redir_v2",
             "bpf_sockops",
+            "bypass_ctl",
             "bypass_stats",
             "local_addrs",
             "only_ports",

@@ -10,9 +10,10 @@ use crate::common::sandbox::{
 };
 
 const MIB: u64 = 1 << 20;
-const BYPASS_PINS: [&str; 7] = [
+const BYPASS_PINS: [&str; 8] = [
     "bpf_sockops",
     "bpf_tcpip_bypass",
+    "bypass_ctl",
     "bypass_stats",
     "local_addrs",
     "only_ports",

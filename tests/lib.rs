@@ -11,6 +11,7 @@ mod entries;
 mod errors;
 mod hostile;
 mod kernel;
+mod live;
 mod pipeline;
 mod plans;
 mod review;

@@ -125,9 +125,10 @@ fn show_shows_what_plan_showed() {
             assert_eq!(v["applicable"], true, "{v}");
             assert_eq!(v["changes"]["decision"], "fresh", "{v}");
             // What `apply --plan` runs: the objects are built and kept in
-            // the file, so no build step; 8 loads and pins, 2 attaches.
-            assert_eq!(v["summary"]["create"], 10, "{v}");
-            assert_eq!(v["summary"]["update"], 1, "{v}");
+            // the file, so no build step; 9 loads and pins, 2 attaches, 2
+            // entries set.
+            assert_eq!(v["summary"]["create"], 11, "{v}");
+            assert_eq!(v["summary"]["update"], 2, "{v}");
             assert_eq!(v["steps"][3]["object"]["kind"], "program", "{v}");
             // And what `plan` without --out shows: the build, then the same
             // kernel steps.

@@ -274,6 +274,57 @@ kernel_enum!(
     }
 );
 
+/// What makes two maps interchangeable: libbpf reuses a pinned map for an
+/// object's map only when all of these agree.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize)]
+pub struct MapShape {
+    #[serde(rename = "type")]
+    pub map_type: KernelMapType,
+    pub key_size: u32,
+    pub value_size: u32,
+    pub max_entries: u32,
+    pub flags: u32,
+}
+
+impl fmt::Display for MapShape {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        write!(
+            f,
+            "{}, key {} B, value {} B, {} entries, flags {:#x}",
+            self.map_type, self.key_size, self.value_size, self.max_entries, self.flags
+        )
+    }
+}
+
+impl MapShape {
+    /// How two shapes differ, in words (empty when they do not).
+    pub fn differences(&self, new: &MapShape) -> Vec<String> {
+        let mut out = Vec::new();
+        if self.map_type != new.map_type {
+            out.push(format!("type {} -> {}", self.map_type, new.map_type));
+        }
+        if self.key_size != new.key_size {
+            out.push(format!("key size {} -> {}", self.key_size, new.key_size));
+        }
+        if self.value_size != new.value_size {
+            out.push(format!(
+                "value size {} -> {}",
+                self.value_size, new.value_size
+            ));
+        }
+        if self.max_entries != new.max_entries {
+            out.push(format!(
+                "max_entries {} -> {}",
+                self.max_entries, new.max_entries
+            ));
+        }
+        if self.flags != new.flags {
+            out.push(format!("flags {:#x} -> {:#x}", self.flags, new.flags));
+        }
+        out
+    }
+}
+
 impl KernelMapType {
     /// One value per CPU.
     pub fn per_cpu(self) -> bool {
@@ -503,6 +554,8 @@ pub struct MapDef {
     pub pin: MapPin,
     /// The exact contents apply keeps, when the manifest declares them.
     pub entries: Option<Vec<Entry>>,
+    /// Entries destroy writes first, before it detaches anything.
+    pub on_destroy: Option<Vec<Entry>>,
     /// Names of a counter array's slots, for `bpfplan status`.
     pub labels: Vec<String>,
 }

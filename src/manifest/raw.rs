@@ -57,6 +57,9 @@ pub struct RawMap {
     pub value: Option<S>,
     /// The map's contents, kept exact by apply (absent: not managed).
     pub entries: Option<Spanned<Vec<Spanned<RawEntry>>>>,
+    /// Entries destroy writes first, before it detaches anything (a switch
+    /// the programs read, so connections that outlive destroy change).
+    pub on_destroy: Option<Spanned<Vec<Spanned<RawEntry>>>>,
     /// Names of a counter array's slots, shown by `bpfplan status`.
     #[serde(default)]
     pub labels: Vec<String>,

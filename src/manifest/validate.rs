@@ -175,13 +175,17 @@ impl Validator<'_> {
                 }
             }
             let pin = self.pin(&m.pin, pins);
-            let entries = self.entries(m);
-            if let (Some(name), Some(pin), Some(entries)) = (name, pin, entries) {
+            let entries = self.entries(m, &m.entries);
+            let on_destroy = self.entries(m, &m.on_destroy);
+            if let (Some(name), Some(pin), Some(entries), Some(on_destroy)) =
+                (name, pin, entries, on_destroy)
+            {
                 maps.push(MapDef {
                     name: MapName(name),
                     owner: ProgName(m.program.get_ref().clone()),
                     pin: MapPin(pin),
                     entries,
+                    on_destroy,
                     labels: m.labels.clone(),
                 });
             }
@@ -273,8 +277,13 @@ impl Validator<'_> {
         }
     }
 
-    /// A map's declared entries, encoded; `Some(None)` when not managed.
-    fn entries(&mut self, m: &raw::RawMap) -> Option<Option<Vec<Entry>>> {
+    /// A map's declared entries (`entries` or `on_destroy`), encoded;
+    /// `Some(None)` when not declared.
+    fn entries(
+        &mut self,
+        m: &raw::RawMap,
+        declared: &Option<toml::Spanned<Vec<toml::Spanned<raw::RawEntry>>>>,
+    ) -> Option<Option<Vec<Entry>>> {
         let ty = |v: &mut Self, s: &Option<S>| -> Option<Option<ScalarType>> {
             match s {
                 None => Some(None),
@@ -288,7 +297,7 @@ impl Validator<'_> {
             }
         };
         let (key_ty, value_ty) = (ty(self, &m.key)?, ty(self, &m.value)?);
-        let Some(raw) = &m.entries else {
+        let Some(raw) = declared else {
             return Some(None);
         };
         let (Some(key_ty), Some(value_ty)) = (key_ty, value_ty) else {

@@ -59,6 +59,10 @@ pub struct MapSpec {
     pub pin: MapPin,
     /// The exact contents apply keeps (absent: not managed).
     pub entries: Option<Vec<Entry>>,
+    /// Entries destroy writes first, before it detaches anything (a switch
+    /// the programs read).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub on_destroy: Option<Vec<Entry>>,
     /// Names of a counter array's slots, for `bpfplan status`.
     #[serde(default, skip_serializing_if = "Vec::is_empty")]
     pub labels: Vec<String>,
@@ -185,12 +189,21 @@ impl From<StoredPlan> for Plan {
 }
 
 impl Plan {
-    /// The teardown: the undo of every step, last step first.
+    /// The teardown: the entries destroy writes first (a switch the
+    /// programs read), then the undo of every step, last step first.
     pub fn destroy(&self) -> Plan {
+        let switches = self.spec.maps.iter().flat_map(|m| {
+            m.on_destroy.iter().flatten().map(|e| Step::UpdateMapEntry {
+                map: m.name.clone(),
+                pin: m.pin.clone(),
+                entry: e.clone(),
+            })
+        });
+        let undos = self.steps.iter().rev().filter_map(Step::undo);
         Plan {
             manifest: self.manifest.clone(),
             spec: self.spec.clone(),
-            steps: self.steps.iter().rev().filter_map(Step::undo).collect(),
+            steps: switches.chain(undos).collect(),
         }
     }
 }
@@ -460,6 +473,7 @@ fn spec(model: &Model, opts: &PlanOptions) -> Spec {
                 owner: m.owner.clone(),
                 pin: m.pin.clone(),
                 entries: m.entries.clone(),
+                on_destroy: m.on_destroy.clone(),
                 labels: m.labels.clone(),
             })
             .collect(),

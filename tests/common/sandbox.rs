@@ -310,13 +310,25 @@ impl Sandbox {
 
     /// Ids of the programs pinned in the sandbox.
     pub fn prog_ids(&self) -> Vec<u64> {
+        self.ids_of("prog")
+    }
+
+    /// The ids of the maps pinned in the pin directory, in pin order.
+    pub fn map_ids(&self) -> Vec<u64> {
+        self.ids_of("map")
+    }
+
+    fn ids_of(&self, kind: &str) -> Vec<u64> {
         self.pins()
             .iter()
             .filter_map(|p| {
                 let out = Command::new("bpftool")
-                    .args(["-j", "prog", "show", "pinned", &self.pin(p)])
+                    .args(["-j", kind, "show", "pinned", &self.pin(p)])
                     .output()
                     .ok()?;
+                if !out.status.success() {
+                    return None;
+                }
                 let v: serde_json::Value = serde_json::from_slice(&out.stdout).ok()?;
                 v["id"].as_u64()
             })

@@ -12,11 +12,11 @@ use crate::kernel::act::exec::{Batch, Executor, Failed, Numbering, Policy};
 use crate::kernel::decide::Decision;
 use crate::kernel::decide::intent::{self, Recovery};
 use crate::kernel::look::observe::{Observed, Query};
-use crate::kernel::remember::record::{FileHash, Loaded, Record, Run, RunKind, Store};
+use crate::kernel::remember::record::{FileHash, Lingering, Loaded, Record, Run, RunKind, Store};
 use crate::plan::{Op, Plan, Stage};
 
 /// How long destroy waits for the kernel to free programs and maps.
-const FREE_TIMEOUT: Duration = Duration::from_secs(10);
+pub(crate) const FREE_TIMEOUT: Duration = Duration::from_secs(10);
 
 /// What apply did.
 #[derive(Debug, PartialEq, Eq)]
@@ -116,11 +116,15 @@ pub(crate) fn apply(
             ops,
             commit_at,
             pin_dirs,
+            notes,
         } => {
             exec.note(&format!(
                 "{reason}: replacing the deployment (the new programs are loaded beside the \
                  running ones, then swapped in)"
             ));
+            for n in &notes {
+                exec.note(n);
+            }
             (
                 ctx.run(RunKind::Replace, ops, Some(commit_at), pin_dirs),
                 Undone::Replace,
@@ -128,12 +132,72 @@ pub(crate) fn apply(
         }
     };
     record.run = Some(run);
+    let before = record.deployed.as_ref().map(ids_of);
     transact(exec, &ctx, record, obs).map_err(|f| explain(f, what))?;
+    if let (Undone::Replace, Some((progs, maps))) = (what, before) {
+        replaced(exec, &ctx, progs, maps)?;
+    }
     exec.note(&format!(
         "applied {manifest} in {} ms",
         ctx.started.elapsed().as_millis()
     ));
     Ok(Applied::Changed)
+}
+
+/// The program and map ids a deployment holds.
+fn ids_of(d: &crate::kernel::remember::record::Deployed) -> (Vec<u32>, Vec<u32>) {
+    let progs = d.programs.iter().map(|p| p.id).collect();
+    let mut maps: Vec<u32> = d
+        .programs
+        .iter()
+        .flat_map(|p| p.map_ids.iter().copied())
+        .chain(d.maps.iter().map(|m| m.id))
+        .collect();
+    maps.sort_unstable();
+    maps.dedup();
+    (progs, maps)
+}
+
+/// After a replace: what the kernel still holds of the old deployment
+/// (connections made before it keep its programs) is said, and noted for
+/// status, from a look.
+fn replaced(exec: &mut Executor, ctx: &Apply, progs: Vec<u32>, maps: Vec<u32>) -> Result<()> {
+    let now = match ctx.store.load() {
+        crate::kernel::remember::record::Found::Ok(l) => l.record.deployed.as_ref().map(ids_of),
+        _ => None,
+    };
+    let (new_progs, new_maps) = now.unwrap_or_default();
+    // What earlier replaces left is still watched.
+    let earlier = ctx.store.lingering().unwrap_or_default();
+    let mut old_progs: Vec<u32> = progs
+        .into_iter()
+        .chain(earlier.programs)
+        .filter(|id| !new_progs.contains(id))
+        .collect();
+    let mut old_maps: Vec<u32> = maps
+        .into_iter()
+        .chain(earlier.maps)
+        .filter(|id| !new_maps.contains(id))
+        .collect();
+    old_progs.sort_unstable();
+    old_progs.dedup();
+    old_maps.sort_unstable();
+    old_maps.dedup();
+    let lingering = wait_freed(exec, &old_progs, &old_maps, Duration::from_secs(1))?;
+    if !lingering.is_empty() {
+        exec.note(&format!(
+            "the old programs (ids {:?}) and maps (ids {:?}) live on: {} made before this \
+             replace keep them until they close; the maps that were kept are the ones they use",
+            lingering.programs,
+            lingering.maps,
+            if lingering.connections.is_empty() {
+                "connections".to_string()
+            } else {
+                lingering.describe_connections()
+            }
+        ));
+    }
+    ctx.store.save_lingering(&lingering)
 }
 
 /// Nothing to change in the kernel: a source edit that compiled to the same
@@ -145,10 +209,18 @@ fn settle_nothing(exec: &mut Executor, mut record: Record, ctx: &Apply) -> Resul
         .filter(|d| d.sources != ctx.sources)
         .map(|d| d.sources = ctx.sources.clone())
         .is_some();
+    // What changes nothing in the kernel (counter labels, what destroy
+    // writes first) is still the deployment's plan from now on.
+    let new_plan = record
+        .deployed
+        .as_mut()
+        .filter(|d| d.plan != *ctx.plan)
+        .map(|d| d.plan = ctx.plan.clone())
+        .is_some();
     if ctx.last_plan.is_some() {
         record.last_plan = ctx.last_plan.clone();
     }
-    if new_sources || ctx.last_plan.is_some() {
+    if new_sources || new_plan || ctx.last_plan.is_some() {
         ctx.store.save(&record)?;
     }
     exec.note(&format!(
@@ -349,31 +421,50 @@ pub(crate) fn adopted(store: &Store, record: &Record) -> Result<()> {
     store.save(record)
 }
 
+/// How long to wait for the kernel to free objects before asking whether
+/// connections hold them (then waiting is no use).
+const FREE_GRACE: Duration = Duration::from_millis(200);
+
 /// Poll until programs and maps are freed (the kernel releases them a
-/// moment after the last reference goes). What still lives after the time
-/// limit is returned: something else references it.
+/// moment after the last reference goes). When connections in a sockhash
+/// of theirs hold them, that is said at once: they go when those close.
+/// What still lives is returned.
 pub(crate) fn wait_freed(
     exec: &mut Executor,
     prog_ids: &[u32],
     map_ids: &[u32],
-) -> Result<(Vec<u32>, Vec<u32>)> {
+    timeout: Duration,
+) -> Result<Lingering> {
     let mut q = Query::default();
     q.ids(prog_ids, map_ids);
     let start = Instant::now();
     loop {
         let obs = exec.observe(&q)?;
-        let live_progs: Vec<u32> = prog_ids
-            .iter()
-            .copied()
-            .filter(|id| obs.programs.contains_key(id))
-            .collect();
-        let live_maps: Vec<u32> = map_ids
-            .iter()
-            .copied()
-            .filter(|id| obs.maps.contains_key(id))
-            .collect();
-        if (live_progs.is_empty() && live_maps.is_empty()) || start.elapsed() > FREE_TIMEOUT {
-            return Ok((live_progs, live_maps));
+        let live = Lingering {
+            programs: prog_ids
+                .iter()
+                .copied()
+                .filter(|id| obs.programs.contains_key(id))
+                .collect(),
+            maps: map_ids
+                .iter()
+                .copied()
+                .filter(|id| obs.maps.contains_key(id))
+                .collect(),
+            connections: Vec::new(),
+        };
+        if live.is_empty() {
+            return Ok(live);
+        }
+        if start.elapsed() > FREE_GRACE {
+            let connections =
+                crate::kernel::look::observe::connections(exec.kernel(), &obs, &live.maps)?;
+            if !connections.is_empty() || start.elapsed() > timeout {
+                return Ok(Lingering {
+                    connections,
+                    ..live
+                });
+            }
         }
         std::thread::sleep(Duration::from_millis(20));
     }

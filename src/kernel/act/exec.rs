@@ -301,6 +301,11 @@ impl<'a, 'k> Executor<'a, 'k> {
         self.kernel.observe(q)
     }
 
+    /// The kernel, for a look the executor does not make itself.
+    pub fn kernel(&mut self) -> &mut dyn Kernel {
+        &mut *self.kernel
+    }
+
     /// Tell the listeners something.
     pub fn note(&mut self, text: &str) {
         self.tell(&Event::Note { text });

@@ -15,7 +15,7 @@ use std::path::{Path, PathBuf};
 use crate::kernel::act::seam::{At, BatchEnd, Kernel, Ran, StepError};
 use crate::kernel::look::inspect::{DumpEntry, MapInfo, PinState, ProgInfo};
 use crate::kernel::look::observe::{Observed, Query};
-use crate::manifest::model::{AttachKind, KernelMapType, KernelProgType, kernel_name};
+use crate::manifest::model::{AttachKind, KernelProgType, MapShape, kernel_name};
 use crate::plan::step::{AttachPoint, Attachment, ProgRef, Step};
 
 /// The directories there are before anything runs: bpffs and above it.
@@ -25,8 +25,8 @@ const BASE_DIRS: [&str; 3] = ["/sys", "/sys/fs", "/sys/fs/bpf"];
 #[derive(Debug, Clone)]
 pub(crate) struct Object {
     pub tag: String,
-    /// (name, kernel type, max entries) of each map it creates.
-    pub maps: Vec<(String, KernelMapType, usize)>,
+    /// The name and shape of each map it creates.
+    pub maps: Vec<(String, MapShape)>,
 }
 
 #[derive(Debug, Clone)]
@@ -253,17 +253,21 @@ impl Fake {
             return Err(err(pin, "File exists"));
         }
         let id = self.id();
-        for (name, map_type, max_entries) in &obj.maps {
+        for (name, shape) in &obj.maps {
             let map_id = self.id();
             self.maps.insert(
                 map_id,
                 Map {
                     info: MapInfo {
                         id: map_id,
-                        map_type: *map_type,
+                        map_type: shape.map_type,
                         name: kernel_name(name).to_string(),
+                        key_size: shape.key_size,
+                        value_size: shape.value_size,
+                        max_entries: shape.max_entries,
+                        flags: shape.flags,
                     },
-                    max_entries: *max_entries,
+                    max_entries: shape.max_entries as usize,
                     entries: BTreeMap::new(),
                 },
             );
@@ -430,6 +434,11 @@ impl Fake {
 }
 
 impl Kernel for Fake {
+    /// The fake holds no connections.
+    fn sockets(&mut self, _: &[u64]) -> Result<Vec<crate::kernel::look::sockets::Socket>> {
+        Ok(Vec::new())
+    }
+
     fn observe(&mut self, q: &Query) -> Result<Observed> {
         let mut o = Observed::default();
         for pin in &q.pins {
@@ -481,6 +490,19 @@ impl Kernel for Fake {
                     })
                     .collect();
                 o.contents.insert(pin.clone(), dump);
+            }
+        }
+        for id in &q.dump_ids {
+            if let Some(m) = self.maps.get(id) {
+                let dump = m
+                    .entries
+                    .iter()
+                    .map(|(k, v)| DumpEntry {
+                        key: k.clone(),
+                        values: vec![v.clone()],
+                    })
+                    .collect();
+                o.contents_by_id.insert(*id, dump);
             }
         }
         o.dirs = q

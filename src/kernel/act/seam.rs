@@ -10,6 +10,7 @@ use anyhow::{Context, Result};
 use crate::kernel::act::cmd;
 use crate::kernel::look::inspect;
 use crate::kernel::look::observe::{self, Observed, Query};
+use crate::kernel::look::sockets::{self, Socket};
 use crate::kernel::remember::build;
 use crate::plan::step::{Arg, Step};
 
@@ -68,6 +69,9 @@ pub(crate) trait Kernel {
     fn execute(&mut self, at: At, step: &Step, argv: &[String]) -> Result<Ran, StepError>;
     /// Run map entry steps as the lines of one `bpftool batch file -`.
     fn batch(&mut self, at: At, steps: &[&Step], lines: &[String]) -> BatchEnd;
+    /// The TCP sockets of these cookies that still exist (the connections a
+    /// sockhash holds).
+    fn sockets(&mut self, cookies: &[u64]) -> Result<Vec<Socket>>;
 }
 
 /// The words of a step with the run-time ones filled in.
@@ -96,6 +100,10 @@ pub(crate) fn batch_argv() -> Vec<String> {
 pub(crate) struct Live;
 
 impl Kernel for Live {
+    fn sockets(&mut self, cookies: &[u64]) -> Result<Vec<Socket>> {
+        sockets::by_cookie(cookies)
+    }
+
     fn observe(&mut self, q: &Query) -> Result<Observed> {
         observe::observe(q)
     }
@@ -248,6 +256,10 @@ fn on_purpose(text: &str) -> anyhow::Error {
 }
 
 impl<K: Kernel> Kernel for Faults<K> {
+    fn sockets(&mut self, cookies: &[u64]) -> Result<Vec<Socket>> {
+        self.inner.sockets(cookies)
+    }
+
     fn observe(&mut self, q: &Query) -> Result<Observed> {
         self.inner.observe(q)
     }
@@ -294,6 +306,10 @@ impl<K: Kernel> Kernel for Faults<K> {
 
 /// A kernel lent out (a fault wrapper around a fake the test keeps).
 impl<K: Kernel + ?Sized> Kernel for &mut K {
+    fn sockets(&mut self, cookies: &[u64]) -> Result<Vec<Socket>> {
+        (**self).sockets(cookies)
+    }
+
     fn observe(&mut self, q: &Query) -> Result<Observed> {
         (**self).observe(q)
     }

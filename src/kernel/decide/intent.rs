@@ -139,7 +139,7 @@ pub(crate) fn build_ops(plan: &Plan) -> Vec<Op> {
         .collect()
 }
 
-/// Decide apply: `objects` are the hashes of the objects the plan loads;
+/// Decide apply: `built` are the objects the plan loads (hashes and maps);
 /// `mount` the bpffs mount preflight found missing.
 pub(crate) fn apply(
     plan: &Plan,
@@ -147,12 +147,12 @@ pub(crate) fn apply(
     build: Vec<Op>,
     loaded: Option<&Loaded>,
     obs: &Observed,
-    objects: &[crate::kernel::remember::record::FileHash],
+    built: &crate::kernel::remember::build::Built,
 ) -> ApplyIntent {
-    let (recover, decision) = match decide::decide(plan, loaded, obs, objects) {
+    let (recover, decision) = match decide::decide(plan, loaded, obs, built) {
         Decision::Recover { ops, forward } => {
             let (after, sim) = recovered(loaded, &ops, forward, obs);
-            let decision = decide::decide(plan, after.as_ref(), &sim, objects);
+            let decision = decide::decide(plan, after.as_ref(), &sim, built);
             (Some(Recovery { ops, forward }), decision)
         }
         d => (None, d),
@@ -377,7 +377,10 @@ pub(crate) fn apply_review(
         Decision::Recover { .. } => (DecisionKind::Recover, None),
         Decision::Refuse(why) => (DecisionKind::Refused, Some(why.clone())),
     };
-    let mut notes = Vec::new();
+    let mut notes = match &i.decision {
+        Decision::Replace { notes, .. } => notes.clone(),
+        _ => Vec::new(),
+    };
     if let Some(r) = &i.recover {
         notes.push(format!(
             "an earlier apply was interrupted: apply first {} it ({} step(s)), then {}",

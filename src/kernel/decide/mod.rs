@@ -13,7 +13,8 @@ use std::path::PathBuf;
 
 use crate::kernel::look::inspect::{PinState, ProgInfo};
 use crate::kernel::look::observe::Observed;
-use crate::kernel::remember::record::{Deployed, FileHash, Loaded, MapFact, ProgramFact};
+use crate::kernel::remember::build::Built;
+use crate::kernel::remember::record::{Deployed, Loaded, MapFact, ProgramFact};
 use crate::manifest::model::{MapPin, ProgPin, ProgType, Staging, kernel_name};
 use crate::plan::step::{AttachPoint, Attachment, PinKind, ProgRef, Step};
 use crate::plan::{Drift, Op, Plan, Spec};
@@ -35,6 +36,8 @@ pub(crate) enum Decision {
         ops: Vec<Op>,
         commit_at: usize,
         pin_dirs: Vec<PathBuf>,
+        /// What a reviewer should know: the maps that are not kept, and why.
+        notes: Vec<String>,
     },
     /// Nothing of this deployment exists: run the plan.
     Fresh {
@@ -227,7 +230,7 @@ pub(crate) fn decide(
     plan: &Plan,
     loaded: Option<&Loaded>,
     obs: &Observed,
-    objects: &[FileHash],
+    built: &Built,
 ) -> Decision {
     let Some(loaded) = loaded else {
         return fresh(plan, obs);
@@ -241,7 +244,7 @@ pub(crate) fn decide(
     };
     let reason = if !d.plan.spec.same_structure(&plan.spec) {
         Some(Reason::ManifestChanged)
-    } else if d.objects != objects {
+    } else if d.objects != built.hashes {
         Some(Reason::ProgramChanged)
     } else {
         findings(&plan.spec, Some(d), obs)
@@ -250,7 +253,7 @@ pub(crate) fn decide(
             .map(Reason::Drift)
     };
     match reason {
-        Some(reason) => replace(plan, d, obs, reason),
+        Some(reason) => replace(plan, d, obs, reason, built),
         None => {
             let ops = entry_ops(&plan.spec, obs, Some(d));
             if ops.is_empty() {
@@ -598,6 +601,19 @@ pub(crate) fn teardown(
         .iter()
         .map(|p| (&p.pin, our_programs(&p.pin, spec, deployed, obs, tags)))
         .collect();
+    // The switch first: connections that outlive destroy still hold the
+    // programs, which read it.
+    for m in &spec.maps {
+        if let Some(entries) = &m.on_destroy
+            && map_is_ours(&m.pin, spec, deployed, obs)
+        {
+            t.steps.extend(entries.iter().map(|e| Step::UpdateMapEntry {
+                map: m.name.clone(),
+                pin: m.pin.clone(),
+                entry: e.clone(),
+            }));
+        }
+    }
     for step in plan.steps.iter().rev() {
         match step {
             Step::Attach(a) => {
@@ -677,22 +693,84 @@ fn describe_pin(state: &PinState) -> String {
     }
 }
 
+/// The maps a replace keeps: the running deployment's map at the same pin,
+/// with the same name and exactly the shape the new object gives it (type,
+/// key and value size, max entries, flags). The new programs are loaded
+/// with it (`map name M pinned PIN`), so every connection, made before the
+/// replace or after, reads one policy and counts into one set of counters.
+/// The others, with why they are not kept.
+fn carried(
+    plan: &Plan,
+    deployed: &Deployed,
+    obs: &Observed,
+    built: &Built,
+) -> (BTreeSet<MapPin>, Vec<String>) {
+    let mut keep = BTreeSet::new();
+    let mut notes = Vec::new();
+    for m in &plan.spec.maps {
+        let Some(old) = deployed
+            .plan
+            .spec
+            .maps
+            .iter()
+            .find(|o| o.pin == m.pin && o.name == m.name)
+        else {
+            continue;
+        };
+        let Some(PinState::Map(live)) = obs.pins.get(m.pin.as_str()) else {
+            continue;
+        };
+        if !map_is_ours(&old.pin, &deployed.plan.spec, Some(deployed), obs) {
+            continue;
+        }
+        let object = plan
+            .spec
+            .programs
+            .iter()
+            .find(|p| p.name == m.owner)
+            .map(|p| p.object.as_path());
+        let why = match object.and_then(|o| built.shape(o, m.name.as_str())) {
+            Some(new) if new == live.shape() => {
+                keep.insert(m.pin.clone());
+                continue;
+            }
+            Some(new) => live.shape().differences(&new).join(", "),
+            None => "its object does not define it".into(),
+        };
+        notes.push(format!(
+            "map `{}` is not kept ({why}): connections made before this replace keep the old map, \
+             with its entries as they are now, until they close",
+            m.name
+        ));
+    }
+    (keep, notes)
+}
+
 /// Replace `deployed` by `plan` without a moment where neither runs:
 ///
-/// 1. stage: load and pin the new programs and maps under `~new` names,
-///    with their entries and map attachments (the verifier runs here, while
-///    the old deployment still works);
-/// 2. attach the new programs to cgroups beside the old ones (`multi`),
-///    then detach the old ones (XDP, one program per interface: old off,
-///    new on);
-/// 3. detach the old programs from their maps, move the old pins aside
-///    (`~old`), move the new pins in;
+/// 1. stage: load and pin the new programs and the maps that are not kept
+///    under `~new` names, with their entries; the kept maps are loaded with
+///    as they are, their entries updated in place (the verifier runs here,
+///    while the old deployment still works);
+/// 2. attach the new programs to their maps (to a kept map the attach
+///    replaces the old program; to a staged one it is new), and to cgroups
+///    beside the old ones (`multi`), then detach the old ones (XDP, one
+///    program per interface: old off, new on);
+/// 3. detach the old programs from the maps that are not kept, move the old
+///    pins aside (`~old`), move the new pins in;
 /// 4. past the point of no return: unpin the old objects.
 ///
 /// Every step up to 4 has an undo, so a failure restores the old
 /// deployment as it was, down to its program ids and map contents.
-fn replace(plan: &Plan, deployed: &Deployed, obs: &Observed, reason: Reason) -> Decision {
+fn replace(
+    plan: &Plan,
+    deployed: &Deployed,
+    obs: &Observed,
+    reason: Reason,
+    built: &Built,
+) -> Decision {
     let old_spec = &deployed.plan.spec;
+    let (keep, notes) = carried(plan, deployed, obs, built);
     // Refuse what cannot be swapped: a foreign object at one of our pins,
     // or leftovers of an earlier swap.
     for pin in swap_pins(plan, Some(deployed)) {
@@ -722,9 +800,15 @@ fn replace(plan: &Plan, deployed: &Deployed, obs: &Observed, reason: Reason) -> 
         .iter()
         .map(|dir| Op::of(Step::MakePinDir { dir: dir.clone() }))
         .collect();
-    ops.extend(stage_and_attach(plan, &t));
-    // 3. The old verdicts off their maps; old pins aside; new pins in.
-    for s in t.steps.iter().filter(|s| is_map_detach(s)) {
+    let stage = Stager { keep: &keep };
+    ops.extend(stage.stage_and_attach(plan, &t, obs, deployed));
+    // 3. The old verdicts off the maps that are not kept; old pins aside;
+    //    new pins in.
+    for s in t
+        .steps
+        .iter()
+        .filter(|s| is_map_detach(s) && !stage.kept_point(s))
+    {
         ops.push(detach_op(s));
     }
     let old_pins: Vec<(PinKind, String, String)> = t
@@ -734,7 +818,9 @@ fn replace(plan: &Plan, deployed: &Deployed, obs: &Observed, reason: Reason) -> 
             Step::UnpinProgram { program, pin } => {
                 Some((PinKind::Program, program.0.clone(), pin.0.clone()))
             }
-            Step::UnpinMap { map, pin } => Some((PinKind::Map, map.0.clone(), pin.0.clone())),
+            Step::UnpinMap { map, pin } if !keep.contains(pin) => {
+                Some((PinKind::Map, map.0.clone(), pin.0.clone()))
+            }
             _ => None,
         })
         .collect();
@@ -746,7 +832,7 @@ fn replace(plan: &Plan, deployed: &Deployed, obs: &Observed, reason: Reason) -> 
             to: aside(pin),
         }));
     }
-    for (kind, name, pin) in new_objects(&plan.spec) {
+    for (kind, name, pin) in new_objects(&plan.spec, &keep) {
         ops.push(Op::of(Step::RenamePin {
             kind,
             name,
@@ -754,8 +840,22 @@ fn replace(plan: &Plan, deployed: &Deployed, obs: &Observed, reason: Reason) -> 
             to: pin,
         }));
     }
-    // 4. Past the point of no return: the old objects go.
+    // 4. Past the point of no return: the old objects go. An old map that
+    //    is not kept gets its destroy switch first: the connections that
+    //    keep it (they hold the old programs) leave the bypass now.
     let commit_at = ops.len();
+    for m in old_spec.maps.iter().filter(|m| !keep.contains(&m.pin)) {
+        for e in m.on_destroy.iter().flatten() {
+            ops.push(Op {
+                step: Step::UpdateMapEntry {
+                    map: m.name.clone(),
+                    pin: MapPin(aside(m.pin.as_str())),
+                    entry: e.clone(),
+                },
+                undo: None,
+            });
+        }
+    }
     for (kind, name, pin) in &old_pins {
         let pin = aside(pin);
         ops.push(Op {
@@ -786,41 +886,186 @@ fn replace(plan: &Plan, deployed: &Deployed, obs: &Observed, reason: Reason) -> 
         ops,
         commit_at,
         pin_dirs,
+        notes,
     }
 }
 
-/// Steps 1 and 2 of a replace: the new objects staged, the new traffic
-/// attachments beside the old ones, the old ones off.
-fn stage_and_attach(plan: &Plan, old: &Teardown) -> Vec<Op> {
-    let mut ops = Vec::new();
-    for step in plan.steps.iter().filter(|s| s.touches_kernel()) {
-        match step {
-            Step::Attach(a) if !matches!(a.point, AttachPoint::Map { .. }) => {}
-            _ => ops.push(Op::of(stage_step(step))),
+/// How the new objects of a replace are staged: under `~new`, except the
+/// maps that are kept, which the new programs use where they are.
+struct Stager<'a> {
+    keep: &'a BTreeSet<MapPin>,
+}
+
+impl Stager<'_> {
+    fn map_pin(&self, pin: &MapPin) -> MapPin {
+        if self.keep.contains(pin) {
+            pin.clone()
+        } else {
+            MapPin(staged(pin.as_str()))
         }
     }
-    let traffic: Vec<&Attachment> = plan
-        .spec
-        .attachments
-        .iter()
-        .filter(|a| !matches!(a.point, AttachPoint::Map { .. }))
-        .collect();
-    for a in traffic.iter().filter(|a| !is_xdp(a)) {
-        ops.push(Op::of(Step::Attach(stage_attachment(a))));
+
+    /// Whether a step attaches to (or detaches from) a kept map.
+    fn kept_point(&self, step: &Step) -> bool {
+        matches!(step, Step::Attach(a) | Step::Detach(a)
+            if matches!(&a.point, AttachPoint::Map { map_pin, .. } if self.keep.contains(map_pin)))
     }
-    let old_traffic = old
-        .steps
-        .iter()
-        .filter(|s| matches!(s, Step::Detach(_)) && !is_map_detach(s));
-    for s in old_traffic {
-        ops.push(detach_op(s));
+
+    /// Steps 1 and 2 of a replace: the new objects staged, their map
+    /// attachments, the new traffic attachments beside the old ones, the
+    /// old ones off.
+    fn stage_and_attach(
+        &self,
+        plan: &Plan,
+        old: &Teardown,
+        obs: &Observed,
+        deployed: &Deployed,
+    ) -> Vec<Op> {
+        let mut ops = Vec::new();
+        for step in plan.steps.iter().filter(|s| s.touches_kernel()) {
+            match step {
+                Step::Attach(a) if !matches!(a.point, AttachPoint::Map { .. }) => {}
+                Step::PinMap { pin, .. } if self.keep.contains(pin) => {}
+                // A kept map's entries change in place, each undone to
+                // what it was; the others are staged with the new map.
+                Step::UpdateMapEntry { pin, .. } if self.keep.contains(pin) => {}
+                Step::Attach(a) if self.kept_point(step) => {
+                    ops.push(self.attach_to_kept(a, old, obs));
+                }
+                _ => ops.push(Op::of(self.stage_step(step, plan))),
+            }
+            if let Step::PinMap { pin, .. } = step
+                && self.keep.contains(pin)
+            {
+                let kept: Vec<&crate::plan::MapSpec> =
+                    plan.spec.maps.iter().filter(|m| &m.pin == pin).collect();
+                let spec = Spec {
+                    maps: kept.into_iter().cloned().collect(),
+                    ..Spec::default()
+                };
+                ops.extend(entry_ops(&spec, obs, Some(deployed)));
+            }
+        }
+        let traffic: Vec<&Attachment> = plan
+            .spec
+            .attachments
+            .iter()
+            .filter(|a| !matches!(a.point, AttachPoint::Map { .. }))
+            .collect();
+        for a in traffic.iter().filter(|a| !is_xdp(a)) {
+            ops.push(Op::of(Step::Attach(self.stage_attachment(a))));
+        }
+        let old_traffic = old
+            .steps
+            .iter()
+            .filter(|s| matches!(s, Step::Detach(_)) && !is_map_detach(s));
+        for s in old_traffic {
+            ops.push(detach_op(s));
+        }
+        // An interface holds one XDP program: the new one goes on once the
+        // old one is off.
+        for a in traffic.iter().filter(|a| is_xdp(a)) {
+            ops.push(Op::of(Step::Attach(self.stage_attachment(a))));
+        }
+        ops
     }
-    // An interface holds one XDP program: the new one goes on once the old
-    // one is off.
-    for a in traffic.iter().filter(|a| is_xdp(a)) {
-        ops.push(Op::of(Step::Attach(stage_attachment(a))));
+
+    /// The new program attached to a kept map: the attach replaces the old
+    /// program there, so its undo attaches the old one again (by id).
+    fn attach_to_kept(&self, a: &Attachment, old: &Teardown, obs: &Observed) -> Op {
+        let new = self.stage_attachment(a);
+        let previous = old.steps.iter().find_map(|s| match s {
+            Step::Detach(o) if o.point == a.point => obs.prog_id(&o.prog).map(|id| Attachment {
+                prog: ProgRef::Id(id),
+                ..o.clone()
+            }),
+            _ => None,
+        });
+        let undo = match previous {
+            Some(o) => Step::Attach(o),
+            None => Step::Detach(new.clone()),
+        };
+        Op {
+            step: Step::Attach(new),
+            undo: Some(undo),
+        }
     }
-    ops
+
+    fn stage_attachment(&self, a: &Attachment) -> Attachment {
+        let prog = match &a.prog {
+            ProgRef::Pinned(p) => ProgRef::Pinned(ProgPin(staged(p.as_str()))),
+            other => other.clone(),
+        };
+        let point = match &a.point {
+            AttachPoint::Map { map, map_pin, kind } => AttachPoint::Map {
+                map: map.clone(),
+                map_pin: self.map_pin(map_pin),
+                kind: *kind,
+            },
+            other => other.clone(),
+        };
+        Attachment {
+            program: a.program.clone(),
+            prog,
+            point,
+        }
+    }
+
+    /// A plan step with every pin it names moved to its staged name; a
+    /// program that creates a kept map is loaded with it instead.
+    fn stage_step(&self, step: &Step, plan: &Plan) -> Step {
+        match step.clone() {
+            Step::LoadProgram {
+                program,
+                object,
+                prog_type,
+                pin,
+                reuse,
+            } => {
+                let mut reuse: Vec<_> = reuse
+                    .into_iter()
+                    .map(|mut r| {
+                        r.pin = self.map_pin(&r.pin);
+                        r
+                    })
+                    .collect();
+                for m in plan
+                    .spec
+                    .maps
+                    .iter()
+                    .filter(|m| m.owner == program && self.keep.contains(&m.pin))
+                {
+                    reuse.push(crate::plan::step::ReusedMap {
+                        name: m.name.clone(),
+                        pin: m.pin.clone(),
+                    });
+                }
+                Step::LoadProgram {
+                    program,
+                    object,
+                    prog_type,
+                    pin: ProgPin(staged(pin.as_str())),
+                    reuse,
+                }
+            }
+            Step::PinMap {
+                map,
+                program_pin,
+                pin,
+            } => Step::PinMap {
+                map,
+                program_pin: ProgPin(staged(program_pin.as_str())),
+                pin: MapPin(staged(pin.as_str())),
+            },
+            Step::UpdateMapEntry { map, pin, entry } => Step::UpdateMapEntry {
+                map,
+                pin: MapPin(staged(pin.as_str())),
+                entry,
+            },
+            Step::Attach(a) => Step::Attach(self.stage_attachment(&a)),
+            other => other,
+        }
+    }
 }
 
 fn is_map_detach(step: &Step) -> bool {
@@ -843,8 +1088,8 @@ fn detach_op(step: &Step) -> Op {
     }
 }
 
-/// The programs and maps a spec pins, in manifest order.
-fn new_objects(spec: &Spec) -> Vec<(PinKind, String, String)> {
+/// The programs and maps a spec pins, in manifest order, but the kept maps.
+fn new_objects(spec: &Spec, keep: &BTreeSet<MapPin>) -> Vec<(PinKind, String, String)> {
     let programs = spec
         .programs
         .iter()
@@ -852,69 +1097,9 @@ fn new_objects(spec: &Spec) -> Vec<(PinKind, String, String)> {
     let maps = spec
         .maps
         .iter()
+        .filter(|m| !keep.contains(&m.pin))
         .map(|m| (PinKind::Map, m.name.0.clone(), m.pin.0.clone()));
     programs.chain(maps).collect()
-}
-
-fn stage_attachment(a: &Attachment) -> Attachment {
-    let prog = match &a.prog {
-        ProgRef::Pinned(p) => ProgRef::Pinned(ProgPin(staged(p.as_str()))),
-        other => other.clone(),
-    };
-    let point = match &a.point {
-        AttachPoint::Map { map, map_pin, kind } => AttachPoint::Map {
-            map: map.clone(),
-            map_pin: MapPin(staged(map_pin.as_str())),
-            kind: *kind,
-        },
-        other => other.clone(),
-    };
-    Attachment {
-        program: a.program.clone(),
-        prog,
-        point,
-    }
-}
-
-/// A plan step with every pin it names moved to its staged name.
-fn stage_step(step: &Step) -> Step {
-    match step.clone() {
-        Step::LoadProgram {
-            program,
-            object,
-            prog_type,
-            pin,
-            reuse,
-        } => Step::LoadProgram {
-            program,
-            object,
-            prog_type,
-            pin: ProgPin(staged(pin.as_str())),
-            reuse: reuse
-                .into_iter()
-                .map(|mut r| {
-                    r.pin = MapPin(staged(r.pin.as_str()));
-                    r
-                })
-                .collect(),
-        },
-        Step::PinMap {
-            map,
-            program_pin,
-            pin,
-        } => Step::PinMap {
-            map,
-            program_pin: ProgPin(staged(program_pin.as_str())),
-            pin: MapPin(staged(pin.as_str())),
-        },
-        Step::UpdateMapEntry { map, pin, entry } => Step::UpdateMapEntry {
-            map,
-            pin: MapPin(staged(pin.as_str())),
-            entry,
-        },
-        Step::Attach(a) => Step::Attach(stage_attachment(&a)),
-        other => other,
-    }
 }
 
 #[cfg(test)]
@@ -1004,6 +1189,10 @@ cgroup = "/sys/fs/cgroup/web"
             id,
             map_type: crate::manifest::model::KernelMapType::parse(kind).expect("a kernel type"),
             name: name.into(),
+            key_size: 0,
+            value_size: 0,
+            max_entries: 0,
+            flags: 0,
         })
     }
 
@@ -1040,11 +1229,14 @@ cgroup = "/sys/fs/cgroup/web"
         o
     }
 
-    fn objects() -> Vec<FileHash> {
-        vec![FileHash {
-            path: "/m/ops.o".into(),
-            sha256: "o1".into(),
-        }]
+    fn objects() -> Built {
+        Built {
+            hashes: vec![crate::kernel::remember::record::FileHash {
+                path: "/m/ops.o".into(),
+                sha256: "o1".into(),
+            }],
+            maps: BTreeMap::new(),
+        }
     }
 
     fn deployed(p: &Plan) -> Deployed {
@@ -1072,7 +1264,7 @@ cgroup = "/sys/fs/cgroup/web"
                 id: 10,
             }],
             sources: vec![],
-            objects: objects(),
+            objects: objects().hashes,
             pin_dirs: vec![],
         }
     }
@@ -1307,7 +1499,7 @@ cgroup = "/sys/fs/cgroup/web"
         let p = plan("1000");
         let on_record = loaded(Some(deployed(&p)), None, 0);
         let mut rebuilt = objects();
-        rebuilt[0].sha256 = "o2".into();
+        rebuilt.hashes[0].sha256 = "o2".into();
         let Decision::Replace { ops, commit_at, .. } =
             decide(&p, Some(&on_record), &healthy(1000), &rebuilt)
         else {

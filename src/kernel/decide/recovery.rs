@@ -147,7 +147,14 @@ impl Simulated {
             }
             Step::Attach(a) => {
                 if let Some(id) = self.obs.prog_id(&a.prog) {
-                    self.ids_at(a).push(id);
+                    // A map holds one program of each attach type: an
+                    // attach there replaces the one before.
+                    let replaces = matches!(a.point, AttachPoint::Map { .. });
+                    let ids = self.ids_at(a);
+                    if replaces {
+                        ids.clear();
+                    }
+                    ids.push(id);
                 }
             }
             Step::Detach(a) => {
@@ -170,6 +177,10 @@ impl Simulated {
                     id: 0,
                     map_type: KernelMapType::Unspec,
                     name: map.0.clone(),
+                    key_size: 0,
+                    value_size: 0,
+                    max_entries: 0,
+                    flags: 0,
                 };
                 self.obs.pins.insert(pin.0.clone(), PinState::Map(info));
             }

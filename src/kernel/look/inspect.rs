@@ -196,18 +196,32 @@ impl<'de> Deserialize<'de> for HexBytes {
 /// when the map type allows, else from `bpftool -j map dump`.
 pub fn map_dump(pin: &str) -> Result<Vec<DumpEntry>> {
     let fd = sys::obj_get(pin).with_context(|| format!("opening the map pinned at {pin}"))?;
-    let per_cpu = sys::map_info(&fd)?.map_type.per_cpu();
-    if let Some(entries) = sys::map_entries(&fd, per_cpu)? {
+    dump_fd(&fd, &["pinned", pin])
+}
+
+/// The entries of the map with this id (one no pin names any more), if it
+/// still exists.
+pub fn map_dump_id(id: u32) -> Result<Option<Vec<DumpEntry>>> {
+    let Some(fd) = sys::map_fd_by_id(id) else {
+        return Ok(None);
+    };
+    dump_fd(&fd, &["id", &id.to_string()]).map(Some)
+}
+
+fn dump_fd(fd: &std::os::fd::OwnedFd, words: &[&str]) -> Result<Vec<DumpEntry>> {
+    let per_cpu = sys::map_info(fd)?.map_type.per_cpu();
+    if let Some(entries) = sys::map_entries(fd, per_cpu)? {
         return Ok(entries
             .into_iter()
             .map(|(key, values)| DumpEntry { key, values })
             .collect());
     }
-    bpftool_dump(pin)
+    bpftool_dump(words)
 }
 
-/// The entries of the map pinned at `pin`, as `bpftool -j map dump` says.
-fn bpftool_dump(pin: &str) -> Result<Vec<DumpEntry>> {
+/// The entries of a map (`pinned PIN` or `id ID`), as `bpftool -j map
+/// dump` says.
+fn bpftool_dump(words: &[&str]) -> Result<Vec<DumpEntry>> {
     #[derive(Deserialize)]
     struct Raw {
         key: HexBytes,
@@ -218,16 +232,21 @@ fn bpftool_dump(pin: &str) -> Result<Vec<DumpEntry>> {
     struct PerCpu {
         value: HexBytes,
     }
-    let argv: Vec<String> = ["bpftool", "-j", "map", "dump", "pinned", pin]
+    let argv: Vec<String> = ["bpftool", "-j", "map", "dump"]
         .iter()
+        .chain(words)
         .map(|s| s.to_string())
         .collect();
     let out = crate::kernel::act::cmd::run_checked(&argv, None)?;
     if out.stdout.iter().all(u8::is_ascii_whitespace) {
         return Ok(Vec::new());
     }
-    let raw: Vec<Raw> = serde_json::from_slice(&out.stdout)
-        .with_context(|| format!("parsing the JSON of `bpftool -j map dump pinned {pin}`"))?;
+    let raw: Vec<Raw> = serde_json::from_slice(&out.stdout).with_context(|| {
+        format!(
+            "parsing the JSON of `bpftool -j map dump {}`",
+            words.join(" ")
+        )
+    })?;
     Ok(raw
         .into_iter()
         .map(|r| DumpEntry {

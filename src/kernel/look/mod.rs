@@ -3,4 +3,5 @@
 
 pub mod inspect;
 pub(crate) mod observe;
+pub(crate) mod sockets;
 pub(crate) mod sys;

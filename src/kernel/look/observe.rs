@@ -8,7 +8,7 @@ use std::collections::{BTreeMap, BTreeSet};
 use std::path::{Path, PathBuf};
 
 use crate::kernel::look::inspect::{self, DumpEntry, MapInfo, PinState, ProgInfo};
-use crate::kernel::remember::record::Record;
+use crate::kernel::remember::record::{Connection, Record};
 use crate::manifest::model::AttachKind;
 use crate::plan::step::{AttachPoint, Attachment, ProgRef, Step};
 use crate::plan::{Op, Spec};
@@ -23,6 +23,8 @@ pub(crate) struct Query {
     pub prog_ids: BTreeSet<u32>,
     pub map_ids: BTreeSet<u32>,
     pub dumps: BTreeSet<String>,
+    /// Maps whose entries are read by id (no pin names them any more).
+    pub dump_ids: BTreeSet<u32>,
     pub dirs: BTreeSet<PathBuf>,
 }
 
@@ -159,6 +161,8 @@ pub(crate) struct Observed {
     pub maps: BTreeMap<u32, MapInfo>,
     /// Entries of the asked-for maps.
     pub contents: BTreeMap<String, Vec<DumpEntry>>,
+    /// Entries of the maps asked for by id, that still exist.
+    pub contents_by_id: BTreeMap<u32, Vec<DumpEntry>>,
     /// The asked-for directories that exist.
     pub dirs: BTreeSet<PathBuf>,
 }
@@ -275,6 +279,42 @@ pub(crate) fn differences(q: &Query, before: &Observed, after: &Observed) -> Vec
     out
 }
 
+/// The connections in the live sockhashes and sockmaps among `maps`.
+pub(crate) fn connections(
+    kernel: &mut dyn crate::kernel::act::seam::Kernel,
+    obs: &Observed,
+    maps: &[u32],
+) -> Result<Vec<Connection>> {
+    let mut q = Query::default();
+    q.dump_ids.extend(
+        maps.iter()
+            .filter(|id| obs.maps.get(id).is_some_and(|m| m.map_type.is_sockmap())),
+    );
+    if q.dump_ids.is_empty() {
+        return Ok(Vec::new());
+    }
+    let dumps = kernel.observe(&q)?;
+    // A sockhash's value, read from user space, is the socket's cookie.
+    let cookies: Vec<u64> = dumps
+        .contents_by_id
+        .values()
+        .flatten()
+        .filter_map(|e| {
+            let v = e.values.first()?;
+            Some(u64::from_ne_bytes(v.get(..8)?.try_into().ok()?))
+        })
+        .collect();
+    Ok(kernel
+        .sockets(&cookies)?
+        .into_iter()
+        .map(|s| Connection {
+            cookie: s.cookie,
+            local_port: s.local_port,
+            remote_port: s.remote_port,
+        })
+        .collect())
+}
+
 /// Look.
 pub(crate) fn observe(q: &Query) -> Result<Observed> {
     let mut o = Observed::default();
@@ -312,6 +352,11 @@ pub(crate) fn observe(q: &Query) -> Result<Observed> {
     for pin in &q.dumps {
         if matches!(o.pins.get(pin), Some(PinState::Map(_))) {
             o.contents.insert(pin.clone(), inspect::map_dump(pin)?);
+        }
+    }
+    for id in &q.dump_ids {
+        if let Some(dump) = inspect::map_dump_id(*id)? {
+            o.contents_by_id.insert(*id, dump);
         }
     }
     for dir in &q.dirs {

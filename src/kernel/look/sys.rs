@@ -7,7 +7,7 @@ use anyhow::{Context, Result, bail};
 use serde::{Deserialize, Serialize};
 use std::os::fd::{AsRawFd, FromRawFd, OwnedFd};
 
-use crate::manifest::model::{KernelMapType, KernelProgType};
+use crate::manifest::model::{KernelMapType, KernelProgType, MapShape};
 
 /// What the kernel says of one program (the fields bpfplan uses).
 #[derive(Debug, Clone, Serialize, Deserialize, PartialEq, Eq)]
@@ -30,6 +30,27 @@ pub struct MapInfo {
     pub map_type: KernelMapType,
     #[serde(default)]
     pub name: String,
+    #[serde(default)]
+    pub key_size: u32,
+    #[serde(default)]
+    pub value_size: u32,
+    #[serde(default)]
+    pub max_entries: u32,
+    #[serde(default)]
+    pub flags: u32,
+}
+
+impl MapInfo {
+    /// What a reuse of this map is judged by.
+    pub fn shape(&self) -> MapShape {
+        MapShape {
+            map_type: self.map_type,
+            key_size: self.key_size,
+            value_size: self.value_size,
+            max_entries: self.max_entries,
+            flags: self.flags,
+        }
+    }
 }
 
 const BPF_OBJ_GET: libc::c_long = 7;
@@ -147,10 +168,15 @@ pub(crate) fn map_info(fd: &OwnedFd) -> Result<MapInfo> {
     let mut info = [0u8; 128];
     info_by_fd(fd, &mut info)?;
     Ok(MapInfo {
-        // type (u32) at 0, id at 4, name (16 bytes) at 24.
+        // type (u32) at 0, id at 4, key_size at 8, value_size at 12,
+        // max_entries at 16, map_flags at 20, name (16 bytes) at 24.
         id: get_u32(&info, 4),
         map_type: KernelMapType::from(get_u32(&info, 0)),
         name: name(&info[24..40]),
+        key_size: get_u32(&info, 8),
+        value_size: get_u32(&info, 12),
+        max_entries: get_u32(&info, 16),
+        flags: get_u32(&info, 20),
     })
 }
 
@@ -262,10 +288,14 @@ pub(crate) fn prog_by_id(id: u32) -> Option<ProgInfo> {
 
 /// The map with this id, if it exists.
 pub(crate) fn map_by_id(id: u32) -> Option<MapInfo> {
+    map_info(&map_fd_by_id(id)?).ok()
+}
+
+/// An fd of the map with this id, if it exists.
+pub(crate) fn map_fd_by_id(id: u32) -> Option<OwnedFd> {
     let mut attr: Attr = [0; 128];
     put_u32(&mut attr, 0, id);
-    let fd = owned(bpf(BPF_MAP_GET_FD_BY_ID, &mut attr).ok()?).ok()?;
-    map_info(&fd).ok()
+    owned(bpf(BPF_MAP_GET_FD_BY_ID, &mut attr).ok()?).ok()
 }
 
 /// The ids of the programs attached to the map behind `fd` as

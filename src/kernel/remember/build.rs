@@ -7,7 +7,10 @@ use anyhow::{Context, Result};
 use sha2::{Digest, Sha256};
 use std::path::{Path, PathBuf};
 
+use std::collections::BTreeMap;
+
 use crate::kernel::remember::record::FileHash;
+use crate::manifest::model::{KernelMapType, MapShape, kernel_name};
 use crate::plan::Plan;
 use crate::util::{file_sha256, hex};
 
@@ -113,6 +116,57 @@ pub(crate) fn stamp(argv: &[String], object: &Path) -> Result<()> {
         std::fs::write(&stamp, key).with_context(|| format!("writing {}", stamp.display()))?;
     }
     Ok(())
+}
+
+/// What the objects a plan loads are, as built: their hashes, and the
+/// maps each defines (from its BTF), by object and map name.
+#[derive(Debug, Clone, Default, PartialEq, Eq)]
+pub(crate) struct Built {
+    pub hashes: Vec<FileHash>,
+    pub maps: BTreeMap<PathBuf, BTreeMap<String, MapShape>>,
+}
+
+impl Built {
+    /// The shape an object gives a map, if the object was read.
+    pub fn shape(&self, object: &Path, map: &str) -> Option<MapShape> {
+        self.maps.get(object)?.get(kernel_name(map)).copied()
+    }
+}
+
+/// The objects of a plan as built now.
+pub(crate) fn built(plan: &Plan) -> Result<Built> {
+    let mut maps = BTreeMap::new();
+    for p in &plan.spec.programs {
+        maps.insert(p.object.clone(), object_maps(&p.object)?);
+    }
+    Ok(Built {
+        hashes: object_hashes(plan)?,
+        maps,
+    })
+}
+
+/// The maps an object defines, by the name the kernel keeps, read from its
+/// ELF and BTF (`aya-obj`, as libbpf reads them) without loading anything.
+pub(crate) fn object_maps(object: &Path) -> Result<BTreeMap<String, MapShape>> {
+    let bytes = std::fs::read(object).with_context(|| format!("reading {}", object.display()))?;
+    let obj = aya_obj::Object::parse(&bytes)
+        .map_err(|e| anyhow::anyhow!("{e}"))
+        .with_context(|| format!("reading the maps of {}", object.display()))?;
+    Ok(obj
+        .maps
+        .iter()
+        .filter(|(name, _)| !name.starts_with('.'))
+        .map(|(name, m)| {
+            let shape = MapShape {
+                map_type: KernelMapType::from(m.map_type()),
+                key_size: m.key_size(),
+                value_size: m.value_size(),
+                max_entries: m.max_entries(),
+                flags: m.map_flags(),
+            };
+            (kernel_name(name).to_string(), shape)
+        })
+        .collect())
 }
 
 /// sha256 of every object the plan loads.

@@ -211,6 +211,46 @@ impl Record {
     }
 }
 
+/// What the kernel still holds of a deployment once its pins and
+/// attachments are gone, as a look found it.
+#[derive(Debug, Clone, Default, PartialEq, Eq, Serialize, Deserialize)]
+pub struct Lingering {
+    pub programs: Vec<u32>,
+    pub maps: Vec<u32>,
+    /// The connections still in a sockhash of it: each holds the programs
+    /// (and their maps) until it closes.
+    pub connections: Vec<Connection>,
+}
+
+/// One connection that holds a deployment's programs.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+pub struct Connection {
+    pub cookie: u64,
+    pub local_port: u16,
+    pub remote_port: u16,
+}
+
+impl Lingering {
+    pub fn is_empty(&self) -> bool {
+        self.programs.is_empty() && self.maps.is_empty()
+    }
+
+    /// The connections, in words.
+    pub fn describe_connections(&self) -> String {
+        let mut ports: Vec<String> = self
+            .connections
+            .iter()
+            .map(|c| format!("{}->{}", c.local_port, c.remote_port))
+            .collect();
+        let n = ports.len();
+        if n > 8 {
+            ports.truncate(8);
+            ports.push("...".into());
+        }
+        format!("{n} connection(s) (ports {})", ports.join(", "))
+    }
+}
+
 /// A record as read back, with how far its run got.
 #[derive(Debug, Clone)]
 pub struct Loaded {
@@ -233,6 +273,10 @@ pub struct Store {
     pub path: PathBuf,
     journal_path: PathBuf,
     lock_path: PathBuf,
+    /// What the kernel still held of the deployment when destroy or a
+    /// replace ended (objects held by connections): status reports it
+    /// until it is gone.
+    lingering_path: PathBuf,
 }
 
 /// The state directory: `BPFPLAN_STATE_DIR` or /run/bpfplan.
@@ -292,6 +336,7 @@ impl Store {
             path: dir.join(format!("{name}.json")),
             journal_path: dir.join(format!("{name}.journal")),
             lock_path: dir.join(format!("{name}.lock")),
+            lingering_path: dir.join(format!("{name}.lingering.json")),
         })
     }
 
@@ -382,6 +427,22 @@ impl Store {
 
     fn clear_journal(&self) -> Result<()> {
         remove_if_present(&self.journal_path, "journal")
+    }
+
+    /// Note what the kernel still holds (or, when nothing, forget it).
+    pub fn save_lingering(&self, l: &Lingering) -> Result<()> {
+        if l.is_empty() {
+            return remove_if_present(&self.lingering_path, "lingering objects' record");
+        }
+        let mut bytes = serde_json::to_vec(l).context("encoding the lingering objects")?;
+        bytes.push(b'\n');
+        trust::write_private(&self.lingering_path, &bytes)
+    }
+
+    /// What the kernel still held when destroy or a replace last ended.
+    pub fn lingering(&self) -> Option<Lingering> {
+        let bytes = trust::read_private(&self.lingering_path).ok()??;
+        serde_json::from_slice(&bytes).ok()
     }
 
     /// Remove the record and its journal.

@@ -12,6 +12,7 @@ use crate::kernel::decide::intent::{self, ApplyIntent, Staged};
 use crate::kernel::decide::{Decision, Reason};
 use crate::kernel::look::observe::{Observed, Query};
 use crate::kernel::remember::build;
+use crate::kernel::remember::build::Built;
 use crate::kernel::remember::record::{Found, Loaded, Store};
 use crate::kernel::remember::saved::{self, SavedObject, SavedPlan};
 use crate::kernel::verbs::preflight;
@@ -146,7 +147,7 @@ pub(crate) fn apply(
         }
     }
     let inputs = Inputs {
-        objects: build::object_hashes(plan)?,
+        built: build::built(plan)?,
         sources: match reviewed {
             Some(r) => r.saved.sources.clone(),
             None => build::source_hashes(plan)?,
@@ -185,15 +186,18 @@ fn check_review(
     obs: &Observed,
     mount: &[crate::plan::Op],
 ) -> Result<()> {
-    let objects: Vec<crate::kernel::remember::record::FileHash> = r
-        .saved
-        .objects
-        .iter()
-        .map(|o| crate::kernel::remember::record::FileHash {
-            path: o.path.clone(),
-            sha256: o.sha256.clone(),
-        })
-        .collect();
+    let mut objects = Built::default();
+    for o in &r.saved.objects {
+        objects
+            .hashes
+            .push(crate::kernel::remember::record::FileHash {
+                path: o.path.clone(),
+                sha256: o.sha256.clone(),
+            });
+        objects
+            .maps
+            .insert(o.path.clone(), build::object_maps(&o.kept)?);
+    }
     let decided = intent::apply(plan, None, Vec::new(), loaded, obs, &objects);
     let decided = ApplyIntent {
         mount: mount.to_vec(),
@@ -229,7 +233,8 @@ pub(crate) struct Pre {
 
 /// What apply records of the inputs besides the kernel.
 pub(crate) struct Inputs {
-    pub objects: Vec<crate::kernel::remember::record::FileHash>,
+    /// The objects as built: their hashes and the maps they define.
+    pub built: Built,
     pub sources: Vec<crate::kernel::remember::record::FileHash>,
     /// The hash of the saved plan being applied.
     pub last_plan: Option<String>,
@@ -251,14 +256,7 @@ pub(crate) fn carry_out(
     inputs: Inputs,
     foreseen: Option<&Decision>,
 ) -> Result<Applied> {
-    let decided = intent::apply(
-        plan,
-        None,
-        pre.build,
-        loaded.as_ref(),
-        &obs,
-        &inputs.objects,
-    );
+    let decided = intent::apply(plan, None, pre.build, loaded.as_ref(), &obs, &inputs.built);
     let decided = ApplyIntent {
         mount: pre.mount,
         ..decided
@@ -278,7 +276,7 @@ pub(crate) fn carry_out(
         store,
         plan,
         sources: inputs.sources,
-        objects: inputs.objects,
+        objects: inputs.built.hashes.clone(),
         started: inputs.started,
         numbering: Numbering {
             first: decided.first(Stage::Apply),
@@ -299,7 +297,7 @@ pub(crate) fn carry_out(
         loaded = read_record(store)?;
         obs = exec.observe(&query(plan, loaded.as_ref()))?;
         // The kernel as the recovery left it decides, whatever was foreseen.
-        let again = intent::apply(plan, None, Vec::new(), loaded.as_ref(), &obs, &ctx.objects);
+        let again = intent::apply(plan, None, Vec::new(), loaded.as_ref(), &obs, &inputs.built);
         if again.recover.is_some() {
             bail!("an interrupted run could not be recovered; run `bpfplan destroy`, then apply");
         }
@@ -362,10 +360,19 @@ fn foresee(
     let deployed = loaded.and_then(|l| l.record.deployed.as_ref());
     let rebuilt =
         deployed.is_some_and(|d| build::source_hashes(plan).ok().as_ref() != Some(&d.sources));
-    let objects = match deployed {
-        Some(d) if !rebuilt => d.objects.clone(),
-        _ => Vec::new(),
-    };
+    // The objects on disk are the deployed ones while the sources are; what
+    // they define (their maps) is read from them as they are.
+    let mut objects = Built::default();
+    if let Some(d) = deployed
+        && !rebuilt
+    {
+        objects.hashes = d.objects.clone();
+    }
+    for p in &plan.spec.programs {
+        if let Ok(maps) = build::object_maps(&p.object) {
+            objects.maps.insert(p.object.clone(), maps);
+        }
+    }
     let mut foreseen = intent::apply(plan, mount, build, loaded, obs, &objects);
     if let Decision::Replace { reason, .. } = &mut foreseen.decision
         && rebuilt
@@ -412,7 +419,7 @@ pub(crate) fn save(
             kept,
         });
     }
-    let hashes = build::object_hashes(plan)?;
+    let hashes = build::built(plan)?;
     // Applied, a saved plan loads its kept objects and builds nothing.
     let decided = intent::apply(
         plan,

@@ -15,10 +15,11 @@ use crate::kernel::decide::intent::{self, Probe, Staged};
 use crate::kernel::decide::{self, Tags};
 use crate::kernel::look::observe::Query;
 use crate::kernel::remember::build;
-use crate::kernel::remember::record::{Deployed, Found, Loaded, Record, Store};
+use crate::kernel::remember::record::{Deployed, Found, Lingering, Loaded, Record, Store};
 use crate::kernel::verbs::apply::{Mismatch, lock_timeout, query, read_record};
 use crate::kernel::verbs::preflight;
 use crate::manifest::model::Staging;
+use crate::plan::step::Step;
 use crate::plan::{Plan, Review, Stage};
 
 /// What destroy did.
@@ -30,8 +31,9 @@ pub(crate) enum Destroyed {
     /// program and map of it.
     Freed,
     /// Its pins and attachments are gone, but the kernel still holds these
-    /// programs and maps (something else references them).
-    Lingering { programs: Vec<u32>, maps: Vec<u32> },
+    /// programs and maps (connections made during the bypass, or something
+    /// else, reference them).
+    Lingering(Lingering),
 }
 
 /// The objects of a plan that are built (a probe can load them).
@@ -155,23 +157,51 @@ fn teardown(
     }
     carry::forget(exec, store, corrupt)?;
     let t = &decided.teardown;
-    let (programs, maps) = carry::wait_freed(exec, &t.prog_ids, &t.map_ids)?;
+    // What earlier replaces left is watched too.
+    let earlier = store.lingering().unwrap_or_default();
+    let mut progs: Vec<u32> = t.prog_ids.iter().copied().chain(earlier.programs).collect();
+    let mut maps: Vec<u32> = t.map_ids.iter().copied().chain(earlier.maps).collect();
+    progs.sort_unstable();
+    progs.dedup();
+    maps.sort_unstable();
+    maps.dedup();
+    let lingering = carry::wait_freed(exec, &progs, &maps, carry::FREE_TIMEOUT)?;
+    store.save_lingering(&lingering)?;
     let manifest = plan.manifest.display();
     if decided.ops.is_empty() {
         return Ok(Destroyed::Nothing);
     }
-    if programs.is_empty() && maps.is_empty() {
+    if lingering.is_empty() {
         exec.note(&format!(
             "destroyed {manifest}: its pins and attachments are gone and the kernel freed its \
              programs and maps"
         ));
         return Ok(Destroyed::Freed);
     }
+    let switched = t
+        .steps
+        .iter()
+        .any(|s| matches!(s, Step::UpdateMapEntry { .. }));
+    let why = if lingering.connections.is_empty() {
+        "something else references them".to_string()
+    } else {
+        format!(
+            "{} made during the bypass hold them and free them when they close{}",
+            lingering.describe_connections(),
+            if switched {
+                "; the switch destroy set first sends everything they send from now on over \
+                 TCP"
+            } else {
+                ""
+            }
+        )
+    };
     exec.warn(&format!(
         "destroyed {manifest}'s pins and attachments, but the kernel still holds program ids \
-         {programs:?} and map ids {maps:?}: something else references them"
+         {:?} and map ids {:?}: {why} (`bpfplan status` reports them until they are gone)",
+        lingering.programs, lingering.maps
     ));
-    Ok(Destroyed::Lingering { programs, maps })
+    Ok(Destroyed::Lingering(lingering))
 }
 
 /// Load each probed program under its probe pin, read the tags, unpin.

@@ -12,7 +12,7 @@ use crate::kernel::decide::{self, Finding, Health, ObjectKind};
 use crate::kernel::look::inspect::PinState;
 use crate::kernel::look::observe::{Observed, Query};
 use crate::kernel::remember::build;
-use crate::kernel::remember::record::{Deployed, FileHash, Found, Store};
+use crate::kernel::remember::record::{Deployed, FileHash, Found, Lingering, Store};
 use crate::kernel::verbs::preflight;
 use crate::plan::step::Step;
 use crate::plan::{Plan, Spec};
@@ -55,8 +55,13 @@ pub struct StatusReport {
     pub findings: Vec<Finding>,
     pub gauges: Vec<Gauge>,
     /// What the counters say went wrong (a counter named `*_failed` above
-    /// zero: a full sockhash, say).
+    /// zero: a full sockhash, say), and what the kernel still holds of an
+    /// earlier deployment.
     pub warnings: Vec<String>,
+    /// Programs and maps of this deployment that destroy or a replace
+    /// removed from bpffs but the kernel still holds (connections made
+    /// during the bypass hold them until they close), as a look found them.
+    pub lingering: Option<Lingering>,
 }
 
 /// Compare the live kernel with the manifest's plan.
@@ -72,6 +77,43 @@ pub(crate) fn status(plan: &Plan, kernel: &mut dyn Kernel) -> Result<StatusRepor
     let obs = kernel.observe(&q)?;
     let sources = build::source_hashes(plan)?;
     let mut r = report(plan, &found, &obs, &sources);
+    if let Some(l) = store.lingering() {
+        let mut q = Query::default();
+        q.ids(&l.programs, &l.maps);
+        let now = kernel.observe(&q)?;
+        let programs: Vec<u32> = l
+            .programs
+            .iter()
+            .copied()
+            .filter(|id| now.programs.contains_key(id))
+            .collect();
+        let maps: Vec<u32> = l
+            .maps
+            .iter()
+            .copied()
+            .filter(|id| now.maps.contains_key(id))
+            .collect();
+        let connections = crate::kernel::look::observe::connections(kernel, &now, &maps)?;
+        let live = Lingering {
+            programs,
+            maps,
+            connections,
+        };
+        if !live.is_empty() {
+            r.warnings.push(format!(
+                "the kernel still holds program ids {:?} and map ids {:?} of this deployment, \
+                 destroyed or replaced since: {}",
+                live.programs,
+                live.maps,
+                if live.connections.is_empty() {
+                    "something else references them".to_string()
+                } else {
+                    format!("{} hold them until they close", live.describe_connections())
+                }
+            ));
+            r.lingering = Some(live);
+        }
+    }
     r.deployment = store
         .path
         .file_stem()
@@ -169,6 +211,7 @@ fn report(plan: &Plan, found: &Found, obs: &Observed, sources: &[FileHash]) -> S
         findings,
         gauges,
         warnings,
+        lingering: None,
     }
 }
 

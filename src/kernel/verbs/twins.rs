@@ -17,11 +17,12 @@ use crate::kernel::act::fake::{Fake, Object};
 use crate::kernel::act::seam::{At, BatchEnd, Faults, Kernel, Moment, Ran, StepError};
 use crate::kernel::decide::intent;
 use crate::kernel::look::observe::Observed;
+use crate::kernel::remember::build::Built;
 use crate::kernel::remember::record::{FileHash, Store};
 use crate::kernel::verbs::apply::{self, Inputs, Pre, read_record};
 use crate::kernel::verbs::destroy::{self, Destroyed};
 use crate::manifest::diag::Source;
-use crate::manifest::model::KernelMapType;
+use crate::manifest::model::{KernelMapType, MapShape};
 use crate::manifest::validate;
 use crate::plan::step::{Arg, Step};
 use crate::plan::{DecisionKind, Plan, PlanOptions, Review};
@@ -71,6 +72,18 @@ struct Twin {
     state: tempfile::TempDir,
     /// The tag of redir.o (a new one stands for an edited program).
     redir: String,
+    /// The shape redir.o gives its policy map.
+    deny: MapShape,
+}
+
+fn shape(map_type: KernelMapType, key_size: u32, value_size: u32, max_entries: u32) -> MapShape {
+    MapShape {
+        map_type,
+        key_size,
+        value_size,
+        max_entries,
+        flags: 0,
+    }
 }
 
 /// The host facts records are checked against (the cgroup must be under
@@ -113,6 +126,7 @@ impl Twin {
             fake: Fake::default(),
             state: tempfile::tempdir().unwrap(),
             redir: "bb01".into(),
+            deny: shape(KernelMapType::Hash, 4, 1, 4),
         };
         t.objects();
         t
@@ -123,14 +137,14 @@ impl Twin {
             "/m/ops.o",
             Object {
                 tag: "aa01".into(),
-                maps: vec![("socks".into(), KernelMapType::Sockhash, 16)],
+                maps: vec![("socks".into(), shape(KernelMapType::Sockhash, 40, 8, 16))],
             },
         );
         self.fake.object(
             "/m/redir.o",
             Object {
                 tag: self.redir.clone(),
-                maps: vec![("deny".into(), KernelMapType::Hash, 4)],
+                maps: vec![("deny".into(), self.deny)],
             },
         );
     }
@@ -145,17 +159,34 @@ impl Twin {
         Store::in_dir(self.state.path(), plan).unwrap()
     }
 
-    fn hashes(&self) -> Vec<FileHash> {
-        vec![
-            FileHash {
-                path: "/m/ops.o".into(),
-                sha256: "aa01".into(),
-            },
-            FileHash {
-                path: "/m/redir.o".into(),
-                sha256: self.redir.clone(),
-            },
-        ]
+    /// The objects as built: their hashes, and the maps each defines.
+    fn hashes(&self) -> Built {
+        let mut maps = std::collections::BTreeMap::new();
+        maps.insert(
+            PathBuf::from("/m/ops.o"),
+            [(
+                "socks".to_string(),
+                shape(KernelMapType::Sockhash, 40, 8, 16),
+            )]
+            .into(),
+        );
+        maps.insert(
+            PathBuf::from("/m/redir.o"),
+            [("deny".to_string(), self.deny)].into(),
+        );
+        Built {
+            hashes: vec![
+                FileHash {
+                    path: "/m/ops.o".into(),
+                    sha256: "aa01".into(),
+                },
+                FileHash {
+                    path: "/m/redir.o".into(),
+                    sha256: self.redir.clone(),
+                },
+            ],
+            maps,
+        }
     }
 
     /// What `plan` shows for apply now.
@@ -196,7 +227,7 @@ impl Twin {
         let mut exec = Executor::new(kernel, Vec::new());
         let obs = exec.observe(&apply::query(plan, loaded.as_ref()))?;
         let inputs = Inputs {
-            objects: hashes,
+            built: hashes,
             sources: Vec::new(),
             last_plan: None,
             started: Instant::now(),
@@ -349,10 +380,21 @@ fn a_replace_and_a_repair_run_what_plan_showed() {
     let mut t = Twin::new();
     let p = plan("1000");
     t.apply(&p).unwrap();
+    let maps = |t: &Twin| -> Vec<String> {
+        t.fake
+            .pins()
+            .into_iter()
+            .filter(|p| p.contains(" map "))
+            .collect()
+    };
+    let before = maps(&t);
     t.edit_redir("bb02");
     let review = t.apply_as_planned(&p);
     assert_eq!(review.decision, DecisionKind::Replace);
     assert_eq!(t.plan_apply(&p).decision, DecisionKind::Nothing);
+    // Same shapes: the sockhash and the policy are kept, ids and all.
+    assert_eq!(maps(&t), before);
+    assert!(review.notes.is_empty(), "{:?}", review.notes);
     // A hand detach is drift: repaired as planned.
     let cg = host()
         .cgroup2
@@ -406,7 +448,7 @@ fn a_failure_at_any_step_of_a_replace_restores_the_old_deployment() {
         .filter(|s| !matches!(s, Step::UnpinMap { pin, .. } if pin.as_str().ends_with("~old")))
         .map(Step::summary)
         .collect();
-    assert!(steps.len() > 10, "{steps:?}");
+    assert!(steps.len() >= 9, "{steps:?}");
     for summary in &steps {
         let mut fake = std::mem::take(&mut t.fake);
         let mut faults = Faults {
@@ -446,6 +488,7 @@ fn a_kill_before_or_after_any_step_is_recovered_by_the_next_apply() {
         fake: base.fake.clone(),
         state: tempfile::tempdir().unwrap(),
         redir: base.redir.clone(),
+        deny: base.deny,
     };
     copy_state(&base, &probe);
     probe.edit_redir("bb02");
@@ -456,6 +499,7 @@ fn a_kill_before_or_after_any_step_is_recovered_by_the_next_apply() {
                 fake: base.fake.clone(),
                 state: tempfile::tempdir().unwrap(),
                 redir: base.redir.clone(),
+                deny: base.deny,
             };
             copy_state(&base, &t);
             t.edit_redir("bb02");
@@ -500,6 +544,9 @@ struct LateFailure<'f> {
 }
 
 impl Kernel for LateFailure<'_> {
+    fn sockets(&mut self, c: &[u64]) -> anyhow::Result<Vec<crate::kernel::look::sockets::Socket>> {
+        self.fake.sockets(c)
+    }
     fn observe(&mut self, q: &crate::kernel::look::observe::Query) -> anyhow::Result<Observed> {
         self.fake.observe(q)
     }
@@ -555,4 +602,39 @@ fn a_step_that_took_effect_before_it_failed_is_undone_and_what_is_left_is_said()
     let e = format!("{:#}", out.unwrap_err());
     assert!(!e.contains("nothing is left behind"), "{e}");
     assert!(e.contains("rollback failed too"), "{e}");
+}
+
+#[test]
+fn a_map_whose_shape_changed_is_not_kept_and_the_plan_says_why() {
+    let mut t = Twin::new();
+    let p = plan("1000");
+    t.apply(&p).unwrap();
+    let socks = t
+        .fake
+        .pins()
+        .into_iter()
+        .find(|p| p.contains("/socks "))
+        .unwrap();
+    let deny = t
+        .fake
+        .pins()
+        .into_iter()
+        .find(|p| p.contains("/deny "))
+        .unwrap();
+    t.deny = shape(KernelMapType::Hash, 4, 1, 8);
+    t.edit_redir("bb03");
+    let review = t.apply_as_planned(&p);
+    assert_eq!(review.decision, DecisionKind::Replace);
+    assert!(
+        review
+            .notes
+            .iter()
+            .any(|n| n.contains("map `deny` is not kept (max_entries 4 -> 8)")),
+        "{:?}",
+        review.notes
+    );
+    let pins = t.fake.pins();
+    assert!(pins.contains(&socks), "the sockhash is kept: {pins:?}");
+    assert!(!pins.contains(&deny), "the policy map is new: {pins:?}");
+    assert_eq!(t.plan_apply(&p).decision, DecisionKind::Nothing);
 }

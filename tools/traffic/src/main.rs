@@ -8,6 +8,7 @@ use std::io::{Read, Write};
 use std::net::{IpAddr, SocketAddr};
 use std::path::PathBuf;
 
+mod across;
 mod traffic;
 
 use traffic::{Length, Transport, Workload};
@@ -62,6 +63,27 @@ enum Mode {
         size: usize,
         #[arg(long, default_value_t = 10000)]
         count: usize,
+    },
+    /// One connection carried across a change: both ends write BEFORE
+    /// bytes unread (prints `queued`), then wait for a line on stdin (the
+    /// change), then write AFTER bytes more while both read slowly; prints
+    /// `done` with whether every byte of both phases arrived in order.
+    Across {
+        /// The server's port on 127.0.0.1 (0: any free one).
+        #[arg(long, default_value_t = 0)]
+        port: u16,
+        #[arg(long, default_value_t = 8 << 20)]
+        before: u64,
+        #[arg(long, default_value_t = 8 << 20)]
+        after: u64,
+    },
+    /// Hold one connection to our own server on 127.0.0.1:PORT; for each
+    /// line on stdin, send SIZE bytes on it and print what the server got.
+    Talk {
+        #[arg(long, default_value_t = 0)]
+        port: u16,
+        #[arg(long, default_value_t = 1024)]
+        size: usize,
     },
     /// Keep one connection open until stdin closes; prints its ports.
     Hold {
@@ -260,6 +282,33 @@ fn run() -> Result<()> {
             let m = traffic::measure(transport, workload, size, seconds, count, connect, receiver)?;
             event(serde_json::to_value(&m)?);
         }
+        Mode::Across {
+            port,
+            before,
+            after,
+        } => {
+            let r = across::across(
+                port,
+                before,
+                after,
+                |q| event(serde_json::to_value(q).unwrap_or_default()),
+                || {
+                    let mut line = String::new();
+                    let _ = std::io::stdin().read_line(&mut line);
+                },
+            )?;
+            event(serde_json::to_value(&r)?);
+        }
+        Mode::Talk { port, size } => across::talk(
+            port,
+            size,
+            |port| event(serde_json::json!({"event": "talking", "port": port})),
+            || {
+                let mut line = String::new();
+                matches!(std::io::stdin().read_line(&mut line), Ok(n) if n > 0)
+            },
+            |s| event(serde_json::to_value(s).unwrap_or_default()),
+        )?,
         Mode::Hold { bind, connect } => {
             traffic::hold(bind, connect, |server_port, client_port| {
                 event(serde_json::json!({

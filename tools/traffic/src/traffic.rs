@@ -68,7 +68,7 @@ pub fn fill(seed: u64, pos: u64, buf: &mut [u8]) {
 }
 
 /// Index of the first byte of `buf` that differs from the stream at `pos`.
-fn first_mismatch(seed: u64, pos: u64, buf: &[u8]) -> Option<usize> {
+pub fn first_mismatch(seed: u64, pos: u64, buf: &[u8]) -> Option<usize> {
     let mut expected = vec![0u8; buf.len()];
     fill(seed, pos, &mut expected);
     if expected == buf {

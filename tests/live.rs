@@ -1,0 +1,274 @@
+//! Changes reach live connections, and the bypass cannot hurt the host, on
+//! the real kernel: a policy change after replaces reaches connections made
+//! before them (the maps are kept), counters survive a replace, destroy
+//! turns established connections into plain TCP with every byte intact
+//! through stalled and slow readers in both directions, and a reader that
+//! stops holds its sender back instead of filling the host's memory.
+
+use std::io::{BufRead, BufReader, Write};
+use std::process::{Child, ChildStdin, ChildStdout};
+
+use crate::common::sandbox::{Sandbox, next_event, spawn_piped};
+use crate::common::{self, stderr};
+
+const MIB: u64 = 1 << 20;
+
+/// A traffic process driven line by line: its stdin and its events.
+struct Driven {
+    child: Child,
+    stdin: ChildStdin,
+    events: BufReader<ChildStdout>,
+}
+
+impl Driven {
+    fn new(sb: &Sandbox, args: &[&str]) -> Driven {
+        let (mut child, events) = spawn_piped(sb.traffic(args));
+        let stdin = child.stdin.take().unwrap();
+        Driven {
+            child,
+            stdin,
+            events,
+        }
+    }
+
+    fn event(&mut self) -> serde_json::Value {
+        next_event(&mut self.events)
+    }
+
+    /// One line on its stdin (the next phase, or one more message).
+    fn go(&mut self) {
+        self.stdin.write_all(b"go\n").unwrap();
+        self.stdin.flush().unwrap();
+    }
+
+    /// `talk`: send one message and report what it met.
+    fn say(&mut self) -> serde_json::Value {
+        self.go();
+        let e = self.event();
+        assert_eq!(e["event"], "said", "{e}");
+        e
+    }
+
+    fn end(mut self) {
+        drop(self.stdin);
+        let mut rest = String::new();
+        let _ = self.events.read_line(&mut rest);
+        assert!(self.child.wait().unwrap().success());
+    }
+}
+
+fn denied(e: &serde_json::Value) -> bool {
+    e["send_error"]
+        .as_str()
+        .is_some_and(|s| s.contains("Permission denied"))
+        && e["received"] == 0
+}
+
+fn delivered(e: &serde_json::Value) -> bool {
+    e["send_error"].is_null() && e["received"] == 1024
+}
+
+fn counter(sb: &Sandbox, name: &str, extra: &[&str]) -> u64 {
+    let (_, st) = sb.status(extra);
+    Sandbox::gauge(&st, "bypass_stats", name)
+}
+
+#[test]
+fn a_policy_change_after_replaces_reaches_connections_made_before_them() {
+    let (dir, manifest) = common::checkout("bypass-policy.toml");
+    let Some(sb) = Sandbox::new("policy_live", manifest.to_str().unwrap()) else {
+        return;
+    };
+    let deny = |port: &str| vec!["--var".to_string(), format!("deny_port={port}")];
+    let deny_args = |port: &str| deny(port);
+    let args = deny_args("20061");
+    let a: Vec<&str> = args.iter().map(String::as_str).collect();
+    sb.must_with("apply", &a);
+    // Connection A, to a port the policy allows, and B, to the denied port
+    // (it sends nothing yet), made now.
+    let mut a_conn = Driven::new(&sb, &["talk", "--port", "20062"]);
+    assert_eq!(a_conn.event()["event"], "talking");
+    assert!(delivered(&a_conn.say()));
+    let mut b_conn = Driven::new(&sb, &["talk", "--port", "20061"]);
+    assert_eq!(b_conn.event()["event"], "talking");
+    let redirected = counter(&sb, "redirected_msgs", &a);
+    assert!(redirected >= 1);
+
+    // Two replaces: edited programs, loaded beside the running ones.
+    let redir = dir.path().join("bpf/redir.c");
+    for marker in [1, 2] {
+        common::append(
+            &redir,
+            &format!(
+                "static __attribute__((used)) int bpfplan_live_{marker}(void) {{ return {marker}; }}\n"
+            ),
+        );
+        let log = sb.must_with("apply", &a);
+        assert!(log.contains("replacing the deployment"), "{log}");
+        assert!(!log.contains("is not kept"), "{log}");
+        assert!(
+            log.contains("live on"),
+            "the old programs are held by A and B: {log}"
+        );
+    }
+    // Counters survived both replaces: the kept map is the same one.
+    assert!(counter(&sb, "redirected_msgs", &a) >= redirected);
+
+    // The policy changes (entries only): A and B, made before both
+    // replaces, run the first programs, and meet the new policy: A is
+    // denied, B is allowed.
+    let args = deny_args("20062");
+    let b: Vec<&str> = args.iter().map(String::as_str).collect();
+    let log = sb.must_with("apply", &b);
+    assert!(log.contains("no program is reloaded"), "{log}");
+    let e = a_conn.say();
+    assert!(
+        denied(&e),
+        "a connection made before the replaces was not denied: {e}"
+    );
+    let e = b_conn.say();
+    assert!(
+        delivered(&e),
+        "a lifted deny did not reach a connection made before: {e}"
+    );
+    a_conn.end();
+    b_conn.end();
+    sb.must("destroy");
+}
+
+#[test]
+fn after_destroy_established_connections_are_plain_tcp_and_lose_nothing() {
+    let Some(sb) = Sandbox::new("destroy_live", "manifests/bypass-policy.toml") else {
+        return;
+    };
+    sb.must_with("apply", &["--var", "deny_port=20071"]);
+    let ids = sb.prog_ids();
+    // A stream both ways with stalled readers: data waits at each receiver.
+    let mut stream = Driven::new(
+        &sb,
+        &[
+            "across",
+            "--before",
+            &(4 * MIB).to_string(),
+            "--after",
+            &(8 * MIB).to_string(),
+        ],
+    );
+    let q = stream.event();
+    assert_eq!(q["event"], "queued", "{q}");
+    assert!(
+        q["client_error"].is_null() && q["server_error"].is_null(),
+        "{q}"
+    );
+    assert!(q["client_sent"].as_u64().unwrap() > 0, "{q}");
+    // The port is denied; a connection to it, made now, has sent nothing
+    // (the kernel keeps denying a connection once one of its sends was).
+    let probe = crate::common::sandbox::report(sb.traffic(&["send-once", "--port", "20071"]));
+    assert!(denied(&probe), "{probe}");
+    let mut blocked = Driven::new(&sb, &["talk", "--port", "20071"]);
+    assert_eq!(blocked.event()["event"], "talking");
+
+    let out = sb
+        .bpfplan_cmd("destroy", &sb.manifest)
+        .args(["--var", "deny_port=20071"])
+        .output()
+        .unwrap();
+    assert!(out.status.success(), "{}", stderr(&out));
+    let err = stderr(&out);
+    // destroy says what the kernel still holds, and why.
+    assert!(err.contains("still holds program ids"), "{err}");
+    assert!(err.contains("connection(s) (ports"), "{err}");
+    assert!(err.contains("over TCP"), "{err}");
+    let (_, st) = sb.status(&["--var", "deny_port=20071"]);
+    assert!(
+        st["lingering"]["connections"]
+            .as_array()
+            .is_some_and(|c| c.len() >= 2),
+        "{st}"
+    );
+
+    // No deny any more, and the bytes take TCP (they are counted on `lo`).
+    let e = blocked.say();
+    assert!(delivered(&e), "{e}");
+    assert!(e["lo_bytes"].as_u64().unwrap() >= 1024, "{e}");
+    // The stream carries on: slow readers read what was queued, then what
+    // came by TCP, every byte once and in order, both ways.
+    stream.go();
+    let done = stream.event();
+    assert_eq!(done["event"], "done", "{done}");
+    assert_eq!(done["intact"], true, "{done}");
+    assert!(
+        done["client_error"].is_null() && done["server_error"].is_null(),
+        "{done}"
+    );
+    assert!(
+        done["lo_bytes_after"].as_u64().unwrap() >= 2 * 8 * MIB,
+        "{done}"
+    );
+    stream.end();
+    blocked.end();
+    // Once they closed, the kernel frees it all, and status says nothing.
+    sb.assert_freed(&ids);
+    let (_, st) = sb.status(&["--var", "deny_port=20071"]);
+    assert!(st["lingering"].is_null(), "{st}");
+}
+
+/// TCP's memory-pressure counter, host-wide.
+fn memory_pressures() -> u64 {
+    let text = std::fs::read_to_string("/proc/net/netstat").unwrap();
+    let mut lines = text.lines();
+    while let (Some(names), Some(values)) = (lines.next(), lines.next()) {
+        if !names.starts_with("TcpExt:") {
+            continue;
+        }
+        let i = names
+            .split_whitespace()
+            .position(|n| n == "TCPMemoryPressures")
+            .unwrap();
+        return values.split_whitespace().nth(i).unwrap().parse().unwrap();
+    }
+    panic!("no TcpExt in /proc/net/netstat")
+}
+
+#[test]
+fn a_reader_that_stops_holds_its_sender_back() {
+    let Some(sb) = Sandbox::new("backpressure", "manifests/bypass.toml") else {
+        return;
+    };
+    sb.must("apply");
+    let pressures = memory_pressures();
+    // Both ends write 64 MiB while neither reads: without backpressure the
+    // bypass would queue all of it at the receivers.
+    let mut stream = Driven::new(
+        &sb,
+        &[
+            "across",
+            "--before",
+            &(64 * MIB).to_string(),
+            "--after",
+            &MIB.to_string(),
+        ],
+    );
+    let q = stream.event();
+    assert_eq!(q["event"], "queued", "{q}");
+    for end in ["client", "server"] {
+        let sent = q[format!("{end}_sent")].as_u64().unwrap();
+        assert!(
+            sent <= 16 * MIB,
+            "the {end} queued {sent} bytes at a stalled reader: {q}"
+        );
+        assert!(q[format!("{end}_error")].is_null(), "never ENOMEM: {q}");
+    }
+    assert!(counter(&sb, "demoted_backpressure", &[]) >= 2);
+    assert_eq!(
+        memory_pressures(),
+        pressures,
+        "the host's TCP memory went under pressure"
+    );
+    // The readers resume: every byte arrives, in order.
+    stream.go();
+    let done = stream.event();
+    assert_eq!(done["intact"], true, "{done}");
+    stream.end();
+    sb.must("destroy");
+}
