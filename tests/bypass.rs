@@ -251,7 +251,7 @@ fn every_drift_is_detected_and_repaired() {
     let other = build.join("bpf_sockops.o").display().to_string();
     // (what, how to make the drift, the finding's name, whether apply fixes
     // it with map updates alone)
-    type Case<'a> = (&'a str, Box<dyn Fn() + 'a>, &'a str, bool);
+    type Case<'a> = (&'a str, Box<dyn Fn() + 'a>, &'a str, &'a str);
     let cases: Vec<Case> = vec![
         (
             "attachment removed by hand",
@@ -267,7 +267,7 @@ fn every_drift_is_detected_and_repaired() {
                 ])
             }),
             "bpf_sockops (sock_ops)",
-            false,
+            "repair",
         ),
         (
             "verdict detached by hand",
@@ -284,13 +284,13 @@ fn every_drift_is_detected_and_repaired() {
                 ])
             }),
             "bpf_redir (msg_verdict)",
-            false,
+            "repair",
         ),
         (
             "pin deleted",
             Box::new(|| run(&["rm", &stats_pin])),
             "bypass_stats",
-            false,
+            "repair",
         ),
         (
             // The program stays attached to the cgroup through its link; the
@@ -298,7 +298,7 @@ fn every_drift_is_detected_and_repaired() {
             "program pin deleted",
             Box::new(|| run(&["rm", &sockops_pin])),
             "bpf_sockops",
-            false,
+            "repair",
         ),
         (
             "program replaced behind its pin",
@@ -334,7 +334,7 @@ fn every_drift_is_detected_and_repaired() {
                 ]);
             }),
             "bpf_sockops",
-            false,
+            "replace",
         ),
         (
             "map entry changed",
@@ -345,7 +345,7 @@ fn every_drift_is_detected_and_repaired() {
                 ])
             }),
             "deny_ports",
-            true,
+            "entries",
         ),
         (
             "map entry added",
@@ -356,10 +356,11 @@ fn every_drift_is_detected_and_repaired() {
                 ])
             }),
             "deny_ports",
-            true,
+            "entries",
         ),
     ];
-    for (what, make_drift, name, entries_only) in cases {
+    for (what, make_drift, name, how) in cases {
+        let (progs_before, maps_before) = (sb.prog_ids(), sb.map_ids());
         make_drift();
         let (code, st) = sb.status(&[]);
         assert_eq!(code, 2, "{what} not detected: {st}");
@@ -380,11 +381,23 @@ fn every_drift_is_detected_and_repaired() {
             .unwrap_or_else(|| panic!("{what}: no finding for {name}: {st}"));
         let ids = sb.prog_ids();
         let log = sb.must("apply");
-        if entries_only {
-            assert!(log.contains("no program is reloaded"), "{what}: {log}");
-            assert_eq!(sb.prog_ids(), ids, "{what}: programs reloaded");
-        } else {
-            assert!(log.contains("replacing the deployment"), "{what}: {log}");
+        match how {
+            "entries" => {
+                assert!(log.contains("no program is reloaded"), "{what}: {log}");
+                assert_eq!(sb.prog_ids(), ids, "{what}: programs reloaded");
+            }
+            // Only what drifted is put back: the same programs and maps
+            // (so the counters go on), pinned where they were.
+            "repair" => {
+                assert!(
+                    log.contains("putting back only what drifted"),
+                    "{what}: {log}"
+                );
+                assert!(!log.contains("prog load"), "{what}: {log}");
+                assert_eq!(sb.prog_ids(), progs_before, "{what}: programs reloaded");
+                assert_eq!(sb.map_ids(), maps_before, "{what}: maps replaced");
+            }
+            _ => assert!(log.contains("replacing the deployment"), "{what}: {log}"),
         }
         let (code, st) = sb.status(&[]);
         assert_eq!(code, 0, "{what} ({finding}) not repaired: {st}");

@@ -10,9 +10,10 @@ use crate::common::sandbox::{Sandbox, assert_redirected, next_event, report, spa
 use crate::common::{self, append, checkout};
 
 const MIB: u64 = 1 << 20;
-const POLICY_PINS: [&str; 9] = [
+const POLICY_PINS: [&str; 10] = [
     "bpf_sockops",
     "bpf_tcpip_bypass",
+    "bypass_bounds",
     "bypass_ctl",
     "bypass_stats",
     "deny_ports",
@@ -341,6 +342,7 @@ fn editing_the_manifest_replaces_its_deployment_and_orphans_nothing() {
         [
             "bpf_redir_v2",
             "bpf_sockops",
+            "bypass_bounds",
             "bypass_ctl",
             "bypass_stats",
             "local_addrs",

@@ -126,7 +126,7 @@ fn json_plan_is_valid_json() {
         .unwrap();
     assert!(out.status.success());
     let v: serde_json::Value = serde_json::from_slice(&out.stdout).unwrap();
-    assert_eq!(v["steps"].as_array().unwrap().len(), 12);
+    assert_eq!(v["steps"].as_array().unwrap().len(), 17);
     assert_eq!(v["steps"][4]["argv"][4]["map"], "sock_ops_map");
 }
 

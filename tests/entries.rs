@@ -45,7 +45,8 @@ fn many_entries_go_through_one_bpftool_batch() {
         text.contains("bpftool batch file - <<'BPFPLAN_ENTRIES'"),
         "{text}"
     );
-    assert_eq!(text.matches("\nmap update pinned ").count(), 300);
+    let deny_lines = format!("\nmap update pinned {} ", sb.pin("deny_ports"));
+    assert_eq!(text.matches(&deny_lines).count(), 300);
     let path = sb.tmp.path().join("apply.sh");
     std::fs::write(&path, &text).unwrap();
     let out = Command::new("sh").arg(&path).output().unwrap();

@@ -10,9 +10,10 @@ use crate::common::sandbox::{
 };
 
 const MIB: u64 = 1 << 20;
-const BYPASS_PINS: [&str; 8] = [
+const BYPASS_PINS: [&str; 9] = [
     "bpf_sockops",
     "bpf_tcpip_bypass",
+    "bypass_bounds",
     "bypass_ctl",
     "bypass_stats",
     "local_addrs",
@@ -101,13 +102,16 @@ fn destroy_while_streaming_loses_nothing() {
     let Some(sb) = Sandbox::new("live_destroy", "manifests/bypass.toml") else {
         return;
     };
-    sb.must("apply");
+    // The backpressure bound as shipped (the receivers' buffers): streams
+    // that switch to TCP at destroy find room there.
+    let shipped = ["--var", "max_queued=0"];
+    sb.must_with("apply", &shipped);
     let (mut child, mut lines) =
         spawn_piped(sb.traffic(&["flow", "--conns", "4", "--seconds", "3", "--echo"]));
     assert_eq!(next_event(&mut lines)["event"], "flowing");
     std::thread::sleep(Duration::from_millis(300));
     let ids = sb.prog_ids();
-    sb.must("destroy");
+    sb.must_with("destroy", &shipped);
     sb.assert_clean(&ids);
     let end = next_event(&mut lines);
     assert!(child.wait().unwrap().success());
@@ -536,7 +540,8 @@ fn bench_smoke_produces_every_figure() {
     assert_eq!(verdicts.len(), 7);
     for v in verdicts {
         assert!(
-            ["wins", "loses", "within_noise"].contains(&v["outcome"].as_str().unwrap()),
+            ["wins", "loses", "within_noise", "inconclusive"]
+                .contains(&v["outcome"].as_str().unwrap()),
             "{v}"
         );
         assert!(!v["advice"].as_str().unwrap().is_empty(), "{v}");

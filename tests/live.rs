@@ -141,7 +141,10 @@ fn after_destroy_established_connections_are_plain_tcp_and_lose_nothing() {
     let Some(sb) = Sandbox::new("destroy_live", "manifests/bypass-policy.toml") else {
         return;
     };
-    sb.must_with("apply", &["--var", "deny_port=20071"]);
+    // The backpressure bound as shipped: no queue grows past what TCP
+    // would hold, so the switch to TCP at destroy finds room.
+    let vars = ["--var", "deny_port=20071", "--var", "max_queued=0"];
+    sb.must_with("apply", &vars);
     let ids = sb.prog_ids();
     // A stream both ways with stalled readers: data waits at each receiver.
     let mut stream = Driven::new(
@@ -170,7 +173,7 @@ fn after_destroy_established_connections_are_plain_tcp_and_lose_nothing() {
 
     let out = sb
         .bpfplan_cmd("destroy", &sb.manifest)
-        .args(["--var", "deny_port=20071"])
+        .args(vars)
         .output()
         .unwrap();
     assert!(out.status.success(), "{}", stderr(&out));
@@ -179,7 +182,7 @@ fn after_destroy_established_connections_are_plain_tcp_and_lose_nothing() {
     assert!(err.contains("still holds program ids"), "{err}");
     assert!(err.contains("connection(s) (ports"), "{err}");
     assert!(err.contains("over TCP"), "{err}");
-    let (_, st) = sb.status(&["--var", "deny_port=20071"]);
+    let (_, st) = sb.status(&vars);
     assert!(
         st["lingering"]["connections"]
             .as_array()
@@ -209,7 +212,7 @@ fn after_destroy_established_connections_are_plain_tcp_and_lose_nothing() {
     blocked.end();
     // Once they closed, the kernel frees it all, and status says nothing.
     sb.assert_freed(&ids);
-    let (_, st) = sb.status(&["--var", "deny_port=20071"]);
+    let (_, st) = sb.status(&vars);
     assert!(st["lingering"].is_null(), "{st}");
 }
 
@@ -235,7 +238,9 @@ fn a_reader_that_stops_holds_its_sender_back() {
     let Some(sb) = Sandbox::new("backpressure", "manifests/bypass.toml") else {
         return;
     };
-    sb.must("apply");
+    // The bound as shipped: the receiver's own buffer.
+    let shipped = ["--var", "max_queued=0"];
+    sb.must_with("apply", &shipped);
     let pressures = memory_pressures();
     // Both ends write 64 MiB while neither reads: without backpressure the
     // bypass would queue all of it at the receivers.
@@ -259,7 +264,7 @@ fn a_reader_that_stops_holds_its_sender_back() {
         );
         assert!(q[format!("{end}_error")].is_null(), "never ENOMEM: {q}");
     }
-    assert!(counter(&sb, "demoted_backpressure", &[]) >= 2);
+    assert!(counter(&sb, "demoted_backpressure", &shipped) >= 2);
     assert_eq!(
         memory_pressures(),
         pressures,
@@ -270,5 +275,99 @@ fn a_reader_that_stops_holds_its_sender_back() {
     let done = stream.event();
     assert_eq!(done["intact"], true, "{done}");
     stream.end();
+    sb.must_with("destroy", &shipped);
+}
+
+/// Run `plan --manifest-only --format sh [--destroy]` of `manifest` with the
+/// sandbox's variables, then the script.
+fn by_sh(sb: &Sandbox, manifest: &str, destroy: bool) {
+    let mut c = common::bpfplan();
+    c.args(["plan", manifest, "--manifest-only", "--format", "sh"])
+        .args(sb.vars_for(manifest.as_ref()));
+    if destroy {
+        c.arg("--destroy");
+    }
+    let script = c.output().unwrap();
+    assert!(script.status.success(), "{}", stderr(&script));
+    let path = sb.tmp.path().join("by.sh");
+    std::fs::write(&path, &script.stdout).unwrap();
+    let out = std::process::Command::new("sh")
+        .arg(&path)
+        .output()
+        .unwrap();
+    assert!(out.status.success(), "{}", stderr(&out));
+}
+
+#[test]
+fn adopt_takes_over_only_what_the_manifest_makes() {
+    let Some(mut sb) = Sandbox::new("adopt_lookalike", "manifests/bypass.toml") else {
+        return;
+    };
+    // A lookalike: the same programs (same tags) with a sockhash of 4.
+    by_sh(&sb, "tests/fixtures/kernel/small-sockhash.toml", false);
+    let out = sb.bpfplan("adopt");
+    let err = stderr(&out);
+    assert_eq!(out.status.code(), Some(1), "{err}");
+    assert!(
+        err.contains(
+            "map `sock_ops_map` is not as the manifest's object makes it (max_entries 4 -> 65535)"
+        ),
+        "{err}"
+    );
+    by_sh(&sb, "tests/fixtures/kernel/small-sockhash.toml", true);
+    assert_eq!(sb.pins(), Vec::<String>::new());
+
+    // The real thing, but its sockops program also attached elsewhere.
+    by_sh(&sb, "manifests/bypass.toml", false);
+    let elsewhere = sb.child_cgroup("elsewhere");
+    let hand = |verb: &str| {
+        let out = std::process::Command::new("bpftool")
+            .args(["cgroup", verb])
+            .arg(&elsewhere)
+            .args(["sock_ops", "pinned", &sb.pin("bpf_sockops")])
+            .output()
+            .unwrap();
+        assert!(out.status.success(), "{}", stderr(&out));
+    };
+    hand("attach");
+    let out = sb.bpfplan("adopt");
+    let err = stderr(&out);
+    assert_eq!(out.status.code(), Some(1), "{err}");
+    assert!(
+        err.contains(&format!(
+            "is also attached to cgroup {}",
+            elsewhere.display()
+        )),
+        "{err}"
+    );
+    hand("detach");
+    let out = sb.bpfplan("adopt");
+    assert!(out.status.success(), "{}", stderr(&out));
+    assert_eq!(sb.status(&[]).0, 0);
     sb.must("destroy");
+    sb.assert_clean(&[]);
+}
+
+#[test]
+fn a_destroy_without_a_record_leaves_another_deployments_objects() {
+    let (dir, manifest) = common::checkout("bypass.toml");
+    let Some(sb) = Sandbox::new("claims", manifest.to_str().unwrap()) else {
+        return;
+    };
+    sb.must("apply");
+    let (pins, ids) = (sb.pins(), sb.prog_ids());
+    // The same manifest at another path: another deployment, with the very
+    // same pins, objects and tags, and no record of its own.
+    let twin = dir.path().join("manifests/twin.toml");
+    std::fs::copy(&manifest, &twin).unwrap();
+    let out = sb.bpfplan_cmd("destroy", &twin).output().unwrap();
+    let err = stderr(&out);
+    assert!(out.status.success(), "{err}");
+    assert!(err.contains("it is the deployment of"), "{err}");
+    assert_eq!(sb.pins(), pins, "another deployment's pins were removed");
+    assert_eq!(sb.prog_ids(), ids);
+    assert_eq!(sb.attachments().len(), 1);
+    assert_eq!(sb.status(&[]).0, 0);
+    sb.must("destroy");
+    sb.assert_clean(&ids);
 }

@@ -268,7 +268,7 @@ fn the_sh_export_of_a_plan_runs_where_apply_would() {
         .flatten()
         .map(|e| e.file_name().to_string_lossy().into_owned())
         .collect();
-    assert_eq!(by_sh.len(), 8, "{by_sh:?}");
+    assert_eq!(by_sh.len(), 9, "{by_sh:?}");
     assert_eq!(sb.attachments().len(), 1);
     // What the script made is what the manifest makes: adopt takes it over.
     let out = d.cmd("adopt", &[]).output().unwrap();

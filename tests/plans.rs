@@ -67,13 +67,18 @@ fn bypass_order_is_the_classic_sequence_with_cgroup_attach_last() {
             "pin_map",
             "pin_map",
             "pin_map",
+            "pin_map",
+            "update_map_entry",
             "load_program",
+            "pin_map",
+            "update_map_entry",
+            "update_map_entry",
             "attach",
             "attach"
         ]
     );
     // The map attachment, then the cgroup one.
-    let points: Vec<String> = plan.steps[10..]
+    let points: Vec<String> = plan.steps[15..]
         .iter()
         .map(|s| {
             serde_json::to_value(s).unwrap()["point"]
@@ -86,7 +91,7 @@ fn bypass_order_is_the_classic_sequence_with_cgroup_attach_last() {
         })
         .collect();
     assert_eq!(points, ["map", "cgroup"]);
-    let last = bpfplan::plan::render::display_argv(&plan.steps[11].argv()).unwrap();
+    let last = bpfplan::plan::render::display_argv(&plan.steps[16].argv()).unwrap();
     assert_eq!(
         last,
         "bpftool cgroup attach /sys/fs/cgroup sock_ops pinned /sys/fs/bpf/bpf_sockops multi"
@@ -97,10 +102,13 @@ fn bypass_order_is_the_classic_sequence_with_cgroup_attach_last() {
 fn destroy_is_the_reverse_of_the_undos() {
     let plan = common::plan_file("manifests/bypass.toml".as_ref(), &[]).unwrap();
     let destroy = plan.destroy();
+    // First the switch the programs read (`on_destroy`), then the undos.
+    let (switch, rest) = destroy.steps.split_at(1);
+    assert_eq!(switch[0].summary(), "set `bypass_ctl`[0] = 1");
     let expected: Vec<_> = plan.steps.iter().rev().filter_map(|s| s.undo()).collect();
-    assert_eq!(destroy.steps, expected);
-    assert_eq!(destroy.steps.len(), 9);
-    assert!(destroy.steps.iter().all(|s| s.undo().is_none()));
+    assert_eq!(rest, expected);
+    assert_eq!(rest.len(), 11);
+    assert!(rest.iter().all(|s| s.undo().is_none()));
 }
 
 #[test]

@@ -1,10 +1,12 @@
 //! What a benchmark means on this machine, in plain words: per workload,
-//! whether the bypass wins, loses or is within noise, and the
-//! `skip_ports`/`only_ports` setting that follows. Rounds are interleaved,
-//! so each pairs the two paths under the same conditions: the bypass wins
-//! when it did better in at least 4 rounds of 5 (80%) and its median by 3%
-//! or more, loses likewise, and is within noise otherwise; one outlier
-//! round does not decide. Pure, table-tested.
+//! whether the bypass wins, loses, is within noise or is inconclusive, and
+//! the `skip_ports`/`only_ports` setting that follows. Rounds are
+//! interleaved, so each pairs the two paths under the same conditions: the
+//! bypass wins when it did better in at least 4 rounds of 5 (80%) and its
+//! median by 3% or more, loses likewise; when the medians differ by 3% or
+//! more but the rounds disagree, the verdict is inconclusive (rerun with more
+//! rounds), never "no difference"; within noise is for medians closer than
+//! 3%. One outlier round does not decide. Pure, table-tested.
 
 use serde::Serialize;
 
@@ -13,7 +15,7 @@ use super::Row;
 #[derive(Debug, Clone, PartialEq, Serialize)]
 pub struct Verdict {
     pub workload: String,
-    /// wins, loses or within_noise.
+    /// wins, loses, within_noise or inconclusive.
     pub outcome: &'static str,
     /// How much better the bypass is, in percent (negative: worse).
     pub change_pct: f64,
@@ -38,10 +40,25 @@ pub fn verdict(row: &Row) -> Verdict {
     } else if change < 0.0 && worse {
         "loses"
     } else {
-        "within_noise"
+        "inconclusive"
     };
     let what = describe(row);
     let advice = match (outcome, row.kind.as_str()) {
+        ("inconclusive", _) => format!(
+            "{what}: inconclusive: the medians differ by {pct}% ({} vs {} {}, bypass \
+             {}..{}, loopback {}..{}) but the bypass did better in only {} of {} rounds: rerun \
+             with --rounds {} or more on a quiet machine before deciding",
+            short(b.median),
+            short(l.median),
+            b.unit,
+            short(b.min),
+            short(b.max),
+            short(l.min),
+            short(l.max),
+            row.better_rounds,
+            row.rounds,
+            (row.rounds * 3).max(15)
+        ),
         ("within_noise", _) => format!(
             "{what}: no difference beyond the noise here ({} vs {} {}; better in {} of {} rounds)",
             short(b.median),
@@ -123,6 +140,36 @@ pub fn summary(verdicts: &[Verdict], rows: &[Row]) -> String {
         out
     };
     let (gain, cost) = (kinds("wins"), kinds("loses"));
+    let unsure: Vec<&str> = {
+        let mut out: Vec<&str> = Vec::new();
+        for (v, r) in verdicts.iter().zip(rows) {
+            if v.outcome == "inconclusive"
+                && v.change_pct < 0.0
+                && !out.contains(&r.workload.as_str())
+            {
+                out.push(r.workload.as_str());
+            }
+        }
+        out
+    };
+    // A worse median whose rounds disagree is not "costs nothing".
+    if !unsure.is_empty() {
+        let gains = if gain.is_empty() {
+            "gains nothing measured".to_string()
+        } else {
+            format!("pays for {}", gain.join(" and "))
+        };
+        let costs = if cost.is_empty() {
+            String::new()
+        } else {
+            format!(", costs {}", cost.join(" and "))
+        };
+        return format!(
+            "on this machine the bypass {gains}{costs}, and is inconclusive for {} (worse \
+             medians, rounds that disagree): rerun with more rounds before bypassing them",
+            unsure.join(", ")
+        );
+    }
     match (gain.is_empty(), cost.is_empty()) {
         (false, true) => format!(
             "on this machine the bypass pays for {} and costs nothing measured: bypass everything",
@@ -205,7 +252,7 @@ mod tests {
             -22.0,
             "keep bulk-transfer ports out with skip_ports",
         );
-        // Better in 3 of 5 rounds: a coin toss.
+        // Better in 3 of 5 rounds: a coin toss, and said so.
         let r = row(
             "stream",
             65536,
@@ -213,7 +260,12 @@ mod tests {
             bps(3.3e9, 2.9e9, 3.6e9),
             3,
         );
-        case(r, "within_noise", 10.0, "better in 3 of 5 rounds");
+        case(
+            r,
+            "inconclusive",
+            10.0,
+            "better in only 3 of 5 rounds: rerun with --rounds 15",
+        );
         // Always better, by under 3%.
         let r = row(
             "stream",
@@ -255,5 +307,40 @@ mod tests {
              the ports of bulk transfers out with skip_ports (or list the others in only_ports)"
         );
         assert!(summary(&v[..1], &rows[..1]).contains("bypass everything"));
+    }
+
+    /// The AMD EPYC run of the issue: medians 0.53x and 0.70x of loopback
+    /// for 256 B and 4 KiB streams, rounds too noisy for a verdict. The
+    /// summary must not say the bypass costs nothing.
+    #[test]
+    fn a_worse_median_is_never_costs_nothing() {
+        let us = |m, lo, hi| stat(m, lo, hi, "us");
+        let bps = |m, lo, hi| stat(m, lo, hi, "B/s");
+        let rows = vec![
+            row("rr", 64, us(12.8, 12.0, 14.0), us(7.1, 6.9, 8.0), 5),
+            row(
+                "stream",
+                256,
+                bps(0.19e9, 0.06e9, 0.22e9),
+                bps(0.10e9, 0.10e9, 0.11e9),
+                2,
+            ),
+            row(
+                "stream",
+                4096,
+                bps(2.31e9, 0.87e9, 2.39e9),
+                bps(1.61e9, 1.36e9, 1.69e9),
+                2,
+            ),
+        ];
+        let v: Vec<Verdict> = rows.iter().map(verdict).collect();
+        assert_eq!(v[1].outcome, "inconclusive");
+        let s = summary(&v, &rows);
+        assert!(!s.contains("costs nothing"), "{s}");
+        assert!(
+            s.contains("inconclusive for stream 256, stream 4096"),
+            "{s}"
+        );
+        assert!(s.contains("rerun with more rounds"), "{s}");
     }
 }

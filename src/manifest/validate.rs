@@ -175,8 +175,9 @@ impl Validator<'_> {
                 }
             }
             let pin = self.pin(&m.pin, pins);
-            let entries = self.entries(m, &m.entries);
-            let on_destroy = self.entries(m, &m.on_destroy);
+            let types = self.entry_types(m);
+            let entries = types.and_then(|t| self.entries(t, &m.entries));
+            let on_destroy = types.and_then(|t| self.entries(t, &m.on_destroy));
             if let (Some(name), Some(pin), Some(entries), Some(on_destroy)) =
                 (name, pin, entries, on_destroy)
             {
@@ -277,13 +278,9 @@ impl Validator<'_> {
         }
     }
 
-    /// A map's declared entries (`entries` or `on_destroy`), encoded;
-    /// `Some(None)` when not declared.
-    fn entries(
-        &mut self,
-        m: &raw::RawMap,
-        declared: &Option<toml::Spanned<Vec<toml::Spanned<raw::RawEntry>>>>,
-    ) -> Option<Option<Vec<Entry>>> {
+    /// A map's entry key and value types (each `None` when not given);
+    /// `None` when one is unknown (reported).
+    fn entry_types(&mut self, m: &raw::RawMap) -> Option<(Option<ScalarType>, Option<ScalarType>)> {
         let ty = |v: &mut Self, s: &Option<S>| -> Option<Option<ScalarType>> {
             match s {
                 None => Some(None),
@@ -296,7 +293,16 @@ impl Validator<'_> {
                 },
             }
         };
-        let (key_ty, value_ty) = (ty(self, &m.key)?, ty(self, &m.value)?);
+        Some((ty(self, &m.key)?, ty(self, &m.value)?))
+    }
+
+    /// A map's declared entries (`entries` or `on_destroy`), encoded;
+    /// `Some(None)` when not declared.
+    fn entries(
+        &mut self,
+        (key_ty, value_ty): (Option<ScalarType>, Option<ScalarType>),
+        declared: &Option<toml::Spanned<Vec<toml::Spanned<raw::RawEntry>>>>,
+    ) -> Option<Option<Vec<Entry>>> {
         let Some(raw) = declared else {
             return Some(None);
         };

@@ -262,6 +262,8 @@ pub enum DecisionKind {
     Fresh,
     /// Only map contents differ.
     Entries,
+    /// What drifted is put back, nothing reloaded.
+    Repair,
     /// The deployment is replaced (staged beside, then swapped in).
     Replace,
     /// A killed run is ended first.
@@ -280,6 +282,7 @@ impl DecisionKind {
             DecisionKind::Nothing => "nothing",
             DecisionKind::Fresh => "fresh",
             DecisionKind::Entries => "entries",
+            DecisionKind::Repair => "repair",
             DecisionKind::Replace => "replace",
             DecisionKind::Recover => "recover",
             DecisionKind::Refused => "refused",

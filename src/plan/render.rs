@@ -82,6 +82,10 @@ fn decision_lines(out: &mut String, plan: &Plan, review: &Review) {
             "nothing to destroy: nothing of {manifest} is in the kernel"
         )),
         DecisionKind::Entries => Some("only map contents differ: no program is reloaded".into()),
+        DecisionKind::Repair => Some(format!(
+            "{}: apply puts back only what drifted, no program is reloaded",
+            review.reason.as_deref().unwrap_or("drift")
+        )),
         DecisionKind::Replace => Some(format!(
             "{}: apply replaces the deployment (the new programs are loaded beside the running \
              ones, then swapped in)",

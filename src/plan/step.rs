@@ -197,6 +197,18 @@ pub enum Step {
         /// The pin after.
         to: String,
     },
+    /// Pin again, by its id, a program or map of the deployment whose pin
+    /// was removed while the object lives on (a repair: nothing reloads).
+    PinById {
+        /// What the pin holds.
+        kind: PinKind,
+        /// The program or map, as the manifest names it.
+        name: String,
+        /// The kernel's id of the object, as apply recorded it.
+        id: u32,
+        /// Where it is pinned.
+        pin: String,
+    },
     /// Remove a program's pin; the kernel frees it with its last reference.
     UnpinProgram {
         /// The program.
@@ -378,6 +390,15 @@ impl Step {
                 argv.extend([Arg::lit(from.as_str()), Arg::lit(to.as_str())]);
                 argv
             }
+            PinById { kind, id, pin, .. } => {
+                let what = match kind {
+                    PinKind::Program => "prog",
+                    PinKind::Map => "map",
+                };
+                let mut argv = words(&["bpftool", what, "pin", "id"]);
+                argv.extend([Arg::lit(id.to_string()), Arg::lit(pin.as_str())]);
+                argv
+            }
             UnpinProgram { pin, .. } => words(&["rm", "-f", "--", pin.as_str()]),
             UnpinMap { pin, .. } => words(&["rm", "-f", "--", pin.as_str()]),
         }
@@ -393,6 +414,24 @@ impl Step {
             LoadProgram { program, pin, .. } => UnpinProgram { program, pin },
             PinMap { map, pin, .. } => UnpinMap { map, pin },
             Attach(a) => Detach(a),
+            PinById {
+                kind: PinKind::Program,
+                name,
+                pin,
+                ..
+            } => UnpinProgram {
+                program: ProgName(name),
+                pin: ProgPin(pin),
+            },
+            PinById {
+                kind: PinKind::Map,
+                name,
+                pin,
+                ..
+            } => UnpinMap {
+                map: MapName(name),
+                pin: MapPin(pin),
+            },
             RenamePin {
                 kind,
                 name,
@@ -467,6 +506,15 @@ impl Step {
                 from,
                 to,
             } => format!("move {} `{name}` from {from} to {to}", kind.word()),
+            PinById {
+                kind,
+                name,
+                id,
+                pin,
+            } => format!(
+                "pin {} `{name}` (id {id}, which still lives) again at {pin}",
+                kind.word()
+            ),
             UnpinProgram { program, pin } => format!("unpin program `{program}` at {pin}"),
             UnpinMap { map, pin } => format!("unpin map `{map}` at {pin}"),
         }
@@ -515,6 +563,7 @@ impl Step {
             | MakePinDir { .. }
             | LoadProgram { .. }
             | PinMap { .. }
+            | PinById { .. }
             | Attach(_) => "create",
             UpdateMapEntry { .. } | RenamePin { .. } => "update",
             RemovePinDir { .. }
@@ -547,6 +596,9 @@ impl Step {
             }
             Attach(a) | Detach(a) => ("attachment", a.program.0.clone(), a.place()),
             RenamePin { kind, name, to, .. } => (kind.word(), name.clone(), to.clone()),
+            PinById {
+                kind, name, pin, ..
+            } => (kind.word(), name.clone(), pin.clone()),
         }
     }
 
@@ -566,6 +618,7 @@ impl Step {
             Attach(_) => "attach",
             Detach(_) => "detach",
             RenamePin { .. } => "rename_pin",
+            PinById { .. } => "pin_by_id",
             UnpinProgram { .. } => "unpin_program",
             UnpinMap { .. } => "unpin_map",
         }

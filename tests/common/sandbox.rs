@@ -76,10 +76,21 @@ impl Sandbox {
     /// `--var cgroup=` (when the manifest declares it), `--var pin_dir=` and
     /// `--build-dir`, all pointing into this sandbox.
     pub fn vars(&self) -> Vec<String> {
-        let text = std::fs::read_to_string(&self.manifest).unwrap_or_default();
+        self.vars_for(&self.manifest)
+    }
+
+    /// `vars` for another manifest: only the variables it declares.
+    pub fn vars_for(&self, manifest: &Path) -> Vec<String> {
+        let text = std::fs::read_to_string(manifest).unwrap_or_default();
         let mut v = Vec::new();
         if text.lines().any(|l| l.starts_with("cgroup = ")) {
             v.extend(["--var".into(), format!("cgroup={}", self.cgroup.display())]);
+        }
+        // Tests of the redirect itself raise the backpressure bound, so a
+        // fast stream is not sent back to TCP the moment its receiver holds
+        // more than its buffer (tests/live.rs tests the bound as shipped).
+        if text.lines().any(|l| l.starts_with("max_queued = ")) {
+            v.extend(["--var".into(), format!("max_queued={}", 256 << 20)]);
         }
         v.extend([
             "--var".into(),
@@ -106,12 +117,18 @@ impl Sandbox {
 
     /// The plan bpfplan makes of this sandbox's manifest.
     pub fn plan(&self) -> bpfplan::plan::Plan {
+        // The variables `vars` passes, as (name, value).
+        let words = self.vars();
+        let vars = words
+            .iter()
+            .zip(words.iter().skip(1))
+            .filter(|(flag, _)| *flag == "--var")
+            .filter_map(|(_, v)| v.split_once('='))
+            .map(|(k, v)| (k.to_string(), v.to_string()))
+            .collect();
         let target = bpfplan::cli::Target {
             manifest: self.manifest.clone(),
-            vars: vec![
-                ("cgroup".into(), self.cgroup.display().to_string()),
-                ("pin_dir".into(), self.pin_dir.display().to_string()),
-            ],
+            vars,
             build_dir: Some(self.tmp.path().join("build")),
         };
         bpfplan::load_plan(&target).unwrap_or_else(|_| panic!("planning {:?}", self.manifest))

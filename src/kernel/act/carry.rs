@@ -108,6 +108,16 @@ pub(crate) fn apply(
                 Undone::Entries,
             )
         }
+        Decision::Repair { reason, ops } => {
+            exec.note(&format!(
+                "{reason}: putting back only what drifted ({} step(s)), no program is reloaded",
+                ops.len()
+            ));
+            (
+                ctx.run(RunKind::Repair, ops, None, Vec::new()),
+                Undone::Repair,
+            )
+        }
         Decision::Fresh { ops, pin_dirs } => {
             (ctx.run(RunKind::Fresh, ops, None, pin_dirs), Undone::Fresh)
         }
@@ -236,6 +246,7 @@ fn settle_nothing(exec: &mut Executor, mut record: Record, ctx: &Apply) -> Resul
 enum Undone {
     Fresh,
     Entries,
+    Repair,
     Replace,
 }
 
@@ -259,6 +270,9 @@ fn explain(f: Failed, what: Undone) -> anyhow::Error {
         Undone::Entries => {
             let plural = if n == 1 { "y" } else { "ies" };
             format!("restored the {n} entr{plural} it had changed, no program was touched")
+        }
+        Undone::Repair => {
+            format!("undid the {n} repair(s) before it: the deployment is as it was, drift and all")
         }
         Undone::Replace => format!(
             "undid the {n} change(s) before it: the previous deployment still runs, unchanged"

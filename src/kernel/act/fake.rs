@@ -420,6 +420,16 @@ impl Fake {
                 self.pins.insert(to.clone(), obj);
                 self.free();
             }
+            Step::PinById { kind, id, pin, .. } => {
+                let obj = match kind {
+                    crate::plan::step::PinKind::Program if self.progs.contains_key(id) => {
+                        Obj::Prog(*id)
+                    }
+                    crate::plan::step::PinKind::Map if self.maps.contains_key(id) => Obj::Map(*id),
+                    _ => return Err(err(pin, "No such file or directory")),
+                };
+                self.pin(pin, obj)?;
+            }
             Step::UnpinProgram { pin, .. } => {
                 self.pins.remove(pin.as_str());
                 self.free();
@@ -491,6 +501,13 @@ impl Kernel for Fake {
                     .collect();
                 o.contents.insert(pin.clone(), dump);
             }
+        }
+        if q.cgroup_tree.is_some() {
+            o.cgroup_tree = self
+                .cgroups
+                .iter()
+                .flat_map(|(cg, ids)| ids.iter().map(move |id| (cg.clone(), *id)))
+                .collect();
         }
         for id in &q.dump_ids {
             if let Some(m) = self.maps.get(id) {

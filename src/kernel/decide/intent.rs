@@ -16,9 +16,9 @@ use crate::kernel::decide::recovery::{self, Simulated};
 use crate::kernel::decide::{self, Decision, Tags, Teardown};
 use crate::kernel::look::inspect::PinState;
 use crate::kernel::look::observe::Observed;
-use crate::kernel::remember::record::{Deployed, Loaded, MapFact, ProgramFact, Run};
+use crate::kernel::remember::record::{Claims, Deployed, Loaded, MapFact, ProgramFact, Run};
 use crate::manifest::model::{ProgPin, Staging, kernel_name};
-use crate::plan::step::Step;
+use crate::plan::step::{ProgRef, Step};
 use crate::plan::{DecisionKind, Op, Plan, Review, Span, Stage};
 
 /// A killed run's end: its ops, and whether they finish it (past its point
@@ -124,7 +124,10 @@ impl Staged for DestroyIntent {
 /// The ops a decision runs (none for nothing, refuse and recover).
 pub(crate) fn run_ops(d: &Decision) -> &[Op] {
     match d {
-        Decision::Entries(ops) | Decision::Replace { ops, .. } | Decision::Fresh { ops, .. } => ops,
+        Decision::Entries(ops)
+        | Decision::Repair { ops, .. }
+        | Decision::Replace { ops, .. }
+        | Decision::Fresh { ops, .. } => ops,
         Decision::Nothing | Decision::Refuse(_) | Decision::Recover { .. } => &[],
     }
 }
@@ -256,6 +259,7 @@ pub(crate) fn destroy(
     loaded: Option<&Loaded>,
     obs: &Observed,
     built: &BTreeSet<PathBuf>,
+    claims: &Claims,
 ) -> DestroyIntent {
     let mut recover = None;
     let (after, obs) = match loaded {
@@ -273,9 +277,9 @@ pub(crate) fn destroy(
     let deployed = after.as_ref().and_then(|l| l.record.deployed.as_ref());
     let probe = match deployed {
         Some(_) => None,
-        None => probe(plan, &obs, built),
+        None => probe(plan, &obs, built, claims),
     };
-    teardown_intent(plan, deployed, &obs, recover, probe, &Tags::new())
+    teardown_intent(plan, deployed, &obs, recover, probe, &Tags::new(), claims)
 }
 
 /// The teardown part of destroy, once the tags are known (or foreseen).
@@ -286,9 +290,13 @@ pub(crate) fn teardown_intent(
     recover: Option<Recovery>,
     probe: Option<Probe>,
     tags: &Tags,
+    claims: &Claims,
 ) -> DestroyIntent {
     let target = deployed.map_or(plan, |d| &d.plan);
-    let teardown = decide::teardown(target, deployed, obs, tags);
+    let mut teardown = decide::teardown(target, deployed, obs, tags);
+    if deployed.is_none() {
+        unclaimed(&mut teardown, obs, claims);
+    }
     let ops = teardown
         .steps
         .iter()
@@ -303,17 +311,61 @@ pub(crate) fn teardown_intent(
     }
 }
 
+/// Without a record, a program or map that another deployment's record
+/// claims is never this one's, whatever its type, name and tag: its steps
+/// go, and a note says whose it is.
+fn unclaimed(t: &mut Teardown, obs: &Observed, claims: &Claims) {
+    let claimed_pin = |pin: &str| claims.pins.get(pin);
+    let claimed_prog = |r: &ProgRef| match r {
+        ProgRef::Pinned(p) => claimed_pin(p.as_str()).or_else(|| {
+            obs.program_at(p.as_str())
+                .and_then(|i| claims.ids.get(&i.id))
+        }),
+        ProgRef::Id(id) => claims.ids.get(id),
+    };
+    let mut kept = Vec::new();
+    let mut notes = Vec::new();
+    for step in std::mem::take(&mut t.steps) {
+        let whose = match &step {
+            Step::UnpinProgram { pin, .. } => claimed_pin(pin.as_str()),
+            Step::UnpinMap { pin, .. } | Step::UpdateMapEntry { pin, .. } => {
+                claimed_pin(pin.as_str())
+            }
+            Step::Detach(a) => claimed_prog(&a.prog),
+            _ => None,
+        };
+        match whose {
+            Some(who) => notes.push(format!(
+                "{}: left in place, it is the deployment of {who} (its record claims it)",
+                step.summary()
+            )),
+            None => kept.push(step),
+        }
+    }
+    t.steps = kept;
+    t.prog_ids.retain(|id| !claims.ids.contains_key(id));
+    t.map_ids.retain(|id| !claims.map_ids.contains_key(id));
+    t.foreign.extend(notes);
+}
+
 /// The probe, when some pin of the plan holds a program of the plan's type
 /// and name whose tag must decide whether it is this deployment's. None
 /// when no pin holds such a program: nothing is loaded to learn nothing
 /// (and a second destroy, after the first removed the pin directory, does
 /// not pin into a directory that is gone).
-pub(crate) fn probe(plan: &Plan, obs: &Observed, built: &BTreeSet<PathBuf>) -> Option<Probe> {
+pub(crate) fn probe(
+    plan: &Plan,
+    obs: &Observed,
+    built: &BTreeSet<PathBuf>,
+    claims: &Claims,
+) -> Option<Probe> {
     let programs: Vec<_> = plan
         .spec
         .programs
         .iter()
         .filter(|p| built.contains(&p.object))
+        // Another deployment's: never this one's, nothing to learn.
+        .filter(|p| !claims.pins.contains_key(p.pin.as_str()))
         .filter(|p| {
             obs.program_at(p.pin.as_str()).is_some_and(|info| {
                 info.prog_type == p.prog_type.kernel_type()
@@ -372,6 +424,7 @@ pub(crate) fn apply_review(
     let (mut decision, mut reason) = match &i.decision {
         Decision::Nothing => (DecisionKind::Nothing, None),
         Decision::Entries(_) => (DecisionKind::Entries, None),
+        Decision::Repair { reason, .. } => (DecisionKind::Repair, Some(reason.to_string())),
         Decision::Fresh { .. } => (DecisionKind::Fresh, None),
         Decision::Replace { reason, .. } => (DecisionKind::Replace, Some(reason.to_string())),
         Decision::Recover { .. } => (DecisionKind::Recover, None),

@@ -29,6 +29,11 @@ pub(crate) enum Decision {
     /// Only map contents differ: these updates, each undone to the value
     /// it replaced if a later one fails.
     Entries(Vec<Op>),
+    /// Something of the deployment drifted that can be put back as it was
+    /// without reloading anything: a detached program attached again, a
+    /// removed pin pinned again from the object's id (it lives on), changed
+    /// entries set back. Counters and connections are untouched.
+    Repair { reason: Reason, ops: Vec<Op> },
     /// The deployment changes: stage, swap, then remove the old objects
     /// (from `commit_at` on, the run is past its point of no return).
     Replace {
@@ -89,6 +94,7 @@ pub(crate) fn adoption(
     plan: &Plan,
     obs: &Observed,
     tags: &Tags,
+    built: &Built,
 ) -> Result<(Vec<ProgramFact>, Vec<MapFact>), Vec<String>> {
     let mut diffs = Vec::new();
     let mut programs = Vec::new();
@@ -138,6 +144,19 @@ pub(crate) fn adoption(
                         m.pin, info.id, u.name
                     ));
                 }
+                // A lookalike is not the map: it must have the shape the
+                // manifest's object gives it.
+                let object = plan.spec.programs.iter().find(|p| p.name == m.owner);
+                if let Some(want) = object.and_then(|p| built.shape(&p.object, m.name.as_str()))
+                    && want != info.shape()
+                {
+                    diffs.push(format!(
+                        "{}: map `{}` is not as the manifest's object makes it ({})",
+                        m.pin,
+                        m.name,
+                        info.shape().differences(&want).join(", ")
+                    ));
+                }
                 maps.push(MapFact {
                     name: m.name.clone(),
                     pin: m.pin.clone(),
@@ -169,6 +188,28 @@ pub(crate) fn adoption(
                 a.program,
                 a.place()
             ));
+        }
+    }
+    // Nor anywhere the manifest does not say (every cgroup was looked at).
+    for p in &programs {
+        let wanted: Vec<&str> = plan
+            .spec
+            .attachments
+            .iter()
+            .filter(|a| a.program == p.name)
+            .filter_map(|a| match &a.point {
+                AttachPoint::Cgroup { cgroup, .. } => Some(cgroup.as_str()),
+                _ => None,
+            })
+            .collect();
+        for (cgroup, _) in obs.cgroup_tree.iter().filter(|(_, id)| *id == p.id) {
+            if !wanted.contains(&cgroup.as_str()) {
+                diffs.push(format!(
+                    "program `{}` (id {}) is also attached to cgroup {cgroup}, where the manifest \
+                     does not attach it",
+                    p.name, p.id
+                ));
+            }
         }
     }
     if diffs.is_empty() {
@@ -253,6 +294,13 @@ pub(crate) fn decide(
             .map(Reason::Drift)
     };
     match reason {
+        Some(Reason::Drift(f)) => match repair(plan, d, obs) {
+            Some(ops) => Decision::Repair {
+                reason: Reason::Drift(f),
+                ops,
+            },
+            None => replace(plan, d, obs, Reason::Drift(f), built),
+        },
         Some(reason) => replace(plan, d, obs, reason, built),
         None => {
             let ops = entry_ops(&plan.spec, obs, Some(d));
@@ -263,6 +311,62 @@ pub(crate) fn decide(
             }
         }
     }
+}
+
+/// The repair of drift, when everything that drifted can be put back
+/// without a reload: `None` when something must be replaced (a program
+/// that is not the recorded one, a pin holding something else, an object
+/// that is gone).
+fn repair(plan: &Plan, d: &Deployed, obs: &Observed) -> Option<Vec<Op>> {
+    let mut ops = Vec::new();
+    for p in &plan.spec.programs {
+        let fact = d.program(&p.pin)?;
+        match obs.pins.get(p.pin.as_str()) {
+            Some(PinState::Program(info)) if info.id == fact.id && info.tag == fact.tag => {}
+            None => {
+                obs.programs.get(&fact.id).filter(|i| i.tag == fact.tag)?;
+                ops.push(Op::of(Step::PinById {
+                    kind: PinKind::Program,
+                    name: p.name.0.clone(),
+                    id: fact.id,
+                    pin: p.pin.0.clone(),
+                }));
+            }
+            _ => return None,
+        }
+    }
+    for m in &plan.spec.maps {
+        let fact = d.maps.iter().find(|f| f.pin == m.pin);
+        match obs.pins.get(m.pin.as_str()) {
+            Some(PinState::Map(info)) if fact.is_none_or(|f| f.id == info.id) => {}
+            None => {
+                let f = fact?;
+                obs.maps.get(&f.id)?;
+                ops.push(Op::of(Step::PinById {
+                    kind: PinKind::Map,
+                    name: m.name.0.clone(),
+                    id: f.id,
+                    pin: m.pin.0.clone(),
+                }));
+            }
+            _ => return None,
+        }
+    }
+    // The attachments in the plan's order (map attachments, then traffic),
+    // judged by the recorded program: a program pinned again is attached
+    // where it was.
+    for step in &plan.steps {
+        let Step::Attach(a) = step else { continue };
+        let ProgRef::Pinned(pin) = &a.prog else {
+            continue;
+        };
+        let fact = d.program(pin)?;
+        if !obs.attached(&a.point, fact.id) {
+            ops.push(Op::of(step.clone()));
+        }
+    }
+    ops.extend(entry_ops(&plan.spec, obs, Some(d)));
+    Some(ops)
 }
 
 /// A first apply: refused when anything sits at the plan's pins (it is not
@@ -1306,6 +1410,7 @@ cgroup = "/sys/fs/cgroup/web"
             Decision::Recover { forward: true, .. } => "recover-forward",
             Decision::Recover { .. } => "recover-back",
             Decision::Entries(_) => "entries",
+            Decision::Repair { .. } => "repair",
             Decision::Replace { .. } => "replace",
             Decision::Fresh { .. } => "fresh",
             Decision::Refuse(_) => "refuse",
@@ -1324,7 +1429,9 @@ cgroup = "/sys/fs/cgroup/web"
         let d = decide(p, l, o, &objects());
         assert_eq!(kind(&d), want, "{what}: {d:#?}");
         let reason = match &d {
-            Decision::Replace { reason, .. } => reason.to_string(),
+            Decision::Replace { reason, .. } | Decision::Repair { reason, .. } => {
+                reason.to_string()
+            }
             _ => String::new(),
         };
         let text = format!("{reason} {d:?}");
@@ -1375,8 +1482,38 @@ cgroup = "/sys/fs/cgroup/web"
             &p,
             Some(&on_record),
             &detached,
-            "replace",
+            "repair",
             "drift: attachment `ops (sock_ops)`",
+        );
+        let mut unpinned = healthy(1000);
+        unpinned.pins.remove("/sys/fs/bpf/t/ops");
+        unpinned.programs.insert(
+            1,
+            ProgInfo {
+                id: 1,
+                tag: "aa".into(),
+                prog_type: crate::manifest::model::KernelProgType::SockOps,
+                name: "ops".into(),
+                map_ids: vec![],
+            },
+        );
+        case(
+            "a program pin removed by hand (the program lives on)",
+            &p,
+            Some(&on_record),
+            &unpinned,
+            "repair",
+            "PinById",
+        );
+        let mut gone = healthy(1000);
+        gone.pins.remove("/sys/fs/bpf/t/ops");
+        case(
+            "a program pin removed and the program gone",
+            &p,
+            Some(&on_record),
+            &gone,
+            "replace",
+            "drift: program `ops`",
         );
         let mut rebuilt = d.clone();
         rebuilt.objects[0].sha256 = "other".into();
@@ -1450,10 +1587,10 @@ cgroup = "/sys/fs/cgroup/web"
     fn a_replace_stages_then_swaps_and_can_be_undone_until_it_commits() {
         let p = plan("1000");
         let on_record = loaded(Some(deployed(&p)), None, 0);
-        let mut drift = healthy(1000);
-        drift.cgroups.insert("/sys/fs/cgroup/web".into(), vec![]);
+        let mut rebuilt = objects();
+        rebuilt.hashes[0].sha256 = "o2".into();
         let Decision::Replace { ops, commit_at, .. } =
-            decide(&p, Some(&on_record), &drift, &objects())
+            decide(&p, Some(&on_record), &healthy(1000), &rebuilt)
         else {
             panic!("not a replace");
         };

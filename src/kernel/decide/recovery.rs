@@ -111,6 +111,7 @@ impl Simulated {
             Step::RenamePin { from, to, .. } => {
                 obs.pins.contains_key(from) && !obs.pins.contains_key(to)
             }
+            Step::PinById { pin, .. } => !obs.pins.contains_key(pin),
             Step::RemovePinDir { dir } => obs.dirs.contains(dir),
             Step::MakePinDir { dir } => !obs.dirs.contains(dir),
             Step::Detach(a) => obs
@@ -139,6 +140,19 @@ impl Simulated {
             Step::UnpinProgram { pin, .. } => self.unpin(pin.as_str()),
             Step::UnpinMap { pin, .. } => self.unpin(pin.as_str()),
             Step::RenamePin { from, to, .. } => self.rename(from, to),
+            Step::PinById { kind, id, pin, .. } => {
+                let state = match kind {
+                    crate::plan::step::PinKind::Program => {
+                        self.obs.programs.get(id).cloned().map(PinState::Program)
+                    }
+                    crate::plan::step::PinKind::Map => {
+                        self.obs.maps.get(id).cloned().map(PinState::Map)
+                    }
+                };
+                if let Some(state) = state {
+                    self.obs.pins.insert(pin.clone(), state);
+                }
+            }
             Step::RemovePinDir { dir } => {
                 self.obs.dirs.remove(dir);
             }

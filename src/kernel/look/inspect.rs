@@ -104,6 +104,27 @@ pub fn cgroup_prog_ids(cgroup: &str) -> Result<Vec<u32>> {
     )
 }
 
+/// Every cgroup under `root` with programs attached, and each program's id
+/// (`bpftool -j cgroup tree`).
+pub fn cgroup_tree(root: &Path) -> Result<Vec<(String, u32)>> {
+    #[derive(Deserialize)]
+    struct Node {
+        cgroup: String,
+        #[serde(default)]
+        programs: Vec<CgroupAttachment>,
+    }
+    let root = root.to_string_lossy();
+    let nodes: Option<Vec<Node>> = bpftool_json(&["cgroup", "tree", &root])?;
+    Ok(nodes
+        .unwrap_or_default()
+        .into_iter()
+        .flat_map(|n| {
+            let cg = n.cgroup;
+            n.programs.into_iter().map(move |p| (cg.clone(), p.id))
+        })
+        .collect())
+}
+
 /// The ids of the XDP programs attached to an interface (in any mode).
 pub fn xdp_prog_ids(iface: &str) -> Result<Vec<u32>> {
     #[derive(Deserialize)]

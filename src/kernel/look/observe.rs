@@ -25,6 +25,8 @@ pub(crate) struct Query {
     pub dumps: BTreeSet<String>,
     /// Maps whose entries are read by id (no pin names them any more).
     pub dump_ids: BTreeSet<u32>,
+    /// Walk every cgroup under this one for its programs (adopt).
+    pub cgroup_tree: Option<PathBuf>,
     pub dirs: BTreeSet<PathBuf>,
 }
 
@@ -61,6 +63,7 @@ impl Query {
         if let Some(d) = &rec.deployed {
             self.spec(&d.plan.spec, false);
             self.prog_ids.extend(d.programs.iter().map(|p| p.id));
+            self.map_ids.extend(d.maps.iter().map(|m| m.id));
             self.dirs.extend(d.pin_dirs.iter().cloned());
         }
         if let Some(run) = &rec.run {
@@ -90,6 +93,13 @@ impl Query {
             Step::RenamePin { from, to, .. } => {
                 self.pin(from);
                 self.pin(to);
+            }
+            Step::PinById { kind, id, pin, .. } => {
+                self.pin(pin);
+                match kind {
+                    crate::plan::step::PinKind::Program => self.prog_ids.insert(*id),
+                    crate::plan::step::PinKind::Map => self.map_ids.insert(*id),
+                };
             }
             Step::Attach(a) | Step::Detach(a) => self.attachment(a),
             // Recovery judges entry steps by the map's contents.
@@ -163,6 +173,9 @@ pub(crate) struct Observed {
     pub contents: BTreeMap<String, Vec<DumpEntry>>,
     /// Entries of the maps asked for by id, that still exist.
     pub contents_by_id: BTreeMap<u32, Vec<DumpEntry>>,
+    /// Every cgroup under the asked-for root with a program attached: the
+    /// cgroup and the program's id.
+    pub cgroup_tree: Vec<(String, u32)>,
     /// The asked-for directories that exist.
     pub dirs: BTreeSet<PathBuf>,
 }
@@ -353,6 +366,9 @@ pub(crate) fn observe(q: &Query) -> Result<Observed> {
         if matches!(o.pins.get(pin), Some(PinState::Map(_))) {
             o.contents.insert(pin.clone(), inspect::map_dump(pin)?);
         }
+    }
+    if let Some(root) = &q.cgroup_tree {
+        o.cgroup_tree = inspect::cgroup_tree(root)?;
     }
     for id in &q.dump_ids {
         if let Some(dump) = inspect::map_dump_id(*id)? {

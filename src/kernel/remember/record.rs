@@ -85,6 +85,8 @@ pub enum RunKind {
     Replace,
     /// Map entries only.
     Entries,
+    /// What drifted put back, nothing reloaded.
+    Repair,
 }
 
 /// A run under way (or killed): the next run finishes or undoes it.
@@ -170,6 +172,7 @@ impl Record {
                     points.push(&a.point);
                 }
                 Step::RenamePin { from, to, .. } => pins.extend([from.as_str(), to.as_str()]),
+                Step::PinById { pin, .. } => pins.push(pin.as_str()),
                 Step::UnpinProgram { pin, .. } => pins.push(pin.as_str()),
                 Step::UnpinMap { pin, .. } => pins.push(pin.as_str()),
                 Step::MakePinDir { dir } | Step::RemovePinDir { dir } => dirs.push(dir),
@@ -249,6 +252,15 @@ impl Lingering {
         }
         format!("{n} connection(s) (ports {})", ports.join(", "))
     }
+}
+
+/// What other deployments' records claim: pins and program ids, with the
+/// manifest that claims each.
+#[derive(Debug, Clone, Default, PartialEq, Eq)]
+pub struct Claims {
+    pub pins: std::collections::BTreeMap<String, String>,
+    pub ids: std::collections::BTreeMap<u32, String>,
+    pub map_ids: std::collections::BTreeMap<u32, String>,
 }
 
 /// A record as read back, with how far its run got.
@@ -357,6 +369,47 @@ impl Store {
             .filter_map(|bytes| serde_json::from_slice::<Record>(&bytes).ok())
             .filter(|r| r.manifest == plan.manifest)
             .collect()
+    }
+
+    /// What every other deployment's record claims (its pins and ids): a
+    /// destroy without a record of its own never removes those.
+    pub fn claims(&self) -> Claims {
+        let mut c = Claims::default();
+        let Some(dir) = self.path.parent() else {
+            return c;
+        };
+        let Ok(entries) = std::fs::read_dir(dir) else {
+            return c;
+        };
+        for path in entries.flatten().map(|e| e.path()) {
+            let is_record = path.extension().is_some_and(|x| x == "json")
+                && !path.to_string_lossy().ends_with(".lingering.json");
+            if path == self.path || !is_record {
+                continue;
+            }
+            let Some(record) = trust::read_private(&path)
+                .ok()
+                .flatten()
+                .and_then(|b| serde_json::from_slice::<Record>(&b).ok())
+            else {
+                continue;
+            };
+            let who = record.manifest.display().to_string();
+            for d in record.deployed.iter() {
+                for p in &d.programs {
+                    c.pins.insert(p.pin.0.clone(), who.clone());
+                    c.ids.insert(p.id, who.clone());
+                    for id in &p.map_ids {
+                        c.map_ids.insert(*id, who.clone());
+                    }
+                }
+                for m in &d.maps {
+                    c.pins.insert(m.pin.0.clone(), who.clone());
+                    c.map_ids.insert(m.id, who.clone());
+                }
+            }
+        }
+        c
     }
 
     /// Read the record and its journal.

@@ -318,6 +318,7 @@ fn decided_word(d: &Decision) -> &'static str {
         Decision::Nothing => "nothing",
         Decision::Recover { .. } => "recover",
         Decision::Entries(_) => "entries",
+        Decision::Repair { .. } => "repair",
         Decision::Replace { .. } => "replace",
         Decision::Fresh { .. } => "fresh",
         Decision::Refuse(_) => "refused",

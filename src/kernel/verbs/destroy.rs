@@ -87,7 +87,8 @@ pub(crate) fn destroy_on(
 ) -> Result<Destroyed> {
     let (mut loaded, corrupt) = load(exec, store);
     let mut obs = exec.observe(&query(plan, loaded.as_ref()))?;
-    let foreseen = intent::destroy(plan, loaded.as_ref(), &obs, built);
+    let claims = store.claims();
+    let foreseen = intent::destroy(plan, loaded.as_ref(), &obs, built, &claims);
     let total = foreseen.total();
     if let Some(r) = &foreseen.recover {
         let l = loaded
@@ -104,14 +105,21 @@ pub(crate) fn destroy_on(
     let deployed = loaded.as_ref().and_then(|l| l.record.deployed.as_ref());
     let probe = match deployed {
         Some(_) => None,
-        None => intent::probe(plan, &obs, built),
+        None => intent::probe(plan, &obs, built, &claims),
     };
     let tags = match &probe {
         Some(p) => run_probe(exec, p, foreseen.first(Stage::Probe), total, plan)?,
         None => Tags::new(),
     };
-    let decided =
-        intent::teardown_intent(plan, deployed, &obs, foreseen.recover.clone(), probe, &tags);
+    let decided = intent::teardown_intent(
+        plan,
+        deployed,
+        &obs,
+        foreseen.recover.clone(),
+        probe,
+        &tags,
+        &claims,
+    );
     if decided.ops != foreseen.ops {
         exec.note(&format!(
             "the kernel is not as foreseen before destroy began: its teardown is decided again \
@@ -253,8 +261,13 @@ pub(crate) fn pending(plan: &Plan, kernel: &mut dyn Kernel) -> Result<Review> {
         Found::Corrupt(_) => (None, true),
     };
     let obs = kernel.observe(&query(plan, loaded.as_ref()))?;
-    let mut review =
-        intent::destroy_review(&intent::destroy(plan, loaded.as_ref(), &obs, &built(plan)));
+    let mut review = intent::destroy_review(&intent::destroy(
+        plan,
+        loaded.as_ref(),
+        &obs,
+        &built(plan),
+        &store.claims(),
+    ));
     if corrupt {
         review.notes.push(format!(
             "the record {} cannot be used: destroy removes only what the manifest declares and \
@@ -300,6 +313,7 @@ pub(crate) fn adopt(
             .iter()
             .map(|p| p.object.clone())
             .collect(),
+        &store.claims(),
     );
     let probed = probe.as_ref().map_or(0, |p| p.loads.len() + p.unpins.len());
     let total = build.len() + probed;
@@ -313,14 +327,32 @@ pub(crate) fn adopt(
         Some(p) => run_probe(&mut exec, p, build.len() + 1, total, plan)?,
         None => Tags::new(),
     };
-    let obs = exec.observe(&query(plan, None))?;
-    let (programs, maps) = decide::adoption(plan, &obs, &tags).map_err(|lines| Mismatch {
-        headline: format!(
-            "the kernel does not hold exactly what {} makes, so nothing was adopted",
-            plan.manifest.display()
-        ),
-        lines,
-    })?;
+    let mut q = query(plan, None);
+    q.cgroup_tree = crate::host::HostFacts::read().ok().and_then(|h| h.cgroup2);
+    let obs = exec.observe(&q)?;
+    let built = build::built(plan)?;
+    let claims = store.claims();
+    let (programs, maps) =
+        decide::adoption(plan, &obs, &tags, &built).map_err(|lines| Mismatch {
+            headline: format!(
+                "the kernel does not hold exactly what {} makes, so nothing was adopted",
+                plan.manifest.display()
+            ),
+            lines,
+        })?;
+    if let Some((p, who)) = programs
+        .iter()
+        .find_map(|p| claims.ids.get(&p.id).map(|who| (p, who)))
+    {
+        return Err(Mismatch {
+            headline: format!("nothing was adopted: {}", plan.manifest.display()),
+            lines: vec![format!(
+                "program `{}` (id {}) is the deployment of {who}: its record claims it",
+                p.name, p.id
+            )],
+        }
+        .into());
+    }
     for p in &programs {
         exec.note(&format!(
             "takes over program `{}` (id {}, tag {}) at {}",

@@ -98,6 +98,11 @@ fn host() -> HostFacts {
 }
 
 fn plan(port: &str) -> Plan {
+    plan_at("/m/twin.toml", port)
+}
+
+/// The same manifest's text at another path: another deployment.
+fn plan_at(manifest: &str, port: &str) -> Plan {
     let host = host();
     let cg = host.cgroup2.clone().unwrap_or_default().join("twin");
     let vars = vec![
@@ -109,7 +114,7 @@ fn plan(port: &str) -> Plan {
         overrides: &vars,
         exists: &|_| true,
     };
-    let src = Source::new(Path::new("/m/twin.toml"), MANIFEST.to_string());
+    let src = Source::new(Path::new(manifest), MANIFEST.to_string());
     let checked = validate::validate(&src, &env).expect("valid");
     crate::plan::plan(
         &checked.model,
@@ -217,7 +222,14 @@ impl Twin {
             .fake
             .observe(&apply::query(plan, loaded.as_ref()))
             .unwrap();
-        intent::destroy_review(&intent::destroy(plan, loaded.as_ref(), &obs, &built()))
+        let claims = store.claims();
+        intent::destroy_review(&intent::destroy(
+            plan,
+            loaded.as_ref(),
+            &obs,
+            &built(),
+            &claims,
+        ))
     }
 
     fn apply_with(&mut self, plan: &Plan, kernel: &mut dyn Kernel) -> anyhow::Result<Applied> {
@@ -637,4 +649,33 @@ fn a_map_whose_shape_changed_is_not_kept_and_the_plan_says_why() {
     assert!(pins.contains(&socks), "the sockhash is kept: {pins:?}");
     assert!(!pins.contains(&deny), "the policy map is new: {pins:?}");
     assert_eq!(t.plan_apply(&p).decision, DecisionKind::Nothing);
+}
+
+#[test]
+fn a_destroy_without_a_record_leaves_what_another_deployment_claims() {
+    let mut t = Twin::new();
+    let a = plan("1000");
+    t.apply(&a).unwrap();
+    let pins = t.fake.pins();
+    // Manifest B declares the very same pins (and objects) but has no
+    // record: A's record claims them, so B's destroy removes nothing.
+    let b = plan_at("/m/twin-b.toml", "1000");
+    let (review, d) = t.destroy_as_planned(&b);
+    assert_eq!(
+        review.decision,
+        DecisionKind::NothingToDestroy,
+        "{:?}",
+        review.changes
+    );
+    assert!(
+        review
+            .notes
+            .iter()
+            .any(|n| n.contains("it is the deployment of /m/twin.toml")),
+        "{:?}",
+        review.notes
+    );
+    assert_eq!(d, Destroyed::Nothing);
+    assert_eq!(t.fake.pins(), pins);
+    assert_eq!(t.plan_apply(&a).decision, DecisionKind::Nothing);
 }
