@@ -230,6 +230,28 @@ pub enum Step {
 /// object) so a changed header is noticed by the build cache.
 pub const CLANG_FLAGS: &[&str] = &["-O2", "-g", "-Wall", "-MD", "-target", "bpf"];
 
+/// `clang ... -c SOURCE -o OBJECT` with the include directories.
+fn compile_argv(
+    source: &std::path::Path,
+    object: &std::path::Path,
+    include: &[std::path::PathBuf],
+) -> Vec<Arg> {
+    let mut argv = vec![Arg::lit("clang")];
+    argv.extend(CLANG_FLAGS.iter().map(|f| Arg::lit(*f)));
+    argv.extend(
+        include
+            .iter()
+            .map(|i| Arg::lit(format!("-I{}", i.display()))),
+    );
+    argv.extend([
+        Arg::lit("-c"),
+        Arg::path(source),
+        Arg::lit("-o"),
+        Arg::path(object),
+    ]);
+    argv
+}
+
 fn words(w: &[&str]) -> Vec<Arg> {
     w.iter().map(|w| Arg::lit(*w)).collect()
 }
@@ -305,22 +327,7 @@ impl Step {
                 object,
                 include,
                 ..
-            } => {
-                let mut argv = vec![Arg::lit("clang")];
-                argv.extend(CLANG_FLAGS.iter().map(|f| Arg::lit(*f)));
-                argv.extend(
-                    include
-                        .iter()
-                        .map(|i| Arg::lit(format!("-I{}", i.display()))),
-                );
-                argv.extend([
-                    Arg::lit("-c"),
-                    Arg::path(source),
-                    Arg::lit("-o"),
-                    Arg::path(object),
-                ]);
-                argv
-            }
+            } => compile_argv(source, object, include),
             MountBpffs { dir } => {
                 let mut argv = words(&["mount", "-t", "bpf", "-o", "mode=0700", "bpf"]);
                 argv.push(Arg::path(dir));

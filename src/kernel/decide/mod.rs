@@ -11,7 +11,7 @@ use serde::Serialize;
 use std::collections::{BTreeMap, BTreeSet};
 use std::path::PathBuf;
 
-use crate::kernel::look::inspect::{PinState, ProgInfo};
+use crate::kernel::look::inspect::{MapInfo, PinState, ProgInfo};
 use crate::kernel::look::observe::Observed;
 use crate::kernel::remember::build::Built;
 use crate::kernel::remember::record::{Deployed, Loaded, MapFact, ProgramFact};
@@ -144,19 +144,7 @@ pub(crate) fn adoption(
                         m.pin, info.id, u.name
                     ));
                 }
-                // A lookalike is not the map: it must have the shape the
-                // manifest's object gives it.
-                let object = plan.spec.programs.iter().find(|p| p.name == m.owner);
-                if let Some(want) = object.and_then(|p| built.shape(&p.object, m.name.as_str()))
-                    && want != info.shape()
-                {
-                    diffs.push(format!(
-                        "{}: map `{}` is not as the manifest's object makes it ({})",
-                        m.pin,
-                        m.name,
-                        info.shape().differences(&want).join(", ")
-                    ));
-                }
+                diffs.extend(lookalike(plan, m, info, built));
                 maps.push(MapFact {
                     name: m.name.clone(),
                     pin: m.pin.clone(),
@@ -190,8 +178,19 @@ pub(crate) fn adoption(
             ));
         }
     }
-    // Nor anywhere the manifest does not say (every cgroup was looked at).
-    for p in &programs {
+    diffs.extend(attached_elsewhere(plan, obs, &programs));
+    if diffs.is_empty() {
+        Ok((programs, maps))
+    } else {
+        Err(diffs)
+    }
+}
+
+/// The programs attached to a cgroup the manifest does not attach them to
+/// (every cgroup was looked at).
+fn attached_elsewhere(plan: &Plan, obs: &Observed, programs: &[ProgramFact]) -> Vec<String> {
+    let mut diffs = Vec::new();
+    for p in programs {
         let wanted: Vec<&str> = plan
             .spec
             .attachments
@@ -212,11 +211,27 @@ pub(crate) fn adoption(
             }
         }
     }
-    if diffs.is_empty() {
-        Ok((programs, maps))
-    } else {
-        Err(diffs)
-    }
+    diffs
+}
+
+/// A lookalike is not the map: it must have the shape the manifest's
+/// object gives it.
+fn lookalike(
+    plan: &Plan,
+    m: &crate::plan::MapSpec,
+    info: &MapInfo,
+    built: &Built,
+) -> Option<String> {
+    let object = plan.spec.programs.iter().find(|p| p.name == m.owner)?;
+    let want = built.shape(&object.object, m.name.as_str())?;
+    (want != info.shape()).then(|| {
+        format!(
+            "{}: map `{}` is not as the manifest's object makes it ({})",
+            m.pin,
+            m.name,
+            info.shape().differences(&want).join(", ")
+        )
+    })
 }
 
 /// Whether the program pinned at `prog` loads reusing the map at `map`.
@@ -873,30 +888,10 @@ fn replace(
     reason: Reason,
     built: &Built,
 ) -> Decision {
-    let old_spec = &deployed.plan.spec;
     let (keep, notes) = carried(plan, deployed, obs, built);
-    // Refuse what cannot be swapped: a foreign object at one of our pins,
-    // or leftovers of an earlier swap.
-    for pin in swap_pins(plan, Some(deployed)) {
-        if obs.pins.contains_key(&pin) {
-            return Decision::Refuse(format!(
-                "{pin} exists (left by an earlier run?): remove it, then apply again"
-            ));
-        }
-    }
     let t = teardown(&deployed.plan, Some(deployed), obs, &Tags::new());
-    if let Some(f) = t.foreign.first() {
-        return Decision::Refuse(format!(
-            "{f}; bpfplan will not replace it: remove it, or choose another pin"
-        ));
-    }
-    if let Some(p) = all_pins(&plan.spec)
-        .filter(|p| !all_pins(old_spec).any(|o| o == *p))
-        .find(|p| obs.pins.contains_key(*p))
-    {
-        return Decision::Refuse(format!(
-            "{p} already exists and bpfplan has no record of creating it: remove it first"
-        ));
+    if let Some(why) = unswappable(plan, deployed, obs, &t) {
+        return Decision::Refuse(why);
     }
 
     let pin_dirs = missing_dirs(plan, obs);
@@ -944,11 +939,60 @@ fn replace(
             to: pin,
         }));
     }
-    // 4. Past the point of no return: the old objects go. An old map that
-    //    is not kept gets its destroy switch first: the connections that
-    //    keep it (they hold the old programs) leave the bypass now.
     let commit_at = ops.len();
-    for m in old_spec.maps.iter().filter(|m| !keep.contains(&m.pin)) {
+    ops.extend(retire(plan, deployed, &keep, &old_pins));
+    Decision::Replace {
+        reason,
+        ops,
+        commit_at,
+        pin_dirs,
+        notes,
+    }
+}
+
+/// Why a replace cannot swap: a foreign object at one of our pins, or
+/// leftovers of an earlier swap.
+fn unswappable(plan: &Plan, deployed: &Deployed, obs: &Observed, t: &Teardown) -> Option<String> {
+    if let Some(pin) = swap_pins(plan, Some(deployed))
+        .into_iter()
+        .find(|p| obs.pins.contains_key(p))
+    {
+        return Some(format!(
+            "{pin} exists (left by an earlier run?): remove it, then apply again"
+        ));
+    }
+    if let Some(f) = t.foreign.first() {
+        return Some(format!(
+            "{f}; bpfplan will not replace it: remove it, or choose another pin"
+        ));
+    }
+    let old_spec = &deployed.plan.spec;
+    all_pins(&plan.spec)
+        .filter(|p| !all_pins(old_spec).any(|o| o == *p))
+        .find(|p| obs.pins.contains_key(*p))
+        .map(|p| {
+            format!("{p} already exists and bpfplan has no record of creating it: remove it first")
+        })
+}
+
+/// Step 4 of a replace, past its point of no return: the old objects go.
+/// An old map that is not kept gets its destroy switch first: the
+/// connections that keep it (they hold the old programs) leave the bypass
+/// now. Then pin directories the new plan no longer uses.
+fn retire(
+    plan: &Plan,
+    deployed: &Deployed,
+    keep: &BTreeSet<MapPin>,
+    old_pins: &[(PinKind, String, String)],
+) -> Vec<Op> {
+    let mut ops = Vec::new();
+    for m in deployed
+        .plan
+        .spec
+        .maps
+        .iter()
+        .filter(|m| !keep.contains(&m.pin))
+    {
         for e in m.on_destroy.iter().flatten() {
             ops.push(Op {
                 step: Step::UpdateMapEntry {
@@ -960,7 +1004,7 @@ fn replace(
             });
         }
     }
-    for (kind, name, pin) in &old_pins {
+    for (kind, name, pin) in old_pins {
         let pin = aside(pin);
         ops.push(Op {
             step: match kind {
@@ -985,13 +1029,7 @@ fn replace(
             });
         }
     }
-    Decision::Replace {
-        reason,
-        ops,
-        commit_at,
-        pin_dirs,
-        notes,
-    }
+    ops
 }
 
 /// How the new objects of a replace are staged: under `~new`, except the
@@ -1475,6 +1513,13 @@ cgroup = "/sys/fs/cgroup/web"
             "entries",
             "DeleteMapEntry",
         );
+    }
+
+    #[test]
+    fn drift_is_repaired_when_it_can_be_and_replaced_when_not() {
+        let p = plan("1000");
+        let d = deployed(&p);
+        let on_record = loaded(Some(d.clone()), None, 0);
         let mut detached = healthy(1000);
         detached.cgroups.insert("/sys/fs/cgroup/web".into(), vec![]);
         case(

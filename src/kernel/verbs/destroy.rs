@@ -251,6 +251,49 @@ fn run_probe(
     Ok(tags)
 }
 
+/// What adopt records, saying what it takes over.
+fn adopted_record(
+    exec: &mut Executor,
+    plan: &Plan,
+    programs: Vec<crate::kernel::remember::record::ProgramFact>,
+    maps: Vec<crate::kernel::remember::record::MapFact>,
+) -> Result<Record> {
+    for p in &programs {
+        exec.note(&format!(
+            "takes over program `{}` (id {}, tag {}) at {}",
+            p.name, p.id, p.tag, p.pin
+        ));
+    }
+    for m in &maps {
+        exec.note(&format!(
+            "takes over map `{}` (id {}) at {}",
+            m.name, m.id, m.pin
+        ));
+    }
+    for a in &plan.spec.attachments {
+        exec.note(&format!(
+            "takes over the attachment of `{}` to {}",
+            a.program,
+            a.place()
+        ));
+    }
+    let record = Record {
+        format_version: crate::kernel::remember::record::FORMAT_VERSION,
+        manifest: plan.manifest.clone(),
+        deployed: Some(Deployed {
+            plan: plan.clone(),
+            programs,
+            maps,
+            sources: build::source_hashes(plan)?,
+            objects: build::object_hashes(plan)?,
+            pin_dirs: Vec::new(),
+        }),
+        run: None,
+        last_plan: None,
+    };
+    Ok(record)
+}
+
 /// What destroy would run now, as a reviewer reads it.
 pub(crate) fn pending(plan: &Plan, kernel: &mut dyn Kernel) -> Result<Review> {
     preflight::inspect()?;
@@ -353,39 +396,7 @@ pub(crate) fn adopt(
         }
         .into());
     }
-    for p in &programs {
-        exec.note(&format!(
-            "takes over program `{}` (id {}, tag {}) at {}",
-            p.name, p.id, p.tag, p.pin
-        ));
-    }
-    for m in &maps {
-        exec.note(&format!(
-            "takes over map `{}` (id {}) at {}",
-            m.name, m.id, m.pin
-        ));
-    }
-    for a in &plan.spec.attachments {
-        exec.note(&format!(
-            "takes over the attachment of `{}` to {}",
-            a.program,
-            a.place()
-        ));
-    }
-    let record = Record {
-        format_version: crate::kernel::remember::record::FORMAT_VERSION,
-        manifest: plan.manifest.clone(),
-        deployed: Some(Deployed {
-            plan: plan.clone(),
-            programs,
-            maps,
-            sources: build::source_hashes(plan)?,
-            objects: build::object_hashes(plan)?,
-            pin_dirs: Vec::new(),
-        }),
-        run: None,
-        last_plan: None,
-    };
+    let record = adopted_record(&mut exec, plan, programs, maps)?;
     carry::adopted(&store, &record)?;
     exec.note(&format!(
         "adopted {}: it is bpfplan's now (recorded in {})",

@@ -202,6 +202,36 @@ fn compare(label: &str, header: bool) -> Result<()> {
     Ok(())
 }
 
+/// `across`: phases split by a line on stdin.
+fn across_cmd(port: u16, before: u64, after: u64) -> Result<()> {
+    let r = across::across(
+        port,
+        before,
+        after,
+        |q| event(serde_json::to_value(q).unwrap_or_default()),
+        || {
+            let mut line = String::new();
+            let _ = std::io::stdin().read_line(&mut line);
+        },
+    )?;
+    event(serde_json::to_value(&r)?);
+    Ok(())
+}
+
+/// `talk`: one message per line on stdin.
+fn talk_cmd(port: u16, size: usize) -> Result<()> {
+    across::talk(
+        port,
+        size,
+        |port| event(serde_json::json!({"event": "talking", "port": port})),
+        || {
+            let mut line = String::new();
+            matches!(std::io::stdin().read_line(&mut line), Ok(n) if n > 0)
+        },
+        |s| event(serde_json::to_value(s).unwrap_or_default()),
+    )
+}
+
 fn run() -> Result<()> {
     let cli = Cli::parse();
     if let Some(cg) = &cli.cgroup {
@@ -286,29 +316,8 @@ fn run() -> Result<()> {
             port,
             before,
             after,
-        } => {
-            let r = across::across(
-                port,
-                before,
-                after,
-                |q| event(serde_json::to_value(q).unwrap_or_default()),
-                || {
-                    let mut line = String::new();
-                    let _ = std::io::stdin().read_line(&mut line);
-                },
-            )?;
-            event(serde_json::to_value(&r)?);
-        }
-        Mode::Talk { port, size } => across::talk(
-            port,
-            size,
-            |port| event(serde_json::json!({"event": "talking", "port": port})),
-            || {
-                let mut line = String::new();
-                matches!(std::io::stdin().read_line(&mut line), Ok(n) if n > 0)
-            },
-            |s| event(serde_json::to_value(s).unwrap_or_default()),
-        )?,
+        } => across_cmd(port, before, after)?,
+        Mode::Talk { port, size } => talk_cmd(port, size)?,
         Mode::Hold { bind, connect } => {
             traffic::hold(bind, connect, |server_port, client_port| {
                 event(serde_json::json!({
