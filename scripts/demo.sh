@@ -35,14 +35,20 @@ echo
 echo "== the same traffic with the bypass"
 "$TRAFFIC" --cgroup "$cgroup" compare --label "sockmap bypass" | tee -a "/tmp/bpfplan-demo-$$.txt"
 echo
+echo "== what the bypass counted (a stream whose reader falls behind by more than its"
+echo "   receive buffer goes back to TCP: backpressure, demoted_backpressure)"
+# shellcheck disable=SC2086
+"$BPFPLAN" status manifests/bypass.toml $vars | grep -E 'redirected_bytes|demoted' || true
+echo
 echo "== bpfplan destroy"
 # shellcheck disable=SC2086
 "$BPFPLAN" destroy manifests/bypass.toml $vars
 echo
 echo "== side by side"
 cat "/tmp/bpfplan-demo-$$.txt"
-# What this machine says: the bypass always keeps the bytes off lo; whether
-# it is faster depends on the workload and the CPU (see `bpfplan bench`).
+# What this machine says: the bypass keeps the bytes it redirects off lo (a
+# stream sent back to TCP by backpressure puts them there); whether it is
+# faster depends on the workload and the CPU (see `bpfplan bench`).
 awk '
     NR == 2 { lp = $(NF - 5); ls = $(NF - 1) }
     NR == 3 { bp = $(NF - 5); bs = $(NF - 1) }
