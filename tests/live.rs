@@ -371,3 +371,47 @@ fn a_destroy_without_a_record_leaves_another_deployments_objects() {
     sb.must("destroy");
     sb.assert_clean(&ids);
 }
+
+#[test]
+fn status_sees_a_reader_that_fell_behind() {
+    let Some(sb) = Sandbox::new("stalled", "manifests/bypass.toml") else {
+        return;
+    };
+    // A bound above the receivers' buffers: data waits at stalled readers.
+    let bound = format!("max_queued={}", 8 * MIB);
+    let vars = ["--var", bound.as_str()];
+    sb.must_with("apply", &vars);
+    let (_, st) = sb.status(&vars);
+    assert_eq!(st["stalled"], serde_json::json!([]), "{st}");
+    assert!(st["tcp_memory"]["pressure"].as_u64().unwrap() > 0, "{st}");
+    let mut stream = Driven::new(
+        &sb,
+        &["across", "--before", &(2 * MIB).to_string(), "--after", "0"],
+    );
+    let q = stream.event();
+    assert_eq!(q["event"], "queued", "{q}");
+    let (code, st) = sb.status(&vars);
+    // Both ends hold what the other sent and nobody read.
+    let stalled = st["stalled"].as_array().unwrap();
+    assert_eq!(stalled.len(), 2, "{st}");
+    for s in stalled {
+        assert!(
+            s["rmem_alloc"].as_u64().unwrap() > s["rcvbuf"].as_u64().unwrap(),
+            "{s}"
+        );
+    }
+    assert!(
+        st["warnings"]
+            .to_string()
+            .contains("its reader fell behind"),
+        "{st}"
+    );
+    assert_eq!(code, 0, "a stall is not drift: {st}");
+    stream.go();
+    let done = stream.event();
+    assert_eq!(done["intact"], true, "{done}");
+    stream.end();
+    let (_, st) = sb.status(&vars);
+    assert_eq!(st["stalled"], serde_json::json!([]), "{st}");
+    sb.must_with("destroy", &vars);
+}

@@ -324,6 +324,8 @@ pub(crate) fn connections(
             cookie: s.cookie,
             local_port: s.local_port,
             remote_port: s.remote_port,
+            rmem_alloc: s.rmem_alloc,
+            rcvbuf: s.rcvbuf,
         })
         .collect())
 }

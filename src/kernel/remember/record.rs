@@ -231,6 +231,12 @@ pub struct Connection {
     pub cookie: u64,
     pub local_port: u16,
     pub remote_port: u16,
+    /// Bytes charged to its receive side when looked at (what was
+    /// redirected to it and not yet read included), and its buffer.
+    #[serde(default)]
+    pub rmem_alloc: u32,
+    #[serde(default)]
+    pub rcvbuf: u32,
 }
 
 impl Lingering {

@@ -12,7 +12,7 @@ use crate::kernel::decide::{self, Finding, Health, ObjectKind};
 use crate::kernel::look::inspect::PinState;
 use crate::kernel::look::observe::{Observed, Query};
 use crate::kernel::remember::build;
-use crate::kernel::remember::record::{Deployed, FileHash, Found, Lingering, Store};
+use crate::kernel::remember::record::{Connection, Deployed, FileHash, Found, Lingering, Store};
 use crate::kernel::verbs::preflight;
 use crate::plan::step::Step;
 use crate::plan::{Plan, Spec};
@@ -62,6 +62,61 @@ pub struct StatusReport {
     /// removed from bpffs but the kernel still holds (connections made
     /// during the bypass hold them until they close), as a look found them.
     pub lingering: Option<Lingering>,
+    /// Sockets in the deployment's sockhashes whose receive side holds more
+    /// than their receive buffer: a reader that fell behind (the bypass
+    /// checks no receive-buffer limit of its own).
+    pub stalled: Vec<Connection>,
+    /// The host's TCP memory against its limits (`tcp_mem`), in pages.
+    pub tcp_memory: Option<TcpMemory>,
+}
+
+/// `TCP: mem` of /proc/net/sockstat against /proc/sys/net/ipv4/tcp_mem.
+#[derive(Debug, Clone, Copy, Serialize)]
+pub struct TcpMemory {
+    pub pages: u64,
+    pub low: u64,
+    pub pressure: u64,
+    pub high: u64,
+}
+
+/// The host's TCP memory now, if the kernel says.
+fn tcp_memory() -> Option<TcpMemory> {
+    let sockstat = std::fs::read_to_string("/proc/net/sockstat").ok()?;
+    let line = sockstat.lines().find(|l| l.starts_with("TCP:"))?;
+    let words: Vec<&str> = line.split_whitespace().collect();
+    let at = words.iter().position(|w| *w == "mem")?;
+    let pages = words.get(at + 1)?.parse().ok()?;
+    let limits = std::fs::read_to_string("/proc/sys/net/ipv4/tcp_mem").ok()?;
+    let mut l = limits.split_whitespace().filter_map(|w| w.parse().ok());
+    Some(TcpMemory {
+        pages,
+        low: l.next()?,
+        pressure: l.next()?,
+        high: l.next()?,
+    })
+}
+
+/// The sockets of the deployment's sockhashes (and sockmaps) that hold
+/// more than their receive buffer.
+fn stalled(plan: &Plan, obs: &Observed, kernel: &mut dyn Kernel) -> Result<Vec<Connection>> {
+    let ids: Vec<u32> = plan
+        .spec
+        .maps
+        .iter()
+        .filter_map(|m| match obs.pins.get(m.pin.as_str()) {
+            Some(PinState::Map(info)) if info.map_type.is_sockmap() => Some(info.id),
+            _ => None,
+        })
+        .collect();
+    let mut q = Query::default();
+    q.ids(&[], &ids);
+    let maps = kernel.observe(&q)?;
+    Ok(
+        crate::kernel::look::observe::connections(kernel, &maps, &ids)?
+            .into_iter()
+            .filter(|c| c.rcvbuf > 0 && c.rmem_alloc > c.rcvbuf)
+            .collect(),
+    )
 }
 
 /// Compare the live kernel with the manifest's plan.
@@ -77,6 +132,23 @@ pub(crate) fn status(plan: &Plan, kernel: &mut dyn Kernel) -> Result<StatusRepor
     let obs = kernel.observe(&q)?;
     let sources = build::source_hashes(plan)?;
     let mut r = report(plan, &found, &obs, &sources);
+    r.stalled = stalled(plan, &obs, kernel)?;
+    for c in &r.stalled {
+        r.warnings.push(format!(
+            "the socket on port {} (peer {}) holds {} bytes, more than its {}-byte receive buffer: \
+             its reader fell behind",
+            c.local_port, c.remote_port, c.rmem_alloc, c.rcvbuf
+        ));
+    }
+    r.tcp_memory = tcp_memory();
+    if let Some(m) = r.tcp_memory
+        && m.pages >= m.pressure
+    {
+        r.warnings.push(format!(
+            "the host's TCP memory is under pressure: {} pages in use, pressure from {}, limit {}",
+            m.pages, m.pressure, m.high
+        ));
+    }
     if let Some(l) = store.lingering() {
         let mut q = Query::default();
         q.ids(&l.programs, &l.maps);
@@ -212,6 +284,8 @@ fn report(plan: &Plan, found: &Found, obs: &Observed, sources: &[FileHash]) -> S
         gauges,
         warnings,
         lingering: None,
+        stalled: Vec::new(),
+        tcp_memory: None,
     }
 }
 
