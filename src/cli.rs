@@ -131,6 +131,13 @@ pub enum Command {
         /// text or json.
         #[arg(long, value_enum, default_value_t = ReportFormat::Text)]
         format: ReportFormat,
+        /// Instead: try, on this kernel, each socket behaviour applications
+        /// rely on (MSG_OOB, MSG_WAITALL, SO_RCVLOWAT, EINTR, splice,
+        /// TCP_INFO, half-close, MSG_PEEK, FIONREAD) over plain TCP and over
+        /// the manifest's bypass, in a cgroup and pin directory of its own,
+        /// and say which differ and what to do (root).
+        #[arg(long)]
+        compat: bool,
     },
     /// Write man pages or shell completions (for packagers).
     Generate {

@@ -78,6 +78,14 @@ pub(crate) fn dispatch(cli: cli::Cli) -> Result<(), Failure> {
             vars,
             build_dir,
             format,
+            compat: true,
+        } => compat_cmd(manifest, vars, build_dir, format),
+        Command::Doctor {
+            manifest,
+            vars,
+            build_dir,
+            format,
+            compat: false,
         } => doctor_cmd(manifest, vars, build_dir, format),
         Command::Generate { what, out } => Ok(generate(what, &out)?),
         Command::Log {
@@ -249,6 +257,48 @@ fn doctor_cmd(
         // The report said it all, as advice.
         Err(Failure::Quiet)
     }
+}
+
+/// `doctor --compat`: the manifest given, else the installed bypass.
+fn compat_cmd(
+    manifest: Option<PathBuf>,
+    vars: Vec<(String, String)>,
+    build_dir: Option<PathBuf>,
+    format: ReportFormat,
+) -> Result<(), Failure> {
+    const INSTALLED: &str = "/usr/share/bpfplan/manifests/bypass.toml";
+    let manifest = manifest
+        .or_else(|| {
+            Path::new(INSTALLED)
+                .is_file()
+                .then(|| PathBuf::from(INSTALLED))
+        })
+        .context("doctor --compat needs a manifest (the bypass's, say: manifests/bypass.toml)")?;
+    crate::kernel::verbs::preflight::inspect()?;
+    let target = Target {
+        manifest: manifest.clone(),
+        vars: vars.clone(),
+        build_dir: build_dir.clone(),
+    };
+    // Validate first (a manifest error changes nothing); bench-like, the
+    // run sets `cgroup` and `pin_dir` itself.
+    let mut probe = target.clone();
+    probe.vars.push(("cgroup".into(), "auto".into()));
+    probe
+        .vars
+        .push(("pin_dir".into(), host::DEFAULT_BPFFS.into()));
+    load_plan(&probe)?;
+    let subject = crate::bench::Subject {
+        manifest: std::path::absolute(&manifest).context("resolving the manifest")?,
+        vars,
+        build_dir,
+    };
+    let report = crate::bench::compat::compat(&subject)?;
+    match format {
+        ReportFormat::Text => print!("{}", crate::bench::compat::text(&report)),
+        ReportFormat::Json => println!("{}", to_json(&report)?),
+    }
+    Ok(())
 }
 
 fn log_cmd(

@@ -415,3 +415,58 @@ fn status_sees_a_reader_that_fell_behind() {
     assert_eq!(st["stalled"], serde_json::json!([]), "{st}");
     sb.must_with("destroy", &vars);
 }
+
+#[test]
+fn doctor_compat_says_what_the_bypass_changes_and_leaves_nothing() {
+    // The sandbox only holds the kernel tests' lock: doctor makes its own.
+    let Some(_sb) = Sandbox::new("compat", "manifests/bypass.toml") else {
+        return;
+    };
+    let out = common::bpfplan()
+        .args([
+            "doctor",
+            "--compat",
+            "manifests/bypass.toml",
+            "--format",
+            "json",
+        ])
+        .output()
+        .unwrap();
+    assert!(out.status.success(), "{}", stderr(&out));
+    let r: serde_json::Value = serde_json::from_slice(&out.stdout).unwrap();
+    assert!(r["machine"].as_str().unwrap().contains("kernel"), "{r}");
+    let probe = |name: &str| {
+        r["probes"]
+            .as_array()
+            .unwrap()
+            .iter()
+            .find(|p| p["probe"] == name)
+            .unwrap_or_else(|| panic!("no probe {name}: {r}"))
+            .clone()
+    };
+    // What tcp_bpf changes on the kernels measured, and what it does not.
+    for differs in ["msg_oob", "msg_waitall", "tcp_info"] {
+        let p = probe(differs);
+        assert_eq!(p["differs"], true, "{p}");
+        assert!(p["fix"].as_str().unwrap().contains("skip_ports"), "{p}");
+    }
+    for same in ["half_close", "msg_peek", "fionread"] {
+        let p = probe(same);
+        assert_eq!(p["differs"], false, "{p}");
+        assert!(p["fix"].is_null(), "{p}");
+    }
+    // Nothing of its own sandbox is left.
+    let left = |dir: &str| {
+        std::fs::read_dir(dir).unwrap().flatten().any(|e| {
+            e.file_name()
+                .to_string_lossy()
+                .starts_with("bpfplan-compat")
+        })
+    };
+    assert!(!left("/sys/fs/bpf"), "pins left behind");
+    let host = bpfplan::host::HostFacts::read().unwrap();
+    assert!(
+        !left(host.cgroup2.unwrap().to_str().unwrap()),
+        "a cgroup left behind"
+    );
+}

@@ -10,6 +10,7 @@ use std::path::{Path, PathBuf};
 use std::process::Command;
 use std::time::Instant;
 
+pub(crate) mod compat;
 mod verdict;
 
 use crate::sandbox::Sandbox;
@@ -183,9 +184,9 @@ pub struct Report {
 
 /// The benchmark's sandbox (a cgroup with `bypass` and `plain` children, a
 /// pin directory) and how to run bpfplan in it.
-struct World {
-    bypass: PathBuf,
-    plain: PathBuf,
+pub(crate) struct World {
+    pub(crate) bypass: PathBuf,
+    pub(crate) plain: PathBuf,
     tmp: tempfile::TempDir,
     manifest: PathBuf,
     bpfplan: PathBuf,
@@ -216,7 +217,7 @@ impl World {
         v
     }
 
-    fn bpfplan(&self, args: &[&str]) -> Command {
+    pub(crate) fn bpfplan(&self, args: &[&str]) -> Command {
         let mut c = Command::new(&self.bpfplan);
         c.args(args)
             .arg(&self.manifest)
@@ -233,7 +234,7 @@ impl Drop for World {
     }
 }
 
-fn run_quiet(mut cmd: Command, what: &str) -> Result<f64> {
+pub(crate) fn run_quiet(mut cmd: Command, what: &str) -> Result<f64> {
     let t = Instant::now();
     let out = cmd.output().with_context(|| format!("running {what}"))?;
     let ms = t.elapsed().as_secs_f64() * 1000.0;
@@ -256,7 +257,7 @@ fn median(v: &mut [f64]) -> f64 {
     }
 }
 
-fn machine() -> String {
+pub(crate) fn machine() -> String {
     let kernel = std::fs::read_to_string("/proc/sys/kernel/osrelease").unwrap_or_default();
     let cpu = std::fs::read_to_string("/proc/cpuinfo")
         .ok()
@@ -278,30 +279,45 @@ pub struct Subject {
     pub build_dir: Option<PathBuf>,
 }
 
-pub fn bench(target: &Subject, opts: &BenchOptions) -> Result<Report> {
-    let exe = std::env::current_exe().context("locating the bpfplan binary")?;
-    let traffic = exe.with_file_name("bpfplan-traffic");
-    if !traffic.is_file() {
-        bail!(
-            "{} not found: build it with `cargo build --release`",
-            traffic.display()
-        );
+impl World {
+    /// A sandbox of its own (a cgroup with `bypass` and `plain` children,
+    /// and a pin directory) for `target`, and the traffic tool's path.
+    pub(crate) fn new(
+        name: &str,
+        target: &Subject,
+        cgroup_parent: Option<&Path>,
+        pin_parent: Option<&Path>,
+    ) -> Result<(World, PathBuf)> {
+        let exe = std::env::current_exe().context("locating the bpfplan binary")?;
+        let traffic = exe.with_file_name("bpfplan-traffic");
+        if !traffic.is_file() {
+            bail!(
+                "{} not found: build it with `cargo build --release`",
+                traffic.display()
+            );
+        }
+        let mut sandbox = Sandbox::create(name, cgroup_parent, pin_parent)?;
+        let world = World {
+            bypass: sandbox.child("bypass")?,
+            plain: sandbox.child("plain")?,
+            tmp: tempfile::tempdir()?,
+            manifest: target.manifest.clone(),
+            bpfplan: exe,
+            user_vars: target.vars.clone(),
+            build_dir: target.build_dir.clone(),
+            sandbox,
+        };
+        Ok((world, traffic))
     }
-    let mut sandbox = Sandbox::create(
+}
+
+pub fn bench(target: &Subject, opts: &BenchOptions) -> Result<Report> {
+    let (world, traffic) = World::new(
         "bpfplan-bench",
+        target,
         opts.cgroup_parent.as_deref(),
         opts.pin_parent.as_deref(),
     )?;
-    let world = World {
-        bypass: sandbox.child("bypass")?,
-        plain: sandbox.child("plain")?,
-        tmp: tempfile::tempdir()?,
-        manifest: target.manifest.clone(),
-        bpfplan: exe,
-        user_vars: target.vars.clone(),
-        build_dir: target.build_dir.clone(),
-        sandbox,
-    };
 
     let rounds = if opts.quick { 1 } else { opts.rounds.max(1) };
     let specs = specs(opts);

@@ -9,6 +9,7 @@ use std::net::{IpAddr, SocketAddr};
 use std::path::PathBuf;
 
 mod across;
+mod compat;
 mod traffic;
 
 use traffic::{Length, Transport, Workload};
@@ -85,6 +86,10 @@ enum Mode {
         #[arg(long, default_value_t = 1024)]
         size: usize,
     },
+    /// Try socket semantics applications rely on (MSG_OOB, MSG_WAITALL,
+    /// SO_RCVLOWAT, EINTR, splice, TCP_INFO, half-close, MSG_PEEK,
+    /// FIONREAD), each on a fresh connection; print what each receiver saw.
+    Compat,
     /// Keep one connection open until stdin closes; prints its ports.
     Hold {
         /// The address our own server binds.
@@ -318,6 +323,7 @@ fn run() -> Result<()> {
             after,
         } => across_cmd(port, before, after)?,
         Mode::Talk { port, size } => talk_cmd(port, size)?,
+        Mode::Compat => event(serde_json::json!({"event": "compat", "probes": compat::compat()?})),
         Mode::Hold { bind, connect } => {
             traffic::hold(bind, connect, |server_port, client_port| {
                 event(serde_json::json!({
