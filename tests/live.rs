@@ -470,3 +470,50 @@ fn doctor_compat_says_what_the_bypass_changes_and_leaves_nothing() {
         "a cgroup left behind"
     );
 }
+
+#[test]
+fn every_message_size_crosses_backpressure_and_destroy_intact() {
+    let Some(sb) = Sandbox::new("sizes", "manifests/bypass.toml") else {
+        return;
+    };
+    let shipped = ["--var", "max_queued=0"];
+    // (bytes per write, bytes each way before and after the change)
+    for (size, total) in [(1, 64 * 1024), (4096, 2 * MIB), (MIB, 8 * MIB)] {
+        for destroy in [false, true] {
+            sb.must_with("apply", &shipped);
+            let mut stream = Driven::new(
+                &sb,
+                &[
+                    "across",
+                    "--write-size",
+                    &size.to_string(),
+                    "--before",
+                    &total.to_string(),
+                    "--after",
+                    &total.to_string(),
+                ],
+            );
+            let q = stream.event();
+            assert_eq!(q["event"], "queued", "{size}: {q}");
+            assert!(
+                q["client_error"].is_null() && q["server_error"].is_null(),
+                "{size}: {q}"
+            );
+            if destroy {
+                sb.must_with("destroy", &shipped);
+            }
+            stream.go();
+            let done = stream.event();
+            assert_eq!(
+                done["intact"], true,
+                "{size} B writes, destroy {destroy}: {done}"
+            );
+            assert_eq!(done["client_received"], 2 * total, "{size}: {done}");
+            assert_eq!(done["server_received"], 2 * total, "{size}: {done}");
+            stream.end();
+            if !destroy {
+                sb.must_with("destroy", &shipped);
+            }
+        }
+    }
+}

@@ -49,6 +49,11 @@ pub struct Across {
 /// stalled reader) counts what it wrote by then.
 const PHASE: Duration = Duration::from_secs(3);
 
+/// Bytes per write (`--write-size`): every message size takes the same
+/// switching paths, from 1 byte to 1 MiB.
+pub static WRITE_SIZE: std::sync::atomic::AtomicUsize =
+    std::sync::atomic::AtomicUsize::new(16 * 1024);
+
 /// Write `count` bytes of stream `seed` from `from`, counting into `sent`;
 /// the first error ends it.
 fn write_stream(
@@ -58,7 +63,7 @@ fn write_stream(
     count: u64,
     sent: &AtomicU64,
 ) -> Option<String> {
-    let mut buf = vec![0u8; 16 * 1024];
+    let mut buf = vec![0u8; WRITE_SIZE.load(Ordering::Relaxed).max(1)];
     let mut pos = from;
     while pos < from + count {
         let n = buf.len().min((from + count - pos) as usize);

@@ -77,6 +77,9 @@ enum Mode {
         before: u64,
         #[arg(long, default_value_t = 8 << 20)]
         after: u64,
+        /// Bytes per write, 1 to 16 MiB.
+        #[arg(long, default_value_t = 16 * 1024)]
+        write_size: usize,
     },
     /// Hold one connection to our own server on 127.0.0.1:PORT; for each
     /// line on stdin, send SIZE bytes on it and print what the server got.
@@ -321,7 +324,14 @@ fn run() -> Result<()> {
             port,
             before,
             after,
-        } => across_cmd(port, before, after)?,
+            write_size,
+        } => {
+            if !(1..=16 << 20).contains(&write_size) {
+                anyhow::bail!("--write-size must be 1 byte to 16 MiB, not {write_size}");
+            }
+            across::WRITE_SIZE.store(write_size, std::sync::atomic::Ordering::Relaxed);
+            across_cmd(port, before, after)?
+        }
         Mode::Talk { port, size } => talk_cmd(port, size)?,
         Mode::Compat => event(serde_json::json!({"event": "compat", "probes": compat::compat()?})),
         Mode::Hold { bind, connect } => {
