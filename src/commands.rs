@@ -129,14 +129,17 @@ fn kernel() -> Faults<Live> {
 /// `apply --plan FILE` runs (the objects are built and kept in the file).
 fn plan_out(target: &Target, format: Format, out: &Path) -> Result<(), Failure> {
     let plan = load_plan(target)?;
+    refuse_link(out)?;
     let saved = apply::save(&plan, &mut kernel(), &target.vars)?;
     let mut bytes = serde_json::to_vec_pretty(&saved).context("encoding the plan")?;
     bytes.push(b'\n');
-    std::fs::write(out, bytes).with_context(|| format!("writing {}", out.display()))?;
-    print!(
-        "{}",
-        render::render_decided(&saved.plan, &saved.review, format, Direction::Apply)?
-    );
+    write_new(out, &bytes)?;
+    emit(&render::render_decided(
+        &saved.plan,
+        &saved.review,
+        format,
+        Direction::Apply,
+    )?)?;
     Ok(())
 }
 
@@ -169,10 +172,12 @@ fn read_saved(file: &Path) -> Result<(saved::SavedPlan, String), Failure> {
 
 fn show_cmd(file: &Path, format: Format) -> Result<(), Failure> {
     let (saved, _) = read_saved(file)?;
-    print!(
-        "{}",
-        render::render_decided(&saved.plan, &saved.review, format, Direction::Apply)?
-    );
+    emit(&render::render_decided(
+        &saved.plan,
+        &saved.review,
+        format,
+        Direction::Apply,
+    )?)?;
     Ok(())
 }
 
@@ -248,8 +253,8 @@ fn doctor_cmd(
     let plan = doctor_plan(manifest, vars, build_dir)?;
     let report = crate::kernel::verbs::doctor::doctor(&plan);
     match format {
-        ReportFormat::Text => print!("{}", crate::kernel::verbs::doctor::text(&report)),
-        ReportFormat::Json => println!("{}", to_json(&report)?),
+        ReportFormat::Text => emit(&crate::kernel::verbs::doctor::text(&report))?,
+        ReportFormat::Json => emit(&format!("{}\n", to_json(&report)?))?,
     }
     if report.ok {
         Ok(())
@@ -295,8 +300,8 @@ fn compat_cmd(
     };
     let report = crate::bench::compat::compat(&subject)?;
     match format {
-        ReportFormat::Text => print!("{}", crate::bench::compat::text(&report)),
-        ReportFormat::Json => println!("{}", to_json(&report)?),
+        ReportFormat::Text => emit(&crate::bench::compat::text(&report))?,
+        ReportFormat::Json => emit(&format!("{}\n", to_json(&report)?))?,
     }
     Ok(())
 }
@@ -309,10 +314,13 @@ fn log_cmd(
     let since = since.map(audit::parse_since).transpose()?;
     let lines = audit::read(&audit::log_path(), deployment, since)?;
     match format {
-        ReportFormat::Text => print!("{}", audit::text(&lines)),
+        ReportFormat::Text => emit(&audit::text(&lines))?,
         ReportFormat::Json => {
             for l in &lines {
-                println!("{}", serde_json::to_string(l).context("encoding JSON")?);
+                emit(&format!(
+                    "{}\n",
+                    serde_json::to_string(l).context("encoding JSON")?
+                ))?;
             }
         }
     }
@@ -332,7 +340,7 @@ fn bench_cmd(
         .vars
         .push(("pin_dir".into(), host::DEFAULT_BPFFS.into()));
     if let Err(e) = load_plan(&probe) {
-        eprintln!("error: bench needs a manifest that declares `cgroup` and `pin_dir` in `[vars]`");
+        say!("error: bench needs a manifest that declares `cgroup` and `pin_dir` in `[vars]`");
         return Err(e);
     }
     let subject = crate::bench::Subject {
@@ -342,8 +350,8 @@ fn bench_cmd(
     };
     let report = crate::bench::bench(&subject, &opts)?;
     match format {
-        ReportFormat::Text => print!("{}", crate::bench::text(&report)),
-        ReportFormat::Json => println!("{}", to_json(&report)?),
+        ReportFormat::Text => emit(&crate::bench::text(&report))?,
+        ReportFormat::Json => emit(&format!("{}\n", to_json(&report)?))?,
     }
     Ok(())
 }
@@ -453,6 +461,57 @@ fn generate(what: crate::cli::Generated, out: &std::path::Path) -> anyhow::Resul
     Ok(())
 }
 
+/// A symbolic link where root is to write is refused: root never writes
+/// through a link someone else may have planted.
+fn refuse_link(path: &Path) -> anyhow::Result<()> {
+    match std::fs::symlink_metadata(path) {
+        Ok(m) if m.file_type().is_symlink() => anyhow::bail!(
+            "{} is a symbolic link: bpfplan does not write through it (remove it, or choose \
+             another path)",
+            path.display()
+        ),
+        Ok(m) if !m.is_file() => {
+            anyhow::bail!("{} exists and is not a regular file", path.display())
+        }
+        _ => Ok(()),
+    }
+}
+
+/// Write a file the way root must: a new file beside it (created, never
+/// opened through a link), then renamed over the path (a rename replaces a
+/// link planted meanwhile, it does not follow it).
+fn write_new(path: &Path, bytes: &[u8]) -> anyhow::Result<()> {
+    use std::io::Write;
+    refuse_link(path)?;
+    let dir = path
+        .parent()
+        .filter(|d| !d.as_os_str().is_empty())
+        .unwrap_or(Path::new("."));
+    let mut tmp = tempfile::Builder::new()
+        .prefix(".bpfplan-")
+        .tempfile_in(dir)
+        .with_context(|| format!("creating a file in {}", dir.display()))?;
+    tmp.write_all(bytes)
+        .and_then(|()| tmp.as_file().sync_all())
+        .with_context(|| format!("writing {}", path.display()))?;
+    tmp.persist(path)
+        .map_err(|e| e.error)
+        .with_context(|| format!("writing {}", path.display()))?;
+    Ok(())
+}
+
+/// Write to stdout. A reader that went away (`bpfplan log | head -1`) is no
+/// error: what bpfplan did stands, and so does its exit code; any other
+/// failure to write (a full disk) is one.
+fn emit(text: &str) -> anyhow::Result<()> {
+    use std::io::Write;
+    let mut out = std::io::stdout().lock();
+    match out.write_all(text.as_bytes()).and_then(|()| out.flush()) {
+        Err(e) if e.kind() == std::io::ErrorKind::BrokenPipe => Ok(()),
+        other => other.context("writing the output"),
+    }
+}
+
 fn to_json<T: serde::Serialize>(v: &T) -> anyhow::Result<String> {
     serde_json::to_string_pretty(v).context("encoding JSON")
 }
@@ -470,7 +529,7 @@ fn plan_cmd(
         Direction::Destroy => plan.destroy(),
     };
     if manifest_only {
-        print!("{}", render::render(&manifest_plan(plan), format, dir)?);
+        emit(&render::render(&manifest_plan(plan), format, dir)?)?;
         return Ok(());
     }
     // Looking at the kernel needs root (bpf(2)) and bpftool.
@@ -480,7 +539,7 @@ fn plan_cmd(
                 .context("plan --detailed-exitcode compares with the kernel")
                 .into());
         }
-        eprintln!(
+        say!(
             "note: the kernel was not looked at ({why:#}): this is the manifest's plan, what a \
              first {} runs (as `--manifest-only` shows it)",
             match dir {
@@ -488,14 +547,14 @@ fn plan_cmd(
                 Direction::Destroy => "destroy after it",
             }
         );
-        print!("{}", render::render(&manifest_plan(plan), format, dir)?);
+        emit(&render::render(&manifest_plan(plan), format, dir)?)?;
         return Ok(());
     }
     let review = match dir {
         Direction::Apply => apply::pending(&plan, &mut kernel())?,
         Direction::Destroy => destroy::pending(&plan, &mut kernel())?,
     };
-    print!("{}", render::render_decided(&plan, &review, format, dir)?);
+    emit(&render::render_decided(&plan, &review, format, dir)?)?;
     let changes = !matches!(
         review.decision,
         DecisionKind::Nothing | DecisionKind::NothingToDestroy
@@ -510,12 +569,12 @@ fn status_cmd(target: &Target, format: ReportFormat) -> Result<(), Failure> {
     let plan = load_plan(target)?;
     let report = status::status(&plan, &mut kernel())?;
     match format {
-        ReportFormat::Text => print!("{}", status::text(&report)),
+        ReportFormat::Text => emit(&status::text(&report))?,
         // One line: a fleet's statuses collect into JSON lines.
-        ReportFormat::Json => println!(
-            "{}",
+        ReportFormat::Json => emit(&format!(
+            "{}\n",
             serde_json::to_string(&report).context("encoding JSON")?
-        ),
+        ))?,
     }
     if report.in_sync {
         Ok(())
@@ -541,7 +600,7 @@ fn plan_on(target: &Target, host: &HostFacts) -> Result<(Plan, Vec<String>), Fai
     match manifest::load(&target.manifest, &target.vars, host) {
         Ok(loaded) => {
             for w in &loaded.warnings {
-                eprint!("{w}");
+                say_raw!("{w}");
             }
             let warnings = loaded.warnings.clone();
             let build_dir = match &target.build_dir {
@@ -553,14 +612,14 @@ fn plan_on(target: &Target, host: &HostFacts) -> Result<(Plan, Vec<String>), Fai
             Ok((plan::plan(&loaded.model, &opts), warnings))
         }
         Err(LoadError::Unreadable(msg)) => {
-            eprintln!("error: {msg}");
+            say!("error: {msg}");
             Err(Failure::Manifest)
         }
         Err(LoadError::Invalid { rendered, errors }) => {
             for d in &rendered {
-                eprintln!("{d}");
+                say!("{d}");
             }
-            eprintln!(
+            say!(
                 "error: {} has {errors} error{}; nothing was changed",
                 target.manifest.display(),
                 if errors == 1 { "" } else { "s" }

@@ -7,6 +7,23 @@
 //! text, sh, JSON), `kernel` (look, decide, execute, record), `bench` and
 //! `sandbox` (measuring), then `cli` and `commands` (the verbs).
 
+/// A line on stderr. A closed or full stderr is no reason to stop or to
+/// panic: what bpfplan did stands, and its exit code says so.
+macro_rules! say {
+    ($($t:tt)*) => {{
+        use std::io::Write as _;
+        let _ = writeln!(std::io::stderr(), $($t)*);
+    }};
+}
+
+/// `say!` without the newline.
+macro_rules! say_raw {
+    ($($t:tt)*) => {{
+        use std::io::Write as _;
+        let _ = write!(std::io::stderr(), $($t)*);
+    }};
+}
+
 pub(crate) mod bench;
 pub mod cli;
 mod commands;
@@ -61,7 +78,7 @@ pub fn run() -> i32 {
         Err(Failure::Differs) => EXIT_DIFFERS,
         Err(Failure::Manifest | Failure::Quiet) => 1,
         Err(Failure::Runtime(e)) => {
-            eprintln!("error: {e:#}");
+            say!("error: {e:#}");
             1
         }
     }

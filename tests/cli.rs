@@ -139,3 +139,82 @@ fn bench_refuses_a_manifest_without_cgroup_and_pin_dir_vars() {
         "{text}"
     );
 }
+
+/// Run bpfplan with a time limit (a command that blocks fails the test
+/// instead of hanging it).
+fn run_bounded(mut cmd: Command) -> std::process::Output {
+    use std::time::{Duration, Instant};
+    let mut child = cmd
+        .stdout(std::process::Stdio::piped())
+        .stderr(std::process::Stdio::piped())
+        .spawn()
+        .unwrap();
+    let deadline = Instant::now() + Duration::from_secs(20);
+    while child.try_wait().unwrap().is_none() {
+        if Instant::now() > deadline {
+            let _ = child.kill();
+            panic!("bpfplan blocked");
+        }
+        std::thread::sleep(Duration::from_millis(20));
+    }
+    child.wait_with_output().unwrap()
+}
+
+#[test]
+fn a_fifo_given_as_manifest_or_plan_is_refused_at_once() {
+    let dir = tempfile::tempdir().unwrap();
+    let fifo = dir.path().join("m.toml");
+    let c = std::ffi::CString::new(fifo.to_str().unwrap()).unwrap();
+    // SAFETY: mkfifo with a valid path.
+    assert_eq!(unsafe { libc::mkfifo(c.as_ptr(), 0o600) }, 0);
+    let path = fifo.to_str().unwrap();
+    for args in [
+        vec!["plan", path, "--manifest-only"],
+        vec!["show", path],
+        vec!["apply", "--plan", path],
+    ] {
+        let mut cmd = common::bpfplan();
+        cmd.args(&args);
+        let out = run_bounded(cmd);
+        let err = String::from_utf8_lossy(&out.stderr);
+        assert_eq!(out.status.code(), Some(1), "{args:?}: {err}");
+        assert!(err.contains("not a regular file"), "{args:?}: {err}");
+    }
+}
+
+#[test]
+fn a_closed_stdout_or_stderr_is_no_panic() {
+    use std::os::fd::FromRawFd;
+    let closed = || {
+        let mut fds = [0i32; 2];
+        // SAFETY: pipe writes two fds; the read end is closed at once, so
+        // every write to the other one fails with EPIPE.
+        unsafe {
+            assert_eq!(libc::pipe(fds.as_mut_ptr()), 0);
+            libc::close(fds[0]);
+            std::process::Stdio::from(std::os::fd::OwnedFd::from_raw_fd(fds[1]))
+        }
+    };
+    let out = common::bpfplan()
+        .args([
+            "plan",
+            "manifests/bypass.toml",
+            "--manifest-only",
+            "--format",
+            "json",
+        ])
+        .stdout(closed())
+        .output()
+        .unwrap();
+    let err = String::from_utf8_lossy(&out.stderr);
+    assert_eq!(out.status.code(), Some(0), "{err}");
+    assert!(!err.contains("panicked"), "{err}");
+    // A manifest error with nowhere to say it: still exit 1, no panic.
+    let out = common::bpfplan()
+        .args(["plan", "tests/fixtures/invalid/many_errors.toml"])
+        .stdout(closed())
+        .stderr(closed())
+        .output()
+        .unwrap();
+    assert_eq!(out.status.code(), Some(1));
+}

@@ -596,3 +596,29 @@ fn a_saved_plan_that_failed_can_be_retried() {
         stderr(&again)
     );
 }
+
+#[test]
+fn plan_out_never_writes_through_a_link() {
+    let Some(sb) = Sandbox::new("out_link", "manifests/bypass.toml") else {
+        return;
+    };
+    // A root-only file, and a link to it where the plan is to go.
+    let victim = sb.tmp.path().join("victim");
+    std::fs::write(&victim, "precious\n").unwrap();
+    let link = sb.tmp.path().join("plan.json");
+    std::os::unix::fs::symlink(&victim, &link).unwrap();
+    let out = run(&sb, "plan", &["--out", link.to_str().unwrap()]);
+    assert_eq!(out.status.code(), Some(1), "{}", stderr(&out));
+    assert!(
+        stderr(&out).contains("is a symbolic link"),
+        "{}",
+        stderr(&out)
+    );
+    assert_eq!(std::fs::read_to_string(&victim).unwrap(), "precious\n");
+    // A plain path gets the plan, by a new file renamed into place.
+    let file = sb.tmp.path().join("fine.json");
+    let out = run(&sb, "plan", &["--out", file.to_str().unwrap()]);
+    assert!(out.status.success(), "{}", stderr(&out));
+    assert!(std::fs::read_to_string(&file).unwrap().contains("\"plan\""));
+    assert_eq!(sb.pins(), Vec::<String>::new());
+}

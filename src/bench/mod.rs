@@ -334,7 +334,7 @@ pub fn bench(target: &Subject, opts: &BenchOptions) -> Result<Report> {
     let mut samples: Vec<[Vec<Measurement>; 3]> =
         specs.iter().map(|_| Default::default()).collect();
     for round in 0..rounds {
-        eprintln!("round {}/{rounds}", round + 1);
+        say!("round {}/{rounds}", round + 1);
         for (i, spec) in specs.iter().enumerate() {
             for (j, path) in PATHS.iter().enumerate() {
                 let (cgroup, transport) = match path {

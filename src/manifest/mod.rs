@@ -32,11 +32,31 @@ pub enum LoadError {
 }
 
 /// Read and validate a manifest against this host's facts.
+/// A regular file's text; a FIFO, device or directory is refused at once
+/// (opened without blocking, then looked at), never waited on.
+fn read_regular(path: &Path) -> std::io::Result<String> {
+    use std::io::Read;
+    use std::os::unix::fs::OpenOptionsExt;
+    let mut file = std::fs::OpenOptions::new()
+        .read(true)
+        .custom_flags(libc::O_NONBLOCK)
+        .open(path)?;
+    if !file.metadata()?.is_file() {
+        return Err(std::io::Error::new(
+            std::io::ErrorKind::InvalidInput,
+            "not a regular file",
+        ));
+    }
+    let mut text = String::new();
+    file.read_to_string(&mut text)?;
+    Ok(text)
+}
+
 pub fn load(path: &Path, vars: &[(String, String)], host: &HostFacts) -> Result<Loaded, LoadError> {
     let unreadable = |e: std::io::Error| {
         LoadError::Unreadable(format!("cannot read manifest {}: {e}", path.display()))
     };
-    let text = std::fs::read_to_string(path).map_err(unreadable)?;
+    let text = read_regular(path).map_err(unreadable)?;
     // Plans and records name the manifest and its sources by canonical
     // paths: where bpfplan runs from never changes what they mean.
     let canonical = std::fs::canonicalize(path).map_err(unreadable)?;

@@ -529,7 +529,7 @@ impl Validator<'_> {
 
     /// A pin path: absolute, plain characters, no `.`/`..`, unique, on bpffs.
     fn pin(&mut self, s: &S, seen: &mut BTreeMap<String, usize>) -> Option<String> {
-        let pin = self.interp(s)?;
+        let pin = normal_path(&self.interp(s)?);
         let span = Some(s.span());
         if let Err(kind) = check_pin(&pin, self.env.host) {
             self.error(kind, span);
@@ -719,7 +719,7 @@ impl Validator<'_> {
                 }
             }
         } else {
-            value
+            normal_path(&value)
         };
         let reason = check_cgroup(&path, self.env.host).err();
         if let Some(reason) = reason {
@@ -728,6 +728,18 @@ impl Validator<'_> {
         }
         Some(path)
     }
+}
+
+/// A path spelled once: doubled slashes collapsed and a trailing one
+/// dropped (`/sys/fs/cgroup/x/` and `/sys/fs/cgroup//x` are
+/// `/sys/fs/cgroup/x`), so what is compared with the kernel and the record
+/// is one spelling. `.` and `..` stay, for the rules to refuse.
+pub fn normal_path(p: &str) -> String {
+    if !p.starts_with('/') {
+        return p.to_string();
+    }
+    let parts: Vec<&str> = p.split('/').filter(|c| !c.is_empty()).collect();
+    format!("/{}", parts.join("/"))
 }
 
 /// The rules for a pin path: absolute, plain characters, no `.`/`..` or
@@ -925,6 +937,21 @@ mod tests {
     }
 
     #[test]
+    fn paths_are_spelled_once() {
+        assert_eq!(normal_path("/sys/fs/cgroup/x/"), "/sys/fs/cgroup/x");
+        assert_eq!(normal_path("/sys/fs//cgroup///x"), "/sys/fs/cgroup/x");
+        assert_eq!(normal_path("/"), "/");
+        assert_eq!(normal_path("/a/./b"), "/a/./b");
+        assert_eq!(normal_path("relative/"), "relative/");
+        let c = check(
+            "[vars]\npin_dir = \"/sys/fs/bpf/t/\"\n[[program]]\nname = \"p\"\nobject = \"p.o\"\ntype = \"xdp\"\npin = \"${pin_dir}/p\"\n",
+            &[],
+        )
+        .unwrap_or_else(|d| panic!("{d:?}"));
+        assert_eq!(c.model.programs[0].pin.as_str(), "/sys/fs/bpf/t/p");
+    }
+
+    #[test]
     fn normalizes() {
         norm("manifests/../bpf/x.c", "bpf/x.c");
         norm("./a/./b", "a/b");
@@ -965,10 +992,8 @@ mod tests {
     #[test]
     fn interpolation() {
         interp_case("${d}/x", Ok("/sys/fs/bpf/t/x"));
-        interp_case(
-            "${d}/${d}",
-            Err("pin path `/sys/fs/bpf/t//sys/fs/bpf/t` must not contain `.` or `..` components"),
-        );
+        // A doubled slash is one spelling of a path, not an empty name.
+        interp_case("${d}/${d}", Ok("/sys/fs/bpf/t/sys/fs/bpf/t"));
         interp_case(
             "${e}/x",
             Err("unknown variable `e`; declare it in `[vars]` with a default"),

@@ -348,7 +348,7 @@ impl<'a, 'k> Executor<'a, 'k> {
     /// already happened.
     fn tell(&mut self, e: &Event<'_>) {
         if let Err(err) = self.emit(e) {
-            eprintln!("warning: {err:#}");
+            say!("warning: {err:#}");
         }
     }
 

@@ -123,20 +123,37 @@ impl AuditLog {
     /// file is created 0600 and never followed through a symlink. bpfplan
     /// changes nothing it cannot put on record.
     pub fn open(ctx: AuditContext) -> Result<AuditLog> {
+        AuditLog::open_at(&log_path(), ctx)
+    }
+
+    /// `open`, at a given path.
+    pub(crate) fn open_at(path: &Path, ctx: AuditContext) -> Result<AuditLog> {
         use std::os::unix::fs::OpenOptionsExt;
-        let path = log_path();
+        let path = path.to_path_buf();
         let dir = path
             .parent()
             .filter(|d| !d.as_os_str().is_empty())
             .context("the audit log needs a directory")?;
         trust::private_dir(dir, "audit log directory")?;
-        let file = File::options()
+        let mut file = File::options()
             .create(true)
+            .read(true)
             .append(true)
             .mode(0o600)
             .custom_flags(libc::O_NOFOLLOW)
             .open(&path)
             .with_context(|| format!("opening the audit log {}", path.display()))?;
+        // A line torn by a kill or a full disk must not swallow the next
+        // run's first line: end it first.
+        let len = file.metadata().map_or(0, |m| m.len());
+        let mut last = [0u8; 1];
+        if len > 0
+            && std::os::unix::fs::FileExt::read_at(&file, &mut last, len - 1).is_ok()
+            && last[0] != b'\n'
+        {
+            file.write_all(b"\n")
+                .with_context(|| format!("ending a torn line of {}", path.display()))?;
+        }
         // SAFETY: getuid cannot fail.
         let uid = unsafe { libc::getuid() };
         Ok(AuditLog {
@@ -296,7 +313,7 @@ pub fn read(path: &Path, deployment: Option<&str>, since: Option<f64>) -> Result
         let l: AuditLine = match serde_json::from_str(line) {
             Ok(l) => l,
             Err(e) => {
-                eprintln!(
+                say!(
                     "warning: {}:{}: not an audit line ({e}): skipped",
                     path.display(),
                     n + 1
@@ -380,6 +397,34 @@ pub fn text(lines: &[AuditLine]) -> String {
 
 #[cfg(test)]
 mod tests {
+
+    /// A line torn by a kill (no newline at the end) does not swallow the
+    /// next run's first line: `bpfplan log` shows every complete line.
+    #[test]
+    fn a_torn_line_is_ended_before_the_next_run_appends() {
+        let dir = tempfile::tempdir().unwrap();
+        let path = dir.path().join("audit.jsonl");
+        std::fs::write(&path, b"{\"time\":\"torn").unwrap();
+        std::os::unix::fs::PermissionsExt::set_mode(
+            &mut std::fs::metadata(&path).unwrap().permissions(),
+            0o600,
+        );
+        let ctx = AuditContext {
+            command: "apply".into(),
+            manifest: "/m/x.toml".into(),
+            deployment: "x".into(),
+            plan_hash: "h".into(),
+        };
+        let mut log = AuditLog::open_at(&path, ctx).unwrap();
+        let line = log.line("note");
+        log.append(&line).unwrap();
+        drop(log);
+        let text = std::fs::read_to_string(&path).unwrap();
+        assert_eq!(text.lines().count(), 2, "{text}");
+        let lines = read(&path, None, None).unwrap();
+        assert_eq!(lines.len(), 1, "{text}");
+        assert_eq!(lines[0].phase, "note");
+    }
     use super::*;
 
     #[test]

@@ -550,7 +550,7 @@ impl Store {
                         );
                     }
                     if !told {
-                        eprintln!("waiting for another bpfplan run of this deployment to end...");
+                        say!("waiting for another bpfplan run of this deployment to end...");
                         told = true;
                     }
                     std::thread::sleep(Duration::from_millis(50));

@@ -78,9 +78,11 @@ pub(crate) fn private_dir(dir: &Path, what: &str) -> Result<()> {
 /// Read a file of a private directory, refusing a symlink or a file that
 /// someone other than root could have written. `None` when it is missing.
 pub(crate) fn read_private(path: &Path) -> Result<Option<Vec<u8>>> {
+    // O_NONBLOCK: opening a FIFO must not wait for a writer (it is then
+    // refused as not a regular file).
     let file = match fs::OpenOptions::new()
         .read(true)
-        .custom_flags(libc::O_NOFOLLOW)
+        .custom_flags(libc::O_NOFOLLOW | libc::O_NONBLOCK)
         .open(path)
     {
         Ok(f) => f,
