@@ -51,7 +51,22 @@ for v in ${BPFPLAN_VARS:-}; do
         *) die "BPFPLAN_VARS: \`$v\` is not NAME=VALUE" ;;
     esac
 done
-[ -z "${BPFPLAN_BUILD_DIR:-}" ] || ARGS="$ARGS --build-dir $BPFPLAN_BUILD_DIR"
+# A path passed on is one word: blanks in it would become more arguments.
+no_blanks() {
+    case "$2" in
+        *[[:space:]]*) die "$1 must not hold blanks: \`$2\`" ;;
+    esac
+}
+if [ -n "${BPFPLAN_BUILD_DIR:-}" ]; then
+    no_blanks BPFPLAN_BUILD_DIR "$BPFPLAN_BUILD_DIR"
+    ARGS="$ARGS --build-dir $BPFPLAN_BUILD_DIR"
+fi
+
+# A path spelled once: doubled slashes collapsed, a trailing one dropped
+# (mountinfo spells mount points so).
+normal_path() {
+    printf '%s\n' "$1" | sed -e 's#//*#/#g' -e 's#\(.\)/$#\1#'
+}
 
 # bpfplan <verb> MANIFEST ARGS... [extra...]
 bp() {
@@ -80,7 +95,8 @@ bpffs_mounted_at() {
 }
 
 mount_bpffs() {
-    target=${BPFPLAN_BPFFS:-/sys/fs/bpf}
+    no_blanks BPFPLAN_BPFFS "${BPFPLAN_BPFFS:-/sys/fs/bpf}"
+    target=$(normal_path "${BPFPLAN_BPFFS:-/sys/fs/bpf}")
     if bpffs_mounted_at "$target"; then
         log "bpffs is mounted at $target already: leaving it (a second mount would hide its pins)"
         return 0

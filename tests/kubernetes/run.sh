@@ -199,6 +199,15 @@ before=$(bpffs_mounts_at /sys/fs/bpf)
 entry 10 mount-bpffs > "$work/mount.log" 2>&1 || { cat "$work/mount.log"; fail "mount-bpffs"; }
 grep -q "mounted at /sys/fs/bpf already" "$work/mount.log" || { cat "$work/mount.log"; fail "mount-bpffs did not notice the bpffs"; }
 [ "$(bpffs_mounts_at /sys/fs/bpf)" = "$before" ] || fail "mount-bpffs mounted over /sys/fs/bpf"
+# The same mount point spelled another way is the same mount point.
+BPFPLAN_BPFFS="//sys/fs/bpf/" entry 10 mount-bpffs > "$work/mount-slash.log" 2>&1 || { cat "$work/mount-slash.log"; fail "mount-bpffs with //sys/fs/bpf/"; }
+grep -q "mounted at /sys/fs/bpf already" "$work/mount-slash.log" || { cat "$work/mount-slash.log"; fail "mount-bpffs did not see //sys/fs/bpf/ as /sys/fs/bpf"; }
+[ "$(bpffs_mounts_at /sys/fs/bpf)" = "$before" ] || fail "mount-bpffs mounted over /sys/fs/bpf spelled //sys/fs/bpf/"
+# A path with a blank would become two arguments: refused, nothing mounted.
+if BPFPLAN_BPFFS="$work/two words" entry 10 mount-bpffs > "$work/mount-blank.log" 2>&1; then
+    fail "mount-bpffs accepted a path with a blank"
+fi
+grep -q "must not hold blanks" "$work/mount-blank.log" || { cat "$work/mount-blank.log"; fail "mount-bpffs: no clear error for a blank"; }
 # Where there is none (a directory of ours, in a mount namespace of its own):
 # mounted once, and a second run leaves it.
 mkdir "$work/bpffs"
@@ -210,7 +219,7 @@ BPFPLAN_BPFFS="$work/bpffs" unshare -m --propagation private $SH -c '
     && grep -q "mounted at $work/bpffs already" "$work/mount2.log" \
     || { cat "$work/mount2.log"; fail "mount-bpffs: expected one mount, then none"; }
 [ "$(bpffs_mounts_at "$work/bpffs")" = 0 ] || fail "the test bpffs leaked out of its mount namespace"
-ok "mount-bpffs: leaves the existing bpffs at /sys/fs/bpf alone; mounts one where none is, and only once"
+ok "mount-bpffs: leaves the existing bpffs at /sys/fs/bpf alone (also spelled //sys/fs/bpf/); refuses a path with a blank; mounts one where none is, and only once"
 
 # Objects prebuilt, as the image does with `bpfplan build`.
 bp build > "$work/build.log" 2>&1 || { cat "$work/build.log"; fail "bpfplan build"; }

@@ -136,9 +136,10 @@ decision:
   description:
     - What was (or, in check mode, would be) done. For V(present), bpfplan's
       own decision from the JSON plan C(changes.decision), one of V(nothing),
-      V(fresh), V(entries) (map entries only, nothing reloaded), V(replace),
-      V(recover) (finish or undo a killed run). For V(absent), V(nothing) or
-      V(destroy). For a saved plan, its decision when it was made.
+      V(fresh), V(entries) (map entries only, nothing reloaded), V(repair)
+      (only what drifted put back, by attaching or pinning again or writing
+      entries; nothing reloaded), V(replace), V(recover) (finish or undo a
+      killed run). For V(absent), V(nothing) or V(destroy). For a saved plan, its decision when it was made.
   returned: always
   type: str
   sample: replace
