@@ -502,6 +502,38 @@ fn a_saved_plan_that_does_not_hold_up_is_refused_and_changes_nothing() {
             "not the objects its plan loads",
         ),
         (
+            // The reviewed objects swapped between the programs: each is
+            // still in the store under its own hash.
+            tampered("swapped.json", &|v| {
+                let objects = v["objects"].as_array_mut().unwrap();
+                let (first, second) = (objects[0].clone(), objects[1].clone());
+                for key in ["sha256", "kept"] {
+                    objects[0][key] = second[key].clone();
+                    objects[1][key] = first[key].clone();
+                }
+            }),
+            "the objects were swapped or replaced",
+        ),
+        (
+            // A kept object named by another hash.
+            tampered("renamed.json", &|v| {
+                v["objects"][0]["sha256"] = "0".repeat(64).into();
+            }),
+            "is not kept as",
+        ),
+        (
+            // A kept object whose bytes are no longer what was reviewed.
+            tampered("rehashed.json", &|v| {
+                let kept = std::path::PathBuf::from(v["objects"][0]["kept"].as_str().unwrap());
+                let fake = "f".repeat(64);
+                let planted = kept.with_file_name(format!("{fake}.o"));
+                std::fs::copy(&kept, &planted).unwrap();
+                v["objects"][0]["sha256"] = fake.into();
+                v["objects"][0]["kept"] = planted.display().to_string().into();
+            }),
+            "no longer has the hash",
+        ),
+        (
             // An extra step the manifest never asked for.
             tampered("extra-step.json", &|v| {
                 let steps = v["plan"]["steps"].as_array_mut().unwrap();

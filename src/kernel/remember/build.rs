@@ -10,7 +10,7 @@ use std::path::{Path, PathBuf};
 use std::collections::BTreeMap;
 
 use crate::kernel::remember::record::FileHash;
-use crate::manifest::model::{KernelMapType, MapShape, kernel_name};
+use crate::manifest::model::{KernelMapType, MapShape, ProgType, kernel_name};
 use crate::plan::Plan;
 use crate::util::{file_sha256, hex};
 
@@ -167,6 +167,47 @@ pub(crate) fn object_maps(object: &Path) -> Result<BTreeMap<String, MapShape>> {
             (kernel_name(name).to_string(), shape)
         })
         .collect())
+}
+
+/// Whether an object can be the object of a program of type `t`: it holds
+/// a program of that type (by its ELF section, read with `aya-obj` as
+/// libbpf reads it). `None` when it holds no program whose section `aya-obj`
+/// knows: bpftool's `type` then decides, and nothing can be told from here.
+pub(crate) fn object_holds(object: &Path, t: ProgType) -> Result<Option<bool>> {
+    use aya_obj::ProgramSection as S;
+    let bytes = std::fs::read(object).with_context(|| format!("reading {}", object.display()))?;
+    let obj = aya_obj::Object::parse(&bytes)
+        .map_err(|e| anyhow::anyhow!("{e}"))
+        .with_context(|| format!("reading the programs of {}", object.display()))?;
+    if obj.programs.is_empty() {
+        return Ok(None);
+    }
+    let fits = |section: &S| match t {
+        ProgType::SockOps => matches!(section, S::SockOps),
+        ProgType::SkMsg => matches!(section, S::SkMsg),
+        ProgType::SkSkb => matches!(section, S::SkSkbStream { .. }),
+        ProgType::Xdp => matches!(section, S::Xdp { .. }),
+        ProgType::CgroupSkb => matches!(section, S::CgroupSkb { .. }),
+        ProgType::CgroupSock => matches!(section, S::CgroupSock { .. }),
+        ProgType::CgroupDev => matches!(section, S::CgroupDevice),
+        ProgType::CgroupSysctl => matches!(section, S::CgroupSysctl),
+        ProgType::CgroupGetsockopt | ProgType::CgroupSetsockopt => {
+            matches!(section, S::CgroupSockopt { .. })
+        }
+        ProgType::CgroupBind4
+        | ProgType::CgroupBind6
+        | ProgType::CgroupConnect4
+        | ProgType::CgroupConnect6
+        | ProgType::CgroupSendmsg4
+        | ProgType::CgroupSendmsg6
+        | ProgType::CgroupRecvmsg4
+        | ProgType::CgroupRecvmsg6
+        | ProgType::CgroupGetpeername4
+        | ProgType::CgroupGetpeername6
+        | ProgType::CgroupGetsockname4
+        | ProgType::CgroupGetsockname6 => matches!(section, S::CgroupSockAddr { .. }),
+    };
+    Ok(Some(obj.programs.values().any(|p| fits(&p.section))))
 }
 
 /// sha256 of every object the plan loads.

@@ -248,18 +248,55 @@ pub fn read(path: &Path) -> Result<(SavedPlan, String)> {
             path.display()
         );
     }
-    for o in &saved.objects {
-        let store = objects_dir();
-        if o.kept.parent() != Some(store.as_path()) {
-            bail!(
-                "{}: the object of `{}` is not in bpfplan's object store {}",
-                path.display(),
-                o.program,
-                store.display()
-            );
+    for p in programs {
+        if let Some(o) = saved.objects.iter().find(|o| o.program == p.name) {
+            check_object(o, p.prog_type)
+                .with_context(|| format!("{} does not hold up", path.display()))?;
         }
     }
     Ok((saved, sha256_hex(&bytes)))
+}
+
+/// One reviewed object, checked on its own: kept in bpfplan's object store
+/// under its hash, still of that hash, and a program of the type its
+/// program loads as (objects swapped between programs are caught here, not
+/// when a load fails).
+fn check_object(o: &SavedObject, prog_type: crate::manifest::model::ProgType) -> Result<()> {
+    let store = objects_dir();
+    let name = format!("{}.o", o.sha256);
+    if o.kept.parent() != Some(store.as_path())
+        || o.kept.file_name() != Some(std::ffi::OsStr::new(&name))
+    {
+        bail!(
+            "the object of `{}` is not kept as {name} in bpfplan's object store {}",
+            o.program,
+            store.display()
+        );
+    }
+    let sha = file_sha256(&o.kept).with_context(|| {
+        format!(
+            "the reviewed object of `{}` ({}) is gone: make the plan again",
+            o.program,
+            o.kept.display()
+        )
+    })?;
+    if sha != o.sha256 {
+        bail!(
+            "the reviewed object of `{}` ({}) no longer has the hash the plan holds",
+            o.program,
+            o.kept.display()
+        );
+    }
+    if crate::kernel::remember::build::object_holds(&o.kept, prog_type)? == Some(false) {
+        bail!(
+            "the reviewed object of `{}` ({}) holds no {prog_type} program, and `{}` loads as \
+             {prog_type}: the objects were swapped or replaced",
+            o.program,
+            o.kept.display(),
+            o.program
+        );
+    }
+    Ok(())
 }
 
 /// Build a saved plan.
