@@ -13,7 +13,7 @@ use crate::kernel::act::events::JsonLines;
 use crate::kernel::act::exec::{Event, Listener, Printer};
 use crate::kernel::act::seam::{Faults, Live};
 use crate::kernel::remember::audit::{self, AuditContext, AuditLog};
-use crate::kernel::remember::saved;
+use crate::kernel::remember::{saved, trust};
 use crate::kernel::verbs::apply;
 use crate::kernel::verbs::destroy::{self, Destroyed};
 use crate::kernel::verbs::status;
@@ -129,11 +129,11 @@ fn kernel() -> Faults<Live> {
 /// `apply --plan FILE` runs (the objects are built and kept in the file).
 fn plan_out(target: &Target, format: Format, out: &Path) -> Result<(), Failure> {
     let plan = load_plan(target)?;
-    refuse_link(out)?;
+    trust::refuse_link(out)?;
     let saved = apply::save(&plan, &mut kernel(), &target.vars)?;
     let mut bytes = serde_json::to_vec_pretty(&saved).context("encoding the plan")?;
     bytes.push(b'\n');
-    write_new(out, &bytes)?;
+    trust::write_new(out, &bytes)?;
     emit(&render::render_decided(
         &saved.plan,
         &saved.review,
@@ -458,45 +458,6 @@ fn generate(what: crate::cli::Generated, out: &std::path::Path) -> anyhow::Resul
         Generated::Fish => clap_complete::Shell::Fish,
     };
     clap_complete::generate_to(shell, &mut cmd, "bpfplan", out).context("writing completions")?;
-    Ok(())
-}
-
-/// A symbolic link where root is to write is refused: root never writes
-/// through a link someone else may have planted.
-fn refuse_link(path: &Path) -> anyhow::Result<()> {
-    match std::fs::symlink_metadata(path) {
-        Ok(m) if m.file_type().is_symlink() => anyhow::bail!(
-            "{} is a symbolic link: bpfplan does not write through it (remove it, or choose \
-             another path)",
-            path.display()
-        ),
-        Ok(m) if !m.is_file() => {
-            anyhow::bail!("{} exists and is not a regular file", path.display())
-        }
-        _ => Ok(()),
-    }
-}
-
-/// Write a file the way root must: a new file beside it (created, never
-/// opened through a link), then renamed over the path (a rename replaces a
-/// link planted meanwhile, it does not follow it).
-fn write_new(path: &Path, bytes: &[u8]) -> anyhow::Result<()> {
-    use std::io::Write;
-    refuse_link(path)?;
-    let dir = path
-        .parent()
-        .filter(|d| !d.as_os_str().is_empty())
-        .unwrap_or(Path::new("."));
-    let mut tmp = tempfile::Builder::new()
-        .prefix(".bpfplan-")
-        .tempfile_in(dir)
-        .with_context(|| format!("creating a file in {}", dir.display()))?;
-    tmp.write_all(bytes)
-        .and_then(|()| tmp.as_file().sync_all())
-        .with_context(|| format!("writing {}", path.display()))?;
-    tmp.persist(path)
-        .map_err(|e| e.error)
-        .with_context(|| format!("writing {}", path.display()))?;
     Ok(())
 }
 

@@ -364,8 +364,7 @@ pub fn bench(target: &Subject, opts: &BenchOptions) -> Result<Report> {
         control_plane,
     };
     if let Some(chart) = &opts.chart {
-        std::fs::write(chart, svg(&report))
-            .with_context(|| format!("writing {}", chart.display()))?;
+        crate::kernel::remember::trust::write_new(chart, svg(&report).as_bytes())?;
     }
     Ok(report)
 }

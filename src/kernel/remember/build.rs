@@ -113,7 +113,7 @@ pub(crate) fn stale_compiles(plan: &Plan) -> Vec<&crate::plan::step::Step> {
 pub(crate) fn stamp(argv: &[String], object: &Path) -> Result<()> {
     if let Some(key) = compile_key(argv, object) {
         let stamp = stamp_path(object);
-        std::fs::write(&stamp, key).with_context(|| format!("writing {}", stamp.display()))?;
+        crate::kernel::remember::trust::write_new(&stamp, key.as_bytes())?;
     }
     Ok(())
 }

@@ -127,9 +127,71 @@ pub(crate) fn write_private(path: &Path, bytes: &[u8]) -> Result<()> {
     Ok(())
 }
 
+/// A symbolic link where root is to write is refused: root never writes
+/// through a link someone else may have planted.
+pub(crate) fn refuse_link(path: &Path) -> Result<()> {
+    match std::fs::symlink_metadata(path) {
+        Ok(m) if m.file_type().is_symlink() => bail!(
+            "{} is a symbolic link: bpfplan does not write through it (remove it, or choose \
+             another path)",
+            path.display()
+        ),
+        Ok(m) if !m.is_file() => {
+            bail!("{} exists and is not a regular file", path.display())
+        }
+        _ => Ok(()),
+    }
+}
+
+/// Write a file the way root must: a new file beside it (created, never
+/// opened through a link), then renamed over the path (a rename replaces a
+/// link planted meanwhile, it does not follow it).
+pub(crate) fn write_new(path: &Path, bytes: &[u8]) -> Result<()> {
+    use std::io::Write;
+    refuse_link(path)?;
+    let dir = path
+        .parent()
+        .filter(|d| !d.as_os_str().is_empty())
+        .unwrap_or(Path::new("."));
+    let mut tmp = tempfile::Builder::new()
+        .prefix(".bpfplan-")
+        .tempfile_in(dir)
+        .with_context(|| format!("creating a file in {}", dir.display()))?;
+    tmp.write_all(bytes)
+        .and_then(|()| tmp.as_file().sync_all())
+        .with_context(|| format!("writing {}", path.display()))?;
+    tmp.persist(path)
+        .map_err(|e| e.error)
+        .with_context(|| format!("writing {}", path.display()))?;
+    Ok(())
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    #[test]
+    fn write_new_never_writes_through_a_link() {
+        let tmp = tempfile::tempdir().unwrap();
+        let precious = tmp.path().join("precious");
+        fs::write(&precious, "keep me").unwrap();
+        let link = tmp.path().join("link");
+        std::os::unix::fs::symlink(&precious, &link).unwrap();
+        let err = write_new(&link, b"plan").unwrap_err();
+        assert!(format!("{err:#}").contains("is a symbolic link"), "{err:#}");
+        assert_eq!(fs::read_to_string(&precious).unwrap(), "keep me");
+        // A regular file is replaced whole, and nothing else is left beside it.
+        let file = tmp.path().join("file");
+        fs::write(&file, "old, and longer than the new").unwrap();
+        write_new(&file, b"new").unwrap();
+        assert_eq!(fs::read_to_string(&file).unwrap(), "new");
+        let mut names: Vec<_> = fs::read_dir(tmp.path())
+            .unwrap()
+            .map(|e| e.unwrap().file_name().into_string().unwrap())
+            .collect();
+        names.sort();
+        assert_eq!(names, ["file", "link", "precious"]);
+    }
 
     #[test]
     fn refuses_group_writable_and_symlinked_dirs() {
