@@ -134,6 +134,11 @@ fn plan_out(target: &Target, format: Format, out: &Path) -> Result<(), Failure> 
     let mut bytes = serde_json::to_vec_pretty(&saved).context("encoding the plan")?;
     bytes.push(b'\n');
     trust::write_new(out, &bytes)?;
+    show_saved(&saved, format)
+}
+
+/// Print a saved plan's review: what `apply --plan` runs.
+fn show_saved(saved: &saved::SavedPlan, format: Format) -> Result<(), Failure> {
     emit(&render::render_decided(
         &saved.plan,
         &saved.review,
@@ -172,13 +177,7 @@ fn read_saved(file: &Path) -> Result<(saved::SavedPlan, String), Failure> {
 
 fn show_cmd(file: &Path, format: Format) -> Result<(), Failure> {
     let (saved, _) = read_saved(file)?;
-    emit(&render::render_decided(
-        &saved.plan,
-        &saved.review,
-        format,
-        Direction::Apply,
-    )?)?;
-    Ok(())
+    show_saved(&saved, format)
 }
 
 fn outcome(a: Applied) -> &'static str {

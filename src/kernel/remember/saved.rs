@@ -73,25 +73,31 @@ pub(crate) fn keep(path: &Path) -> Result<(String, PathBuf)> {
     Ok((sha, kept))
 }
 
+/// A kept object still has the hash it was reviewed with.
+fn still_reviewed(o: &SavedObject) -> Result<()> {
+    let sha = file_sha256(&o.kept).with_context(|| {
+        format!(
+            "the reviewed object of `{}` ({}) is gone: make the plan again",
+            o.program,
+            o.kept.display()
+        )
+    })?;
+    if sha != o.sha256 {
+        bail!(
+            "the reviewed object of `{}` ({}) no longer has the hash the plan holds: make the \
+             plan again",
+            o.program,
+            o.kept.display()
+        );
+    }
+    Ok(())
+}
+
 /// Put the reviewed objects where the plan loads them from, after checking
 /// each kept copy still has its hash.
 pub(crate) fn install(objects: &[SavedObject]) -> Result<()> {
     for o in objects {
-        let sha = file_sha256(&o.kept).with_context(|| {
-            format!(
-                "the reviewed object of `{}` ({}) is gone: make the plan again",
-                o.program,
-                o.kept.display()
-            )
-        })?;
-        if sha != o.sha256 {
-            bail!(
-                "the reviewed object of `{}` ({}) no longer has the hash the plan holds: make the \
-                 plan again",
-                o.program,
-                o.kept.display()
-            );
-        }
+        still_reviewed(o)?;
         let dir = o.path.parent().context("an object without a directory")?;
         crate::kernel::remember::build::check_dir(dir)?;
         let bytes = std::fs::read(&o.kept)?;
@@ -273,20 +279,7 @@ fn check_object(o: &SavedObject, prog_type: crate::manifest::model::ProgType) ->
             store.display()
         );
     }
-    let sha = file_sha256(&o.kept).with_context(|| {
-        format!(
-            "the reviewed object of `{}` ({}) is gone: make the plan again",
-            o.program,
-            o.kept.display()
-        )
-    })?;
-    if sha != o.sha256 {
-        bail!(
-            "the reviewed object of `{}` ({}) no longer has the hash the plan holds",
-            o.program,
-            o.kept.display()
-        );
-    }
+    still_reviewed(o)?;
     if crate::kernel::remember::build::object_holds(&o.kept, prog_type)? == Some(false) {
         bail!(
             "the reviewed object of `{}` ({}) holds no {prog_type} program, and `{}` loads as \
