@@ -441,22 +441,34 @@ fn doctor_plan(
     ))
 }
 
-/// Man pages (one per verb) or a shell's completions, into `out`.
+/// Man pages (one per verb) or a shell's completions, into `out`. clap
+/// writes them into a fresh directory of bpfplan's own; each is then put in
+/// `out` by the one writer that never follows a link.
 fn generate(what: crate::cli::Generated, out: &std::path::Path) -> anyhow::Result<()> {
     use crate::cli::Generated;
     use clap::CommandFactory;
     std::fs::create_dir_all(out).with_context(|| format!("creating {}", out.display()))?;
+    let fresh = tempfile::tempdir().context("creating a temporary directory")?;
     let mut cmd = crate::cli::Cli::command();
     let shell = match what {
-        Generated::Man => {
-            clap_mangen::generate_to(cmd, out).context("writing man pages")?;
-            return Ok(());
-        }
-        Generated::Bash => clap_complete::Shell::Bash,
-        Generated::Zsh => clap_complete::Shell::Zsh,
-        Generated::Fish => clap_complete::Shell::Fish,
+        Generated::Man => None,
+        Generated::Bash => Some(clap_complete::Shell::Bash),
+        Generated::Zsh => Some(clap_complete::Shell::Zsh),
+        Generated::Fish => Some(clap_complete::Shell::Fish),
     };
-    clap_complete::generate_to(shell, &mut cmd, "bpfplan", out).context("writing completions")?;
+    match shell {
+        None => clap_mangen::generate_to(cmd, fresh.path()).context("writing man pages")?,
+        Some(shell) => {
+            clap_complete::generate_to(shell, &mut cmd, "bpfplan", fresh.path())
+                .context("writing completions")?;
+        }
+    }
+    for entry in std::fs::read_dir(fresh.path()).context("reading the generated files")? {
+        let entry = entry.context("reading the generated files")?;
+        let bytes = std::fs::read(entry.path())
+            .with_context(|| format!("reading {}", entry.path().display()))?;
+        trust::write_new(&out.join(entry.file_name()), &bytes)?;
+    }
     Ok(())
 }
 

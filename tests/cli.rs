@@ -218,3 +218,30 @@ fn a_closed_stdout_or_stderr_is_no_panic() {
         .unwrap();
     assert_eq!(out.status.code(), Some(1));
 }
+
+#[test]
+fn generate_never_writes_through_a_link() {
+    let tmp = tempfile::tempdir().unwrap();
+    let out = tmp.path().join("man");
+    std::fs::create_dir(&out).unwrap();
+    let victim = tmp.path().join("victim");
+    std::fs::write(&victim, "precious\n").unwrap();
+    std::os::unix::fs::symlink(&victim, out.join("bpfplan.1")).unwrap();
+    let (code, text) = run(&["generate", "man", "--out", out.to_str().unwrap()]);
+    assert_eq!(code, 1, "{text}");
+    assert!(text.contains("is a symbolic link"), "{text}");
+    assert_eq!(std::fs::read_to_string(&victim).unwrap(), "precious\n");
+    // Without the link, every page is written, and the completions too.
+    std::fs::remove_file(out.join("bpfplan.1")).unwrap();
+    let (code, text) = run(&["generate", "man", "--out", out.to_str().unwrap()]);
+    assert_eq!(code, 0, "{text}");
+    let page = std::fs::read_to_string(out.join("bpfplan-apply.1")).unwrap();
+    assert!(page.contains(".TH"), "{page}");
+    let (code, text) = run(&["generate", "bash", "--out", out.to_str().unwrap()]);
+    assert_eq!(code, 0, "{text}");
+    assert!(
+        std::fs::read_to_string(out.join("bpfplan.bash"))
+            .unwrap()
+            .contains("complete")
+    );
+}

@@ -16,3 +16,4 @@ mod pipeline;
 mod plans;
 mod review;
 mod selection;
+mod trust;

@@ -31,32 +31,26 @@ pub enum LoadError {
     },
 }
 
-/// Read and validate a manifest against this host's facts.
-/// A regular file's text; a FIFO, device or directory is refused at once
-/// (opened without blocking, then looked at), never waited on.
-fn read_regular(path: &Path) -> std::io::Result<String> {
-    use std::io::Read;
-    use std::os::unix::fs::OpenOptionsExt;
-    let mut file = std::fs::OpenOptions::new()
-        .read(true)
-        .custom_flags(libc::O_NONBLOCK)
-        .open(path)?;
-    if !file.metadata()?.is_file() {
-        return Err(std::io::Error::new(
-            std::io::ErrorKind::InvalidInput,
-            "not a regular file",
-        ));
-    }
-    let mut text = String::new();
-    file.read_to_string(&mut text)?;
-    Ok(text)
-}
-
+/// Read and validate a manifest against this host's facts. It is held to
+/// the trust rule of every input root reads (`trust::input`): refused when
+/// others can write it, read with a warning when another user owns it; a
+/// FIFO, device or directory is refused at once, never waited on.
 pub fn load(path: &Path, vars: &[(String, String)], host: &HostFacts) -> Result<Loaded, LoadError> {
     let unreadable = |e: std::io::Error| {
         LoadError::Unreadable(format!("cannot read manifest {}: {e}", path.display()))
     };
-    let text = read_regular(path).map_err(unreadable)?;
+    let (bytes, trust_warning) = crate::kernel::remember::trust::read_input(path, "manifest")
+        .map_err(|e| match e.raw_os_error() {
+            // The trust rule's refusal says all there is to say.
+            None if e.kind() == std::io::ErrorKind::PermissionDenied => {
+                LoadError::Unreadable(e.to_string())
+            }
+            _ => unreadable(e),
+        })?;
+    let trust_warning = trust_warning.map(|w| format!("warning: {w}"));
+    let text = String::from_utf8(bytes).map_err(|_| {
+        LoadError::Unreadable(format!("manifest {} is not UTF-8 text", path.display()))
+    })?;
     // Plans and records name the manifest and its sources by canonical
     // paths: where bpfplan runs from never changes what they mean.
     let canonical = std::fs::canonicalize(path).map_err(unreadable)?;
@@ -68,12 +62,18 @@ pub fn load(path: &Path, vars: &[(String, String)], host: &HostFacts) -> Result<
     };
     match validate::validate(&src, &env) {
         Ok(checked) => Ok(Loaded {
-            warnings: checked.warnings.iter().map(|w| src.render(w)).collect(),
+            warnings: trust_warning
+                .into_iter()
+                .chain(checked.warnings.iter().map(|w| src.render(w)))
+                .collect(),
             model: checked.model,
         }),
         Err(diags) => Err(LoadError::Invalid {
             errors: diags.iter().filter(|d| d.is_error()).count(),
-            rendered: diags.iter().map(|d| src.render(d)).collect(),
+            rendered: trust_warning
+                .into_iter()
+                .chain(diags.iter().map(|d| src.render(d)))
+                .collect(),
         }),
     }
 }

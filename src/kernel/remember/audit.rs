@@ -95,7 +95,7 @@ impl AuditContext {
 }
 
 /// The user name of a uid, from /etc/passwd (the uid itself if none).
-fn user_name(uid: u32) -> String {
+pub(crate) fn user_name(uid: u32) -> String {
     std::fs::read_to_string("/etc/passwd")
         .ok()
         .and_then(|text| {
@@ -143,6 +143,12 @@ impl AuditLog {
             .custom_flags(libc::O_NOFOLLOW)
             .open(&path)
             .with_context(|| format!("opening the audit log {}", path.display()))?;
+        // A log others can write is no record: refused, like `bpfplan log`
+        // refuses to read it.
+        let meta = file
+            .metadata()
+            .with_context(|| format!("reading the audit log {}", path.display()))?;
+        trust::private_file(&path, &meta)?;
         // A line torn by a kill or a full disk must not swallow the next
         // run's first line: end it first.
         let len = file.metadata().map_or(0, |m| m.len());

@@ -203,13 +203,17 @@ pub(crate) fn changes(
 }
 
 /// Read a saved plan, holding every path in it to the manifest's rules.
-/// Root acts on what the file says, so it must be root's own (not a
-/// symlink, not writable by group or others); that it is what its manifest
+/// Root runs what the file says verbatim, so it must be root's own (not a
+/// symlink, not writable by group or others, stricter than a manifest,
+/// which is planned again), in directories no one else can write; that it
+/// is what its manifest
 /// plans is checked by the caller, which can plan.
 pub fn read(path: &Path) -> Result<(SavedPlan, String)> {
     let bytes = trust::read_private(path)
         .with_context(|| format!("reading the saved plan {}", path.display()))?
         .with_context(|| format!("the saved plan {} does not exist", path.display()))?;
+    // Root's own file, and no directory above it lets another swap it.
+    trust::input_path(path, "saved plan")?;
     let saved: SavedPlan = serde_json::from_slice(&bytes)
         .with_context(|| format!("{} is not a saved bpfplan plan", path.display()))?;
     if saved.kind != KIND || saved.format_version != SAVED_FORMAT_VERSION {

@@ -107,10 +107,13 @@ pub(crate) fn apply(
     reviewed: Option<&Reviewed>,
 ) -> Result<Applied> {
     let started = Instant::now();
-    preflight::apply(plan, reviewed.is_none())?;
+    let trust_warnings = preflight::apply(plan, reviewed.is_none())?;
     let store = Store::for_plan(plan)?;
     let _lock = store.lock(lock_timeout()?)?;
     let mut exec = Executor::new(kernel, listeners);
+    for w in &trust_warnings {
+        exec.warn(w);
+    }
     let loaded = read_record(&store)?;
     let mut obs = exec.observe(&query(plan, loaded.as_ref()))?;
     let mount = preflight::bpffs_mount(plan)?;
@@ -326,13 +329,14 @@ fn decided_word(d: &Decision) -> &'static str {
 }
 
 /// Build first (no kernel change, and compile errors stop here), into a
-/// build directory that must be root's own.
+/// build directory that must be root's own. Returns the trust rule's
+/// warnings about the headers it read (told to the executor too).
 pub(crate) fn build_stage(
     exec: &mut Executor,
     plan: &Plan,
     ops: &[crate::plan::Op],
     numbering: Numbering,
-) -> Result<()> {
+) -> Result<Vec<String>> {
     for step in &plan.steps {
         if let Step::MakeBuildDir { dir } = step {
             build::check_dir(dir)?;
@@ -345,7 +349,20 @@ pub(crate) fn build_stage(
         Policy::Transaction { commit_at: None },
         numbering,
     )?;
-    Ok(())
+    // What this compile read is held to the trust rule before anything
+    // loads; what an earlier one read was checked before the build.
+    let mut told = Vec::new();
+    for step in ops.iter().map(|op| &op.step) {
+        if let Step::Compile { object, .. } = step {
+            for w in preflight::headers(object)? {
+                if !told.contains(&w) {
+                    exec.warn(&w);
+                    told.push(w);
+                }
+            }
+        }
+    }
+    Ok(told)
 }
 
 /// What apply will run, foreseen without building: the objects are the
@@ -403,13 +420,18 @@ pub(crate) fn save(
     kernel: &mut dyn Kernel,
     vars: &[(String, String)],
 ) -> Result<SavedPlan> {
-    preflight::apply(plan, true)?;
+    let trust_warnings = preflight::apply(plan, true)?;
     let store = Store::for_plan(plan)?;
     let loaded = read_record(&store)?;
     let mut exec = Executor::new(kernel, Vec::new());
+    for w in &trust_warnings {
+        say!("warning: {w}");
+    }
     let obs = exec.observe(&query(plan, loaded.as_ref()))?;
     let build = intent::build_ops(plan);
-    build_stage(&mut exec, plan, &build, Numbering::alone(&build))?;
+    for w in build_stage(&mut exec, plan, &build, Numbering::alone(&build))? {
+        say!("warning: {w}");
+    }
     let mut objects = Vec::new();
     for p in &plan.spec.programs {
         let (sha256, kept) = saved::keep(&p.object)?;

@@ -329,7 +329,7 @@ pub(crate) fn adopt(
     kernel: &mut dyn Kernel,
     listeners: Vec<&mut dyn Listener>,
 ) -> Result<()> {
-    preflight::apply(plan, true)?;
+    let trust_warnings = preflight::apply(plan, true)?;
     let store = Store::for_plan(plan)?;
     let _lock = store.lock(lock_timeout()?)?;
     if let Some(l) = read_record(&store)? {
@@ -345,6 +345,9 @@ pub(crate) fn adopt(
         );
     }
     let mut exec = Executor::new(kernel, listeners);
+    for w in &trust_warnings {
+        exec.warn(w);
+    }
     let build = intent::build_ops(plan);
     let obs = exec.observe(&query(plan, None))?;
     let probe = intent::probe(

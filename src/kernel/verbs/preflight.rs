@@ -7,12 +7,14 @@ use std::path::Path;
 
 use crate::host::{DEFAULT_BPFFS, HostFacts, check_privileges};
 use crate::kernel::act::cmd;
+use crate::kernel::remember::trust;
 use crate::plan::Plan;
 use crate::plan::step::{AttachPoint, Step};
 
 /// Before apply: any failure here leaves the kernel as it was. `builds`:
-/// whether apply compiles (not when it loads reviewed objects).
-pub(crate) fn apply(plan: &Plan, builds: bool) -> Result<()> {
+/// whether apply compiles (not when it loads reviewed objects). Returns the
+/// warnings of the trust rule about the inputs (for the executor to tell).
+pub(crate) fn apply(plan: &Plan, builds: bool) -> Result<Vec<String>> {
     check_privileges()?;
     tool("bpftool")?;
     // Objects already built into the cache need no compiler (at boot, say).
@@ -35,7 +37,42 @@ pub(crate) fn apply(plan: &Plan, builds: bool) -> Result<()> {
             bail!("object file {} does not exist", p.object.display());
         }
     }
-    Ok(())
+    if builds { inputs(plan) } else { Ok(Vec::new()) }
+}
+
+/// The trust rule over what a build reads: every source, every prebuilt
+/// object, and the headers an object's last compile read (from its
+/// depfile; a new compile's are checked after it, by `headers`).
+pub(crate) fn inputs(plan: &Plan) -> Result<Vec<String>> {
+    let mut warnings = Vec::new();
+    for p in &plan.spec.programs {
+        let checked = match &p.source {
+            Some(source) => trust::input_path(source, "source")?,
+            None => trust::input_path(&p.object, "object")?,
+        };
+        warnings.extend(checked);
+        if p.source.is_some() {
+            warnings.extend(headers(&p.object)?);
+        }
+    }
+    warnings.dedup();
+    Ok(warnings)
+}
+
+/// The trust rule over every file the compile of `object` read, as its
+/// depfile lists them (none when there is no depfile yet).
+pub(crate) fn headers(object: &Path) -> Result<Vec<String>> {
+    let Ok(deps) = std::fs::read_to_string(object.with_extension("d")) else {
+        return Ok(Vec::new());
+    };
+    let mut warnings = Vec::new();
+    for file in crate::kernel::remember::build::parse_depfile(&deps) {
+        // A header that is gone makes the object stale: clang says so.
+        if Path::new(&file).is_file() {
+            warnings.extend(trust::input_path(Path::new(&file), "header")?);
+        }
+    }
+    Ok(warnings)
 }
 
 /// Before destroy and status: root and bpftool.
@@ -74,9 +111,10 @@ pub(crate) fn bpffs_mount(plan: &Plan) -> Result<Option<Step>> {
 pub(crate) fn on_bpffs(plan: &Plan) -> Result<()> {
     let host = HostFacts::read().context("reading /proc/self/mountinfo")?;
     for dir in crate::kernel::remember::record::pin_dirs(plan) {
-        if host.bpffs_for(&dir).is_none() {
+        let Some(bpffs) = host.bpffs_for(&dir) else {
             bail!("pin directory {} is not on a bpf filesystem", dir.display());
-        }
+        };
+        trust::pin_dir(&dir, bpffs)?;
     }
     Ok(())
 }
