@@ -56,10 +56,62 @@ struct {
 	__type(value, struct conn);
 } conns SEC(".maps");
 
+/*
+ * Bulk. A connection is a bulk transfer when its receiver has taken
+ * `bulk_bytes` in a row without sending anything back: a download, a copy.
+ * Request/response restarts the run at every answer, so a long-lived
+ * connection of small exchanges (a Redis or database client) is never taken
+ * for one, however much it moves in all. The run is kept per receiving
+ * socket, keyed like the sockhash, because the answer is seen by the other
+ * socket's verdict. LRU: a connection the map forgot restarts its count,
+ * which only delays its demotion.
+ */
+#ifndef BPFPLAN_RUNS_MAX
+#define BPFPLAN_RUNS_MAX 16384
+#endif
+
+struct {
+	__uint(type, BPF_MAP_TYPE_LRU_HASH);
+	__uint(max_entries, BPFPLAN_RUNS_MAX);
+	__type(key, struct sock_key);
+	__type(value, __u64);
+} runs SEC(".maps");
+
+/* The sender answers: the run it was receiving (keyed by the peer key
+ * `to`, swapped) ends. Called on every message while bulk is bounded, also
+ * once its own connection left the redirect, so that its peer's answers
+ * are not taken for a run. */
+static __always_inline void answered(const struct sock_key *to)
+{
+	struct sock_key from = {
+		.sip = { to->dip[0], to->dip[1], to->dip[2], to->dip[3] },
+		.dip = { to->sip[0], to->sip[1], to->sip[2], to->sip[3] },
+		.sport = to->dport,
+		.dport = to->sport,
+	};
+	__u64 *mine = bpf_map_lookup_elem(&runs, &from);
+
+	if (mine && *mine)
+		*mine = 0;
+}
+
+/* Bytes `to` has received in a row, this message included. */
+static __always_inline __u64 received(const struct sock_key *to, __u64 len)
+{
+	__u64 *theirs = bpf_map_lookup_elem(&runs, to);
+
+	if (theirs) {
+		*theirs += len; /* one sender per direction: no other writer */
+		return *theirs;
+	}
+	bpf_map_update_elem(&runs, to, &len, BPF_ANY);
+	return len;
+}
+
 /* The bounds, set by the manifest (0: the default). [0] bytes a receiver may
  * hold before its sender leaves the redirect (default: its receive buffer);
- * [1] bytes a connection may redirect in all before it counts as a bulk
- * transfer and leaves (default 0: never). */
+ * [1] bytes a receiver may take in a row, unanswered, before the connection
+ * counts as a bulk transfer and its sender leaves (default 0: never). */
 struct {
 	__uint(type, BPF_MAP_TYPE_ARRAY);
 	__uint(max_entries, 2);
@@ -118,6 +170,11 @@ int bpf_redir(struct sk_msg_md *msg)
 		return SK_DROP;
 	}
 
+	__u64 bulk = bound(1);
+
+	if (bulk)
+		answered(&key);
+
 	struct conn *c = bpf_sk_storage_get(&conns, msg->sk, 0, BPF_SK_STORAGE_GET_F_CREATE);
 
 	/* Demoted: TCP from now on (and its flow control). */
@@ -140,12 +197,11 @@ int bpf_redir(struct sk_msg_md *msg)
 	struct sock___bpfplan *peer = kmsg->sk_redir;
 	__s64 held = peer->sk_backlog.rmem_alloc.counter;
 	__s64 limit = bound(0) ? (__s64)bound(0) : peer->sk_rcvbuf;
-	__u64 bulk = bound(1);
 
 	if (held + (__s64)len > limit) {
 		c->demoted = DEMOTED_BACKPRESSURE;
 		count(STAT_DEMOTED_BACKPRESSURE, 1);
-	} else if (bulk && c->redirected > bulk) {
+	} else if (bulk && received(&key, len) > bulk) {
 		c->demoted = DEMOTED_BULK;
 		count(STAT_DEMOTED_BULK, 1);
 	}

@@ -67,9 +67,14 @@ pub enum Command {
     Status {
         #[command(flatten)]
         target: Target,
-        /// text or json.
-        #[arg(long, value_enum, default_value_t = ReportFormat::Text)]
-        format: ReportFormat,
+        /// text, json or prometheus (the text exposition format).
+        #[arg(long, value_enum, default_value_t = StatusFormat::Text)]
+        format: StatusFormat,
+        /// Write the Prometheus metrics to DIR/bpfplan-DEPLOYMENT.prom for
+        /// node_exporter's textfile collector (a new file renamed into
+        /// place, mode 0644), instead of printing the report.
+        #[arg(long, value_name = "DIR")]
+        textfile: Option<PathBuf>,
     },
     /// Compile, load, pin and attach what the manifest describes; or, with
     /// --plan, exactly what a saved plan holds.
@@ -193,6 +198,11 @@ pub enum Command {
         /// instead of 64 B, 1 KiB, 16 KiB and 256 B, 4 KiB, 64 KiB.
         #[arg(long, value_delimiter = ',', value_parser = parse_size, value_name = "LIST")]
         sizes: Vec<usize>,
+        /// Calibrate `bulk_bytes`: measure the bypass again under each of
+        /// these bounds (bytes, comma-separated, `k`/`m` suffixes, 0 for
+        /// never) and say which to set. The manifest must declare it.
+        #[arg(long, value_delimiter = ',', value_parser = parse_bound, value_name = "LIST")]
+        bulk_bytes: Vec<u64>,
     },
 }
 
@@ -202,6 +212,13 @@ pub enum Generated {
     Bash,
     Zsh,
     Fish,
+}
+
+#[derive(Debug, Clone, Copy, PartialEq, Eq, clap::ValueEnum)]
+pub enum StatusFormat {
+    Text,
+    Json,
+    Prometheus,
 }
 
 #[derive(Debug, Clone, Copy, PartialEq, Eq, clap::ValueEnum)]
@@ -232,6 +249,20 @@ fn parse_size(s: &str) -> Result<usize, String> {
         Ok(v) if v > 0 && v * mult <= 16 << 20 => Ok(v * mult),
         _ => Err(format!("`{s}` is not a size from 1 byte to 16384k")),
     }
+}
+
+fn parse_bound(s: &str) -> Result<u64, String> {
+    let (n, mult) = match s.strip_suffix(['k', 'K']) {
+        Some(n) => (n, 1u64 << 10),
+        None => match s.strip_suffix(['m', 'M']) {
+            Some(n) => (n, 1 << 20),
+            None => (s, 1),
+        },
+    };
+    n.parse::<u64>()
+        .ok()
+        .and_then(|v| v.checked_mul(mult))
+        .ok_or_else(|| format!("`{s}` is not a byte count (like 0, 65536, 256k or 1m)"))
 }
 
 fn parse_var(s: &str) -> Result<(String, String), String> {

@@ -6,7 +6,7 @@ use anyhow::Context;
 use std::path::{Path, PathBuf};
 
 use crate::Failure;
-use crate::cli::{self, Command, ReportFormat, Target};
+use crate::cli::{self, Command, ReportFormat, StatusFormat, Target};
 use crate::host::{self, HostFacts};
 use crate::kernel::act::carry::Applied;
 use crate::kernel::act::events::JsonLines;
@@ -16,7 +16,7 @@ use crate::kernel::remember::audit::{self, AuditContext, AuditLog};
 use crate::kernel::remember::{saved, trust};
 use crate::kernel::verbs::apply;
 use crate::kernel::verbs::destroy::{self, Destroyed};
-use crate::kernel::verbs::status;
+use crate::kernel::verbs::{metrics, status};
 use crate::manifest::{self, LoadError};
 use crate::plan::render::{self, Direction, Format};
 use crate::plan::step::Step;
@@ -49,7 +49,11 @@ pub(crate) fn dispatch(cli: cli::Cli) -> Result<(), Failure> {
             manifest_only,
         ),
         Command::Show { file, format } => show_cmd(&file, format),
-        Command::Status { target, format } => status_cmd(&target, format),
+        Command::Status {
+            target,
+            format,
+            textfile,
+        } => status_cmd(&target, format, textfile.as_deref()),
         Command::Apply {
             manifest,
             vars,
@@ -103,6 +107,7 @@ pub(crate) fn dispatch(cli: cli::Cli) -> Result<(), Failure> {
             pin_parent,
             workload,
             sizes,
+            bulk_bytes,
         } => bench_cmd(
             &target,
             format,
@@ -114,6 +119,7 @@ pub(crate) fn dispatch(cli: cli::Cli) -> Result<(), Failure> {
                 chart,
                 workloads: workload,
                 sizes,
+                bulk: bulk_bytes,
             },
         ),
     }
@@ -372,29 +378,33 @@ fn change(
         let text = text.strip_prefix("warning: ").unwrap_or(text);
         log.event(&Event::Warning { text })?;
     }
-    let result = match format {
-        ReportFormat::Text => f(vec![&mut Printer::default(), &mut log]).map(|_| ()),
+    let mut json = JsonLines::new();
+    let outcome = match format {
+        ReportFormat::Text => f(vec![&mut Printer::default(), &mut log]),
         ReportFormat::Json => {
-            let mut json = JsonLines::new();
             for w in warnings {
                 let text = w.trim_end();
                 json.quiet_warning(text.strip_prefix("warning: ").unwrap_or(text));
             }
-            let outcome = f(vec![&mut json, &mut log]);
-            match outcome {
-                Ok(outcome) => {
-                    json.result(verb, true, outcome, None);
-                    Ok(())
-                }
-                Err(e) => {
-                    let stale = e.downcast_ref::<apply::Mismatch>().is_some();
-                    let outcome = if stale { "stale" } else { "failed" };
-                    json.result(verb, false, outcome, Some(&format!("{e:#}")));
-                    Err(e)
-                }
-            }
+            f(vec![&mut json, &mut log])
         }
     };
+    let (ended, error) = match &outcome {
+        Ok(outcome) => (*outcome, None),
+        Err(e) if e.downcast_ref::<apply::Mismatch>().is_some() => {
+            ("stale", Some(format!("{e:#}")))
+        }
+        Err(e) => ("failed", Some(format!("{e:#}"))),
+    };
+    // The audit log's last word on the command; a log that cannot take it
+    // is said, and the command's own result stands.
+    if let Err(e) = log.finish(ended, i32::from(error.is_some()), error.clone()) {
+        say!("warning: the audit log did not take the command's end: {e:#}");
+    }
+    if format == ReportFormat::Json {
+        json.result(verb, error.is_none(), ended, error.as_deref());
+    }
+    let result = outcome.map(|_| ());
     // A stale saved plan or a deployment that does not match for adoption
     // changed nothing, and is an error like any other: exit 1.
     result.map_err(Failure::from)
@@ -537,16 +547,28 @@ fn plan_cmd(
     Ok(())
 }
 
-fn status_cmd(target: &Target, format: ReportFormat) -> Result<(), Failure> {
+fn status_cmd(
+    target: &Target,
+    format: StatusFormat,
+    textfile: Option<&Path>,
+) -> Result<(), Failure> {
     let plan = load_plan(target)?;
     let report = status::status(&plan, &mut kernel())?;
-    match format {
-        ReportFormat::Text => emit(&status::text(&report))?,
-        // One line: a fleet's statuses collect into JSON lines.
-        ReportFormat::Json => emit(&format!(
-            "{}\n",
-            serde_json::to_string(&report).context("encoding JSON")?
-        ))?,
+    if let Some(dir) = textfile {
+        // node_exporter reads `*.prom` only, so the temporary file beside
+        // it is never read half-written.
+        let path = dir.join(format!("bpfplan-{}.prom", report.deployment));
+        trust::write_new_mode(&path, metrics::prometheus(&report).as_bytes(), 0o644)?;
+    } else {
+        match format {
+            StatusFormat::Text => emit(&status::text(&report))?,
+            // One line: a fleet's statuses collect into JSON lines.
+            StatusFormat::Json => emit(&format!(
+                "{}\n",
+                serde_json::to_string(&report).context("encoding JSON")?
+            ))?,
+            StatusFormat::Prometheus => emit(&metrics::prometheus(&report))?,
+        }
     }
     if report.in_sync {
         Ok(())

@@ -505,6 +505,51 @@ fn quick_bench(sb: &Sandbox) -> Command {
     cmd
 }
 
+/// `--bulk-bytes` measures the bypass under each bound and counts, from the
+/// verdict's own counters, what each bound demoted: a bound of 1 byte
+/// sends every connection back to TCP, request/response too, so it is not
+/// advised; 0 demotes nothing. Counts, not timings, are checked.
+#[test]
+fn bench_calibrates_bulk_bytes_from_the_demotion_counters() {
+    let Some(sb) = Sandbox::new("bench_bulk", "manifests/bypass.toml") else {
+        return;
+    };
+    let out = quick_bench(&sb)
+        .args([
+            "--workload",
+            "rr,stream",
+            "--sizes",
+            "1k",
+            "--bulk-bytes",
+            "0,1",
+        ])
+        .output()
+        .unwrap();
+    assert!(out.status.success(), "{}", stderr(&out));
+    let report: serde_json::Value = serde_json::from_slice(&out.stdout).unwrap();
+    let bulk = &report["bulk"];
+    let rows = bulk["rows"].as_array().unwrap();
+    assert_eq!(rows.len(), 2, "{bulk}");
+    assert_eq!(rows[0]["bulk_bytes"], 0);
+    assert_eq!(rows[0]["rr_demoted"], 0, "{bulk}");
+    assert_eq!(rows[0]["stream_demoted"], 0, "{bulk}");
+    assert!(rows[1]["rr_demoted"].as_u64().unwrap() >= 1, "{bulk}");
+    assert!(rows[1]["stream_demoted"].as_u64().unwrap() >= 1, "{bulk}");
+    for row in rows {
+        for cell in row["cells"].as_array().unwrap() {
+            assert!(
+                cell["vs_loopback"].as_f64().is_some_and(f64::is_finite),
+                "{cell}"
+            );
+        }
+    }
+    assert!(bulk["recommended"].is_null(), "{bulk}");
+    assert!(
+        bulk["advice"].as_str().unwrap().contains("try larger"),
+        "{bulk}"
+    );
+}
+
 /// The bench harness runs end to end (tiny durations); only that figures
 /// were produced is checked, never their values.
 #[test]

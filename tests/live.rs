@@ -8,7 +8,7 @@
 use std::io::{BufRead, BufReader, Write};
 use std::process::{Child, ChildStdin, ChildStdout};
 
-use crate::common::sandbox::{Sandbox, next_event, spawn_piped};
+use crate::common::sandbox::{Sandbox, next_event, report, spawn_piped};
 use crate::common::{self, stderr};
 
 const MIB: u64 = 1 << 20;
@@ -516,4 +516,34 @@ fn every_message_size_crosses_backpressure_and_destroy_intact() {
             }
         }
     }
+}
+
+#[test]
+fn a_bulk_transfer_leaves_the_redirect_and_request_response_stays() {
+    let Some(sb) = Sandbox::new("bulk", "manifests/bypass.toml") else {
+        return;
+    };
+    let bulk = ["--var", "bulk_bytes=1048576"];
+    sb.must_with("apply", &bulk);
+    let before = |name: &str| counter(&sb, name, &bulk);
+    let (msgs, demoted) = (before("redirected_msgs"), before("demoted_bulk"));
+    // 4,000 exchanges of 1 KiB on one connection move 4 MiB each way, four
+    // times the bound, but every answer ends the run: no demotion, and
+    // every message is redirected.
+    let rr = report(sb.traffic(&["rr", "--size", "1024", "--count", "4000"]));
+    assert!(rr["value"].as_f64().is_some(), "{rr}");
+    assert_eq!(
+        before("demoted_bulk"),
+        demoted,
+        "request/response taken for bulk"
+    );
+    assert!(before("redirected_msgs") >= msgs + 8000);
+    // A one-way 16 MiB stream is bulk once its receiver took 1 MiB in a
+    // row: its sender leaves for TCP (bytes on lo), and every byte arrives
+    // in order.
+    let s = report(sb.traffic(&["stream", "--bytes", &(16 * MIB).to_string()]));
+    assert_eq!(s["intact"], true, "{s}");
+    assert_eq!(before("demoted_bulk"), demoted + 1, "{s}");
+    assert!(s["lo_bytes"].as_u64().unwrap() >= 14 * MIB, "{s}");
+    sb.must_with("destroy", &bulk);
 }

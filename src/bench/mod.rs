@@ -10,10 +10,12 @@ use std::path::{Path, PathBuf};
 use std::process::Command;
 use std::time::Instant;
 
+mod bulk;
 pub(crate) mod compat;
 mod verdict;
 
 use crate::sandbox::Sandbox;
+pub use bulk::Calibration;
 pub use verdict::Verdict;
 
 /// What `bpfplan-traffic measure` runs.
@@ -62,6 +64,8 @@ pub struct BenchOptions {
     pub workloads: Vec<Workload>,
     /// Message sizes to measure instead of the defaults (the operator's own).
     pub sizes: Vec<usize>,
+    /// Candidate `bulk_bytes` bounds to calibrate (none: no calibration).
+    pub bulk: Vec<u64>,
 }
 
 /// The three ways the same bytes travel.
@@ -179,6 +183,8 @@ pub struct Report {
     pub verdicts: Vec<Verdict>,
     /// The skip_ports/only_ports setting that follows.
     pub advice: String,
+    /// `--bulk-bytes`: the bypass under each candidate bound.
+    pub bulk: Option<Calibration>,
     pub control_plane: Vec<ControlRow>,
 }
 
@@ -218,10 +224,20 @@ impl World {
     }
 
     pub(crate) fn bpfplan(&self, args: &[&str]) -> Command {
+        self.bpfplan_with(args, &[])
+    }
+
+    /// `bpfplan` with some of the manifest's variables set otherwise (the
+    /// last `--var` of a name wins).
+    pub(crate) fn bpfplan_with(&self, args: &[&str], vars: &[(&str, u64)]) -> Command {
         let mut c = Command::new(&self.bpfplan);
         c.args(args)
             .arg(&self.manifest)
             .args(self.vars())
+            .args(
+                vars.iter()
+                    .flat_map(|(k, v)| ["--var".to_string(), format!("{k}={v}")]),
+            )
             .env("BPFPLAN_STATE_DIR", self.tmp.path().join("state"))
             .env("BPFPLAN_AUDIT_LOG", self.tmp.path().join("log/audit.jsonl"));
         c
@@ -333,6 +349,11 @@ pub fn bench(target: &Subject, opts: &BenchOptions) -> Result<Report> {
     // samples[spec][path] = measurements
     let mut samples: Vec<[Vec<Measurement>; 3]> =
         specs.iter().map(|_| Default::default()).collect();
+    let mut bulk_samples: Vec<bulk::Sampled> = opts
+        .bulk
+        .iter()
+        .map(|_| bulk::Sampled::new(specs.len()))
+        .collect();
     for round in 0..rounds {
         say!("round {}/{rounds}", round + 1);
         for (i, spec) in specs.iter().enumerate() {
@@ -345,8 +366,23 @@ pub fn bench(target: &Subject, opts: &BenchOptions) -> Result<Report> {
                 samples[i][j].push(measure(&traffic, cgroup, transport, spec, seconds, count)?);
             }
         }
+        if !opts.bulk.is_empty() {
+            bulk::round(
+                &world,
+                &traffic,
+                &specs,
+                &opts.bulk,
+                seconds,
+                count,
+                &mut bulk_samples,
+            )?;
+        }
     }
     run_quiet(world.bpfplan(&["destroy"]), "bpfplan destroy")?;
+    let bulk = (!opts.bulk.is_empty()).then(|| {
+        let loopback: Vec<f64> = samples.iter().map(|p| stat(&p[0]).median).collect();
+        bulk::calibration(&specs, &opts.bulk, bulk_samples, &loopback, stat)
+    });
 
     let rows: Vec<Row> = specs
         .iter()
@@ -361,6 +397,7 @@ pub fn bench(target: &Subject, opts: &BenchOptions) -> Result<Report> {
         rows,
         verdicts,
         advice,
+        bulk,
         control_plane,
     };
     if let Some(chart) = &opts.chart {
@@ -369,20 +406,22 @@ pub fn bench(target: &Subject, opts: &BenchOptions) -> Result<Report> {
     Ok(report)
 }
 
+/// The median, spread and median p99 of one path's measurements.
+fn stat(ms: &[Measurement]) -> Stat {
+    let mut v: Vec<f64> = ms.iter().map(|m| m.value).collect();
+    let mut p99: Vec<f64> = ms.iter().filter_map(|m| m.p99).collect();
+    Stat {
+        median: median(&mut v),
+        min: v.first().copied().unwrap_or(f64::NAN),
+        max: v.last().copied().unwrap_or(f64::NAN),
+        p99: (!p99.is_empty()).then(|| median(&mut p99)),
+        unit: ms.first().map_or(String::new(), |m| m.unit.clone()),
+    }
+}
+
 /// One workload's figures over the three paths, and how many rounds the
 /// bypass did better in.
 fn row(spec: &Spec, per_path: &[Vec<Measurement>; 3]) -> Row {
-    let stat = |ms: &[Measurement]| {
-        let mut v: Vec<f64> = ms.iter().map(|m| m.value).collect();
-        let mut p99: Vec<f64> = ms.iter().filter_map(|m| m.p99).collect();
-        Stat {
-            median: median(&mut v),
-            min: v.first().copied().unwrap_or(f64::NAN),
-            max: v.last().copied().unwrap_or(f64::NAN),
-            p99: (!p99.is_empty()).then(|| median(&mut p99)),
-            unit: ms.first().map_or(String::new(), |m| m.unit.clone()),
-        }
-    };
     let [l, b, u] = per_path;
     // Rounds are interleaved, so each round pairs the two paths under the
     // same conditions.
@@ -559,6 +598,9 @@ pub fn text(r: &Report) -> String {
         let _ = writeln!(out, "  - {}", v.advice);
     }
     let _ = writeln!(out, "  => {}", r.advice);
+    if let Some(c) = &r.bulk {
+        bulk::text(c, &mut out);
+    }
     if r.control_plane.is_empty() {
         return out;
     }

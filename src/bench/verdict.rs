@@ -45,33 +45,31 @@ pub fn verdict(row: &Row) -> Verdict {
     let what = describe(row);
     let advice = match (outcome, row.kind.as_str()) {
         ("inconclusive", _) => format!(
-            "{what}: inconclusive: the medians differ by {pct}% ({} vs {} {}, bypass \
+            "{what}: inconclusive: the medians differ by {pct}% ({} vs {}, bypass \
              {}..{}, loopback {}..{}) but the bypass did better in only {} of {} rounds: rerun \
              with --rounds {} or more on a quiet machine before deciding",
-            short(b.median),
-            short(l.median),
-            b.unit,
-            short(b.min),
-            short(b.max),
-            short(l.min),
-            short(l.max),
+            figure(b.median, &b.unit),
+            figure(l.median, &l.unit),
+            short(b.min, &b.unit),
+            short(b.max, &b.unit),
+            short(l.min, &l.unit),
+            short(l.max, &l.unit),
             row.better_rounds,
             row.rounds,
             (row.rounds * 3).max(15)
         ),
         ("within_noise", _) => format!(
-            "{what}: no difference beyond the noise here ({} vs {} {}; better in {} of {} rounds)",
-            short(b.median),
-            short(l.median),
-            b.unit,
+            "{what}: no difference beyond the noise here ({} vs {}; better in {} of {} rounds)",
+            figure(b.median, &b.unit),
+            figure(l.median, &l.unit),
             row.better_rounds,
             row.rounds
         ),
         ("wins", "rr") => format!(
             "{what}: the bypass answers {pct}% faster (p50 {} vs {} us): keep such services \
              bypassed (list their ports in only_ports if you restrict the bypass)",
-            short(b.median),
-            short(l.median)
+            short(b.median, &b.unit),
+            short(l.median, &l.unit)
         ),
         ("loses", "rr") => format!(
             "{what}: {}% slower here: keep such ports out with skip_ports",
@@ -115,11 +113,20 @@ fn size(n: usize) -> String {
     }
 }
 
-fn short(v: f64) -> String {
-    if v >= 1e6 {
-        format!("{:.2}e9", v / 1e9)
-    } else {
-        format!("{v:.1}")
+/// A figure without its unit, in the unit people read: GB/s for bytes per
+/// second, as measured otherwise.
+fn short(v: f64, unit: &str) -> String {
+    match unit {
+        "B/s" => format!("{:.2}", v / 1e9),
+        _ => format!("{v:.1}"),
+    }
+}
+
+/// A figure with its unit.
+fn figure(v: f64, unit: &str) -> String {
+    match unit {
+        "B/s" => format!("{} GB/s", short(v, unit)),
+        _ => format!("{} {unit}", short(v, unit)),
     }
 }
 

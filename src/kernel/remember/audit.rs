@@ -171,6 +171,16 @@ impl AuditLog {
         })
     }
 
+    /// The command's last line: how it ended, with its exit code (0, or 1
+    /// for an error), what `status` reports as the last apply.
+    pub fn finish(&mut self, outcome: &str, exit: i32, error: Option<String>) -> Result<()> {
+        let mut l = self.line("finish");
+        l.outcome = Some(outcome.to_string());
+        l.exit = Some(exit);
+        l.error = error;
+        self.append(&l)
+    }
+
     fn line(&self, phase: &str) -> AuditLine {
         let now = SystemTime::now();
         AuditLine {
@@ -334,6 +344,17 @@ pub fn read(path: &Path, deployment: Option<&str>, since: Option<f64>) -> Result
         }
     }
     Ok(out)
+}
+
+/// The last `finish` line of `command` for exactly this deployment, if
+/// the log is there and readable.
+pub fn last_finish(path: &Path, deployment: &str, command: &str) -> Option<AuditLine> {
+    let bytes = trust::read_private(path).ok()??;
+    String::from_utf8_lossy(&bytes)
+        .lines()
+        .rev()
+        .filter_map(|l| serde_json::from_str::<AuditLine>(l).ok())
+        .find(|l| l.phase == "finish" && l.command == command && l.deployment == deployment)
 }
 
 /// `--since`: an RFC 3339 time (`2026-11-26T12:00:00Z`) or a duration ago

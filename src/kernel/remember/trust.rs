@@ -170,6 +170,12 @@ pub(crate) fn refuse_link(path: &Path) -> Result<()> {
 /// opened through a link), then renamed over the path (a rename replaces a
 /// link planted meanwhile, it does not follow it).
 pub(crate) fn write_new(path: &Path, bytes: &[u8]) -> Result<()> {
+    write_new_mode(path, bytes, 0o600)
+}
+
+/// `write_new`, readable by others as `mode` says (a metrics file that
+/// node_exporter, not root, reads).
+pub(crate) fn write_new_mode(path: &Path, bytes: &[u8], mode: u32) -> Result<()> {
     use std::io::Write;
     refuse_link(path)?;
     let dir = path
@@ -178,6 +184,7 @@ pub(crate) fn write_new(path: &Path, bytes: &[u8]) -> Result<()> {
         .unwrap_or(Path::new("."));
     let mut tmp = tempfile::Builder::new()
         .prefix(".bpfplan-")
+        .permissions(fs::Permissions::from_mode(mode))
         .tempfile_in(dir)
         .with_context(|| format!("creating a file in {}", dir.display()))?;
     tmp.write_all(bytes)

@@ -4,6 +4,7 @@
 pub(crate) mod apply;
 pub(crate) mod destroy;
 pub(crate) mod doctor;
+pub mod metrics;
 pub(crate) mod preflight;
 pub(crate) mod status;
 #[cfg(test)]

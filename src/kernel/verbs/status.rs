@@ -33,6 +33,35 @@ pub struct LiveProgram {
     pub pin: String,
     pub id: u32,
     pub tag: String,
+    /// The kernel's program type (`sock_ops`, `sk_msg`, ...).
+    #[serde(rename = "type")]
+    pub prog_type: String,
+    /// Where the manifest attaches it, one line each.
+    pub attach: Vec<String>,
+}
+
+/// A map of the manifest as the kernel has it.
+#[derive(Debug, Clone, Serialize)]
+pub struct LiveMap {
+    pub name: String,
+    pub pin: String,
+    pub id: u32,
+    #[serde(rename = "type")]
+    pub map_type: String,
+    pub max_entries: u32,
+    /// How many entries it holds, when status read them (maps with entries
+    /// or counters in the manifest, sockhashes).
+    pub entries: Option<u64>,
+}
+
+/// How the last apply of the deployment ended, from the audit log.
+#[derive(Debug, Clone, Serialize)]
+pub struct LastRun {
+    /// Seconds since the epoch.
+    pub unix: f64,
+    /// `changed`, `no_changes`, `failed` or `stale`.
+    pub outcome: String,
+    pub exit: i32,
 }
 
 /// What `bpfplan status` reports; in JSON, what a fleet tool aggregates.
@@ -49,6 +78,10 @@ pub struct StatusReport {
     pub drift: Vec<String>,
     /// The programs behind the manifest's pins, with their ids and tags.
     pub programs: Vec<LiveProgram>,
+    /// The maps behind the manifest's pins.
+    pub maps: Vec<LiveMap>,
+    /// The last apply of this deployment the audit log holds.
+    pub last_apply: Option<LastRun>,
     /// What bpfplan recorded: `applied`, `applying` (a run was
     /// interrupted), `unreadable`, or none.
     pub recorded: Option<&'static str>,
@@ -191,6 +224,15 @@ pub(crate) fn status(plan: &Plan, kernel: &mut dyn Kernel) -> Result<StatusRepor
         .file_stem()
         .map(|s| s.to_string_lossy().into_owned())
         .unwrap_or_default();
+    let log = crate::kernel::remember::audit::log_path();
+    r.last_apply =
+        crate::kernel::remember::audit::last_finish(&log, &r.deployment, "apply").map(|l| {
+            LastRun {
+                unix: l.unix,
+                outcome: l.outcome.unwrap_or_default(),
+                exit: l.exit.unwrap_or(1),
+            }
+        });
     Ok(r)
 }
 
@@ -247,7 +289,31 @@ fn report(plan: &Plan, found: &Found, obs: &Observed, sources: &[FileHash]) -> S
                 pin: p.pin.0.clone(),
                 id: info.id,
                 tag: info.tag.clone(),
+                prog_type: info.prog_type.word().to_string(),
+                attach: plan
+                    .spec
+                    .attachments
+                    .iter()
+                    .filter(|a| a.program == p.name)
+                    .map(|a| a.place())
+                    .collect(),
             })
+        })
+        .collect();
+    let maps = plan
+        .spec
+        .maps
+        .iter()
+        .filter_map(|m| match obs.pins.get(m.pin.as_str()) {
+            Some(PinState::Map(info)) => Some(LiveMap {
+                name: m.name.0.clone(),
+                pin: m.pin.0.clone(),
+                id: info.id,
+                map_type: info.map_type.word().to_string(),
+                max_entries: info.max_entries,
+                entries: obs.contents.get(m.pin.as_str()).map(|d| d.len() as u64),
+            }),
+            _ => None,
         })
         .collect();
     let gauges = gauges(&plan.spec, obs);
@@ -279,6 +345,8 @@ fn report(plan: &Plan, found: &Found, obs: &Observed, sources: &[FileHash]) -> S
         in_sync,
         drift,
         programs,
+        maps,
+        last_apply: None,
         recorded,
         findings,
         gauges,
