@@ -32,7 +32,8 @@ deb: build
 # Every test: the cargo tests (kernel tests included), the Debian package
 # installed and run end to end, the Ansible module under a real
 # ansible-playbook, the Kubernetes files (schema-validated, entrypoint run
-# on the host) and the Prometheus metrics (promtool, a real node_exporter). Each part says why it skips when it cannot run here (not
+# on the host), the Prometheus metrics (promtool, a real node_exporter) and
+# the audit trail in a real systemd-journald of the test's own. Each part says why it skips when it cannot run here (not
 # root); CI sets BPFPLAN_REQUIRE_KERNEL=1 so none skips.
 test: deps
 	$(CARGO) build -p bpfplan-traffic
@@ -42,6 +43,7 @@ test: deps
 	bash tests/ansible/run.sh
 	bash tests/kubernetes/run.sh
 	bash tests/prometheus/run.sh
+	bash tests/journal/run.sh
 
 lint:
 	$(CARGO) fmt --check

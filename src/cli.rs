@@ -75,6 +75,11 @@ pub enum Command {
         /// place, mode 0644), instead of printing the report.
         #[arg(long, value_name = "DIR")]
         textfile: Option<PathBuf>,
+        /// Also count what each program runs, and its nanoseconds per run,
+        /// for SECONDS: the kernel's BPF run statistics are on for that
+        /// window only (kernel.bpf_stats_enabled is never changed).
+        #[arg(long, value_name = "SECONDS", value_parser = parse_window)]
+        stats: Option<std::time::Duration>,
     },
     /// Compile, load, pin and attach what the manifest describes; or, with
     /// --plan, exactly what a saved plan holds.
@@ -248,6 +253,13 @@ fn parse_size(s: &str) -> Result<usize, String> {
     match n.parse::<usize>() {
         Ok(v) if v > 0 && v * mult <= 16 << 20 => Ok(v * mult),
         _ => Err(format!("`{s}` is not a size from 1 byte to 16384k")),
+    }
+}
+
+fn parse_window(s: &str) -> Result<std::time::Duration, String> {
+    match s.parse::<f64>() {
+        Ok(v) if v > 0.0 && v <= 3600.0 => Ok(std::time::Duration::from_secs_f64(v)),
+        _ => Err(format!("`{s}` is not a number of seconds from 0 to 3600")),
     }
 }
 

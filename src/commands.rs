@@ -53,7 +53,8 @@ pub(crate) fn dispatch(cli: cli::Cli) -> Result<(), Failure> {
             target,
             format,
             textfile,
-        } => status_cmd(&target, format, textfile.as_deref()),
+            stats,
+        } => status_cmd(&target, format, textfile.as_deref(), stats),
         Command::Apply {
             manifest,
             vars,
@@ -551,9 +552,10 @@ fn status_cmd(
     target: &Target,
     format: StatusFormat,
     textfile: Option<&Path>,
+    stats: Option<std::time::Duration>,
 ) -> Result<(), Failure> {
     let plan = load_plan(target)?;
-    let report = status::status(&plan, &mut kernel())?;
+    let report = status::status(&plan, &mut kernel(), stats)?;
     if let Some(dir) = textfile {
         // node_exporter reads `*.prom` only, so the temporary file beside
         // it is never read half-written.

@@ -70,18 +70,63 @@ fn many_entries_go_through_one_bpftool_batch() {
 }
 
 #[test]
-fn a_failing_entry_is_named_and_rolled_back() {
+fn entries_beyond_max_entries_are_refused_before_anything_changes() {
     let (_dir, manifest) = checkout("bypass-policy.toml");
-    // deny_ports holds 1,024 entries: the 1,025th update fails.
+    // deny_ports holds 1,024 entries (max_entries in redir.c's object).
     with_ports(&manifest, 30_000..31_100);
-    let Some(sb) = Sandbox::new("batch_fail", manifest.to_str().unwrap()) else {
+    let Some(sb) = Sandbox::new("too_many", manifest.to_str().unwrap()) else {
         return;
     };
     let out = sb.bpfplan("apply");
     let err = String::from_utf8_lossy(&out.stderr).into_owned();
     assert_eq!(out.status.code(), Some(1), "{err}");
-    assert!(err.contains("set `deny_ports`[31024] = 1"), "{err}");
-    assert!(err.contains("bpftool batch, line 1025"), "{err}");
+    assert!(
+        err.contains("map `deny_ports` holds at most 1024 entries (max_entries in its object) and the manifest lists 1100"),
+        "{err}"
+    );
+    // Located at the 1,025th entry, as the manifest's other errors are.
+    let text = std::fs::read_to_string(&manifest).unwrap();
+    let at = text.find("key = 31024").expect("the 1,025th entry");
+    let line = text[..at].matches('\n').count() + 1;
+    assert!(
+        err.contains(&format!("{}:{line}:", manifest.display())),
+        "{err}"
+    );
+    assert!(err.contains("nothing was changed"), "{err}");
+    // Nothing ran: no program loaded, no pin, no bpftool command on record.
+    sb.assert_clean(&[]);
+    assert!(!err.contains("$ bpftool"), "a command ran:\n{err}");
+
+    // Deployed with entries that fit, the same refusal leaves them as they are.
+    with_ports(&manifest, 30_000..31_000);
+    sb.must("apply");
+    let ids = sb.prog_ids();
+    with_ports(&manifest, 30_000..31_200);
+    let out = sb.bpfplan("apply");
+    assert_eq!(out.status.code(), Some(1));
+    assert_eq!(deny_keys(&sb), (30_000..31_000).collect::<Vec<_>>());
+    assert_eq!(sb.prog_ids(), ids, "a program was reloaded");
+}
+
+#[test]
+fn a_failing_entry_is_named_and_rolled_back() {
+    let (_dir, manifest) = checkout("bypass-policy.toml");
+    with_ports(&manifest, 30_000..31_000);
+    let Some(sb) = Sandbox::new("batch_fail", manifest.to_str().unwrap()) else {
+        return;
+    };
+    // A fresh apply whose 1,001st update fails rolls back everything.
+    let fail = |sb: &Sandbox, step: &str| {
+        sb.bpfplan_cmd("apply", &sb.manifest.clone())
+            .env("BPFPLAN_FAIL_STEP", step)
+            .output()
+            .unwrap()
+    };
+    with_ports(&manifest, 30_000..31_020);
+    let out = fail(&sb, "set `deny_ports`[31000] = 1");
+    let err = String::from_utf8_lossy(&out.stderr).into_owned();
+    assert_eq!(out.status.code(), Some(1), "{err}");
+    assert!(err.contains("failed: set `deny_ports`[31000] = 1"), "{err}");
     assert!(err.contains("nothing is left behind"), "{err}");
     sb.assert_clean(&[]);
 
@@ -89,12 +134,12 @@ fn a_failing_entry_is_named_and_rolled_back() {
     with_ports(&manifest, 30_000..31_000);
     sb.must("apply");
     let ids = sb.prog_ids();
-    with_ports(&manifest, 30_000..31_200);
-    let out = sb.bpfplan("apply");
+    with_ports(&manifest, 30_000..31_020);
+    let out = fail(&sb, "set `deny_ports`[31010] = 1");
     let err = String::from_utf8_lossy(&out.stderr).into_owned();
     assert_eq!(out.status.code(), Some(1), "{err}");
     assert!(
-        err.contains("restored the 24 entries it had changed"),
+        err.contains("restored the 10 entries it had changed"),
         "{err}"
     );
     assert_eq!(deny_keys(&sb), (30_000..31_000).collect::<Vec<_>>());

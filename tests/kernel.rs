@@ -580,6 +580,16 @@ fn bench_smoke_produces_every_figure() {
         );
     }
     assert_eq!(report["control_plane"].as_array().unwrap().len(), 4);
+    // What the programs ran over the bypass rounds, from the kernel's run
+    // statistics (the bypass rounds send through the verdict).
+    assert!(report["program_runs_unmeasured"].is_null(), "{report}");
+    let redir = report["program_runs"]
+        .as_array()
+        .unwrap()
+        .iter()
+        .find(|p| p["name"] == "bpf_redir")
+        .unwrap_or_else(|| panic!("no bpf_redir in {}", report["program_runs"]));
+    assert!(redir["runs"].as_u64().unwrap() > 0, "{redir}");
     // A verdict in plain words for each workload, and what to do about it.
     let verdicts = report["verdicts"].as_array().unwrap();
     assert_eq!(verdicts.len(), 7);
@@ -594,11 +604,17 @@ fn bench_smoke_produces_every_figure() {
     assert!(!report["advice"].as_str().unwrap().is_empty());
     let svg = std::fs::read_to_string(&chart).unwrap();
     assert!(svg.starts_with("<svg"));
-    assert_eq!(
-        svg.matches("<rect x=").count(),
-        7 * 3 + 3,
-        "bars and legend"
+    // A bar and a min..max whisker per workload and path, a legend, the
+    // machine and kernel in the title, latency apart from throughput.
+    assert_eq!(svg.matches("<rect x=").count(), 7 * 3, "bars");
+    assert_eq!(svg.matches("class=\"whisker\"").count(), 7 * 3, "whiskers");
+    assert_eq!(svg.matches("class=\"legend\"").count(), 3, "legend");
+    let machine = report["machine"].as_str().unwrap();
+    assert!(
+        svg.contains(&format!("bpfplan bench on {machine}")),
+        "title"
     );
+    assert!(svg.contains("lower is better") && svg.contains("higher is better"));
     // The bench removed its own cgroups and pins.
     assert_eq!(
         std::fs::read_dir(&sb.cgroup)

@@ -547,3 +547,66 @@ fn a_bulk_transfer_leaves_the_redirect_and_request_response_stays() {
     assert!(s["lo_bytes"].as_u64().unwrap() >= 14 * MIB, "{s}");
     sb.must_with("destroy", &bulk);
 }
+
+/// The kernel's BPF run statistics, host-wide (`kernel.bpf_stats_enabled`).
+fn stats_sysctl() -> String {
+    std::fs::read_to_string("/proc/sys/kernel/bpf_stats_enabled").unwrap()
+}
+
+/// How many times the kernel counted program `id` running (0 when it
+/// counted nothing: bpftool leaves the field out).
+fn run_cnt(id: u64) -> u64 {
+    let v = crate::common::sandbox::bpftool_json(&["prog", "show", "id", &id.to_string()]);
+    v["run_cnt"].as_u64().unwrap_or(0)
+}
+
+#[test]
+fn status_stats_counts_runs_for_its_window_only() {
+    let Some(sb) = Sandbox::new("stats", "manifests/bypass.toml") else {
+        return;
+    };
+    sb.must("apply");
+    let sysctl = stats_sysctl();
+    let mut status = sb.bpfplan_cmd("status", &sb.manifest.clone());
+    status
+        .args(["--stats", "5", "--format", "json"])
+        .stdout(std::process::Stdio::piped())
+        .stderr(std::process::Stdio::piped());
+    let mut child = status.spawn().unwrap();
+    let mut err = BufReader::new(child.stderr.take().unwrap());
+    let mut line = String::new();
+    while !line.contains("counting the programs' runs") {
+        line.clear();
+        assert!(err.read_line(&mut line).unwrap() > 0, "status ended first");
+    }
+    // 2,000 exchanges: each is a send by either end through the verdict.
+    let rr = report(sb.traffic(&["rr", "--size", "64", "--count", "2000"]));
+    assert!(rr["value"].as_f64().is_some(), "{rr}");
+    let out = child.wait_with_output().unwrap();
+    assert_eq!(out.status.code(), Some(0), "{}", stderr(&out));
+    let r: serde_json::Value = serde_json::from_slice(&out.stdout).unwrap();
+    let st = &r["program_stats"];
+    let prog = |name: &str| {
+        st["programs"]
+            .as_array()
+            .unwrap()
+            .iter()
+            .find(|p| p["name"] == name)
+            .unwrap_or_else(|| panic!("no {name} in {st}"))
+            .clone()
+    };
+    let redir = prog("bpf_redir");
+    assert!(redir["runs"].as_u64().unwrap() >= 4000, "{st}");
+    assert!(redir["ns_per_run"].as_f64().unwrap() > 0.0, "{st}");
+    assert!(prog("bpf_sockops")["runs"].as_u64().unwrap() >= 2, "{st}");
+    // Nothing stays on: the sysctl never moved, and once status ended the
+    // kernel counts no more runs (unless someone turned it on host-wide).
+    assert_eq!(stats_sysctl(), sysctl);
+    if sysctl.trim() == "0" {
+        let id = redir["id"].as_u64().unwrap();
+        let before = run_cnt(id);
+        report(sb.traffic(&["rr", "--size", "64", "--count", "200"]));
+        assert_eq!(run_cnt(id), before, "run statistics stayed on");
+    }
+    sb.must("destroy");
+}

@@ -185,6 +185,11 @@ pub struct Report {
     pub advice: String,
     /// `--bulk-bytes`: the bypass under each candidate bound.
     pub bulk: Option<Calibration>,
+    /// What the programs ran over the bypass rounds (the kernel's BPF run
+    /// statistics, on for the rounds only).
+    pub program_runs: Vec<crate::kernel::verbs::status::ProgramRuns>,
+    /// Why they were not measured, if they were not.
+    pub program_runs_unmeasured: Option<String>,
     pub control_plane: Vec<ControlRow>,
 }
 
@@ -345,6 +350,7 @@ pub fn bench(target: &Subject, opts: &BenchOptions) -> Result<Report> {
     };
 
     run_quiet(world.bpfplan(&["apply"]), "bpfplan apply")?;
+    let runs = ProgramRunsWindow::start(&world);
     let (seconds, count) = if opts.quick { (0.05, 200) } else { (0.5, 5000) };
     // samples[spec][path] = measurements
     let mut samples: Vec<[Vec<Measurement>; 3]> =
@@ -378,6 +384,7 @@ pub fn bench(target: &Subject, opts: &BenchOptions) -> Result<Report> {
             )?;
         }
     }
+    let program_runs = runs.finish();
     run_quiet(world.bpfplan(&["destroy"]), "bpfplan destroy")?;
     let bulk = (!opts.bulk.is_empty()).then(|| {
         let loopback: Vec<f64> = samples.iter().map(|p| stat(&p[0]).median).collect();
@@ -398,6 +405,8 @@ pub fn bench(target: &Subject, opts: &BenchOptions) -> Result<Report> {
         verdicts,
         advice,
         bulk,
+        program_runs_unmeasured: program_runs.as_ref().err().cloned(),
+        program_runs: program_runs.unwrap_or_default(),
         control_plane,
     };
     if let Some(chart) = &opts.chart {
@@ -417,6 +426,86 @@ fn stat(ms: &[Measurement]) -> Stat {
         p99: (!p99.is_empty()).then(|| median(&mut p99)),
         unit: ms.first().map_or(String::new(), |m| m.unit.clone()),
     }
+}
+
+/// The kernel's BPF run statistics over the rounds: only the bypass
+/// cgroup runs the programs, so what they ran is the bypass rounds' cost.
+struct ProgramRunsWindow {
+    on: Result<
+        (
+            std::os::fd::OwnedFd,
+            Vec<crate::kernel::verbs::status::LiveProgram>,
+        ),
+        String,
+    >,
+    before: Vec<crate::kernel::look::sys::RunStats>,
+}
+
+impl ProgramRunsWindow {
+    fn start(world: &World) -> ProgramRunsWindow {
+        use crate::kernel::look::sys;
+        let on = programs(world).and_then(|p| {
+            sys::enable_run_stats()
+                .map(|fd| (fd, p))
+                .map_err(|e| format!("{e:#}"))
+        });
+        let before = match &on {
+            Ok((_, p)) => p
+                .iter()
+                .map(|p| sys::prog_run_stats(p.id).unwrap_or_default())
+                .collect(),
+            Err(_) => Vec::new(),
+        };
+        ProgramRunsWindow { on, before }
+    }
+
+    fn finish(self) -> Result<Vec<crate::kernel::verbs::status::ProgramRuns>, String> {
+        let (fd, programs) = self.on?;
+        let out = programs
+            .iter()
+            .zip(self.before)
+            .map(|(p, b)| {
+                let a = crate::kernel::look::sys::prog_run_stats(p.id).unwrap_or_default();
+                let runs = a.run_cnt.saturating_sub(b.run_cnt);
+                let run_time_ns = a.run_time_ns.saturating_sub(b.run_time_ns);
+                crate::kernel::verbs::status::ProgramRuns {
+                    name: p.name.clone(),
+                    id: p.id,
+                    prog_type: p.prog_type.clone(),
+                    runs,
+                    run_time_ns,
+                    ns_per_run: (runs > 0).then(|| run_time_ns as f64 / runs as f64),
+                }
+            })
+            .collect();
+        drop(fd);
+        Ok(out)
+    }
+}
+
+/// The deployment's programs, as `status --format json` names them.
+fn programs(world: &World) -> Result<Vec<crate::kernel::verbs::status::LiveProgram>, String> {
+    let out = world
+        .bpfplan(&["status", "--format", "json"])
+        .output()
+        .map_err(|e| format!("running bpfplan status: {e}"))?;
+    let v: serde_json::Value = serde_json::from_slice(&out.stdout)
+        .map_err(|e| format!("reading bpfplan status --format json: {e}"))?;
+    Ok(v["programs"]
+        .as_array()
+        .into_iter()
+        .flatten()
+        .filter_map(|p| {
+            Some(crate::kernel::verbs::status::LiveProgram {
+                name: p["name"].as_str()?.to_string(),
+                pin: p["pin"].as_str()?.to_string(),
+                id: u32::try_from(p["id"].as_u64()?).ok()?,
+                tag: p["tag"].as_str()?.to_string(),
+                prog_type: p["type"].as_str()?.to_string(),
+                attach: Vec::new(),
+            })
+        })
+        .collect())
 }
 
 /// One workload's figures over the three paths, and how many rounds the
@@ -598,6 +687,24 @@ pub fn text(r: &Report) -> String {
         let _ = writeln!(out, "  - {}", v.advice);
     }
     let _ = writeln!(out, "  => {}", r.advice);
+    match &r.program_runs_unmeasured {
+        None => {
+            let _ = writeln!(out, "\nwhat the programs ran over the bypass rounds:");
+            for p in &r.program_runs {
+                let per = p.ns_per_run.map_or("did not run".to_string(), |ns| {
+                    format!("{ns:.0} ns per run")
+                });
+                let _ = writeln!(
+                    out,
+                    "  {:<16} {:<10} {:>12} runs  {per}",
+                    p.name, p.prog_type, p.runs
+                );
+            }
+        }
+        Some(why) => {
+            let _ = writeln!(out, "\nthe programs' run time was not measured: {why}");
+        }
+    }
     if let Some(c) = &r.bulk {
         bulk::text(c, &mut out);
     }
@@ -622,74 +729,43 @@ fn short(v: f64, unit: &str) -> String {
     }
 }
 
-/// A grouped bar chart: each workload's three paths, relative to loopback
-/// TCP (1.0), so latency and throughput share one axis. A dozen rectangles
-/// need no plotting library.
+/// Two panels of grouped bars, each workload's three paths relative to
+/// loopback TCP (1.0): latency (lower is better) apart from throughput and
+/// rate (higher is better), each bar with its min..max whisker, and the
+/// machine and kernel in the title. A few dozen shapes need no plotting
+/// library.
 pub fn svg(r: &Report) -> String {
-    let (w, h, left, top, bottom) = (980.0, 440.0, 60.0, 40.0, 130.0);
-    let group = (w - left - 110.0) / r.rows.len() as f64;
-    let bar = group / 4.0;
-    let max = r
-        .rows
-        .iter()
-        .flat_map(|row| {
-            [
-                1.0,
-                row.bypass_vs_loopback,
-                row.unix.median / row.loopback.median,
-            ]
-        })
-        .fold(1.0f64, f64::max)
-        * 1.1;
-    let y = |v: f64| top + (h - top - bottom) * (1.0 - v / max);
-    let colors = ["#8c8c8c", "#2b7bb9", "#e08a1e"];
+    let latency: Vec<&Row> = r.rows.iter().filter(|x| !x.higher_is_better).collect();
+    let throughput: Vec<&Row> = r.rows.iter().filter(|x| x.higher_is_better).collect();
+    let panels: Vec<(&str, Vec<&Row>)> = [
+        ("latency p50 vs loopback TCP: lower is better", latency),
+        (
+            "throughput and rate vs loopback TCP: higher is better",
+            throughput,
+        ),
+    ]
+    .into_iter()
+    .filter(|(_, rows)| !rows.is_empty())
+    .collect();
+    let (w, panel_h) = (980.0, 330.0);
+    let h = 60.0 + panel_h * panels.len() as f64 + 30.0;
     let mut s = format!(
         "<svg xmlns=\"http://www.w3.org/2000/svg\" width=\"{w}\" height=\"{h}\" font-family=\"sans-serif\" font-size=\"12\">\n\
          <rect width=\"100%\" height=\"100%\" fill=\"white\"/>\n\
-         <text x=\"{left}\" y=\"20\" font-size=\"14\">bpfplan bench: relative to loopback TCP (latency: lower is better; throughput, rate: higher)</text>\n"
+         <text x=\"20\" y=\"22\" font-size=\"14\">bpfplan bench on {}</text>\n\
+         <text x=\"20\" y=\"40\">{} round(s); bars are medians, whiskers min..max, relative to the loopback TCP median</text>\n",
+        xml(&r.machine),
+        r.rounds
     );
-    for tick in 0..=((max * 2.0).floor() as usize) {
-        let v = tick as f64 / 2.0;
-        let _ = writeln!(
-            s,
-            "<line x1=\"{left}\" x2=\"{}\" y1=\"{y:.1}\" y2=\"{y:.1}\" stroke=\"#ddd\"/><text x=\"{}\" y=\"{:.1}\" text-anchor=\"end\">{v:.1}</text>",
-            w - 20.0,
-            left - 6.0,
-            y(v) + 4.0,
-            y = y(v)
-        );
+    for (i, (title, rows)) in panels.iter().enumerate() {
+        panel(&mut s, title, rows, 60.0 + panel_h * i as f64, w, panel_h);
     }
-    for (i, row) in r.rows.iter().enumerate() {
-        let x0 = left + group * i as f64 + bar / 2.0;
-        let vals = [
-            1.0,
-            row.bypass_vs_loopback,
-            row.unix.median / row.loopback.median,
-        ];
-        for (j, v) in vals.iter().enumerate() {
-            let x = x0 + bar * j as f64;
-            let _ = writeln!(
-                s,
-                "<rect x=\"{x:.1}\" y=\"{:.1}\" width=\"{:.1}\" height=\"{:.1}\" fill=\"{}\"><title>{v:.2}</title></rect>",
-                y(*v),
-                bar - 2.0,
-                y(0.0) - y(*v),
-                colors[j]
-            );
-        }
-        let _ = writeln!(
-            s,
-            "<text transform=\"translate({:.1},{:.1}) rotate(30)\">{}</text>",
-            x0,
-            h - bottom + 16.0,
-            row.workload
-        );
-    }
+    let colors = ["#8c8c8c", "#2b7bb9", "#e08a1e"];
     for (j, name) in ["loopback TCP", "bypass", "unix socket"].iter().enumerate() {
         let x = w - 360.0 + 115.0 * j as f64;
         let _ = writeln!(
             s,
-            "<rect x=\"{x}\" y=\"{}\" width=\"12\" height=\"12\" fill=\"{}\"/><text x=\"{}\" y=\"{}\">{name}</text>",
+            "<rect class=\"legend\" x=\"{x}\" y=\"{}\" width=\"12\" height=\"12\" fill=\"{}\"/><text x=\"{}\" y=\"{}\">{name}</text>",
             h - 24.0,
             colors[j],
             x + 16.0,
@@ -698,4 +774,85 @@ pub fn svg(r: &Report) -> String {
     }
     s.push_str("</svg>\n");
     s
+}
+
+/// Text for SVG.
+fn xml(t: &str) -> String {
+    t.replace('&', "&amp;")
+        .replace('<', "&lt;")
+        .replace('>', "&gt;")
+}
+
+/// One panel of the chart at `top`.
+fn panel(s: &mut String, title: &str, rows: &[&Row], top: f64, w: f64, h: f64) {
+    let (left, bottom) = (60.0, 90.0);
+    let rel = |row: &Row, st: &Stat| {
+        let lo = row.loopback.median;
+        (st.median / lo, st.min / lo, st.max / lo)
+    };
+    let paths = |row: &Row| {
+        [
+            rel(row, &row.loopback),
+            rel(row, &row.bypass),
+            rel(row, &row.unix),
+        ]
+    };
+    let max = rows
+        .iter()
+        .flat_map(|row| paths(row).into_iter().map(|(m, _, hi)| m.max(hi)))
+        .filter(|v| v.is_finite())
+        .fold(1.0f64, f64::max)
+        * 1.1;
+    let y = |v: f64| top + 20.0 + (h - 20.0 - bottom) * (1.0 - v.clamp(0.0, max) / max);
+    let _ = writeln!(
+        s,
+        "<text x=\"{left}\" y=\"{:.1}\" font-size=\"13\">{title}</text>",
+        top + 12.0
+    );
+    let step = if max > 4.0 { 1.0 } else { 0.5 };
+    let mut v = 0.0;
+    while v <= max {
+        let _ = writeln!(
+            s,
+            "<line x1=\"{left}\" x2=\"{}\" y1=\"{yy:.1}\" y2=\"{yy:.1}\" stroke=\"#ddd\"/><text x=\"{}\" y=\"{:.1}\" text-anchor=\"end\">{v:.1}</text>",
+            w - 20.0,
+            left - 6.0,
+            y(v) + 4.0,
+            yy = y(v)
+        );
+        v += step;
+    }
+    let group = (w - left - 110.0) / rows.len().max(1) as f64;
+    let bar = group / 4.0;
+    let colors = ["#8c8c8c", "#2b7bb9", "#e08a1e"];
+    for (i, row) in rows.iter().enumerate() {
+        let x0 = left + group * i as f64 + bar / 2.0;
+        for (j, (m, lo, hi)) in paths(row).into_iter().enumerate() {
+            let x = x0 + bar * j as f64;
+            let _ = writeln!(
+                s,
+                "<rect x=\"{x:.1}\" y=\"{:.1}\" width=\"{:.1}\" height=\"{:.1}\" fill=\"{}\"><title>{m:.2} ({lo:.2}..{hi:.2})</title></rect>",
+                y(m),
+                bar - 2.0,
+                y(0.0) - y(m),
+                colors[j]
+            );
+            let cx = x + (bar - 2.0) / 2.0;
+            if lo.is_finite() && hi.is_finite() {
+                let _ = writeln!(
+                    s,
+                    "<line class=\"whisker\" x1=\"{cx:.1}\" x2=\"{cx:.1}\" y1=\"{:.1}\" y2=\"{:.1}\" stroke=\"black\"/>",
+                    y(lo),
+                    y(hi)
+                );
+            }
+        }
+        let _ = writeln!(
+            s,
+            "<text transform=\"translate({:.1},{:.1}) rotate(30)\">{}</text>",
+            x0,
+            top + h - bottom + 16.0,
+            xml(&row.workload)
+        );
+    }
 }

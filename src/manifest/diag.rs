@@ -122,6 +122,14 @@ pub enum ManifestErrorKind {
         value: String,
     },
     NothingDeclared,
+    /// More entries than the map holds, or an array key past its end (known
+    /// once the object is built: `max_entries` is in the object).
+    EntriesDoNotFit {
+        map: String,
+        max_entries: u32,
+        found: usize,
+        array: bool,
+    },
 }
 
 impl fmt::Display for ManifestErrorKind {
@@ -190,6 +198,24 @@ impl fmt::Display for ManifestErrorKind {
             NothingDeclared => write!(
                 f,
                 "the manifest declares no program, map or attachment: is it the right file?"
+            ),
+            EntriesDoNotFit {
+                map,
+                max_entries,
+                found,
+                array: false,
+            } => write!(
+                f,
+                "map `{map}` holds at most {max_entries} entries (max_entries in its object) \
+                 and the manifest lists {found}: this entry and the ones after it do not fit; \
+                 raise max_entries in the C source or list fewer"
+            ),
+            EntriesDoNotFit {
+                map, max_entries, ..
+            } => write!(
+                f,
+                "array `{map}` has {max_entries} slots (max_entries in its object): this key \
+                 is past its end"
             ),
             _ => self.fmt_values(f),
         }

@@ -77,3 +77,34 @@ pub fn load(path: &Path, vars: &[(String, String)], host: &HostFacts) -> Result<
         }),
     }
 }
+
+/// A finding about the `index`th entry of map `map`, rendered as the
+/// manifest's other errors are (`--> file:line:col`, the line, a caret),
+/// from the manifest file itself; the bare message when it cannot be
+/// located there (the file changed since).
+pub fn entry_diagnostic(
+    path: &Path,
+    map: &str,
+    index: usize,
+    kind: diag::ManifestErrorKind,
+) -> String {
+    let located = std::fs::read_to_string(path).ok().and_then(|text| {
+        let raw = raw::parse(&text).ok()?;
+        let entries = raw
+            .maps
+            .iter()
+            .find(|m| m.get_ref().name.get_ref() == map)?
+            .get_ref()
+            .entries
+            .as_ref()?;
+        let span = entries
+            .get_ref()
+            .get(index)
+            .map_or_else(|| entries.span(), |e| e.span());
+        Some((Source::new(path, text), span))
+    });
+    match located {
+        Some((src, span)) => src.render(&diag::Diagnostic::error(kind, Some(span))),
+        None => format!("error: {kind}"),
+    }
+}

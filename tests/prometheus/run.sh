@@ -49,9 +49,15 @@ ok "applied on $SANDBOX_CGROUP"
     || fail "the stream through the bypass"
 grep -q '"intact":true' "$work/stream.json" || fail "the stream was not intact: $(cat "$work/stream.json")"
 
-# The exposition itself, checked by promtool (format and lint).
-"$BIN" status "$MANIFEST" "${vars[@]}" --format prometheus > "$work/metrics.prom" \
-    || fail "status --format prometheus exited $?"
+# The exposition itself, checked by promtool (format and lint), with a
+# window of the programs' run statistics while a stream runs.
+"$BIN" status "$MANIFEST" "${vars[@]}" --format prometheus --stats 2 > "$work/metrics.prom" 2> "$work/status.err" &
+status_pid=$!
+for _ in $(seq 1 100); do grep -q "counting the programs' runs" "$work/status.err" && break; sleep 0.05; done
+"$TRAFFIC" --cgroup "$SANDBOX_CGROUP" rr --count 500 > /dev/null || fail "rr through the bypass"
+wait "$status_pid" || fail "status --format prometheus --stats 2 exited $?: $(cat "$work/status.err")"
+grep -q "^bpfplan_program_window_runs{deployment=\"[^\"]*\",program=\"bpf_redir\",id=\"[0-9]*\"} [1-9]" "$work/metrics.prom" \
+    || fail "no runs of bpf_redir in the --stats window: $(grep window "$work/metrics.prom")"
 "$PROMTOOL" check metrics < "$work/metrics.prom" > "$work/promtool.log" 2>&1 \
     || { cat "$work/promtool.log"; fail "promtool check metrics"; }
 ok "promtool check metrics passes ($(grep -c '^bpfplan_' "$work/metrics.prom") series)"
@@ -96,6 +102,24 @@ grep -qF "bpfplan_in_sync{deployment=\"$deployment\"} 1" "$work/scraped.txt" \
 grep -q "^bpfplan_map_stat_total{.*stat=\"redirected_bytes\".*} [1-9]" "$work/scraped.txt" \
     || fail "node_exporter does not serve the redirected bytes"
 ok "node_exporter on 127.0.0.1:$port serves the textfile ($(grep -c '^bpfplan_' "$work/scraped.txt") bpfplan series)"
+
+# The Grafana dashboard in contrib/ loads as JSON and queries only metrics
+# bpfplan exports (every name is served above, --stats window included).
+python3 - "$ROOT/contrib/grafana/bpfplan.json" "$work/metrics.prom" "$work/scraped.txt" <<'EOF' \
+    || fail "contrib/grafana/bpfplan.json"
+import json, re, sys
+dash = json.load(open(sys.argv[1]))
+served = set()
+for f in sys.argv[2:]:
+    served |= {m.group(1) for m in re.finditer(r"^(bpfplan_[a-z_]+)\{", open(f).read(), re.M)}
+exprs = [t["expr"] for p in dash["panels"] for t in p["targets"]]
+exprs += [v["definition"] for v in dash["templating"]["list"] if "definition" in v]
+assert exprs and all(p["targets"] for p in dash["panels"]), "a panel without a query"
+used = {n for e in exprs for n in re.findall(r"\b(bpfplan_[a-z_]+)", e)}
+missing = sorted(used - served)
+assert not missing, f"the dashboard queries metrics bpfplan does not export: {missing}"
+print(f"ok: the dashboard's {len(dash['panels'])} panels query {len(used)} metrics, all exported")
+EOF
 
 # Drift, seen by the next scrape: a hand detach.
 bpftool cgroup detach "$SANDBOX_CGROUP" sock_ops pinned "$SANDBOX_PINS/bpf_sockops" || fail "detach by hand"

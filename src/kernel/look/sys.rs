@@ -59,6 +59,7 @@ const BPF_MAP_GET_FD_BY_ID: libc::c_long = 14;
 const BPF_OBJ_GET_INFO_BY_FD: libc::c_long = 15;
 const BPF_PROG_QUERY: libc::c_long = 16;
 const BPF_MAP_LOOKUP_BATCH: libc::c_long = 24;
+const BPF_ENABLE_STATS: libc::c_long = 32;
 
 /// `union bpf_attr`, as bytes: large enough for every command used here.
 type Attr = [u8; 128];
@@ -284,6 +285,52 @@ pub(crate) fn prog_by_id(id: u32) -> Option<ProgInfo> {
     put_u32(&mut attr, 0, id);
     let fd = owned(bpf(BPF_PROG_GET_FD_BY_ID, &mut attr).ok()?).ok()?;
     prog_info(&fd).ok()
+}
+
+/// What a program has run, as the kernel counts it while BPF run
+/// statistics are on (`run_time_ns` and `run_cnt` of `bpf_prog_info`).
+#[derive(Debug, Clone, Copy, Default, PartialEq, Eq, Serialize)]
+pub struct RunStats {
+    pub run_time_ns: u64,
+    pub run_cnt: u64,
+}
+
+fn get_u64(b: &[u8], at: usize) -> u64 {
+    let mut x = [0u8; 8];
+    x.copy_from_slice(&b[at..at + 8]);
+    u64::from_ne_bytes(x)
+}
+
+/// The run statistics of the program with this id, if it exists.
+pub(crate) fn prog_run_stats(id: u32) -> Option<RunStats> {
+    let mut attr: Attr = [0; 128];
+    put_u32(&mut attr, 0, id);
+    let fd = owned(bpf(BPF_PROG_GET_FD_BY_ID, &mut attr).ok()?).ok()?;
+    let mut info = [0u8; 256];
+    info_by_fd(&fd, &mut info).ok()?;
+    // run_time_ns (u64) at 192, run_cnt (u64) at 200.
+    Some(RunStats {
+        run_time_ns: get_u64(&info, 192),
+        run_cnt: get_u64(&info, 200),
+    })
+}
+
+/// Turn the kernel's BPF run statistics on for as long as the returned fd
+/// is open (`BPF_ENABLE_STATS`, `BPF_STATS_RUN_TIME`; Linux 5.8). The
+/// host-wide sysctl `kernel.bpf_stats_enabled` is never written: when the
+/// fd closes (this process ends, even killed), the statistics stop.
+pub(crate) fn enable_run_stats() -> Result<OwnedFd> {
+    // enable_stats.type (u32) at 0: BPF_STATS_RUN_TIME is 0.
+    let mut attr: Attr = [0; 128];
+    let fd = bpf(BPF_ENABLE_STATS, &mut attr).map_err(|e| {
+        let why = match e.raw_os_error() {
+            Some(libc::EINVAL) => "this kernel has no BPF_ENABLE_STATS (Linux 5.8 and later do)",
+            Some(libc::EPERM) => "it needs CAP_SYS_ADMIN",
+            _ => "",
+        };
+        anyhow::anyhow!("turning BPF run statistics on: {e} {why}")
+    })?;
+    owned(fd)
 }
 
 /// The map with this id, if it exists.

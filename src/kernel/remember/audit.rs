@@ -14,7 +14,7 @@ use std::path::{Path, PathBuf};
 use std::time::{Duration, SystemTime};
 
 use crate::kernel::act::exec::{Event, Listener, Outcome};
-use crate::kernel::remember::trust;
+use crate::kernel::remember::{syslog, trust};
 
 /// Where the log is kept unless `BPFPLAN_AUDIT_LOG` says otherwise.
 pub const DEFAULT_AUDIT_LOG: &str = "/var/log/bpfplan/audit.jsonl";
@@ -116,6 +116,11 @@ pub(crate) struct AuditLog {
     uid: u32,
     user: String,
     sudo_user: Option<String>,
+    /// The journal or syslog each line also goes to, if any.
+    sink: Option<syslog::Sink>,
+    host: String,
+    /// Whether the sink already refused a line (said once).
+    sink_failed: bool,
 }
 
 impl AuditLog {
@@ -168,6 +173,11 @@ impl AuditLog {
             uid,
             sudo_user: std::env::var("SUDO_USER").ok().filter(|s| !s.is_empty()),
             ctx,
+            sink: syslog::Sink::from_env(),
+            host: std::fs::read_to_string("/proc/sys/kernel/hostname")
+                .map(|h| h.trim().to_string())
+                .unwrap_or_default(),
+            sink_failed: false,
         })
     }
 
@@ -214,7 +224,15 @@ impl AuditLog {
         bytes.push(b'\n');
         self.file
             .write_all(&bytes)
-            .with_context(|| format!("writing the audit log {}", log_path().display()))
+            .with_context(|| format!("writing the audit log {}", log_path().display()))?;
+        if let Some(sink) = &self.sink
+            && let Err(e) = sink.send(line, &self.host)
+            && !self.sink_failed
+        {
+            self.sink_failed = true;
+            say!("warning: {e} (the audit log file has every line)");
+        }
+        Ok(())
     }
 }
 

@@ -3,7 +3,7 @@
 //! unchanged; sources and objects are hashed so status and apply notice an
 //! edit.
 
-use anyhow::{Context, Result};
+use anyhow::{Context, Result, bail};
 use sha2::{Digest, Sha256};
 use std::path::{Path, PathBuf};
 
@@ -143,6 +143,48 @@ pub(crate) fn built(plan: &Plan) -> Result<Built> {
         hashes: object_hashes(plan)?,
         maps,
     })
+}
+
+/// Before any kernel change: every map's entries fit the map as its object
+/// defines it (a hash holds at most `max_entries`; an array's keys are below
+/// it), or the first that does not is refused, located in the manifest.
+pub(crate) fn check_capacity(plan: &Plan, built: &Built) -> Result<()> {
+    use crate::manifest::diag::ManifestErrorKind;
+    for m in &plan.spec.maps {
+        let Some(owner) = plan.spec.programs.iter().find(|p| p.name == m.owner) else {
+            continue;
+        };
+        let Some(shape) = built.shape(&owner.object, m.name.as_str()) else {
+            continue;
+        };
+        let Some(entries) = &m.entries else { continue };
+        let max = shape.max_entries;
+        let array = shape.map_type.is_array();
+        let past = if array {
+            entries.iter().position(|e| {
+                let mut k = [0u8; 8];
+                let n = e.key.len().min(8);
+                k[..n].copy_from_slice(&e.key[..n]);
+                u64::from_ne_bytes(k) >= u64::from(max)
+            })
+        } else {
+            (entries.len() > max as usize).then_some(max as usize)
+        };
+        if let Some(index) = past {
+            let kind = ManifestErrorKind::EntriesDoNotFit {
+                map: m.name.0.clone(),
+                max_entries: max,
+                found: entries.len(),
+                array,
+            };
+            bail!(
+                "{}\nnothing was changed",
+                crate::manifest::entry_diagnostic(&plan.manifest, m.name.as_str(), index, kind)
+                    .trim_end()
+            );
+        }
+    }
+    Ok(())
 }
 
 /// The maps an object defines, by the name the kernel keeps, read from its

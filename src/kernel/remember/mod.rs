@@ -6,4 +6,5 @@ pub(crate) mod audit;
 pub(crate) mod build;
 pub mod record;
 pub(crate) mod saved;
+pub(crate) mod syslog;
 pub(crate) mod trust;

@@ -149,8 +149,10 @@ pub(crate) fn apply(
             build_stage(&mut exec, plan, &foreseen.build, numbering)?;
         }
     }
+    let built = build::built(plan)?;
+    build::check_capacity(plan, &built)?;
     let inputs = Inputs {
-        built: build::built(plan)?,
+        built,
         sources: match reviewed {
             Some(r) => r.saved.sources.clone(),
             None => build::source_hashes(plan)?,
@@ -443,6 +445,7 @@ pub(crate) fn save(
         });
     }
     let hashes = build::built(plan)?;
+    build::check_capacity(plan, &hashes)?;
     // Applied, a saved plan loads its kept objects and builds nothing.
     let decided = intent::apply(
         plan,

@@ -206,6 +206,29 @@ pub fn prometheus(r: &StatusReport) -> String {
             f64::from(u8::from(l.exit == 0)),
         );
     }
+    let mut window = Family::new(
+        "bpfplan_stats_window_seconds",
+        "gauge",
+        "How long status --stats had the kernel's BPF run statistics on.",
+    );
+    let mut runs = Family::new(
+        "bpfplan_program_window_runs",
+        "gauge",
+        "Runs of a program during the status --stats window.",
+    );
+    let mut run_time = Family::new(
+        "bpfplan_program_window_run_time_seconds",
+        "gauge",
+        "Time a program ran during the status --stats window.",
+    );
+    if let Some(st) = &r.program_stats {
+        window.add(dep(), st.seconds);
+        for p in &st.programs {
+            let who = || with(vec![("program", p.name.clone()), ("id", p.id.to_string())]);
+            runs.add(who(), p.runs as f64);
+            run_time.add(who(), p.run_time_ns as f64 / 1e9);
+        }
+    }
     let mut out = String::new();
     for f in [
         &in_sync,
@@ -220,6 +243,9 @@ pub fn prometheus(r: &StatusReport) -> String {
         &tcp,
         &last_time,
         &last_ok,
+        &window,
+        &runs,
+        &run_time,
     ] {
         f.render(&mut out);
     }

@@ -54,6 +54,70 @@ pub struct LiveMap {
     pub entries: Option<u64>,
 }
 
+/// What the deployment's programs ran during a window of `--stats`.
+#[derive(Debug, Clone, Serialize)]
+pub struct ProgramStats {
+    /// How long the kernel's run statistics were on.
+    pub seconds: f64,
+    pub programs: Vec<ProgramRuns>,
+}
+
+#[derive(Debug, Clone, Serialize)]
+pub struct ProgramRuns {
+    pub name: String,
+    pub id: u32,
+    #[serde(rename = "type")]
+    pub prog_type: String,
+    /// Runs during the window.
+    pub runs: u64,
+    /// Nanoseconds spent in those runs.
+    pub run_time_ns: u64,
+    /// `run_time_ns / runs`, when it ran.
+    pub ns_per_run: Option<f64>,
+}
+
+/// Turn the kernel's BPF run statistics on for `window` only (an fd of
+/// `BPF_ENABLE_STATS`, closed at the end; `kernel.bpf_stats_enabled` is
+/// never written), and count what each program ran meanwhile.
+pub fn program_runs(programs: &[LiveProgram], window: std::time::Duration) -> Result<ProgramStats> {
+    use crate::kernel::look::sys;
+    let on = sys::enable_run_stats()?;
+    let started = std::time::Instant::now();
+    let before: Vec<sys::RunStats> = programs
+        .iter()
+        .map(|p| sys::prog_run_stats(p.id).unwrap_or_default())
+        .collect();
+    say!(
+        "counting the programs' runs for {:.1} s (BPF run statistics on for this window only)",
+        window.as_secs_f64()
+    );
+    std::thread::sleep(window);
+    let after: Vec<Option<sys::RunStats>> =
+        programs.iter().map(|p| sys::prog_run_stats(p.id)).collect();
+    let seconds = started.elapsed().as_secs_f64();
+    drop(on);
+    let programs = programs
+        .iter()
+        .zip(before)
+        .zip(after)
+        // A program replaced meanwhile has no figure worth reporting.
+        .filter_map(|((p, b), a)| {
+            let a = a?;
+            let runs = a.run_cnt.saturating_sub(b.run_cnt);
+            let run_time_ns = a.run_time_ns.saturating_sub(b.run_time_ns);
+            Some(ProgramRuns {
+                name: p.name.clone(),
+                id: p.id,
+                prog_type: p.prog_type.clone(),
+                runs,
+                run_time_ns,
+                ns_per_run: (runs > 0).then(|| run_time_ns as f64 / runs as f64),
+            })
+        })
+        .collect();
+    Ok(ProgramStats { seconds, programs })
+}
+
 /// How the last apply of the deployment ended, from the audit log.
 #[derive(Debug, Clone, Serialize)]
 pub struct LastRun {
@@ -82,6 +146,8 @@ pub struct StatusReport {
     pub maps: Vec<LiveMap>,
     /// The last apply of this deployment the audit log holds.
     pub last_apply: Option<LastRun>,
+    /// With `--stats SECONDS`: what each program ran in that window.
+    pub program_stats: Option<ProgramStats>,
     /// What bpfplan recorded: `applied`, `applying` (a run was
     /// interrupted), `unreadable`, or none.
     pub recorded: Option<&'static str>,
@@ -152,8 +218,13 @@ fn stalled(plan: &Plan, obs: &Observed, kernel: &mut dyn Kernel) -> Result<Vec<C
     )
 }
 
-/// Compare the live kernel with the manifest's plan.
-pub(crate) fn status(plan: &Plan, kernel: &mut dyn Kernel) -> Result<StatusReport> {
+/// Compare the live kernel with the manifest's plan; with `stats`, also
+/// count what its programs run for that long.
+pub(crate) fn status(
+    plan: &Plan,
+    kernel: &mut dyn Kernel,
+    stats: Option<std::time::Duration>,
+) -> Result<StatusReport> {
     preflight::inspect()?;
     let store = Store::for_plan(plan)?;
     let found = store.load();
@@ -224,6 +295,9 @@ pub(crate) fn status(plan: &Plan, kernel: &mut dyn Kernel) -> Result<StatusRepor
         .file_stem()
         .map(|s| s.to_string_lossy().into_owned())
         .unwrap_or_default();
+    if let Some(window) = stats {
+        r.program_stats = Some(program_runs(&r.programs, window)?);
+    }
     let log = crate::kernel::remember::audit::log_path();
     r.last_apply =
         crate::kernel::remember::audit::last_finish(&log, &r.deployment, "apply").map(|l| {
@@ -347,6 +421,7 @@ fn report(plan: &Plan, found: &Found, obs: &Observed, sources: &[FileHash]) -> S
         programs,
         maps,
         last_apply: None,
+        program_stats: None,
         recorded,
         findings,
         gauges,
@@ -506,6 +581,19 @@ pub fn text(r: &StatusReport) -> String {
         let _ = writeln!(out);
         for g in &r.gauges {
             let _ = writeln!(out, "  {:<16} {:<22} {}", g.map, g.name, g.value);
+        }
+    }
+    if let Some(st) = &r.program_stats {
+        let _ = writeln!(out, "\nprogram runs over {:.1} s:", st.seconds);
+        for p in &st.programs {
+            let per = p.ns_per_run.map_or("did not run".to_string(), |ns| {
+                format!("{ns:.0} ns per run")
+            });
+            let _ = writeln!(
+                out,
+                "  {:<16} {:<10} id {:<6} {:>10} runs  {per}",
+                p.name, p.prog_type, p.id, p.runs
+            );
         }
     }
     for w in &r.warnings {
