@@ -390,7 +390,7 @@ fn the_audit_log_holds_every_command_root_ran() {
 }
 
 #[test]
-fn a_deployment_made_by_the_sh_script_is_adopted_and_a_changed_one_refused() {
+fn a_deployment_made_by_the_sh_script_is_adopted_by_apply_and_a_changed_one_refused() {
     let Some(sb) = Sandbox::new("adopt", "manifests/bypass-policy.toml") else {
         return;
     };
@@ -402,11 +402,17 @@ fn a_deployment_made_by_the_sh_script_is_adopted_and_a_changed_one_refused() {
         assert!(out.status.success(), "{}", stderr(&out));
     };
     sh(&path);
-    // apply will not take over pins it has no record of...
-    assert_eq!(run(&sb, "apply", &[]).status.code(), Some(1));
-    // ...adopt does, when the kernel holds exactly what the manifest makes.
+    // No record, and the kernel holds exactly what the manifest makes (the
+    // sh script, or pins that outlived a lost /run): plan says apply adopts,
+    // and apply does, saying so in the audit log, without reloading.
     let ids = sb.prog_ids();
-    let out = run(&sb, "adopt", &[]);
+    let shown = run(&sb, "plan", &[]);
+    assert!(
+        stdout(&shown).contains("apply probes the programs' tags, adopts the deployment"),
+        "{}",
+        stdout(&shown)
+    );
+    let out = run(&sb, "apply", &[]);
     assert!(out.status.success(), "{}{}", stdout(&out), stderr(&out));
     assert!(
         stdout(&out).contains("takes over program `bpf_sockops`"),
@@ -414,8 +420,18 @@ fn a_deployment_made_by_the_sh_script_is_adopted_and_a_changed_one_refused() {
         stdout(&out)
     );
     assert_eq!(sb.prog_ids(), ids);
+    let log = std::fs::read_to_string(sb.audit_log()).unwrap();
+    assert!(log.contains("adopted "), "no adoption in the audit log");
     assert!(sb.must("apply").contains("No changes"));
     assert_eq!(sb.status(&[]).0, 0);
+    sb.must("destroy");
+    sb.assert_clean(&ids);
+    // The adopt verb does the same.
+    sh(&path);
+    let ids = sb.prog_ids();
+    let out = run(&sb, "adopt", &[]);
+    assert!(out.status.success(), "{}{}", stdout(&out), stderr(&out));
+    assert_eq!(sb.prog_ids(), ids);
     sb.must("destroy");
     sb.assert_clean(&ids);
 
@@ -434,6 +450,13 @@ fn a_deployment_made_by_the_sh_script_is_adopted_and_a_changed_one_refused() {
         .output()
         .unwrap();
     assert!(update.status.success());
+    // apply refuses it the same way as adopt.
+    for verb in ["apply", "adopt"] {
+        let out = run(&sb, verb, &[]);
+        let err = stderr(&out);
+        assert_eq!(out.status.code(), Some(1), "{verb}: {err}");
+        assert!(err.contains("nothing was adopted"), "{verb}: {err}");
+    }
     let out = run(&sb, "adopt", &[]);
     let err = stderr(&out);
     assert_eq!(out.status.code(), Some(1), "{err}");

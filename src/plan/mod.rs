@@ -268,6 +268,9 @@ pub enum DecisionKind {
     Replace,
     /// A killed run is ended first.
     Recover,
+    /// No record, and this manifest's deployment at its pins: probed, then
+    /// adopted if exact.
+    Adopt,
     /// apply would not go on.
     Refused,
     /// destroy removes what is there.
@@ -285,6 +288,7 @@ impl DecisionKind {
             DecisionKind::Repair => "repair",
             DecisionKind::Replace => "replace",
             DecisionKind::Recover => "recover",
+            DecisionKind::Adopt => "adopt",
             DecisionKind::Refused => "refused",
             DecisionKind::Destroy => "destroy",
             DecisionKind::NothingToDestroy => "nothing_to_destroy",

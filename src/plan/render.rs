@@ -98,6 +98,15 @@ fn decision_lines(out: &mut String, plan: &Plan, review: &Review) {
                 .as_deref()
                 .unwrap_or("an earlier apply was interrupted")
         )),
+        DecisionKind::Adopt => Some(format!(
+            "{}: apply probes the programs' tags, adopts the deployment if the kernel holds \
+             exactly what {manifest} makes (else refuses, with the differences), then decides \
+             again",
+            review
+                .reason
+                .as_deref()
+                .unwrap_or("bpfplan has no record of the pins")
+        )),
         DecisionKind::Refused => Some(format!(
             "apply would refuse: {}",
             review.reason.as_deref().unwrap_or("?")

@@ -43,8 +43,46 @@ pub(crate) struct ApplyIntent {
     pub mount: Vec<Op>,
     pub build: Vec<Op>,
     pub recover: Option<Recovery>,
-    /// What apply does once any recovery has run.
+    /// Without a record, when the kernel holds programs at this manifest's
+    /// pins (made by the sh script, or pins that outlived a lost `/run`):
+    /// the probe that learns their objects' tags, after which apply adopts
+    /// the deployment if it is exactly what the manifest makes, else
+    /// refuses with the differences.
+    pub adopt: Option<Probe>,
+    /// What apply does once any recovery or adoption has run.
     pub decision: Decision,
+}
+
+impl ApplyIntent {
+    /// The adoption of a record-less deployment at the manifest's pins, if
+    /// that is what this intent meets: a first apply refused because pins
+    /// exist, with programs at them of the manifest's types and names that
+    /// no other record claims. Foreseen as adopted: nothing more to change.
+    pub(crate) fn adopting(
+        self,
+        plan: &Plan,
+        loaded: Option<&Loaded>,
+        obs: &Observed,
+        claims: &Claims,
+    ) -> ApplyIntent {
+        if loaded.is_some() || !matches!(self.decision, Decision::Refuse(_)) {
+            return self;
+        }
+        let objects: BTreeSet<PathBuf> = plan
+            .spec
+            .programs
+            .iter()
+            .map(|p| p.object.clone())
+            .collect();
+        match probe(plan, obs, &objects, claims) {
+            Some(p) => ApplyIntent {
+                adopt: Some(p),
+                decision: Decision::Nothing,
+                ..self
+            },
+            None => self,
+        }
+    }
 }
 
 /// What destroy runs.
@@ -100,6 +138,10 @@ impl Staged for ApplyIntent {
             vec![(Stage::Mount, &self.mount), (Stage::Build, &self.build)];
         if let Some(r) = &self.recover {
             out.push((Stage::Recover, &r.ops));
+        }
+        if let Some(p) = &self.adopt {
+            out.push((Stage::Probe, &p.loads));
+            out.push((Stage::Probe, &p.unpins));
         }
         out.push((Stage::Apply, run_ops(&self.decision)));
         out
@@ -164,6 +206,7 @@ pub(crate) fn apply(
         mount: mount.into_iter().map(Op::of).collect(),
         build,
         recover,
+        adopt: None,
         decision,
     }
 }
@@ -451,6 +494,28 @@ pub(crate) fn apply_review(
             });
             decision = DecisionKind::Recover;
         }
+    }
+    if let Some(p) = &i.adopt {
+        decision = DecisionKind::Adopt;
+        reason = Some(format!(
+            "the kernel holds programs at {} and bpfplan has no record of them (made by the sh \
+             script, or a record lost with /run)",
+            plan.spec
+                .programs
+                .iter()
+                .filter(|prog| obs.program_at(prog.pin.as_str()).is_some())
+                .map(|prog| prog.pin.as_str())
+                .collect::<Vec<_>>()
+                .join(", ")
+        ));
+        notes.push(format!(
+            "the probe loads {} program(s) once under probe pins to learn their tags; the \
+             adoption is recorded and noted in the audit log",
+            p.loads
+                .iter()
+                .filter(|o| matches!(o.step, Step::LoadProgram { .. }))
+                .count()
+        ));
     }
     let drift = match deployed {
         Some(_) => decide::drift(&plan.spec, deployed, obs),

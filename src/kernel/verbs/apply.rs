@@ -123,10 +123,22 @@ pub(crate) fn apply(
     };
     // What apply foresees before it builds (a changed source stands for a
     // changed program, as `plan` shows it) numbers the mount and the build.
-    let foreseen = foresee(plan, mount, build, loaded.as_ref(), &obs)?;
+    let foreseen = foresee(plan, mount, build, loaded.as_ref(), &obs)?.adopting(
+        plan,
+        loaded.as_ref(),
+        &obs,
+        &store.claims(),
+    );
     if let Some(r) = reviewed {
         check_reviewed(r, loaded.as_ref(), &obs)?;
-        check_review(plan, r, loaded.as_ref(), &obs, &foreseen.mount)?;
+        check_review(
+            plan,
+            r,
+            loaded.as_ref(),
+            &obs,
+            &foreseen.mount,
+            &store.claims(),
+        )?;
     }
     let total = foreseen.total();
     if !foreseen.mount.is_empty() {
@@ -190,6 +202,7 @@ fn check_review(
     loaded: Option<&Loaded>,
     obs: &Observed,
     mount: &[crate::plan::Op],
+    claims: &crate::kernel::remember::record::Claims,
 ) -> Result<()> {
     let mut objects = Built::default();
     for o in &r.saved.objects {
@@ -203,7 +216,8 @@ fn check_review(
             .maps
             .insert(o.path.clone(), build::object_maps(&o.kept)?);
     }
-    let decided = intent::apply(plan, None, Vec::new(), loaded, obs, &objects);
+    let decided = intent::apply(plan, None, Vec::new(), loaded, obs, &objects)
+        .adopting(plan, loaded, obs, claims);
     let decided = ApplyIntent {
         mount: mount.to_vec(),
         ..decided
@@ -261,7 +275,8 @@ pub(crate) fn carry_out(
     inputs: Inputs,
     foreseen: Option<&Decision>,
 ) -> Result<Applied> {
-    let decided = intent::apply(plan, None, pre.build, loaded.as_ref(), &obs, &inputs.built);
+    let decided = intent::apply(plan, None, pre.build, loaded.as_ref(), &obs, &inputs.built)
+        .adopting(plan, loaded.as_ref(), &obs, &store.claims());
     let decided = ApplyIntent {
         mount: pre.mount,
         ..decided
@@ -280,7 +295,7 @@ pub(crate) fn carry_out(
     let mut ctx = carry::Apply {
         store,
         plan,
-        sources: inputs.sources,
+        sources: inputs.sources.clone(),
         objects: inputs.built.hashes.clone(),
         started: inputs.started,
         numbering: Numbering {
@@ -309,6 +324,35 @@ pub(crate) fn carry_out(
         if again.decision != decision {
             exec.note(&format!(
                 "the kernel after the recovery is not as foreseen: apply decided again (`{}`)",
+                decided_word(&again.decision)
+            ));
+            ctx.numbering.total = ctx.numbering.first - 1 + intent::run_ops(&again.decision).len();
+        }
+        decision = again.decision;
+    }
+    if let Some(p) = &decided.adopt {
+        exec.note(&format!(
+            "bpfplan has no record of the programs at {}'s pins: adopting the deployment if the \
+             kernel holds exactly what the manifest makes",
+            plan.manifest.display()
+        ));
+        let first = decided.first(Stage::Probe);
+        let tags = crate::kernel::verbs::destroy::run_probe(exec, p, first, decided.total(), plan)?;
+        crate::kernel::verbs::destroy::take_over(
+            exec,
+            store,
+            plan,
+            &tags,
+            &inputs.built,
+            &inputs.sources,
+        )?;
+        loaded = read_record(store)?;
+        obs = exec.observe(&query(plan, loaded.as_ref()))?;
+        // Adopted, the deployment is bpfplan's: apply decides on it.
+        let again = intent::apply(plan, None, Vec::new(), loaded.as_ref(), &obs, &inputs.built);
+        if again.decision != decision {
+            exec.note(&format!(
+                "after the adoption apply decided `{}`",
                 decided_word(&again.decision)
             ));
             ctx.numbering.total = ctx.numbering.first - 1 + intent::run_ops(&again.decision).len();
@@ -454,7 +498,8 @@ pub(crate) fn save(
         loaded.as_ref(),
         &obs,
         &hashes,
-    );
+    )
+    .adopting(plan, loaded.as_ref(), &obs, &store.claims());
     let deployed = loaded.as_ref().and_then(|l| l.record.deployed.as_ref());
     let review = intent::apply_review(plan, &decided, deployed, &obs);
     let deployment = store
@@ -505,7 +550,8 @@ pub(crate) fn pending(plan: &Plan, kernel: &mut dyn Kernel) -> Result<Review> {
         intent::build_ops(plan),
         loaded.as_ref(),
         &obs,
-    )?;
+    )?
+    .adopting(plan, loaded.as_ref(), &obs, &store.claims());
     Ok(intent::apply_review(plan, &foreseen, deployed, &obs))
 }
 

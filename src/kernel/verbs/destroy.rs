@@ -213,7 +213,7 @@ fn teardown(
 }
 
 /// Load each probed program under its probe pin, read the tags, unpin.
-fn run_probe(
+pub(crate) fn run_probe(
     exec: &mut Executor,
     p: &Probe,
     first: usize,
@@ -257,7 +257,9 @@ fn adopted_record(
     plan: &Plan,
     programs: Vec<crate::kernel::remember::record::ProgramFact>,
     maps: Vec<crate::kernel::remember::record::MapFact>,
-) -> Result<Record> {
+    sources: &[crate::kernel::remember::record::FileHash],
+    objects: &[crate::kernel::remember::record::FileHash],
+) -> Record {
     for p in &programs {
         exec.note(&format!(
             "takes over program `{}` (id {}, tag {}) at {}",
@@ -284,14 +286,14 @@ fn adopted_record(
             plan: plan.clone(),
             programs,
             maps,
-            sources: build::source_hashes(plan)?,
-            objects: build::object_hashes(plan)?,
+            sources: sources.to_vec(),
+            objects: objects.to_vec(),
             pin_dirs: Vec::new(),
         }),
         run: None,
         last_plan: None,
     };
-    Ok(record)
+    record
 }
 
 /// What destroy would run now, as a reviewer reads it.
@@ -373,19 +375,38 @@ pub(crate) fn adopt(
         Some(p) => run_probe(&mut exec, p, build.len() + 1, total, plan)?,
         None => Tags::new(),
     };
+    take_over(
+        &mut exec,
+        &store,
+        plan,
+        &tags,
+        &build::built(plan)?,
+        &build::source_hashes(plan)?,
+    )
+}
+
+/// The end of an adoption, once the tags are known: the kernel must hold
+/// exactly what the manifest makes, and nothing another record claims;
+/// then it is recorded as bpfplan's, as if apply had made it.
+pub(crate) fn take_over(
+    exec: &mut Executor,
+    store: &Store,
+    plan: &Plan,
+    tags: &Tags,
+    built: &build::Built,
+    sources: &[crate::kernel::remember::record::FileHash],
+) -> Result<()> {
     let mut q = query(plan, None);
     q.cgroup_tree = crate::host::HostFacts::read().ok().and_then(|h| h.cgroup2);
     let obs = exec.observe(&q)?;
-    let built = build::built(plan)?;
     let claims = store.claims();
-    let (programs, maps) =
-        decide::adoption(plan, &obs, &tags, &built).map_err(|lines| Mismatch {
-            headline: format!(
-                "the kernel does not hold exactly what {} makes, so nothing was adopted",
-                plan.manifest.display()
-            ),
-            lines,
-        })?;
+    let (programs, maps) = decide::adoption(plan, &obs, tags, built).map_err(|lines| Mismatch {
+        headline: format!(
+            "the kernel does not hold exactly what {} makes, so nothing was adopted",
+            plan.manifest.display()
+        ),
+        lines,
+    })?;
     if let Some((p, who)) = programs
         .iter()
         .find_map(|p| claims.ids.get(&p.id).map(|who| (p, who)))
@@ -399,8 +420,8 @@ pub(crate) fn adopt(
         }
         .into());
     }
-    let record = adopted_record(&mut exec, plan, programs, maps)?;
-    carry::adopted(&store, &record)?;
+    let record = adopted_record(exec, plan, programs, maps, sources, &built.hashes);
+    carry::adopted(store, &record)?;
     exec.note(&format!(
         "adopted {}: it is bpfplan's now (recorded in {})",
         plan.manifest.display(),

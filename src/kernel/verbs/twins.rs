@@ -209,7 +209,8 @@ impl Twin {
             loaded.as_ref(),
             &obs,
             &self.hashes(),
-        );
+        )
+        .adopting(plan, loaded.as_ref(), &obs, &store.claims());
         let deployed = loaded.as_ref().and_then(|l| l.record.deployed.as_ref());
         intent::apply_review(plan, &i, deployed, &obs)
     }
@@ -440,6 +441,33 @@ fn a_record_less_destroy_probes_then_removes_what_is_its_own() {
     // Without a record the pin directory is not known to be ours: it stays.
     assert_eq!(t.fake.pins(), Vec::<String>::new());
     assert_eq!(t.fake.ids(), (vec![], vec![]));
+}
+
+#[test]
+fn a_record_less_apply_adopts_exactly_this_deployment_and_refuses_another() {
+    let mut t = Twin::new();
+    let p = plan("1000");
+    t.apply(&p).unwrap();
+    let ids = t.fake.ids();
+    // The record is lost (a new /run): apply probes, adopts, changes nothing.
+    t.store(&p).remove().unwrap();
+    let review = t.apply_as_planned(&p);
+    assert_eq!(review.decision, DecisionKind::Adopt, "{review:?}");
+    assert_eq!(t.fake.ids(), ids, "the running programs were replaced");
+    assert!(read_record(&t.store(&p)).unwrap().is_some(), "not recorded");
+    // Recorded now: the next apply has nothing to do.
+    assert_eq!(t.plan_apply(&p).decision, DecisionKind::Nothing);
+    // Another deny policy at the same pins is not this manifest's
+    // deployment: refused, and nothing changes.
+    t.store(&p).remove().unwrap();
+    let other = plan("2000");
+    let before = t.fake.ids();
+    let err = t.apply(&other).unwrap_err();
+    assert!(
+        format!("{err:#}").contains("nothing was adopted"),
+        "{err:#}"
+    );
+    assert_eq!(t.fake.ids(), before);
 }
 
 #[test]
