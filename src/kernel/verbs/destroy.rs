@@ -279,7 +279,7 @@ fn adopted_record(
             a.place()
         ));
     }
-    let record = Record {
+    Record {
         format_version: crate::kernel::remember::record::FORMAT_VERSION,
         manifest: plan.manifest.clone(),
         deployed: Some(Deployed {
@@ -292,8 +292,7 @@ fn adopted_record(
         }),
         run: None,
         last_plan: None,
-    };
-    record
+    }
 }
 
 /// What destroy would run now, as a reviewer reads it.
