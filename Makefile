@@ -1,8 +1,8 @@
 # bpfplan: run as root for anything that touches the kernel (test, demo).
 CARGO ?= cargo
-DEB_PACKAGES := clang bpftool libbpf-dev linux-libc-dev make iproute2 dpkg-dev systemd
+DEB_PACKAGES := clang bpftool libbpf-dev linux-libc-dev make iproute2 dpkg-dev systemd systemd-container mmdebstrap
 
-.PHONY: deps build test lint demo bench deb
+.PHONY: deps build test test-boot lint demo bench deb
 
 # Install what a fresh Debian machine lacks (apt-get only when something is missing).
 deps:
@@ -32,8 +32,9 @@ deb: build
 # Every test: the cargo tests (kernel tests included), the Debian package
 # installed and run end to end, the Ansible module under a real
 # ansible-playbook, the Kubernetes files (schema-validated, entrypoint run
-# on the host), the Prometheus metrics (promtool, a real node_exporter) and
-# the audit trail in a real systemd-journald of the test's own. Each part says why it skips when it cannot run here (not
+# on the host), the Prometheus metrics (promtool, a real node_exporter), the
+# audit trail in a real systemd-journald of the test's own, and the boot
+# unit under a real systemd (systemd-nspawn, test-boot). Each part says why it skips when it cannot run here (not
 # root); CI sets BPFPLAN_REQUIRE_KERNEL=1 so none skips.
 test: deps
 	$(CARGO) build -p bpfplan-traffic
@@ -44,6 +45,12 @@ test: deps
 	bash tests/kubernetes/run.sh
 	bash tests/prometheus/run.sh
 	bash tests/journal/run.sh
+	bash tests/boot/run.sh
+
+# The boot unit under a real systemd: a cached Debian rootfs booted twice
+# with systemd-nspawn, the .deb installed and bpfplan@bypass enabled.
+test-boot: deps deb
+	bash tests/boot/run.sh
 
 lint:
 	$(CARGO) fmt --check
