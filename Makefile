@@ -1,8 +1,8 @@
 # bpfplan: run as root for anything that touches the kernel (test, demo).
 CARGO ?= cargo
-DEB_PACKAGES := clang bpftool libbpf-dev linux-libc-dev make iproute2 dpkg-dev systemd systemd-container mmdebstrap
+DEB_PACKAGES := clang bpftool libbpf-dev linux-libc-dev make iproute2 dpkg-dev systemd systemd-container mmdebstrap podman runc
 
-.PHONY: deps build test test-boot lint demo bench deb
+.PHONY: deps build test test-boot test-container lint demo bench deb
 
 # Install what a fresh Debian machine lacks (apt-get only when something is missing).
 deps:
@@ -46,6 +46,12 @@ test: deps
 	bash tests/prometheus/run.sh
 	bash tests/journal/run.sh
 	bash tests/boot/run.sh
+	bash tests/container/run.sh
+
+# The DaemonSet's image, built offline from deploy/kubernetes/Containerfile,
+# and its pod under podman with runc.
+test-container: deps deb
+	bash tests/container/run.sh
 
 # The boot unit under a real systemd: a cached Debian rootfs booted twice
 # with systemd-nspawn, the .deb installed and bpfplan@bypass enabled.
