@@ -314,19 +314,10 @@ pub(crate) fn carry_out(
             total: decided.total(),
         };
         carry::recover(exec, store, l, r, numbering)?;
-        loaded = read_record(store)?;
-        obs = exec.observe(&query(plan, loaded.as_ref()))?;
-        // The kernel as the recovery left it decides, whatever was foreseen.
-        let again = intent::apply(plan, None, Vec::new(), loaded.as_ref(), &obs, &inputs.built);
+        let again;
+        (loaded, obs, again) = decide_again(exec, store, plan, &inputs.built, &decision, &mut ctx)?;
         if again.recover.is_some() {
             bail!("an interrupted run could not be recovered; run `bpfplan destroy`, then apply");
-        }
-        if again.decision != decision {
-            exec.note(&format!(
-                "the kernel after the recovery is not as foreseen: apply decided again (`{}`)",
-                decided_word(&again.decision)
-            ));
-            ctx.numbering.total = ctx.numbering.first - 1 + intent::run_ops(&again.decision).len();
         }
         decision = again.decision;
     }
@@ -346,20 +337,36 @@ pub(crate) fn carry_out(
             &inputs.built,
             &inputs.sources,
         )?;
-        loaded = read_record(store)?;
-        obs = exec.observe(&query(plan, loaded.as_ref()))?;
-        // Adopted, the deployment is bpfplan's: apply decides on it.
-        let again = intent::apply(plan, None, Vec::new(), loaded.as_ref(), &obs, &inputs.built);
-        if again.decision != decision {
-            exec.note(&format!(
-                "after the adoption apply decided `{}`",
-                decided_word(&again.decision)
-            ));
-            ctx.numbering.total = ctx.numbering.first - 1 + intent::run_ops(&again.decision).len();
-        }
+        let again;
+        (loaded, obs, again) = decide_again(exec, store, plan, &inputs.built, &decision, &mut ctx)?;
         decision = again.decision;
     }
     carry::apply(exec, decision, loaded, &obs, ctx)
+}
+
+/// After a stage that changes what apply decides on (a recovery, an
+/// adoption), the record and the kernel as it left them decide, whatever
+/// was foreseen; a decision other than the foreseen one is said, and the
+/// steps are numbered on from it.
+fn decide_again(
+    exec: &mut Executor,
+    store: &Store,
+    plan: &Plan,
+    built: &Built,
+    foreseen: &Decision,
+    ctx: &mut carry::Apply,
+) -> Result<(Option<Loaded>, Observed, ApplyIntent)> {
+    let loaded = read_record(store)?;
+    let obs = exec.observe(&query(plan, loaded.as_ref()))?;
+    let again = intent::apply(plan, None, Vec::new(), loaded.as_ref(), &obs, built);
+    if again.decision != *foreseen {
+        exec.note(&format!(
+            "the kernel is not as foreseen after the steps before: apply decided again (`{}`)",
+            decided_word(&again.decision)
+        ));
+        ctx.numbering.total = ctx.numbering.first - 1 + intent::run_ops(&again.decision).len();
+    }
+    Ok((loaded, obs, again))
 }
 
 fn decided_word(d: &Decision) -> &'static str {
