@@ -337,6 +337,32 @@ fn the_egress_counter_counts_the_cgroups_traffic() {
     sb.assert_clean(&ids);
 }
 
+/// A cgroup/sock program with its own attach type (`cgroup/post_bind4`):
+/// loaded as such, attached, and run by the cgroup's binds (its counter
+/// moves with the stream's listener and client).
+#[test]
+fn a_post_bind4_program_loads_attaches_and_runs() {
+    let Some(sb) = Sandbox::new("post_bind", "tests/fixtures/kernel/post-bind.toml") else {
+        return;
+    };
+    sb.must("apply");
+    assert_eq!(
+        sb.attachments(),
+        [(
+            "bind_guard".to_string(),
+            "cgroup_inet4_post_bind".to_string()
+        )]
+    );
+    let r = report(sb.traffic(&["stream", "--bytes", "1024"]));
+    assert_eq!(r["intact"], true);
+    let (code, st) = sb.status(&[]);
+    assert_eq!(code, 0, "{st}");
+    assert!(Sandbox::gauge(&st, "binds", "binds") >= 1, "{st}");
+    let ids = sb.prog_ids();
+    sb.must("destroy");
+    sb.assert_clean(&ids);
+}
+
 #[test]
 fn preflight_failures_change_nothing() {
     let Some(sb) = Sandbox::new("preflight", "manifests/bypass.toml") else {

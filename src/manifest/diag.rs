@@ -42,6 +42,8 @@ pub enum ManifestErrorKind {
         prog_type: String,
         attach_type: String,
         expected: String,
+        /// The program type that attaches as `attach_type`, if one does.
+        instead: Option<String>,
     },
     AttachTarget {
         found: usize,
@@ -168,11 +170,18 @@ impl fmt::Display for ManifestErrorKind {
                 prog_type,
                 attach_type,
                 expected,
-            } => write!(
-                f,
-                "program `{program}` of type `{prog_type}` cannot be attached as `{attach_type}`; \
-                 a `{prog_type}` program attaches as: {expected}"
-            ),
+                instead,
+            } => {
+                write!(
+                    f,
+                    "program `{program}` of type `{prog_type}` cannot be attached as \
+                     `{attach_type}`; a `{prog_type}` program attaches as: {expected}"
+                )?;
+                match instead {
+                    Some(t) => write!(f, " (a `{attach_type}` program is loaded as type `{t}`)"),
+                    None => Ok(()),
+                }
+            }
             AttachTarget { found } => write!(
                 f,
                 "an attachment needs exactly one target of `cgroup`, `map` or `interface`, found {found}"

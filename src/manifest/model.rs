@@ -413,6 +413,9 @@ word_enum!(
         Xdp = "xdp",
         CgroupSkb = "cgroup/skb",
         CgroupSock = "cgroup/sock",
+        CgroupSockRelease = "cgroup/sock_release",
+        CgroupPostBind4 = "cgroup/post_bind4",
+        CgroupPostBind6 = "cgroup/post_bind6",
         CgroupDev = "cgroup/dev",
         CgroupSysctl = "cgroup/sysctl",
         CgroupGetsockopt = "cgroup/getsockopt",
@@ -442,7 +445,12 @@ impl ProgType {
             ProgType::SkSkb => &[A::StreamVerdict, A::StreamParser, A::SkbVerdict],
             ProgType::Xdp => &[A::Xdp],
             ProgType::CgroupSkb => &[A::Ingress, A::Egress],
-            ProgType::CgroupSock => &[A::SockCreate, A::SockRelease, A::PostBind4, A::PostBind6],
+            // The kernel fixes a cgroup/sock program's attach type when it
+            // loads it (`cgroup/sock` is sock_create): each has its own type.
+            ProgType::CgroupSock => &[A::SockCreate],
+            ProgType::CgroupSockRelease => &[A::SockRelease],
+            ProgType::CgroupPostBind4 => &[A::PostBind4],
+            ProgType::CgroupPostBind6 => &[A::PostBind6],
             ProgType::CgroupDev => &[A::Device],
             ProgType::CgroupSysctl => &[A::Sysctl],
             ProgType::CgroupGetsockopt => &[A::Getsockopt],
@@ -470,7 +478,10 @@ impl ProgType {
             ProgType::SkSkb => KernelProgType::SkSkb,
             ProgType::Xdp => KernelProgType::Xdp,
             ProgType::CgroupSkb => KernelProgType::CgroupSkb,
-            ProgType::CgroupSock => KernelProgType::CgroupSock,
+            ProgType::CgroupSock
+            | ProgType::CgroupSockRelease
+            | ProgType::CgroupPostBind4
+            | ProgType::CgroupPostBind6 => KernelProgType::CgroupSock,
             ProgType::CgroupDev => KernelProgType::CgroupDevice,
             ProgType::CgroupSysctl => KernelProgType::CgroupSysctl,
             ProgType::CgroupGetsockopt | ProgType::CgroupSetsockopt => {

@@ -592,6 +592,12 @@ impl Validator<'_> {
                         .map(|k| k.word())
                         .collect::<Vec<_>>()
                         .join(", "),
+                    // The program type that does attach so, if any (a
+                    // `cgroup/sock` program meant for post_bind4, say).
+                    instead: ProgType::ALL
+                        .iter()
+                        .find(|o| o.attach_kinds().contains(&kind))
+                        .map(|o| o.word().to_string()),
                 },
                 Some(a.attach_type.span()),
             );

@@ -217,6 +217,7 @@ pub(crate) fn object_maps(object: &Path) -> Result<BTreeMap<String, MapShape>> {
 /// knows: bpftool's `type` then decides, and nothing can be told from here.
 pub(crate) fn object_holds(object: &Path, t: ProgType) -> Result<Option<bool>> {
     use aya_obj::ProgramSection as S;
+    use aya_obj::programs::CgroupSockAttachType as K;
     let bytes = std::fs::read(object).with_context(|| format!("reading {}", object.display()))?;
     let obj = aya_obj::Object::parse(&bytes)
         .map_err(|e| anyhow::anyhow!("{e}"))
@@ -230,7 +231,36 @@ pub(crate) fn object_holds(object: &Path, t: ProgType) -> Result<Option<bool>> {
         ProgType::SkSkb => matches!(section, S::SkSkbStream { .. }),
         ProgType::Xdp => matches!(section, S::Xdp { .. }),
         ProgType::CgroupSkb => matches!(section, S::CgroupSkb { .. }),
-        ProgType::CgroupSock => matches!(section, S::CgroupSock { .. }),
+        ProgType::CgroupSock => matches!(
+            section,
+            S::CgroupSock {
+                attach_type: K::SockCreate
+            }
+        ),
+        ProgType::CgroupSockRelease => {
+            matches!(
+                section,
+                S::CgroupSock {
+                    attach_type: K::SockRelease
+                }
+            )
+        }
+        ProgType::CgroupPostBind4 => {
+            matches!(
+                section,
+                S::CgroupSock {
+                    attach_type: K::PostBind4
+                }
+            )
+        }
+        ProgType::CgroupPostBind6 => {
+            matches!(
+                section,
+                S::CgroupSock {
+                    attach_type: K::PostBind6
+                }
+            )
+        }
         ProgType::CgroupDev => matches!(section, S::CgroupDevice),
         ProgType::CgroupSysctl => matches!(section, S::CgroupSysctl),
         ProgType::CgroupGetsockopt | ProgType::CgroupSetsockopt => {
