@@ -105,6 +105,27 @@ nspawn_run --pipe sh -c '
 ' > "$work/install.log" 2>&1 || { cat "$work/install.log"; fail "installing the package in the rootfs"; }
 ok "installed $(basename "$deb") in the rootfs, bpfplan@bypass enabled"
 
+# doctor where bpftool cannot probe (nspawn without --system-call-filter=bpf:
+# no CAP_BPF, bpf(2) filtered): bpftool's own error (JSON on its stdout) is
+# said, and it is a warning with the way out, not a failure of the kernel.
+rc=0
+systemd-nspawn --quiet --keep-unit --register=no --private-network -D "$merged" --pipe \
+    /usr/bin/bpfplan doctor --format json > "$work/doctor.json" 2> "$work/doctor.err" || rc=$?
+python3 - "$work/doctor.json" <<'EOF' || { cat "$work/doctor.json" "$work/doctor.err"; fail "doctor under a seccomp filter that blocks bpf(2)"; }
+import json, sys
+report = json.load(open(sys.argv[1]))
+probe = [c for c in report["checks"] if c["name"] == "kernel features"]
+assert probe, report["checks"]
+c = probe[0]
+assert c["verdict"] == "warn", c
+detail = c["detail"].removeprefix("not probed: ")
+# The reason is said: bpftool's own error, or that its loads were refused.
+assert c["detail"].startswith("not probed: ") and detail.strip() and not detail.rstrip().endswith(":"), c
+assert "seccomp" in c["fix"] and "CAP_BPF" in c["fix"] and "run doctor as root" not in c["fix"], c
+print("ok:", c["detail"])
+EOF
+ok "doctor where bpftool cannot probe (a container without CAP_BPF, bpf(2) filtered): a warning with bpftool's own error and the way out (exit $rc)"
+
 boot() {
     echo "$1" > "$work/results/phase"
     local t

@@ -118,6 +118,28 @@ pub(crate) fn failure(argv: &[String], out: &Finished) -> anyhow::Error {
 }
 
 /// Run `bpftool -j ARGS` and parse its JSON (an empty output reads as null).
+/// Why `bpftool -j` failed: with `-j` it prints its error as JSON on stdout
+/// (`{"error":"..."}`) and often nothing on stderr.
+fn json_failure(stdout: &[u8], stderr: &[u8]) -> String {
+    let err = String::from_utf8_lossy(stderr).trim().to_string();
+    let said = serde_json::from_slice::<serde_json::Value>(stdout)
+        .ok()
+        .and_then(|v| v["error"].as_str().map(str::to_string));
+    match (said, err.is_empty()) {
+        (Some(e), true) => e,
+        (Some(e), false) => format!("{e} ({err})"),
+        (None, false) => err,
+        (None, true) => {
+            let out = String::from_utf8_lossy(stdout).trim().to_string();
+            if out.is_empty() {
+                "no error message".into()
+            } else {
+                out
+            }
+        }
+    }
+}
+
 pub(crate) fn bpftool_json<T: serde::de::DeserializeOwned>(args: &[&str]) -> Result<T> {
     let mut argv = vec!["bpftool".to_string(), "-j".to_string()];
     argv.extend(args.iter().map(|a| a.to_string()));
@@ -126,7 +148,7 @@ pub(crate) fn bpftool_json<T: serde::de::DeserializeOwned>(args: &[&str]) -> Res
         bail!(
             "`bpftool -j {}` failed: {}",
             args.join(" "),
-            String::from_utf8_lossy(&out.stderr).trim()
+            json_failure(&out.stdout, &out.stderr)
         );
     }
     let text = if out.stdout.iter().all(u8::is_ascii_whitespace) {
@@ -136,4 +158,19 @@ pub(crate) fn bpftool_json<T: serde::de::DeserializeOwned>(args: &[&str]) -> Res
     };
     serde_json::from_slice(text)
         .with_context(|| format!("parsing the JSON of `bpftool -j {}`", args.join(" ")))
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn a_json_error_of_bpftool_is_said() {
+        assert_eq!(
+            json_failure(br#"{"error":"can't probe: EPERM"}"#, b""),
+            "can't probe: EPERM"
+        );
+        assert_eq!(json_failure(b"", b"oops"), "oops");
+        assert_eq!(json_failure(b"", b""), "no error message");
+    }
 }

@@ -270,6 +270,11 @@ fn btf() -> Check {
     }
 }
 
+/// What to do when the probe could not reach the kernel.
+const PROBE_FIX: &str = "bpftool probes by loading tiny programs, which needs CAP_BPF (or \
+                         CAP_SYS_ADMIN) and bpf(2) allowed by any seccomp filter \
+                         (systemd-nspawn: --system-call-filter=bpf); apply may work regardless";
+
 /// What `bpftool feature probe kernel` says of the program types, map
 /// types and helpers the plan needs.
 fn kernel_support(plan: &Plan, have_bpftool: bool) -> Vec<Check> {
@@ -286,16 +291,40 @@ fn kernel_support(plan: &Plan, have_bpftool: bool) -> Vec<Check> {
     let probe: serde_json::Value = match cmd::bpftool_json(&["feature", "probe", "kernel"]) {
         Ok(v) => v,
         Err(e) => {
+            // A probe that cannot run says nothing of the kernel: apply
+            // may still work (with CAP_SYS_ADMIN, or outside a seccomp
+            // filter that blocks the probe's loads).
+            // SAFETY: geteuid cannot fail.
+            let root = unsafe { libc::geteuid() } == 0;
             return vec![with_fix(
                 check(
                     "kernel features",
-                    Verdict::Fail,
-                    format!("probe failed: {e:#}"),
+                    if root { Verdict::Warn } else { Verdict::Fail },
+                    format!("not probed: {e:#}"),
                 ),
-                "run doctor as root; bpftool probes by loading tiny programs",
+                if root {
+                    PROBE_FIX
+                } else {
+                    "run doctor as root; bpftool probes by loading tiny programs"
+                },
             )];
         }
     };
+    // A probe that found no program type at all did not reach the kernel
+    // (bpf(2) refused to it): that says nothing of the kernel either.
+    let none_at_all = probe["program_types"]
+        .as_object()
+        .is_some_and(|m| !m.is_empty() && m.values().all(|v| v != true));
+    if none_at_all {
+        return vec![with_fix(
+            check(
+                "kernel features",
+                Verdict::Warn,
+                "not probed: bpftool found no program type at all, so its probe loads were refused",
+            ),
+            PROBE_FIX,
+        )];
+    }
     let mut needed: Vec<(String, String)> = Vec::new();
     let mut types: Vec<ProgType> = plan.spec.programs.iter().map(|p| p.prog_type).collect();
     types.sort();
