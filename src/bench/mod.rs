@@ -466,16 +466,7 @@ impl ProgramRunsWindow {
             .zip(self.before)
             .map(|(p, b)| {
                 let a = crate::kernel::look::sys::prog_run_stats(p.id).unwrap_or_default();
-                let runs = a.run_cnt.saturating_sub(b.run_cnt);
-                let run_time_ns = a.run_time_ns.saturating_sub(b.run_time_ns);
-                crate::kernel::verbs::status::ProgramRuns {
-                    name: p.name.clone(),
-                    id: p.id,
-                    prog_type: p.prog_type.clone(),
-                    runs,
-                    run_time_ns,
-                    ns_per_run: (runs > 0).then(|| run_time_ns as f64 / runs as f64),
-                }
+                crate::kernel::verbs::status::ProgramRuns::between(p, b, a)
             })
             .collect();
         drop(fd);

@@ -50,6 +50,12 @@ export CONTAINERS_CONF=$work/containers.conf CONTAINERS_STORAGE_CONF=$work/stora
 image=localhost/bpfplan-test:$$
 name=bpfplan-test-$$
 SANDBOX_CGROUP=""
+# podman (cgroupfs) makes libpod_parent in every cgroup hierarchy for its
+# containers and conmon: removed at the end where this test made it.
+podman_cgroups=""
+for h in /sys/fs/cgroup/*/ /sys/fs/cgroup/; do
+    [ -d "${h}libpod_parent" ] || podman_cgroups="$podman_cgroups ${h}libpod_parent"
+done
 
 cleanup() {
     local rc=$?
@@ -59,6 +65,9 @@ cleanup() {
     podman rmi -f "$image" >/dev/null 2>&1
     # Intermediate layers of this build; the base stays cached.
     podman image prune -f >/dev/null 2>&1
+    for d in $podman_cgroups; do
+        [ -d "$d" ] && find "$d" -depth -type d -exec rmdir {} \; 2>/dev/null
+    done
     test_cleanup "$rc"
 }
 trap cleanup EXIT

@@ -101,21 +101,29 @@ pub fn program_runs(programs: &[LiveProgram], window: std::time::Duration) -> Re
         .zip(before)
         .zip(after)
         // A program replaced meanwhile has no figure worth reporting.
-        .filter_map(|((p, b), a)| {
-            let a = a?;
-            let runs = a.run_cnt.saturating_sub(b.run_cnt);
-            let run_time_ns = a.run_time_ns.saturating_sub(b.run_time_ns);
-            Some(ProgramRuns {
-                name: p.name.clone(),
-                id: p.id,
-                prog_type: p.prog_type.clone(),
-                runs,
-                run_time_ns,
-                ns_per_run: (runs > 0).then(|| run_time_ns as f64 / runs as f64),
-            })
-        })
+        .filter_map(|((p, b), a)| Some(ProgramRuns::between(p, b, a?)))
         .collect();
     Ok(ProgramStats { seconds, programs })
+}
+
+impl ProgramRuns {
+    /// What a program ran between two readings of its run statistics.
+    pub(crate) fn between(
+        p: &LiveProgram,
+        before: crate::kernel::look::sys::RunStats,
+        after: crate::kernel::look::sys::RunStats,
+    ) -> ProgramRuns {
+        let runs = after.run_cnt.saturating_sub(before.run_cnt);
+        let run_time_ns = after.run_time_ns.saturating_sub(before.run_time_ns);
+        ProgramRuns {
+            name: p.name.clone(),
+            id: p.id,
+            prog_type: p.prog_type.clone(),
+            runs,
+            run_time_ns,
+            ns_per_run: (runs > 0).then(|| run_time_ns as f64 / runs as f64),
+        }
+    }
 }
 
 /// How the last apply of the deployment ended, from the audit log.
