@@ -571,23 +571,211 @@ pub struct MapDef {
     pub labels: Vec<String>,
 }
 
-/// A map entry, encoded as the map stores it.
-#[derive(Debug, Clone, PartialEq, Eq, PartialOrd, Ord, Serialize, Deserialize)]
+/// A map entry, encoded as the map stores it: the key's bytes then the
+/// value's, in one buffer that holds up to 24 bytes without an allocation
+/// (an address key and a u64 value fit), and how each is shown. A map of a
+/// million entries holds a million of these, so the text a plan shows is
+/// made when it is shown, from the bytes and their types, never stored.
+#[derive(Debug, Clone)]
 pub struct Entry {
+    bytes: smallvec::SmallVec<[u8; 24]>,
+    key_len: u32,
+    /// How the key and value are shown (none: hex), as the manifest typed
+    /// them.
+    shown: (Option<ScalarType>, Option<ScalarType>),
+}
+
+impl Entry {
+    pub fn new(key: &[u8], value: &[u8], shown: (Option<ScalarType>, Option<ScalarType>)) -> Entry {
+        let mut bytes = smallvec::SmallVec::with_capacity(key.len() + value.len());
+        bytes.extend_from_slice(key);
+        bytes.extend_from_slice(value);
+        Entry {
+            bytes,
+            // A key longer than 4 GiB is not a map key.
+            key_len: u32::try_from(key.len()).unwrap_or(u32::MAX),
+            shown,
+        }
+    }
+
     /// The key's bytes.
-    #[serde(with = "hex_bytes")]
-    pub key: Vec<u8>,
+    pub fn key(&self) -> &[u8] {
+        &self.bytes[..self.key_len as usize]
+    }
+
     /// The value's bytes.
-    #[serde(with = "hex_bytes")]
-    pub value: Vec<u8>,
-    /// The key as the manifest wrote it.
-    pub key_text: String,
-    /// The value as the manifest wrote it.
-    pub value_text: String,
+    pub fn value(&self) -> &[u8] {
+        &self.bytes[self.key_len as usize..]
+    }
+
+    /// How the key and value are shown.
+    pub fn shown(&self) -> (Option<ScalarType>, Option<ScalarType>) {
+        self.shown
+    }
+
+    /// The key as the manifest writes it (`198.18.0.1`, `443`), or hex.
+    pub fn key_text(&self) -> String {
+        ScalarType::show(self.shown.0, self.key())
+    }
+
+    /// The value as the manifest writes it, or hex.
+    pub fn value_text(&self) -> String {
+        ScalarType::show(self.shown.1, self.value())
+    }
+}
+
+/// Entries are the same when their bytes are: how they are shown is not
+/// what the map holds.
+impl PartialEq for Entry {
+    fn eq(&self, other: &Self) -> bool {
+        self.key_len == other.key_len && self.bytes == other.bytes
+    }
+}
+
+impl Eq for Entry {}
+
+impl PartialOrd for Entry {
+    fn partial_cmp(&self, other: &Self) -> Option<std::cmp::Ordering> {
+        Some(self.cmp(other))
+    }
+}
+
+impl Ord for Entry {
+    fn cmp(&self, other: &Self) -> std::cmp::Ordering {
+        (self.key(), self.value()).cmp(&(other.key(), other.value()))
+    }
+}
+
+/// One entry in JSON (a plan's step, a record's op): its bytes in hex, its
+/// text, and the types the text came from.
+#[derive(Serialize, Deserialize)]
+struct EntryJson {
+    key: String,
+    value: String,
+    #[serde(default)]
+    key_text: String,
+    #[serde(default)]
+    value_text: String,
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    key_type: Option<ScalarType>,
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    value_type: Option<ScalarType>,
+}
+
+impl Serialize for Entry {
+    fn serialize<S: serde::Serializer>(&self, s: S) -> Result<S::Ok, S::Error> {
+        EntryJson {
+            key: crate::util::hex(self.key()),
+            value: crate::util::hex(self.value()),
+            key_text: self.key_text(),
+            value_text: self.value_text(),
+            key_type: self.shown.0,
+            value_type: self.shown.1,
+        }
+        .serialize(s)
+    }
+}
+
+impl<'de> Deserialize<'de> for Entry {
+    fn deserialize<D: serde::Deserializer<'de>>(d: D) -> Result<Self, D::Error> {
+        let j = EntryJson::deserialize(d)?;
+        let bytes = |s: &str| {
+            crate::util::unhex(s)
+                .ok_or_else(|| serde::de::Error::custom(format!("`{s}` is not hex")))
+        };
+        Ok(Entry::new(
+            &bytes(&j.key)?,
+            &bytes(&j.value)?,
+            (j.key_type, j.value_type),
+        ))
+    }
+}
+
+/// A map's entries as records and saved plans keep them: the types once,
+/// then one `KEY:VALUE` hex string per entry (a million entries are a
+/// million short strings, not a million objects). The object form of
+/// earlier records is read too.
+pub mod entry_list {
+    use super::{Entry, ScalarType};
+    use serde::{Deserialize, Deserializer, Serialize, Serializer};
+
+    #[derive(Deserialize)]
+    struct Packed {
+        #[serde(default)]
+        key_type: Option<ScalarType>,
+        #[serde(default)]
+        value_type: Option<ScalarType>,
+        hex: Vec<PackedEntry>,
+    }
+
+    /// `KEY:VALUE` in hex.
+    struct PackedEntry(Vec<u8>, Vec<u8>);
+
+    impl<'de> Deserialize<'de> for PackedEntry {
+        fn deserialize<D: Deserializer<'de>>(d: D) -> Result<Self, D::Error> {
+            let s = <std::borrow::Cow<'de, str>>::deserialize(d)?;
+            let bad = || serde::de::Error::custom(format!("`{s}` is not KEY:VALUE in hex"));
+            let (k, v) = s.split_once(':').ok_or_else(bad)?;
+            match (crate::util::unhex(k), crate::util::unhex(v)) {
+                (Some(k), Some(v)) => Ok(PackedEntry(k, v)),
+                _ => Err(bad()),
+            }
+        }
+    }
+
+    #[derive(Deserialize)]
+    #[serde(untagged)]
+    enum Stored {
+        Packed(Packed),
+        Objects(Vec<Entry>),
+    }
+
+    pub fn serialize<S: Serializer>(entries: &Option<Vec<Entry>>, s: S) -> Result<S::Ok, S::Error> {
+        let Some(entries) = entries else {
+            return s.serialize_none();
+        };
+        let shown = entries.first().map(Entry::shown).unwrap_or_default();
+        struct Seq<'a>(&'a [Entry]);
+        impl Serialize for Seq<'_> {
+            fn serialize<S: Serializer>(&self, s: S) -> Result<S::Ok, S::Error> {
+                s.collect_seq(self.0.iter().map(|e| {
+                    let mut text = crate::util::hex(e.key());
+                    text.push(':');
+                    text.push_str(&crate::util::hex(e.value()));
+                    text
+                }))
+            }
+        }
+        #[derive(Serialize)]
+        struct Out<'a> {
+            key_type: Option<ScalarType>,
+            value_type: Option<ScalarType>,
+            hex: Seq<'a>,
+        }
+        s.serialize_some(&Out {
+            key_type: shown.0,
+            value_type: shown.1,
+            hex: Seq(entries),
+        })
+    }
+
+    pub fn deserialize<'de, D: Deserializer<'de>>(d: D) -> Result<Option<Vec<Entry>>, D::Error> {
+        Ok(match Option::<Stored>::deserialize(d)? {
+            None => None,
+            Some(Stored::Objects(v)) => Some(v),
+            Some(Stored::Packed(p)) => Some(
+                p.hex
+                    .into_iter()
+                    .map(|PackedEntry(k, v)| Entry::new(&k, &v, (p.key_type, p.value_type)))
+                    .collect(),
+            ),
+        })
+    }
 }
 
 /// How an entry's key or value is encoded.
-#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(rename_all = "lowercase")]
 pub enum ScalarType {
     U8,
     U16,
@@ -608,19 +796,44 @@ impl ScalarType {
             _ => return None,
         })
     }
-}
 
-/// Bytes as a lower-case hex string in JSON.
-mod hex_bytes {
-    use serde::{Deserialize, Deserializer, Serializer};
-
-    pub fn serialize<S: Serializer>(b: &[u8], s: S) -> Result<S::Ok, S::Error> {
-        s.serialize_str(&crate::util::hex(b))
+    /// How many bytes a value of this type takes.
+    pub fn size(self) -> usize {
+        match self {
+            ScalarType::U8 => 1,
+            ScalarType::U16 => 2,
+            ScalarType::U32 => 4,
+            ScalarType::U64 => 8,
+            ScalarType::Ip => 16,
+        }
     }
 
-    pub fn deserialize<'de, D: Deserializer<'de>>(d: D) -> Result<Vec<u8>, D::Error> {
-        let s = String::deserialize(d)?;
-        crate::util::unhex(&s).ok_or_else(|| serde::de::Error::custom("not hex"))
+    /// Bytes as the manifest writes a value of this type: a number, an
+    /// address (an IPv4-mapped one as IPv4), or `0x` hex when the type is
+    /// unknown or the bytes are not of its size.
+    pub fn show(ty: Option<ScalarType>, b: &[u8]) -> String {
+        let number = |b: &[u8]| {
+            let mut n = [0u8; 8];
+            if cfg!(target_endian = "big") {
+                n[8 - b.len()..].copy_from_slice(b);
+            } else {
+                n[..b.len()].copy_from_slice(b);
+            }
+            u64::from_ne_bytes(n).to_string()
+        };
+        match ty {
+            Some(t) if t.size() == b.len() && t != ScalarType::Ip => number(b),
+            Some(ScalarType::Ip) if b.len() == 16 => {
+                let mut o = [0u8; 16];
+                o.copy_from_slice(b);
+                let a = std::net::Ipv6Addr::from(o);
+                match a.to_ipv4_mapped() {
+                    Some(v4) => v4.to_string(),
+                    None => a.to_string(),
+                }
+            }
+            _ => format!("0x{}", crate::util::hex(b)),
+        }
     }
 }
 

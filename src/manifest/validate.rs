@@ -310,36 +310,31 @@ impl Validator<'_> {
             self.error(K::EntriesWithoutTypes, Some(raw.span()));
             return None;
         };
-        let mut out = Vec::new();
-        let mut seen = BTreeSet::new();
+        let mut out = Vec::with_capacity(raw.get_ref().len());
+        // Keys are at most 16 bytes: hashed inline, without an allocation each.
+        let mut seen = std::collections::HashSet::with_capacity(raw.get_ref().len());
+        let shown = (Some(key_ty), Some(value_ty));
         let mut ok = true;
         for e in raw.get_ref() {
             let e = e.get_ref();
-            let text = |v: &raw::Scalar| match v {
-                raw::Scalar::Int(n) => n.to_string(),
-                raw::Scalar::Str(s) => s.clone(),
-            };
             // Strings may use variables, like every other string value.
             let (Some(k), Some(v)) = (self.scalar(&e.key), self.scalar(&e.value)) else {
                 ok = false;
                 continue;
             };
-            let key = encode(key_ty, &k);
-            let value = encode(value_ty, &v);
-            match (key, value) {
+            match (encode(key_ty, &k), encode(value_ty, &v)) {
                 (Ok(key), Ok(value)) => {
-                    let key_text = text(&k);
-                    if !seen.insert(key.clone()) {
-                        self.error(K::DuplicateEntry(key_text), Some(e.key.span()));
+                    if !seen.insert(key) {
+                        // Named as written: `::ffff:198.18.0.1` repeats `198.18.0.1`.
+                        let written = match &k {
+                            raw::Scalar::Int(n) => n.to_string(),
+                            raw::Scalar::Str(s) => s.clone(),
+                        };
+                        self.error(K::DuplicateEntry(written), Some(e.key.span()));
                         ok = false;
                         continue;
                     }
-                    out.push(Entry {
-                        key,
-                        value,
-                        key_text,
-                        value_text: text(&v),
-                    });
+                    out.push(Entry::new(key.as_slice(), value.as_slice(), shown));
                 }
                 (k, v) => {
                     for (what, r, span) in [("key", k, e.key.span()), ("value", v, e.value.span())]
@@ -881,7 +876,29 @@ fn find_cycle(raw: &RawManifest, owners: &BTreeMap<&str, &str>) -> Option<(Strin
 
 /// Encode an entry's key or value: a number (native byte order, as the BPF
 /// program reads it) or an address; the error says what was expected.
-fn encode(ty: ScalarType, v: &raw::Scalar) -> Result<Vec<u8>, String> {
+/// An entry's key or value, encoded as the map stores it (at most 16 bytes).
+#[derive(Clone, Copy, PartialEq, Eq, Hash)]
+struct Encoded {
+    bytes: [u8; 16],
+    len: u8,
+}
+
+impl Encoded {
+    fn of(b: &[u8]) -> Encoded {
+        let mut bytes = [0u8; 16];
+        bytes[..b.len()].copy_from_slice(b);
+        Encoded {
+            bytes,
+            len: b.len() as u8,
+        }
+    }
+
+    fn as_slice(&self) -> &[u8] {
+        &self.bytes[..self.len as usize]
+    }
+}
+
+fn encode(ty: ScalarType, v: &raw::Scalar) -> Result<Encoded, String> {
     use raw::Scalar;
     let int = |max: u64| -> Result<u64, String> {
         let n = match v {
@@ -896,17 +913,17 @@ fn encode(ty: ScalarType, v: &raw::Scalar) -> Result<Vec<u8>, String> {
         Ok(n)
     };
     Ok(match ty {
-        ScalarType::U8 => vec![int(u8::MAX.into())? as u8],
-        ScalarType::U16 => (int(u16::MAX.into())? as u16).to_ne_bytes().to_vec(),
-        ScalarType::U32 => (int(u32::MAX.into())? as u32).to_ne_bytes().to_vec(),
-        ScalarType::U64 => int(u64::MAX)?.to_ne_bytes().to_vec(),
+        ScalarType::U8 => Encoded::of(&[int(u8::MAX.into())? as u8]),
+        ScalarType::U16 => Encoded::of(&(int(u16::MAX.into())? as u16).to_ne_bytes()),
+        ScalarType::U32 => Encoded::of(&(int(u32::MAX.into())? as u32).to_ne_bytes()),
+        ScalarType::U64 => Encoded::of(&int(u64::MAX)?.to_ne_bytes()),
         ScalarType::Ip => {
             let Scalar::Str(s) = v else {
                 return Err("an address is a string, like \"198.18.0.1\" or \"::1\"".into());
             };
             match s.parse::<std::net::IpAddr>() {
-                Ok(std::net::IpAddr::V4(a)) => a.to_ipv6_mapped().octets().to_vec(),
-                Ok(std::net::IpAddr::V6(a)) => a.octets().to_vec(),
+                Ok(std::net::IpAddr::V4(a)) => Encoded::of(&a.to_ipv6_mapped().octets()),
+                Ok(std::net::IpAddr::V6(a)) => Encoded::of(&a.octets()),
                 Err(_) => return Err(format!("`{s}` is not an IP address")),
             }
         }

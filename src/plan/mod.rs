@@ -58,10 +58,15 @@ pub struct MapSpec {
     pub owner: ProgName,
     pub pin: MapPin,
     /// The exact contents apply keeps (absent: not managed).
+    #[serde(with = "model::entry_list")]
     pub entries: Option<Vec<Entry>>,
     /// Entries destroy writes first, before it detaches anything (a switch
     /// the programs read).
-    #[serde(default, skip_serializing_if = "Option::is_none")]
+    #[serde(
+        default,
+        skip_serializing_if = "Option::is_none",
+        with = "model::entry_list"
+    )]
     pub on_destroy: Option<Vec<Entry>>,
     /// Names of a counter array's slots, for `bpfplan status`.
     #[serde(default, skip_serializing_if = "Vec::is_empty")]

@@ -383,10 +383,10 @@ impl Step {
                 let verb = if update { "update" } else { "delete" };
                 let mut argv = words(&["bpftool", "map", verb, "pinned"]);
                 argv.extend([Arg::lit(pin.as_str()), Arg::lit("key"), Arg::lit("hex")]);
-                argv.extend(entry.key.iter().map(|b| Arg::lit(format!("{b:02x}"))));
+                argv.extend(entry.key().iter().map(|b| Arg::lit(format!("{b:02x}"))));
                 if update {
                     argv.extend([Arg::lit("value"), Arg::lit("hex")]);
-                    argv.extend(entry.value.iter().map(|b| Arg::lit(format!("{b:02x}"))));
+                    argv.extend(entry.value().iter().map(|b| Arg::lit(format!("{b:02x}"))));
                 }
                 argv
             }
@@ -485,10 +485,10 @@ impl Step {
                 pin,
             } => format!("pin map `{map}`, created by the program at {program_pin}, at {pin}"),
             UpdateMapEntry { map, entry, .. } => {
-                format!("set `{map}`[{}] = {}", entry.key_text, entry.value_text)
+                format!("set `{map}`[{}] = {}", entry.key_text(), entry.value_text())
             }
             DeleteMapEntry { map, entry, .. } => {
-                format!("remove `{map}`[{}]", entry.key_text)
+                format!("remove `{map}`[{}]", entry.key_text())
             }
             Attach(a) => match &a.point {
                 AttachPoint::Xdp { .. } => {
@@ -598,9 +598,11 @@ impl Step {
             PinMap { map, pin, .. } | UnpinMap { map, pin } => {
                 ("map", map.0.clone(), pin.0.clone())
             }
-            UpdateMapEntry { map, pin, entry } | DeleteMapEntry { map, pin, entry } => {
-                ("entry", format!("{map}[{}]", entry.key_text), pin.0.clone())
-            }
+            UpdateMapEntry { map, pin, entry } | DeleteMapEntry { map, pin, entry } => (
+                "entry",
+                format!("{map}[{}]", entry.key_text()),
+                pin.0.clone(),
+            ),
             Attach(a) | Detach(a) => ("attachment", a.program.0.clone(), a.place()),
             RenamePin { kind, name, to, .. } => (kind.word(), name.clone(), to.clone()),
             PinById {

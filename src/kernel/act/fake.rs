@@ -290,8 +290,8 @@ impl Fake {
 
     fn entry(&mut self, step: &Step) -> Result<(), StepError> {
         let (pin, key, value) = match step {
-            Step::UpdateMapEntry { pin, entry, .. } => (pin, &entry.key, Some(&entry.value)),
-            Step::DeleteMapEntry { pin, entry, .. } => (pin, &entry.key, None),
+            Step::UpdateMapEntry { pin, entry, .. } => (pin, entry.key(), Some(entry.value())),
+            Step::DeleteMapEntry { pin, entry, .. } => (pin, entry.key(), None),
             _ => return Ok(()),
         };
         let Some(id) = self.map_at(pin.as_str()) else {
@@ -305,7 +305,7 @@ impl Fake {
                 if !map.entries.contains_key(key) && map.entries.len() >= map.max_entries {
                     return Err(err("update failed", "Argument list too long"));
                 }
-                map.entries.insert(key.clone(), v.clone());
+                map.entries.insert(key.to_vec(), v.to_vec());
             }
             None => {
                 if map.entries.remove(key).is_none() {

@@ -15,7 +15,7 @@ use crate::kernel::look::inspect::{MapInfo, PinState, ProgInfo};
 use crate::kernel::look::observe::Observed;
 use crate::kernel::remember::build::Built;
 use crate::kernel::remember::record::{Deployed, Loaded, MapFact, ProgramFact};
-use crate::manifest::model::{MapPin, ProgPin, ProgType, Staging, kernel_name};
+use crate::manifest::model::{Entry, MapPin, ProgPin, ProgType, Staging, kernel_name};
 use crate::plan::step::{AttachPoint, Attachment, PinKind, ProgRef, Step};
 use crate::plan::{Drift, Op, Plan, Spec};
 
@@ -507,30 +507,19 @@ pub(crate) fn entry_ops(spec: &Spec, obs: &Observed, deployed: Option<&Deployed>
                 (e.key.as_slice(), first)
             })
             .collect();
-        // Name a deleted key as the manifest did when it was declared (built
-        // only when something is deleted).
-        let known = std::cell::OnceCell::<BTreeMap<&[u8], &str>>::new();
-        let known = || {
-            known.get_or_init(|| {
+        // A key the kernel holds is shown as the manifest types the map's
+        // keys (now, or when it was deployed).
+        let shown = declared
+            .first()
+            .or_else(|| {
                 deployed
                     .and_then(|d| d.plan.spec.maps.iter().find(|o| o.pin == m.pin))
-                    .and_then(|o| o.entries.as_ref())
-                    .into_iter()
-                    .flatten()
-                    .chain(declared)
-                    .map(|e| (e.key.as_slice(), e.key_text.as_str()))
-                    .collect()
+                    .and_then(|o| o.entries.as_ref()?.first())
             })
-        };
-        let as_entry = |key: &[u8], value: &[u8]| crate::manifest::model::Entry {
-            key: key.to_vec(),
-            value: value.to_vec(),
-            key_text: known()
-                .get(key)
-                .map_or_else(|| format!("0x{}", crate::util::hex(key)), |t| t.to_string()),
-            value_text: format!("0x{}", crate::util::hex(value)),
-        };
-        let declared_keys: BTreeSet<&[u8]> = declared.iter().map(|e| e.key.as_slice()).collect();
+            .map(Entry::shown)
+            .unwrap_or_default();
+        let as_entry = |key: &[u8], value: &[u8]| Entry::new(key, value, shown);
+        let declared_keys: BTreeSet<&[u8]> = declared.iter().map(Entry::key).collect();
         let update = |entry| Step::UpdateMapEntry {
             map: m.name.clone(),
             pin: m.pin.clone(),
@@ -542,14 +531,14 @@ pub(crate) fn entry_ops(spec: &Spec, obs: &Observed, deployed: Option<&Deployed>
             entry,
         };
         for e in declared {
-            let before = live.get(e.key.as_slice()).copied();
-            if before == Some(e.value.as_slice()) {
+            let before = live.get(e.key()).copied();
+            if before == Some(e.value()) {
                 continue;
             }
             ops.push(Op {
                 step: update(e.clone()),
                 undo: Some(match before {
-                    Some(v) => update(as_entry(&e.key, v)),
+                    Some(v) => update(as_entry(e.key(), v)),
                     None => delete(e.clone()),
                 }),
             });
@@ -1625,7 +1614,7 @@ cgroup = "/sys/fs/cgroup/web"
             .iter()
             .map(|o| o.undo.as_ref().map(Step::summary).unwrap_or_default())
             .collect();
-        assert_eq!(undos, ["remove `deny`[2000]", "set `deny`[1000] = 0x01"]);
+        assert_eq!(undos, ["remove `deny`[2000]", "set `deny`[1000] = 1"]);
     }
 
     #[test]

@@ -125,11 +125,11 @@ impl Simulated {
             Step::UpdateMapEntry { pin, entry, .. } => self
                 .entries
                 .get(pin.as_str())
-                .is_none_or(|kv| kv.get(&entry.key) != Some(&entry.value)),
+                .is_none_or(|kv| kv.get(entry.key()).map(Vec::as_slice) != Some(entry.value())),
             Step::DeleteMapEntry { pin, entry, .. } => self
                 .entries
                 .get(pin.as_str())
-                .is_none_or(|kv| kv.contains_key(&entry.key)),
+                .is_none_or(|kv| kv.contains_key(entry.key())),
             _ => true,
         }
     }
@@ -200,12 +200,12 @@ impl Simulated {
             }
             Step::UpdateMapEntry { pin, entry, .. } => {
                 if let Some(kv) = self.entries.get_mut(pin.as_str()) {
-                    kv.insert(entry.key.clone(), entry.value.clone());
+                    kv.insert(entry.key().to_vec(), entry.value().to_vec());
                 }
             }
             Step::DeleteMapEntry { pin, entry, .. } => {
                 if let Some(kv) = self.entries.get_mut(pin.as_str()) {
-                    kv.remove(&entry.key);
+                    kv.remove(entry.key());
                 }
             }
             _ => {}

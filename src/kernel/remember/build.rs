@@ -163,8 +163,8 @@ pub(crate) fn check_capacity(plan: &Plan, built: &Built) -> Result<()> {
         let past = if array {
             entries.iter().position(|e| {
                 let mut k = [0u8; 8];
-                let n = e.key.len().min(8);
-                k[..n].copy_from_slice(&e.key[..n]);
+                let n = e.key().len().min(8);
+                k[..n].copy_from_slice(&e.key()[..n]);
                 u64::from_ne_bytes(k) >= u64::from(max)
             })
         } else {
