@@ -775,7 +775,12 @@ fn what_bpfplan_reads_is_what_bpftool_shows() {
                 let mut ours: Vec<(Vec<u8>, Vec<Vec<u8>>)> = inspect::map_dump(&path)
                     .unwrap()
                     .into_iter()
-                    .map(|e| (e.key, e.values))
+                    .map(|e| {
+                        (
+                            e.key.to_vec(),
+                            e.values.iter().map(|v| v.to_vec()).collect(),
+                        )
+                    })
                     .collect();
                 theirs.sort();
                 ours.sort();

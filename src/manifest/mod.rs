@@ -2,6 +2,7 @@
 //! typed model, with every problem located in the file.
 
 pub mod diag;
+mod lift;
 pub mod model;
 pub(crate) mod raw;
 pub mod validate;

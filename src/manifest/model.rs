@@ -28,11 +28,38 @@ macro_rules! newtype {
     };
 }
 
+/// A name or pin that every entry step of its map repeats: shared, so a
+/// million steps hold one copy.
+macro_rules! shared_newtype {
+    ($(#[$doc:meta])* $name:ident) => {
+        $(#[$doc])*
+        #[derive(Debug, Clone, PartialEq, Eq, PartialOrd, Ord, Hash, Serialize, Deserialize)]
+        #[serde(transparent)]
+        pub struct $name(pub std::sync::Arc<str>);
+
+        impl fmt::Display for $name {
+            fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+                f.write_str(&self.0)
+            }
+        }
+
+        impl $name {
+            pub fn new(s: impl Into<std::sync::Arc<str>>) -> $name {
+                $name(s.into())
+            }
+
+            pub fn as_str(&self) -> &str {
+                &self.0
+            }
+        }
+    };
+}
+
 newtype!(
     /// A path in bpffs where a program is pinned.
     ProgPin
 );
-newtype!(
+shared_newtype!(
     /// A path in bpffs where a map is pinned.
     MapPin
 );
@@ -89,14 +116,14 @@ impl ProgPin {
 impl MapPin {
     /// This pin under a staging name.
     pub fn staged(&self, s: Staging) -> MapPin {
-        MapPin(s.of(&self.0))
+        MapPin::new(s.of(&self.0))
     }
 }
 newtype!(
     /// A program's name in the manifest.
     ProgName
 );
-newtype!(
+shared_newtype!(
     /// A map's name, as in the BPF object.
     MapName
 );

@@ -100,7 +100,21 @@ pub struct RawAttach {
 }
 
 /// Parse the manifest text; a TOML or schema error becomes one diagnostic.
+/// Big `entries` arrays are read from the tokens (`lift`), the rest by
+/// serde; when the two do not agree on where an array is, the whole text
+/// is read by serde alone.
 pub fn parse(text: &str) -> Result<RawManifest, Box<Diagnostic>> {
+    let (rest, lifted) = super::lift::lift(text);
+    if !lifted.is_empty() {
+        let mut raw = from_str(&rest)?;
+        if super::lift::restore(&mut raw, lifted).is_some() {
+            return Ok(raw);
+        }
+    }
+    from_str(text)
+}
+
+fn from_str(text: &str) -> Result<RawManifest, Box<Diagnostic>> {
     toml::from_str(text).map_err(|e| {
         let msg = e.message().trim_end().to_string();
         Box::new(Diagnostic::error(

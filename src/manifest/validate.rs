@@ -114,7 +114,7 @@ impl Validator<'_> {
             let reuse: Vec<MapName> = p
                 .maps
                 .iter()
-                .map(|m| MapName(m.get_ref().clone()))
+                .map(|m| MapName(m.get_ref().clone().into()))
                 .collect();
             if let (Some(name), Some(code), Some(prog_type), Some(pin)) =
                 (name, code, prog_type, pin)
@@ -182,9 +182,9 @@ impl Validator<'_> {
                 (name, pin, entries, on_destroy)
             {
                 maps.push(MapDef {
-                    name: MapName(name),
+                    name: MapName(name.into()),
                     owner: ProgName(m.program.get_ref().clone()),
-                    pin: MapPin(pin),
+                    pin: MapPin(pin.into()),
                     entries,
                     on_destroy,
                     labels: m.labels.clone(),
@@ -674,7 +674,7 @@ impl Validator<'_> {
             }
         }
         Some(AttachPoint::Map {
-            map: MapName(map.clone()),
+            map: MapName(map.clone().into()),
             kind,
         })
     }

@@ -436,8 +436,8 @@ impl Step {
                 pin,
                 ..
             } => UnpinMap {
-                map: MapName(name),
-                pin: MapPin(pin),
+                map: MapName(name.into()),
+                pin: MapPin(pin.into()),
             },
             RenamePin {
                 kind,
@@ -596,12 +596,12 @@ impl Step {
                 ("program", program.0.clone(), pin.0.clone())
             }
             PinMap { map, pin, .. } | UnpinMap { map, pin } => {
-                ("map", map.0.clone(), pin.0.clone())
+                ("map", map.to_string(), pin.to_string())
             }
             UpdateMapEntry { map, pin, entry } | DeleteMapEntry { map, pin, entry } => (
                 "entry",
                 format!("{map}[{}]", entry.key_text()),
-                pin.0.clone(),
+                pin.to_string(),
             ),
             Attach(a) | Detach(a) => ("attachment", a.program.0.clone(), a.place()),
             RenamePin { kind, name, to, .. } => (kind.word(), name.clone(), to.clone()),

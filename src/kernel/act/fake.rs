@@ -389,7 +389,7 @@ impl Fake {
                 pin,
                 reuse,
             } => {
-                let reuse: Vec<String> = reuse.iter().map(|r| r.pin.0.clone()).collect();
+                let reuse: Vec<String> = reuse.iter().map(|r| r.pin.to_string()).collect();
                 self.load(
                     program.as_str(),
                     object,
@@ -492,13 +492,7 @@ impl Kernel for Fake {
         }
         for pin in &q.dumps {
             if let Some(entries) = self.entries(pin) {
-                let dump = entries
-                    .iter()
-                    .map(|(k, v)| DumpEntry {
-                        key: k.clone(),
-                        values: vec![v.clone()],
-                    })
-                    .collect();
+                let dump = entries.iter().map(|(k, v)| DumpEntry::one(k, v)).collect();
                 o.contents.insert(pin.clone(), dump);
             }
         }
@@ -514,10 +508,7 @@ impl Kernel for Fake {
                 let dump = m
                     .entries
                     .iter()
-                    .map(|(k, v)| DumpEntry {
-                        key: k.clone(),
-                        values: vec![v.clone()],
-                    })
+                    .map(|(k, v)| DumpEntry::one(k, v))
                     .collect();
                 o.contents_by_id.insert(*id, dump);
             }

@@ -359,9 +359,9 @@ fn repair(plan: &Plan, d: &Deployed, obs: &Observed) -> Option<Vec<Op>> {
                 obs.maps.get(&f.id)?;
                 ops.push(Op::of(Step::PinById {
                     kind: PinKind::Map,
-                    name: m.name.0.clone(),
+                    name: m.name.to_string(),
                     id: f.id,
-                    pin: m.pin.0.clone(),
+                    pin: m.pin.to_string(),
                 }));
             }
             _ => return None,
@@ -500,13 +500,10 @@ pub(crate) fn entry_ops(spec: &Spec, obs: &Observed, deployed: Option<&Deployed>
         // compared on the first CPU, the one `bpftool map update` writes a
         // single value for.
         let is_array = info.map_type.is_array();
-        let live: BTreeMap<&[u8], &[u8]> = dump
-            .iter()
-            .map(|e| {
-                let first = e.values.first().map_or(&[][..], Vec::as_slice);
-                (e.key.as_slice(), first)
-            })
-            .collect();
+        // Hashed (FxHash: keys are the manifest's and the kernel's, not an
+        // attacker's), so a million keys are each looked up once.
+        let live: rustc_hash::FxHashMap<&[u8], &[u8]> =
+            dump.iter().map(|e| (e.key.as_slice(), e.first())).collect();
         // A key the kernel holds is shown as the manifest types the map's
         // keys (now, or when it was deployed).
         let shown = declared
@@ -519,7 +516,6 @@ pub(crate) fn entry_ops(spec: &Spec, obs: &Observed, deployed: Option<&Deployed>
             .map(Entry::shown)
             .unwrap_or_default();
         let as_entry = |key: &[u8], value: &[u8]| Entry::new(key, value, shown);
-        let declared_keys: BTreeSet<&[u8]> = declared.iter().map(Entry::key).collect();
         let update = |entry| Step::UpdateMapEntry {
             map: m.name.clone(),
             pin: m.pin.clone(),
@@ -530,8 +526,10 @@ pub(crate) fn entry_ops(spec: &Spec, obs: &Observed, deployed: Option<&Deployed>
             pin: m.pin.clone(),
             entry,
         };
+        let mut found = 0usize;
         for e in declared {
             let before = live.get(e.key()).copied();
+            found += usize::from(before.is_some());
             if before == Some(e.value()) {
                 continue;
             }
@@ -543,15 +541,24 @@ pub(crate) fn entry_ops(spec: &Spec, obs: &Observed, deployed: Option<&Deployed>
                 }),
             });
         }
-        if !is_array {
-            for (key, value) in &live {
-                if !declared_keys.contains(key) {
-                    let old = as_entry(key, value);
-                    ops.push(Op {
-                        step: delete(old.clone()),
-                        undo: Some(update(old)),
-                    });
-                }
+        // Keys are unique on both sides: when every live key was declared,
+        // nothing is to be deleted.
+        if !is_array && found < live.len() {
+            let declared_keys: rustc_hash::FxHashSet<&[u8]> =
+                declared.iter().map(Entry::key).collect();
+            // In key order, whatever order the kernel dumped them in.
+            let mut gone: Vec<(&[u8], &[u8])> = live
+                .iter()
+                .filter(|(key, _)| !declared_keys.contains(*key))
+                .map(|(k, v)| (*k, *v))
+                .collect();
+            gone.sort_unstable();
+            for (key, value) in gone {
+                let old = as_entry(key, value);
+                ops.push(Op {
+                    step: delete(old.clone()),
+                    undo: Some(update(old)),
+                });
             }
         }
     }
@@ -647,8 +654,8 @@ pub(crate) fn findings(spec: &Spec, deployed: Option<&Deployed>, obs: &Observed)
         };
         out.push(Finding {
             kind: ObjectKind::Map,
-            name: m.name.0.clone(),
-            place: m.pin.0.clone(),
+            name: m.name.to_string(),
+            place: m.pin.to_string(),
             health,
         });
     }
@@ -907,7 +914,7 @@ fn replace(
                 Some((PinKind::Program, program.0.clone(), pin.0.clone()))
             }
             Step::UnpinMap { map, pin } if !keep.contains(pin) => {
-                Some((PinKind::Map, map.0.clone(), pin.0.clone()))
+                Some((PinKind::Map, map.to_string(), pin.to_string()))
             }
             _ => None,
         })
@@ -986,7 +993,7 @@ fn retire(
             ops.push(Op {
                 step: Step::UpdateMapEntry {
                     map: m.name.clone(),
-                    pin: MapPin(aside(m.pin.as_str())),
+                    pin: MapPin::new(aside(m.pin.as_str())),
                     entry: e.clone(),
                 },
                 undo: None,
@@ -1002,8 +1009,8 @@ fn retire(
                     pin: ProgPin(pin),
                 },
                 PinKind::Map => Step::UnpinMap {
-                    map: crate::manifest::model::MapName(name.clone()),
-                    pin: MapPin(pin),
+                    map: crate::manifest::model::MapName::new(name.as_str()),
+                    pin: MapPin::new(pin),
                 },
             },
             undo: None,
@@ -1032,7 +1039,7 @@ impl Stager<'_> {
         if self.keep.contains(pin) {
             pin.clone()
         } else {
-            MapPin(staged(pin.as_str()))
+            MapPin::new(staged(pin.as_str()))
         }
     }
 
@@ -1186,11 +1193,11 @@ impl Stager<'_> {
             } => Step::PinMap {
                 map,
                 program_pin: ProgPin(staged(program_pin.as_str())),
-                pin: MapPin(staged(pin.as_str())),
+                pin: MapPin::new(staged(pin.as_str())),
             },
             Step::UpdateMapEntry { map, pin, entry } => Step::UpdateMapEntry {
                 map,
-                pin: MapPin(staged(pin.as_str())),
+                pin: MapPin::new(staged(pin.as_str())),
                 entry,
             },
             Step::Attach(a) => Step::Attach(self.stage_attachment(&a)),
@@ -1229,7 +1236,7 @@ fn new_objects(spec: &Spec, keep: &BTreeSet<MapPin>) -> Vec<(PinKind, String, St
         .maps
         .iter()
         .filter(|m| !keep.contains(&m.pin))
-        .map(|m| (PinKind::Map, m.name.0.clone(), m.pin.0.clone()));
+        .map(|m| (PinKind::Map, m.name.to_string(), m.pin.to_string()));
     programs.chain(maps).collect()
 }
 
@@ -1351,10 +1358,7 @@ cgroup = "/sys/fs/cgroup/web"
         );
         o.contents.insert(
             "/sys/fs/bpf/t/deny".into(),
-            vec![DumpEntry {
-                key: port.to_ne_bytes().to_vec(),
-                values: vec![vec![1]],
-            }],
+            vec![DumpEntry::one(&port.to_ne_bytes(), &[1])],
         );
         o.dirs.insert("/sys/fs/bpf/t".into());
         o
@@ -1749,10 +1753,7 @@ cgroup = "/sys/fs/cgroup/web"
             "/sys/fs/bpf/t/deny".into(),
             [1000u32, 2000]
                 .iter()
-                .map(|k| DumpEntry {
-                    key: k.to_ne_bytes().to_vec(),
-                    values: vec![vec![1]],
-                })
+                .map(|k| DumpEntry::one(&k.to_ne_bytes(), &[1]))
                 .collect(),
         );
         let (undo, _) = crate::kernel::decide::recovery::recovery(&run, 2, &o);

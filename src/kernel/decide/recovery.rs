@@ -70,7 +70,7 @@ impl Simulated {
             .map(|(pin, dump)| {
                 let kv = dump
                     .iter()
-                    .map(|e| (e.key.clone(), e.values.first().cloned().unwrap_or_default()))
+                    .map(|e| (e.key.to_vec(), e.first().to_vec()))
                     .collect();
                 (pin.clone(), kv)
             })
@@ -90,10 +90,7 @@ impl Simulated {
             .map(|(pin, kv)| {
                 let dump = kv
                     .into_iter()
-                    .map(|(key, value)| crate::kernel::look::inspect::DumpEntry {
-                        key,
-                        values: vec![value],
-                    })
+                    .map(|(key, value)| crate::kernel::look::inspect::DumpEntry::one(&key, &value))
                     .collect();
                 (pin, dump)
             })
@@ -190,13 +187,13 @@ impl Simulated {
                 let info = MapInfo {
                     id: 0,
                     map_type: KernelMapType::Unspec,
-                    name: map.0.clone(),
+                    name: map.to_string(),
                     key_size: 0,
                     value_size: 0,
                     max_entries: 0,
                     flags: 0,
                 };
-                self.obs.pins.insert(pin.0.clone(), PinState::Map(info));
+                self.obs.pins.insert(pin.to_string(), PinState::Map(info));
             }
             Step::UpdateMapEntry { pin, entry, .. } => {
                 if let Some(kv) = self.entries.get_mut(pin.as_str()) {
@@ -248,9 +245,10 @@ impl Simulated {
             AttachPoint::Cgroup { cgroup, .. } => {
                 obs.cgroups.entry(cgroup.as_str().to_string()).or_default()
             }
-            AttachPoint::Map { map_pin, kind, .. } => {
-                obs.map_links.entry((map_pin.0.clone(), *kind)).or_default()
-            }
+            AttachPoint::Map { map_pin, kind, .. } => obs
+                .map_links
+                .entry((map_pin.to_string(), *kind))
+                .or_default(),
             AttachPoint::Xdp { iface, .. } => {
                 obs.xdp.entry(iface.as_str().to_string()).or_default()
             }

@@ -177,11 +177,31 @@ pub fn map_attached_prog_ids(map_pin: &str, kind: AttachKind) -> Result<Vec<u32>
 
 /// One entry of `bpftool -j map dump`: raw key, and the value (one per CPU
 /// for per-CPU maps).
+/// Held inline up to 16 bytes each (no allocation for the keys and values
+/// of a blocklist of a million entries).
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub struct DumpEntry {
-    pub key: Vec<u8>,
-    pub values: Vec<Vec<u8>>,
+    pub key: Bytes,
+    pub values: smallvec::SmallVec<[Bytes; 1]>,
 }
+
+impl DumpEntry {
+    /// An entry with one value (a map that is not per-CPU).
+    pub fn one(key: &[u8], value: &[u8]) -> DumpEntry {
+        DumpEntry {
+            key: Bytes::from_slice(key),
+            values: smallvec::smallvec![Bytes::from_slice(value)],
+        }
+    }
+
+    /// The value on the first CPU (the only one, unless per-CPU).
+    pub fn first(&self) -> &[u8] {
+        self.values.first().map_or(&[][..], |v| v.as_slice())
+    }
+}
+
+/// A key or value as the kernel returned it.
+pub type Bytes = smallvec::SmallVec<[u8; 16]>;
 
 /// Bytes from bpftool's `["0x01", "0xab"]`, parsed without an allocation
 /// per byte (a 100,000-entry dump has half a million of them).
@@ -271,11 +291,11 @@ fn bpftool_dump(words: &[&str]) -> Result<Vec<DumpEntry>> {
     Ok(raw
         .into_iter()
         .map(|r| DumpEntry {
-            key: r.key.0,
+            key: r.key.0.into(),
             values: match (r.value, r.values) {
-                (Some(v), _) => vec![v.0],
-                (None, Some(per_cpu)) => per_cpu.into_iter().map(|c| c.value.0).collect(),
-                (None, None) => Vec::new(),
+                (Some(v), _) => smallvec::smallvec![v.0.into()],
+                (None, Some(per_cpu)) => per_cpu.into_iter().map(|c| c.value.0.into()).collect(),
+                (None, None) => smallvec::SmallVec::new(),
             },
         })
         .collect())

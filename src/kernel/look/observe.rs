@@ -40,7 +40,7 @@ impl Query {
         for m in &spec.maps {
             self.pin(m.pin.as_str());
             if contents && m.entries.is_some() {
-                self.dumps.insert(m.pin.0.clone());
+                self.dumps.insert(m.pin.to_string());
             }
         }
         for a in &spec.attachments {
@@ -52,7 +52,7 @@ impl Query {
     /// Every map of a spec dumped: sockhash sizes and counters for status.
     pub fn gauges(&mut self, spec: &Spec) -> &mut Self {
         for m in &spec.maps {
-            self.dumps.insert(m.pin.0.clone());
+            self.dumps.insert(m.pin.to_string());
         }
         self
     }
@@ -105,7 +105,7 @@ impl Query {
             // Recovery judges entry steps by the map's contents.
             Step::UpdateMapEntry { pin, .. } | Step::DeleteMapEntry { pin, .. } => {
                 self.pin(pin.as_str());
-                self.dumps.insert(pin.0.clone());
+                self.dumps.insert(pin.to_string());
             }
             Step::MakePinDir { dir } | Step::RemovePinDir { dir } => {
                 self.dirs.insert(dir.clone());
@@ -132,7 +132,7 @@ impl Query {
             }
             AttachPoint::Map { map_pin, kind, .. } => {
                 self.pin(map_pin.as_str());
-                self.map_links.insert((map_pin.0.clone(), *kind));
+                self.map_links.insert((map_pin.to_string(), *kind));
             }
             AttachPoint::Xdp { iface, .. } => {
                 self.ifaces.insert(iface.0.clone());
@@ -194,7 +194,7 @@ impl Observed {
         let ids = match point {
             AttachPoint::Cgroup { cgroup, .. } => self.cgroups.get(cgroup.as_str()),
             AttachPoint::Map { map_pin, kind, .. } => {
-                self.map_links.get(&(map_pin.0.clone(), *kind))
+                self.map_links.get(&(map_pin.to_string(), *kind))
             }
             AttachPoint::Xdp { iface, .. } => self.xdp.get(iface.as_str()),
         };
@@ -268,18 +268,21 @@ pub(crate) fn differences(q: &Query, before: &Observed, after: &Observed) -> Vec
         }
     }
     for pin in &q.dumps {
-        let entries = |o: &Observed| {
+        fn entries<'o>(
+            o: &'o Observed,
+            pin: &str,
+        ) -> Option<Vec<(&'o [u8], &'o [crate::kernel::look::inspect::Bytes])>> {
             o.contents.get(pin).map(|d| {
-                let mut kv: Vec<(Vec<u8>, Vec<Vec<u8>>)> = d
+                let mut kv: Vec<_> = d
                     .iter()
-                    .map(|e| (e.key.clone(), e.values.clone()))
+                    .map(|e| (e.key.as_slice(), e.values.as_slice()))
                     .collect();
-                kv.sort();
+                kv.sort_unstable();
                 kv
             })
-        };
+        }
         // A map that is gone, or was not there, is told by its pin.
-        if let (Some(b), Some(a)) = (entries(before), entries(after))
+        if let (Some(b), Some(a)) = (entries(before, pin), entries(after, pin))
             && b != a
         {
             out.push(format!(

@@ -7,6 +7,7 @@ use anyhow::{Context, Result, bail};
 use serde::{Deserialize, Serialize};
 use std::os::fd::{AsRawFd, FromRawFd, OwnedFd};
 
+use crate::kernel::look::inspect::Bytes;
 use crate::manifest::model::{KernelMapType, KernelProgType, MapShape};
 
 /// What the kernel says of one program (the fields bpfplan uses).
@@ -208,7 +209,7 @@ fn possible_cpus() -> Result<usize> {
 }
 
 /// A map entry: its key, and its value (one per CPU for per-CPU maps).
-pub(crate) type Entry = (Vec<u8>, Vec<Vec<u8>>);
+pub(crate) type Entry = (Bytes, smallvec::SmallVec<[Bytes; 1]>);
 
 /// Every entry of a hash or array map (key, and one value per CPU for
 /// per-CPU maps), read with `BPF_MAP_LOOKUP_BATCH`. `None` when the map
@@ -264,10 +265,10 @@ pub(crate) fn map_entries(fd: &OwnedFd, per_cpu: bool) -> Result<Option<Vec<Entr
             Err(e) => return Err(e).context("BPF_MAP_LOOKUP_BATCH"),
         }
         for i in 0..count {
-            let key = keys[i * key_size..(i + 1) * key_size].to_vec();
+            let key = Bytes::from_slice(&keys[i * key_size..(i + 1) * key_size]);
             let v = &values[i * value_len..(i + 1) * value_len];
-            let per: Vec<Vec<u8>> = (0..cpus)
-                .map(|c| v[c * stride..c * stride + value_size].to_vec())
+            let per = (0..cpus)
+                .map(|c| Bytes::from_slice(&v[c * stride..c * stride + value_size]))
                 .collect();
             out.push((key, per));
         }

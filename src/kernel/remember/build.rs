@@ -172,7 +172,7 @@ pub(crate) fn check_capacity(plan: &Plan, built: &Built) -> Result<()> {
         };
         if let Some(index) = past {
             let kind = ManifestErrorKind::EntriesDoNotFit {
-                map: m.name.0.clone(),
+                map: m.name.to_string(),
                 max_entries: max,
                 found: entries.len(),
                 array,

@@ -185,6 +185,9 @@ impl Record {
         // A replace stages and moves aside, and a probe loads, under
         // staging names.
         let base = |pin: &'_ str| -> String { Staging::strip(pin).to_string() };
+        // Every entry step names its map's pin again: each pin once.
+        pins.sort_unstable();
+        pins.dedup();
         for pin in pins {
             check_pin(&base(pin), host).map_err(|k| format!("it names {pin}: {k}"))?;
         }
@@ -410,7 +413,7 @@ impl Store {
                     }
                 }
                 for m in &d.maps {
-                    c.pins.insert(m.pin.0.clone(), who.clone());
+                    c.pins.insert(m.pin.to_string(), who.clone());
                     c.map_ids.insert(m.id, who.clone());
                 }
             }

@@ -388,8 +388,8 @@ fn report(plan: &Plan, found: &Found, obs: &Observed, sources: &[FileHash]) -> S
         .iter()
         .filter_map(|m| match obs.pins.get(m.pin.as_str()) {
             Some(PinState::Map(info)) => Some(LiveMap {
-                name: m.name.0.clone(),
-                pin: m.pin.0.clone(),
+                name: m.name.to_string(),
+                pin: m.pin.to_string(),
                 id: info.id,
                 map_type: info.map_type.word().to_string(),
                 max_entries: info.max_entries,
@@ -506,8 +506,8 @@ fn entry_findings(spec: &Spec, deployed: Option<&Deployed>, obs: &Observed) -> V
             };
             Finding {
                 kind: ObjectKind::Entries,
-                name: m.name.0.clone(),
-                place: m.pin.0.clone(),
+                name: m.name.to_string(),
+                place: m.pin.to_string(),
                 health,
             }
         })
@@ -526,7 +526,7 @@ fn gauges(spec: &Spec, obs: &Observed) -> Vec<Gauge> {
         };
         match info.map_type {
             t if t.is_sockmap() => out.push(Gauge {
-                map: m.name.0.clone(),
+                map: m.name.to_string(),
                 name: "entries".into(),
                 value: dump.len() as u64,
             }),
@@ -539,7 +539,7 @@ fn gauges(spec: &Spec, obs: &Observed) -> Vec<Gauge> {
                         .map(|v| le_u64(v))
                         .fold(0u64, u64::wrapping_add);
                     out.push(Gauge {
-                        map: m.name.0.clone(),
+                        map: m.name.to_string(),
                         name: m
                             .labels
                             .get(idx)
