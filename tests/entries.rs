@@ -149,11 +149,14 @@ fn a_failing_entry_is_named_and_rolled_back() {
 }
 
 /// bpftool dies mid-batch (here: after 5 lines, by SIGKILL, through a
-/// wrapper first on PATH): which entries landed is unknown, so nothing is
-/// undone blindly; the run stays on record and the next apply, looking at
-/// the map, undoes exactly what landed, then writes the new entries.
+/// wrapper first on PATH). bpftool does not say which line it stopped at,
+/// so apply reads the map: the first line whose change is not there is
+/// named, the five before it are undone, and nothing is left behind. When
+/// it dies after its last line, every change is in the map yet bpftool
+/// failed: nothing is undone blindly, the run stays on record and the next
+/// apply, looking at the map, ends it.
 #[test]
-fn a_batch_that_dies_midway_is_ended_by_the_next_apply() {
+fn a_batch_that_dies_midway_is_read_back_from_the_map() {
     use std::os::unix::fs::PermissionsExt;
     let (_dir, manifest) = checkout("bypass-policy.toml");
     with_ports(&manifest, 40_000..41_000);
@@ -166,18 +169,21 @@ fn a_batch_that_dies_midway_is_ended_by_the_next_apply() {
     let bin = sb.tmp.path().join("bin");
     std::fs::create_dir(&bin).unwrap();
     let wrapper = bin.join("bpftool");
-    std::fs::write(
-        &wrapper,
-        format!(
-            "#!/bin/sh\nif [ \"$2\" = batch ]; then\n  head -n 5 | {real} -j batch file - >/dev/null\n  kill -9 $$\nfi\nexec {real} \"$@\"\n",
-            real = real.display()
-        ),
-    )
-    .unwrap();
-    std::fs::set_permissions(&wrapper, std::fs::Permissions::from_mode(0o755)).unwrap();
     let path = format!("{}:{}", bin.display(), std::env::var("PATH").unwrap());
+    let dying = |lines: &str| {
+        std::fs::write(
+            &wrapper,
+            format!(
+                "#!/bin/sh\nif [ \"$1\" = batch ]; then\n  {lines} | {real} batch file - >/dev/null\n  kill -9 $$\nfi\nexec {real} \"$@\"\n",
+                real = real.display()
+            ),
+        )
+        .unwrap();
+        std::fs::set_permissions(&wrapper, std::fs::Permissions::from_mode(0o755)).unwrap();
+    };
 
-    // Half the keys go, ten come.
+    // Half the keys go, ten come; bpftool dies after five lines.
+    dying("head -n 5");
     with_ports(&manifest, 40_500..41_010);
     let out = sb
         .bpfplan_cmd("apply", &manifest)
@@ -186,9 +192,31 @@ fn a_batch_that_dies_midway_is_ended_by_the_next_apply() {
         .unwrap();
     let err = String::from_utf8_lossy(&out.stderr).into_owned();
     assert_eq!(out.status.code(), Some(1), "{err}");
-    assert!(err.contains("which entries landed is unknown"), "{err}");
-    let landed = deny_keys(&sb);
-    assert_ne!(landed, (40_000..41_000).collect::<Vec<_>>(), "no line ran");
+    assert!(
+        err.contains("bpftool batch, line 6: its change is not in the map"),
+        "{err}"
+    );
+    assert!(err.contains("nothing is left behind"), "{err}");
+    assert_eq!(
+        deny_keys(&sb),
+        (40_000..41_000).collect::<Vec<_>>(),
+        "not undone"
+    );
+
+    // It dies after its last line: every change landed, bpftool failed.
+    dying("cat");
+    let out = sb
+        .bpfplan_cmd("apply", &manifest)
+        .env("PATH", &path)
+        .output()
+        .unwrap();
+    let err = String::from_utf8_lossy(&out.stderr).into_owned();
+    assert_eq!(out.status.code(), Some(1), "{err}");
+    assert!(
+        err.contains("yet every line's change is in the kernel"),
+        "{err}"
+    );
+    assert!(err.contains("nothing was undone blindly"), "{err}");
 
     let log = sb.must("apply");
     assert!(log.contains("interrupted"), "{log}");

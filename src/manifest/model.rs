@@ -735,26 +735,34 @@ pub mod entry_list {
         hex: Vec<PackedEntry>,
     }
 
-    /// `KEY:VALUE` in hex.
-    struct PackedEntry(Vec<u8>, Vec<u8>);
+    /// `KEY:VALUE` in hex, decoded straight into an entry.
+    struct PackedEntry(Entry);
 
     impl<'de> Deserialize<'de> for PackedEntry {
         fn deserialize<D: Deserializer<'de>>(d: D) -> Result<Self, D::Error> {
             let s = <std::borrow::Cow<'de, str>>::deserialize(d)?;
             let bad = || serde::de::Error::custom(format!("`{s}` is not KEY:VALUE in hex"));
             let (k, v) = s.split_once(':').ok_or_else(bad)?;
-            match (crate::util::unhex(k), crate::util::unhex(v)) {
-                (Some(k), Some(v)) => Ok(PackedEntry(k, v)),
-                _ => Err(bad()),
+            let mut bytes = smallvec::SmallVec::with_capacity((k.len() + v.len()) / 2);
+            let digit = |c: u8| (c as char).to_digit(16).map(|d| d as u8);
+            for half in [k, v] {
+                let h = half.as_bytes();
+                if !h.len().is_multiple_of(2) {
+                    return Err(bad());
+                }
+                for pair in h.chunks_exact(2) {
+                    match (digit(pair[0]), digit(pair[1])) {
+                        (Some(a), Some(b)) => bytes.push(a << 4 | b),
+                        _ => return Err(bad()),
+                    }
+                }
             }
+            Ok(PackedEntry(Entry {
+                bytes,
+                key_len: (k.len() / 2) as u32,
+                shown: (None, None),
+            }))
         }
-    }
-
-    #[derive(Deserialize)]
-    #[serde(untagged)]
-    enum Stored {
-        Packed(Packed),
-        Objects(Vec<Entry>),
     }
 
     pub fn serialize<S: Serializer>(entries: &Option<Vec<Entry>>, s: S) -> Result<S::Ok, S::Error> {
@@ -786,17 +794,50 @@ pub mod entry_list {
         })
     }
 
-    pub fn deserialize<'de, D: Deserializer<'de>>(d: D) -> Result<Option<Vec<Entry>>, D::Error> {
-        Ok(match Option::<Stored>::deserialize(d)? {
-            None => None,
-            Some(Stored::Objects(v)) => Some(v),
-            Some(Stored::Packed(p)) => Some(
+    /// Packed (an object) or as earlier records wrote them (a list of
+    /// objects), told apart by what the JSON holds, not by buffering it.
+    struct Stored;
+
+    impl<'de> serde::de::Visitor<'de> for Stored {
+        type Value = Option<Vec<Entry>>;
+
+        fn expecting(&self, f: &mut std::fmt::Formatter) -> std::fmt::Result {
+            f.write_str("map entries")
+        }
+
+        fn visit_none<E: serde::de::Error>(self) -> Result<Self::Value, E> {
+            Ok(None)
+        }
+
+        fn visit_unit<E: serde::de::Error>(self) -> Result<Self::Value, E> {
+            Ok(None)
+        }
+
+        fn visit_some<D: Deserializer<'de>>(self, d: D) -> Result<Self::Value, D::Error> {
+            d.deserialize_any(self)
+        }
+
+        fn visit_seq<A: serde::de::SeqAccess<'de>>(self, seq: A) -> Result<Self::Value, A::Error> {
+            Vec::<Entry>::deserialize(serde::de::value::SeqAccessDeserializer::new(seq)).map(Some)
+        }
+
+        fn visit_map<A: serde::de::MapAccess<'de>>(self, map: A) -> Result<Self::Value, A::Error> {
+            let p = Packed::deserialize(serde::de::value::MapAccessDeserializer::new(map))?;
+            let shown = (p.key_type, p.value_type);
+            Ok(Some(
                 p.hex
                     .into_iter()
-                    .map(|PackedEntry(k, v)| Entry::new(&k, &v, (p.key_type, p.value_type)))
+                    .map(|PackedEntry(mut e)| {
+                        e.shown = shown;
+                        e
+                    })
                     .collect(),
-            ),
-        })
+            ))
+        }
+    }
+
+    pub fn deserialize<'de, D: Deserializer<'de>>(d: D) -> Result<Option<Vec<Entry>>, D::Error> {
+        d.deserialize_option(Stored)
     }
 }
 

@@ -311,11 +311,11 @@ impl Validator<'_> {
             return None;
         };
         let mut out = Vec::with_capacity(raw.get_ref().len());
-        // Keys are at most 16 bytes: hashed inline, without an allocation each.
-        let mut seen = std::collections::HashSet::with_capacity(raw.get_ref().len());
+        // Each encoded key with the entry it came from, to find repeats.
+        let mut keys: Vec<(Encoded, u32)> = Vec::with_capacity(raw.get_ref().len());
         let shown = (Some(key_ty), Some(value_ty));
         let mut ok = true;
-        for e in raw.get_ref() {
+        for (i, e) in raw.get_ref().iter().enumerate() {
             let e = e.get_ref();
             // Strings may use variables, like every other string value.
             let (Some(k), Some(v)) = (self.scalar(&e.key), self.scalar(&e.value)) else {
@@ -324,16 +324,7 @@ impl Validator<'_> {
             };
             match (encode(key_ty, &k), encode(value_ty, &v)) {
                 (Ok(key), Ok(value)) => {
-                    if !seen.insert(key) {
-                        // Named as written: `::ffff:198.18.0.1` repeats `198.18.0.1`.
-                        let written = match &k {
-                            raw::Scalar::Int(n) => n.to_string(),
-                            raw::Scalar::Str(s) => s.clone(),
-                        };
-                        self.error(K::DuplicateEntry(written), Some(e.key.span()));
-                        ok = false;
-                        continue;
-                    }
+                    keys.push((key, i as u32));
                     out.push(Entry::new(key.as_slice(), value.as_slice(), shown));
                 }
                 (k, v) => {
@@ -346,6 +337,29 @@ impl Validator<'_> {
                     ok = false;
                 }
             }
+        }
+        // Sorted, a repeat sits next to the entry it repeats (a million keys
+        // sort faster than they hash into a table larger than the caches);
+        // each later one is an error, in the manifest's order.
+        keys.sort_unstable();
+        let mut repeats: Vec<u32> = keys
+            .windows(2)
+            .filter(|w| w[0].0 == w[1].0)
+            .map(|w| w[1].1)
+            .collect();
+        repeats.sort_unstable();
+        for i in repeats {
+            let Some(e) = raw.get_ref().get(i as usize).map(|e| e.get_ref()) else {
+                continue;
+            };
+            // Named as written: `::ffff:198.18.0.1` repeats `198.18.0.1`.
+            let written = match self.scalar(&e.key) {
+                Some(raw::Scalar::Int(n)) => n.to_string(),
+                Some(raw::Scalar::Str(s)) => s,
+                None => continue,
+            };
+            self.error(K::DuplicateEntry(written), Some(e.key.span()));
+            ok = false;
         }
         ok.then_some(Some(out))
     }
@@ -877,7 +891,7 @@ fn find_cycle(raw: &RawManifest, owners: &BTreeMap<&str, &str>) -> Option<(Strin
 /// Encode an entry's key or value: a number (native byte order, as the BPF
 /// program reads it) or an address; the error says what was expected.
 /// An entry's key or value, encoded as the map stores it (at most 16 bytes).
-#[derive(Clone, Copy, PartialEq, Eq, Hash)]
+#[derive(Clone, Copy, PartialEq, Eq, PartialOrd, Ord)]
 struct Encoded {
     bytes: [u8; 16],
     len: u8,

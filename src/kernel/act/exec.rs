@@ -273,7 +273,7 @@ pub(crate) struct Batch<'o> {
 enum Stop {
     /// Op `k` of the group failed.
     At(usize, anyhow::Error),
-    /// bpftool stopped mid-batch: which entries landed is unknown.
+    /// bpftool ended a batch unclearly: nothing is undone blindly.
     Uncertain(anyhow::Error),
 }
 
@@ -425,7 +425,7 @@ impl<'a, 'k> Executor<'a, 'k> {
                     error: e,
                     undone: 0,
                     rollback_failures: vec![
-                        "bpftool stopped mid-batch, so which entries landed is unknown".into(),
+                        "bpftool ended the batch unclearly, so nothing was undone blindly: the next apply looks at the map and ends the run".into(),
                     ],
                     committed: false,
                     left: None,

@@ -89,7 +89,7 @@ pub(crate) fn resolve(kernel: &mut dyn Kernel, argv: &[Arg]) -> Result<Vec<Strin
 
 /// The command every batch runs.
 pub(crate) fn batch_argv() -> Vec<String> {
-    ["bpftool", "-j", "batch", "file", "-"]
+    ["bpftool", "batch", "file", "-"]
         .iter()
         .map(|s| s.to_string())
         .collect()
@@ -145,46 +145,72 @@ impl Kernel for Live {
     fn batch(&mut self, _: At, steps: &[&Step], lines: &[String]) -> BatchEnd {
         let mut input = lines.join("\n");
         input.push('\n');
-        run_batch(&batch_argv(), input.as_bytes(), steps.len())
+        run_batch(&batch_argv(), input.as_bytes(), steps)
     }
 }
 
-/// Run `bpftool -j batch file -` over `count` lines and read which failed.
-fn run_batch(argv: &[String], input: &[u8], count: usize) -> BatchEnd {
-    #[derive(serde::Deserialize)]
-    struct Line {
-        output: Option<serde_json::Value>,
-    }
+/// Run `bpftool batch file -` over the lines of `steps`, exactly as the
+/// plan's sh script does. bpftool stops at the first line that fails and
+/// does not say which (its JSON mode would, at an eighth more time per
+/// line), so when it fails the kernel is read instead: every line changes
+/// its key (a decision only writes what differs), lines run in order, so
+/// the first line whose change is not in the map is the one that failed,
+/// and the ones before it landed. bpftool killed mid-batch is read the
+/// same way.
+fn run_batch(argv: &[String], input: &[u8], steps: &[&Step]) -> BatchEnd {
     let out = match cmd::run(argv, Some(input)) {
         Ok(out) => out,
         Err(e) => return BatchEnd::Uncertain(e),
     };
-    let lines: Vec<Line> = match serde_json::from_slice(&out.stdout) {
-        Ok(lines) => lines,
-        Err(e) => {
-            return BatchEnd::Uncertain(
-                anyhow::Error::new(e)
-                    .context(cmd::failure(argv, &out))
-                    .context("reading bpftool batch output"),
-            );
-        }
-    };
-    let failed = lines.iter().enumerate().find_map(|(k, l)| {
-        let error = l.output.as_ref()?.get("error")?;
-        Some((k, error.as_str().unwrap_or("failed").to_string()))
-    });
-    match failed {
-        Some((k, why)) => {
-            BatchEnd::Failed(k, anyhow::anyhow!("bpftool batch, line {}: {why}", k + 1))
-        }
-        None if out.success() && lines.len() == count => BatchEnd::Done,
-        // No line failed, yet not all ran (or bpftool failed otherwise):
-        // the first that did not run is the culprit.
-        None => BatchEnd::Failed(
-            lines.len().min(count.saturating_sub(1)),
-            cmd::failure(argv, &out),
+    if out.success() {
+        return BatchEnd::Done;
+    }
+    let error = cmd::failure(argv, &out);
+    match first_not_landed(steps) {
+        Some(k) => BatchEnd::Failed(
+            k,
+            error.context(format!(
+                "bpftool batch, line {}: its change is not in the map (the lines before it are)",
+                k + 1
+            )),
+        ),
+        None => BatchEnd::Uncertain(
+            error.context("bpftool batch failed, yet every line's change is in the kernel"),
         ),
     }
+}
+
+/// The first entry step whose change the kernel does not hold, read with
+/// one dump of each map the steps name.
+fn first_not_landed(steps: &[&Step]) -> Option<usize> {
+    let mut maps: std::collections::BTreeMap<
+        &str,
+        Option<rustc_hash::FxHashMap<Vec<u8>, Vec<u8>>>,
+    > = std::collections::BTreeMap::new();
+    for step in steps {
+        if let Step::UpdateMapEntry { pin, .. } | Step::DeleteMapEntry { pin, .. } = step
+            && !maps.contains_key(pin.as_str())
+        {
+            // A map that cannot be opened holds none of its lines' changes.
+            let dump = inspect::map_dump(pin.as_str()).ok().map(|d| {
+                d.into_iter()
+                    .map(|e| (e.key.to_vec(), e.first().to_vec()))
+                    .collect()
+            });
+            maps.insert(pin.as_str(), dump);
+        }
+    }
+    steps.iter().position(|step| match step {
+        Step::UpdateMapEntry { pin, entry, .. } => maps
+            .get(pin.as_str())
+            .and_then(Option::as_ref)
+            .is_none_or(|m| m.get(entry.key()).map(Vec::as_slice) != Some(entry.value())),
+        Step::DeleteMapEntry { pin, entry, .. } => maps
+            .get(pin.as_str())
+            .and_then(Option::as_ref)
+            .is_none_or(|m| m.contains_key(entry.key())),
+        _ => true,
+    })
 }
 
 /// When a fault strikes a step: before it runs, or once it has run.

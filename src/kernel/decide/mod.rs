@@ -482,6 +482,77 @@ fn map_is_ours(pin: &MapPin, spec: &Spec, deployed: Option<&Deployed>, obs: &Obs
     }
 }
 
+/// Declared entries the kernel holds otherwise (with what it holds), and
+/// the keys it holds that are not declared (none in an array), in key order.
+type EntryDiff<'a> = (
+    Vec<(&'a Entry, Option<&'a [u8]>)>,
+    Vec<(&'a [u8], &'a [u8])>,
+);
+
+fn diff<'a, K: Ord + Copy>(
+    declared: &'a [Entry],
+    dump: &'a [crate::kernel::look::inspect::DumpEntry],
+    is_array: bool,
+    key: impl Fn(&'a [u8]) -> K,
+) -> EntryDiff<'a> {
+    // Both sides sorted by key, then walked together: a million keys are
+    // compared in order, not looked up at random in a table larger than
+    // the caches.
+    let mut ours: Vec<(K, u32)> = declared
+        .iter()
+        .enumerate()
+        .map(|(i, e)| (key(e.key()), i as u32))
+        .collect();
+    let mut theirs: Vec<(K, u32)> = dump
+        .iter()
+        .enumerate()
+        .map(|(i, e)| (key(e.key.as_slice()), i as u32))
+        .collect();
+    ours.sort_unstable();
+    theirs.sort_unstable();
+    let mut changed: Vec<(u32, Option<&[u8]>)> = Vec::new();
+    let mut gone = Vec::new();
+    let (mut a, mut b) = (ours.iter().peekable(), theirs.iter().peekable());
+    loop {
+        match (a.peek(), b.peek()) {
+            (Some(&&(ka, ia)), Some(&&(kb, ib))) if ka == kb => {
+                let live = dump[ib as usize].first();
+                if live != declared[ia as usize].value() {
+                    changed.push((ia, Some(live)));
+                }
+                a.next();
+                b.next();
+            }
+            (Some(&&(ka, ia)), Some(&&(kb, _))) if ka < kb => {
+                changed.push((ia, None));
+                a.next();
+            }
+            (Some(&&(_, ia)), None) => {
+                changed.push((ia, None));
+                a.next();
+            }
+            (_, Some(&&(_, ib))) => {
+                let e = &dump[ib as usize];
+                if !is_array {
+                    gone.push((e.key.as_slice(), e.first()));
+                }
+                b.next();
+            }
+            (None, None) => break,
+        }
+    }
+    // Changes in the manifest's order; deletions in key order.
+    changed.sort_unstable_by_key(|c| c.0);
+    gone.sort_unstable();
+    (
+        changed
+            .into_iter()
+            .map(|(i, before)| (&declared[i as usize], before))
+            .collect(),
+        gone,
+    )
+}
+
 /// A map update or delete, each undone to what it replaced.
 pub(crate) fn entry_ops(spec: &Spec, obs: &Observed, deployed: Option<&Deployed>) -> Vec<Op> {
     let mut ops = Vec::new();
@@ -500,10 +571,18 @@ pub(crate) fn entry_ops(spec: &Spec, obs: &Observed, deployed: Option<&Deployed>
         // compared on the first CPU, the one `bpftool map update` writes a
         // single value for.
         let is_array = info.map_type.is_array();
-        // Hashed (FxHash: keys are the manifest's and the kernel's, not an
-        // attacker's), so a million keys are each looked up once.
-        let live: rustc_hash::FxHashMap<&[u8], &[u8]> =
-            dump.iter().map(|e| (e.key.as_slice(), e.first())).collect();
+        // Keys of the manifest's types are at most 16 bytes: sorted and
+        // compared as numbers, not slices, a million times.
+        let short = dump.iter().all(|e| e.key.len() <= 16);
+        let (changed, gone) = if short {
+            diff(declared, dump, is_array, |k| {
+                let mut a = [0u8; 16];
+                a[..k.len()].copy_from_slice(k);
+                (u128::from_be_bytes(a), k.len() as u8)
+            })
+        } else {
+            diff(declared, dump, is_array, |k| k)
+        };
         // A key the kernel holds is shown as the manifest types the map's
         // keys (now, or when it was deployed).
         let shown = declared
@@ -526,13 +605,7 @@ pub(crate) fn entry_ops(spec: &Spec, obs: &Observed, deployed: Option<&Deployed>
             pin: m.pin.clone(),
             entry,
         };
-        let mut found = 0usize;
-        for e in declared {
-            let before = live.get(e.key()).copied();
-            found += usize::from(before.is_some());
-            if before == Some(e.value()) {
-                continue;
-            }
+        for (e, before) in changed {
             ops.push(Op {
                 step: update(e.clone()),
                 undo: Some(match before {
@@ -541,25 +614,12 @@ pub(crate) fn entry_ops(spec: &Spec, obs: &Observed, deployed: Option<&Deployed>
                 }),
             });
         }
-        // Keys are unique on both sides: when every live key was declared,
-        // nothing is to be deleted.
-        if !is_array && found < live.len() {
-            let declared_keys: rustc_hash::FxHashSet<&[u8]> =
-                declared.iter().map(Entry::key).collect();
-            // In key order, whatever order the kernel dumped them in.
-            let mut gone: Vec<(&[u8], &[u8])> = live
-                .iter()
-                .filter(|(key, _)| !declared_keys.contains(*key))
-                .map(|(k, v)| (*k, *v))
-                .collect();
-            gone.sort_unstable();
-            for (key, value) in gone {
-                let old = as_entry(key, value);
-                ops.push(Op {
-                    step: delete(old.clone()),
-                    undo: Some(update(old)),
-                });
-            }
+        for (key, value) in gone {
+            let old = as_entry(key, value);
+            ops.push(Op {
+                step: delete(old.clone()),
+                undo: Some(update(old)),
+            });
         }
     }
     ops

@@ -251,13 +251,18 @@ pub fn map_dump_id(id: u32) -> Result<Option<Vec<DumpEntry>>> {
 
 fn dump_fd(fd: &std::os::fd::OwnedFd, words: &[&str]) -> Result<Vec<DumpEntry>> {
     let per_cpu = sys::map_info(fd)?.map_type.per_cpu();
-    if let Some(entries) = sys::map_entries(fd, per_cpu)? {
-        return Ok(entries
+    let mut entries = match sys::map_entries(fd, per_cpu)? {
+        Some(entries) => entries
             .into_iter()
             .map(|(key, values)| DumpEntry { key, values })
-            .collect());
-    }
-    bpftool_dump(words)
+            .collect(),
+        None => bpftool_dump(words)?,
+    };
+    // In key order, not the kernel's hash order: what is read from a dump
+    // is the same whichever way the map was read, and comparing it with the
+    // manifest is a walk (decide::diff), not a sort, each time.
+    entries.sort_unstable_by(|a, b| a.key.cmp(&b.key));
+    Ok(entries)
 }
 
 /// The entries of a map (`pinned PIN` or `id ID`), as `bpftool -j map

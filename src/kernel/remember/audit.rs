@@ -80,7 +80,21 @@ impl AuditContext {
     /// The context of a command on a plan's deployment.
     pub fn for_plan(command: &str, plan: &crate::plan::Plan) -> Result<AuditContext> {
         let store = crate::kernel::remember::record::Store::for_plan(plan)?;
-        let bytes = serde_json::to_vec(plan).context("encoding the plan")?;
+        // Hashed as it is encoded: a plan of a million entries is not held
+        // twice.
+        struct Hashing(sha2::Sha256);
+        impl std::io::Write for Hashing {
+            fn write(&mut self, b: &[u8]) -> std::io::Result<usize> {
+                sha2::Digest::update(&mut self.0, b);
+                Ok(b.len())
+            }
+            fn flush(&mut self) -> std::io::Result<()> {
+                Ok(())
+            }
+        }
+        let mut h = Hashing(<sha2::Sha256 as sha2::Digest>::new());
+        serde_json::to_writer(std::io::BufWriter::new(&mut h), plan)
+            .context("encoding the plan")?;
         Ok(AuditContext {
             command: command.into(),
             manifest: plan.manifest.clone(),
@@ -89,7 +103,7 @@ impl AuditContext {
                 .file_stem()
                 .map(|s| s.to_string_lossy().into_owned())
                 .unwrap_or_default(),
-            plan_hash: crate::util::sha256_hex(&bytes),
+            plan_hash: crate::util::hex(&sha2::Digest::finalize(h.0)),
         })
     }
 }
@@ -368,9 +382,12 @@ pub fn read(path: &Path, deployment: Option<&str>, since: Option<f64>) -> Result
 /// the log is there and readable.
 pub fn last_finish(path: &Path, deployment: &str, command: &str) -> Option<AuditLine> {
     let bytes = trust::read_private(path).ok()??;
+    // Only a line that says "finish" is read as JSON: after an apply of a
+    // million entries, a million batch lines come before it.
     String::from_utf8_lossy(&bytes)
         .lines()
         .rev()
+        .filter(|l| l.contains("\"finish\""))
         .filter_map(|l| serde_json::from_str::<AuditLine>(l).ok())
         .find(|l| l.phase == "finish" && l.command == command && l.deployment == deployment)
 }
