@@ -224,3 +224,24 @@ fn a_batch_that_dies_midway_is_read_back_from_the_map() {
     assert_eq!(sb.prog_ids(), ids, "a program was reloaded");
     assert_eq!(sb.status(&[]).0, 0);
 }
+
+/// A map at its `max_entries` whose keys change: the keys that go are
+/// deleted before the new ones are written, so the new ones fit (written
+/// first, the first new key would fail with E2BIG).
+#[test]
+fn a_full_map_takes_new_keys_once_the_old_ones_are_gone() {
+    let (_dir, manifest) = checkout("bypass-policy.toml");
+    // `deny_ports` holds 1,024.
+    with_ports(&manifest, 30_000..31_024);
+    let Some(sb) = Sandbox::new("batch_full", manifest.to_str().unwrap()) else {
+        return;
+    };
+    sb.must("apply");
+    let ids = sb.prog_ids();
+    with_ports(&manifest, 30_010..31_034);
+    let log = sb.must("apply");
+    assert!(log.contains("remove `deny_ports`[30000]"), "{log}");
+    assert_eq!(deny_keys(&sb), (30_010..31_034).collect::<Vec<_>>());
+    assert_eq!(sb.prog_ids(), ids, "a program was reloaded");
+    assert_eq!(sb.status(&[]).0, 0);
+}

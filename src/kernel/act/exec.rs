@@ -108,11 +108,20 @@ pub(crate) trait Listener {
 
 /// Step-by-step progress for people, on stdout. A closed stdout (`apply |
 /// head`) must not stop a run between two kernel steps, so write errors are
-/// ignored. The lines of a batch are written together.
+/// ignored. The lines of a batch are written together; of a long batch,
+/// the first few steps and the last (every line is in the audit log, and in
+/// `bpfplan plan --format sh`): a million entries are not a million lines
+/// of progress.
 #[derive(Default)]
 pub(crate) struct Printer {
     pending: String,
+    /// Steps of the batch being gathered, and the last one not shown.
+    batched: usize,
+    unshown: Option<String>,
 }
+
+/// How many steps of a batch the progress shows before it counts the rest.
+const BATCH_SHOWN: usize = 3;
 
 impl Listener for Printer {
     fn event(&mut self, e: &Event<'_>) -> Result<()> {
@@ -125,9 +134,23 @@ impl Listener for Printer {
                 n,
                 total,
                 step,
+                batched: true,
+                ..
+            } if self.batched >= BATCH_SHOWN => {
+                self.batched += 1;
+                self.unshown = Some(format!("[{n}/{total}] {}", step.summary()));
+                hold = true;
+            }
+            Event::Started {
+                n,
+                total,
+                step,
                 argv,
                 batched,
             } => {
+                if *batched {
+                    self.batched += 1;
+                }
                 let _ = write!(out, "[{n}/{total}] {}\n      $", step.summary());
                 for word in argv.iter() {
                     let quoted = shlex::try_quote(word).unwrap_or(std::borrow::Cow::Borrowed("?"));
@@ -171,6 +194,14 @@ impl Listener for Printer {
             }
             Event::BatchStarted { .. } => hold = true,
             Event::Batch { lines, elapsed, .. } => {
+                if let Some(last) = self.unshown.take() {
+                    let more = self.batched - BATCH_SHOWN;
+                    let _ = writeln!(
+                        out,
+                        "      ... {more} more step(s) like these, the last:\n{last}"
+                    );
+                }
+                self.batched = 0;
                 let _ = writeln!(
                     out,
                     "      ^ {} step(s) ran as the lines of one `bpftool batch file -` ({:.0} ms)",

@@ -605,6 +605,16 @@ pub(crate) fn entry_ops(spec: &Spec, obs: &Observed, deployed: Option<&Deployed>
             pin: m.pin.clone(),
             entry,
         };
+        // Deletions first: a map at its `max_entries` whose keys change
+        // has room for the new ones only once the old ones are gone (what
+        // the capacity check before the run counts on).
+        for (key, value) in gone {
+            let old = as_entry(key, value);
+            ops.push(Op {
+                step: delete(old.clone()),
+                undo: Some(update(old)),
+            });
+        }
         for (e, before) in changed {
             ops.push(Op {
                 step: update(e.clone()),
@@ -612,13 +622,6 @@ pub(crate) fn entry_ops(spec: &Spec, obs: &Observed, deployed: Option<&Deployed>
                     Some(v) => update(as_entry(e.key(), v)),
                     None => delete(e.clone()),
                 }),
-            });
-        }
-        for (key, value) in gone {
-            let old = as_entry(key, value);
-            ops.push(Op {
-                step: delete(old.clone()),
-                undo: Some(update(old)),
             });
         }
     }
@@ -1672,13 +1675,13 @@ cgroup = "/sys/fs/cgroup/web"
         };
         assert_eq!(
             summaries(&ops),
-            ["set `deny`[2000] = 1", "remove `deny`[1000]"]
+            ["remove `deny`[1000]", "set `deny`[2000] = 1"]
         );
         let undos: Vec<String> = ops
             .iter()
             .map(|o| o.undo.as_ref().map(Step::summary).unwrap_or_default())
             .collect();
-        assert_eq!(undos, ["remove `deny`[2000]", "set `deny`[1000] = 1"]);
+        assert_eq!(undos, ["set `deny`[1000] = 1", "remove `deny`[2000]"]);
     }
 
     #[test]

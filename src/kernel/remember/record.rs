@@ -468,9 +468,10 @@ impl Store {
 
     /// Write the record (atomically) and start an empty journal for its run.
     pub fn save(&self, record: &Record) -> Result<()> {
-        let mut bytes = serde_json::to_vec(record).context("encoding the record")?;
-        bytes.push(b'\n');
-        trust::write_private(&self.path, &bytes)?;
+        trust::write_private_with(&self.path, |w| {
+            serde_json::to_writer(&mut *w, record).context("encoding the record")?;
+            Ok(w.write_all(b"\n")?)
+        })?;
         self.clear_journal()
     }
 

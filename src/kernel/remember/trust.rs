@@ -137,6 +137,15 @@ pub(crate) fn read_private(path: &Path) -> Result<Option<Vec<u8>>> {
 /// what is written here describes kernel objects that a crash of the
 /// machine takes with it.
 pub(crate) fn write_private(path: &Path, bytes: &[u8]) -> Result<()> {
+    write_private_with(path, |w| Ok(w.write_all(bytes)?))
+}
+
+/// `write_private`, the contents written by `fill` as they are made (a
+/// record of a million entries is not first held as bytes).
+pub(crate) fn write_private_with(
+    path: &Path,
+    fill: impl FnOnce(&mut dyn std::io::Write) -> Result<()>,
+) -> Result<()> {
     use std::io::Write;
     let dir = path.parent().context("a file without a directory")?;
     let mut tmp = tempfile::Builder::new()
@@ -144,7 +153,11 @@ pub(crate) fn write_private(path: &Path, bytes: &[u8]) -> Result<()> {
         .permissions(fs::Permissions::from_mode(0o600))
         .tempfile_in(dir)
         .with_context(|| format!("writing in {}", dir.display()))?;
-    tmp.write_all(bytes)?;
+    {
+        let mut w = std::io::BufWriter::new(tmp.as_file_mut());
+        fill(&mut w)?;
+        w.flush()?;
+    }
     tmp.persist(path)
         .with_context(|| format!("writing {}", path.display()))?;
     Ok(())
