@@ -180,13 +180,13 @@ fn run_batch(argv: &[String], input: &[u8], steps: &[&Step]) -> BatchEnd {
     }
 }
 
+/// A map's contents by key (none: the map could not be opened).
+type Contents = Option<rustc_hash::FxHashMap<Vec<u8>, Vec<u8>>>;
+
 /// The first entry step whose change the kernel does not hold, read with
 /// one dump of each map the steps name.
 fn first_not_landed(steps: &[&Step]) -> Option<usize> {
-    let mut maps: std::collections::BTreeMap<
-        &str,
-        Option<rustc_hash::FxHashMap<Vec<u8>, Vec<u8>>>,
-    > = std::collections::BTreeMap::new();
+    let mut maps: std::collections::BTreeMap<&str, Contents> = std::collections::BTreeMap::new();
     for step in steps {
         if let Step::UpdateMapEntry { pin, .. } | Step::DeleteMapEntry { pin, .. } = step
             && !maps.contains_key(pin.as_str())
