@@ -70,6 +70,7 @@ bench: deps build
 	sh scripts/bench-apply.sh
 	sh scripts/bench-replace.sh
 	sh scripts/bench-entries.sh | tee docs/bench-entries.txt
+	sh scripts/bench-scale.sh | tee docs/bench-scale.txt
 	sh scripts/stream-experiments.sh | tee docs/stream-experiments.txt
 	sh scripts/bench-netns.sh
 	target/release/bpfplan bench manifests/bypass.toml --chart docs/bench.svg | tee docs/bench.txt
