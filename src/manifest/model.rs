@@ -661,6 +661,13 @@ impl PartialEq for Entry {
 
 impl Eq for Entry {}
 
+impl std::hash::Hash for Entry {
+    fn hash<H: std::hash::Hasher>(&self, h: &mut H) {
+        self.key_len.hash(h);
+        self.bytes.hash(h);
+    }
+}
+
 impl PartialOrd for Entry {
     fn partial_cmp(&self, other: &Self) -> Option<std::cmp::Ordering> {
         Some(self.cmp(other))

@@ -2,6 +2,7 @@
 //! plan. A plan is the facts of what it sets up (`Spec`) and the ordered
 //! steps that set it up; the teardown is each step's undo, in reverse.
 
+pub(crate) mod ops;
 pub mod render;
 pub mod step;
 
@@ -360,16 +361,16 @@ pub struct Drift {
 /// steps carry their own undo; a run computed against the live kernel (an
 /// entries update, a replace) sets the undo from what it observed, such as
 /// the value an entry had before.
-#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+#[derive(Debug, Clone, PartialEq, Eq, Hash, Serialize, Deserialize)]
 pub struct Op {
     pub step: Step,
-    pub undo: Option<Step>,
+    pub undo: Option<Box<Step>>,
 }
 
 impl Op {
     /// A step with its own undo.
     pub fn of(step: Step) -> Op {
-        let undo = step.undo();
+        let undo = step.undo().map(Box::new);
         Op { step, undo }
     }
 }

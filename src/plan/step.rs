@@ -11,7 +11,7 @@ use crate::manifest::model::{
 };
 
 /// One word of a command.
-#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+#[derive(Debug, Clone, PartialEq, Eq, Hash, Serialize, Deserialize)]
 #[serde(untagged)]
 pub enum Arg {
     /// A literal word.
@@ -32,7 +32,7 @@ impl Arg {
 }
 
 /// A reused map: the object's map `name` is replaced by the map pinned at `pin`.
-#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+#[derive(Debug, Clone, PartialEq, Eq, Hash, Serialize, Deserialize)]
 pub struct ReusedMap {
     /// The map's name in the object.
     pub name: MapName,
@@ -42,7 +42,7 @@ pub struct ReusedMap {
 
 /// How a command names a program: by its pin, or by its kernel id (a
 /// program whose pin is gone, or was moved aside during a replace).
-#[derive(Debug, Clone, PartialEq, Eq, PartialOrd, Ord, Serialize, Deserialize)]
+#[derive(Debug, Clone, PartialEq, Eq, PartialOrd, Ord, Hash, Serialize, Deserialize)]
 #[serde(rename_all = "snake_case")]
 pub enum ProgRef {
     Pinned(ProgPin),
@@ -59,7 +59,7 @@ impl ProgRef {
 }
 
 /// Where a program is attached.
-#[derive(Debug, Clone, PartialEq, Eq, PartialOrd, Ord, Serialize, Deserialize)]
+#[derive(Debug, Clone, PartialEq, Eq, PartialOrd, Ord, Hash, Serialize, Deserialize)]
 #[serde(rename_all = "snake_case")]
 pub enum AttachPoint {
     /// A cgroup v2 directory.
@@ -78,7 +78,7 @@ pub enum AttachPoint {
 }
 
 /// A program attached somewhere: what attach and detach steps both say.
-#[derive(Debug, Clone, PartialEq, Eq, PartialOrd, Ord, Serialize, Deserialize)]
+#[derive(Debug, Clone, PartialEq, Eq, PartialOrd, Ord, Hash, Serialize, Deserialize)]
 pub struct Attachment {
     /// The program, as the manifest names it.
     pub program: ProgName,
@@ -89,7 +89,7 @@ pub struct Attachment {
 }
 
 /// Which kind of object a pin holds.
-#[derive(Debug, Clone, Copy, PartialEq, Eq, PartialOrd, Ord, Serialize, Deserialize)]
+#[derive(Debug, Clone, Copy, PartialEq, Eq, PartialOrd, Ord, Hash, Serialize, Deserialize)]
 #[serde(rename_all = "snake_case")]
 pub enum PinKind {
     Program,
@@ -105,7 +105,7 @@ impl PinKind {
     }
 }
 
-#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+#[derive(Debug, Clone, PartialEq, Eq, Hash, Serialize, Deserialize)]
 #[serde(tag = "op", rename_all = "snake_case")]
 pub enum Step {
     /// Create the directory that compiled objects go to.

@@ -559,9 +559,14 @@ impl<'a, 'k> Executor<'a, 'k> {
                     "a look at the kernel shows that the failed step {} took effect: it is undone too",
                     b.numbering.first + index
                 ));
-                undo.extend(ops[index].undo.clone());
+                undo.extend(ops[index].undo.as_deref().cloned());
             }
-            undo.extend(ops[..index].iter().rev().filter_map(|op| op.undo.clone()));
+            undo.extend(
+                ops[..index]
+                    .iter()
+                    .rev()
+                    .filter_map(|op| op.undo.as_deref().cloned()),
+            );
         }
         let undo: Vec<Op> = undo
             .into_iter()

@@ -612,16 +612,16 @@ pub(crate) fn entry_ops(spec: &Spec, obs: &Observed, deployed: Option<&Deployed>
             let old = as_entry(key, value);
             ops.push(Op {
                 step: delete(old.clone()),
-                undo: Some(update(old)),
+                undo: Some(Box::new(update(old))),
             });
         }
         for (e, before) in changed {
             ops.push(Op {
                 step: update(e.clone()),
-                undo: Some(match before {
+                undo: Some(Box::new(match before {
                     Some(v) => update(as_entry(e.key(), v)),
                     None => delete(e.clone()),
-                }),
+                })),
             });
         }
     }
@@ -1188,7 +1188,7 @@ impl Stager<'_> {
         };
         Op {
             step: Step::Attach(new),
-            undo: Some(undo),
+            undo: Some(Box::new(undo)),
         }
     }
 
@@ -1285,7 +1285,7 @@ fn detach_op(step: &Step) -> Op {
     };
     Op {
         step: step.clone(),
-        undo,
+        undo: undo.map(Box::new),
     }
 }
 
@@ -1679,7 +1679,7 @@ cgroup = "/sys/fs/cgroup/web"
         );
         let undos: Vec<String> = ops
             .iter()
-            .map(|o| o.undo.as_ref().map(Step::summary).unwrap_or_default())
+            .map(|o| o.undo.as_deref().map(Step::summary).unwrap_or_default())
             .collect();
         assert_eq!(undos, ["set `deny`[1000] = 1", "remove `deny`[2000]"]);
     }

@@ -32,7 +32,7 @@ pub(crate) fn recovery(run: &Run, started: usize, obs: &Observed) -> (Vec<Op>, b
         run.ops[..started]
             .iter()
             .rev()
-            .filter_map(|op| op.undo.clone())
+            .filter_map(|op| op.undo.as_deref().cloned())
             .collect()
     };
     let mut sim = Simulated::new(obs);

@@ -77,7 +77,7 @@ impl Query {
     /// Everything the steps of a run name.
     pub fn ops(&mut self, ops: &[Op]) -> &mut Self {
         for op in ops {
-            for step in std::iter::once(&op.step).chain(op.undo.as_ref()) {
+            for step in std::iter::once(&op.step).chain(op.undo.as_deref()) {
                 self.step(step);
             }
         }

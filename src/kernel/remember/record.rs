@@ -95,7 +95,8 @@ pub struct Run {
     pub kind: RunKind,
     /// What the run brings in: the record's `deployed` when it completes.
     pub plan: Plan,
-    /// The steps, each with its undo.
+    /// The steps, each with its undo (entry ops packed, `plan::ops`).
+    #[serde(with = "crate::plan::ops")]
     pub ops: Vec<Op>,
     /// From this op on the run is past its point of no return: a killed
     /// run is finished, not undone.
@@ -142,7 +143,7 @@ impl Record {
             steps.extend(
                 r.ops
                     .iter()
-                    .flat_map(|o| std::iter::once(&o.step).chain(&o.undo)),
+                    .flat_map(|o| std::iter::once(&o.step).chain(o.undo.as_deref())),
             );
             dirs.extend(&r.pin_dirs);
         }

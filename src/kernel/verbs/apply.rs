@@ -179,8 +179,21 @@ pub(crate) fn apply(
         mount: foreseen.mount.clone(),
         build: foreseen.build.clone(),
     };
-    let foreseen = Some(&foreseen.decision);
-    carry_out(&mut exec, &store, plan, pre, loaded, obs, inputs, foreseen)
+    // Only what it takes to tell a different decision is kept: the
+    // foreseen ops of a million entries are not held while apply decides
+    // again.
+    let fingerprint = Foreseen::of(&foreseen.decision);
+    drop(foreseen);
+    carry_out(
+        &mut exec,
+        &store,
+        plan,
+        pre,
+        loaded,
+        obs,
+        inputs,
+        Some(fingerprint),
+    )
 }
 
 /// Mount bpffs where the pins need one (through the executor, like every
@@ -273,7 +286,7 @@ pub(crate) fn carry_out(
     mut loaded: Option<Loaded>,
     mut obs: Observed,
     inputs: Inputs,
-    foreseen: Option<&Decision>,
+    foreseen: Option<Foreseen>,
 ) -> Result<Applied> {
     let decided = intent::apply(plan, None, pre.build, loaded.as_ref(), &obs, &inputs.built)
         .adopting(plan, loaded.as_ref(), &obs, &store.claims());
@@ -282,14 +295,13 @@ pub(crate) fn carry_out(
         ..decided
     };
     if let Some(f) = foreseen
-        && (decided_word(f) != decided_word(&decided.decision)
-            || intent::run_ops(f) != intent::run_ops(&decided.decision))
+        && f != Foreseen::of(&decided.decision)
     {
         exec.note(&format!(
             "with the objects built, apply decides `{}` rather than the `{}` foreseen from the \
              sources",
             decided_word(&decided.decision),
-            decided_word(f)
+            f.word
         ));
     }
     let mut ctx = carry::Apply {
@@ -367,6 +379,29 @@ fn decide_again(
         ctx.numbering.total = ctx.numbering.first - 1 + intent::run_ops(&again.decision).len();
     }
     Ok((loaded, obs, again))
+}
+
+/// A decision as far as telling another one apart: its word, and its ops
+/// by count and hash.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub(crate) struct Foreseen {
+    word: &'static str,
+    ops: usize,
+    hash: u64,
+}
+
+impl Foreseen {
+    fn of(d: &Decision) -> Foreseen {
+        use std::hash::{Hash, Hasher};
+        let ops = intent::run_ops(d);
+        let mut h = std::collections::hash_map::DefaultHasher::new();
+        ops.hash(&mut h);
+        Foreseen {
+            word: decided_word(d),
+            ops: ops.len(),
+            hash: h.finish(),
+        }
+    }
 }
 
 fn decided_word(d: &Decision) -> &'static str {

@@ -1,0 +1,263 @@
+//! A run's ops as records keep them. An op that writes or removes one map
+//! entry, undone on the same key, is one short string in a group of its
+//! map (`set KEY:VALUE -`, `set KEY:VALUE set:OLD`, `set KEY:VALUE del`,
+//! `del KEY:VALUE set:VALUE`), so the record of a run of a million entries is a
+//! million short strings, not a million objects that each name the map
+//! and its pin. Every other op is stored whole, in its place.
+
+use serde::de::{SeqAccess, Visitor};
+use serde::ser::SerializeSeq;
+use serde::{Deserialize, Deserializer, Serialize, Serializer};
+
+use super::Op;
+use super::step::Step;
+use crate::manifest::model::{Entry, MapName, MapPin, ScalarType};
+
+/// A run of entry ops on one map.
+#[derive(Serialize, Deserialize)]
+struct Group {
+    map: MapName,
+    pin: MapPin,
+    #[serde(default)]
+    key_type: Option<ScalarType>,
+    #[serde(default)]
+    value_type: Option<ScalarType>,
+    ops: Vec<String>,
+}
+
+/// One element of the stored list: a group, or an op whole.
+#[derive(Serialize, Deserialize)]
+struct Element {
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    entries: Option<Group>,
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    step: Option<Step>,
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    undo: Option<Box<Step>>,
+}
+
+/// An entry op's parts when it packs: its map, pin and the string.
+fn pack(op: &Op) -> Option<(&MapName, &MapPin, Entry, String)> {
+    let hex = crate::util::hex;
+    let (set, map, pin, entry) = match &op.step {
+        Step::UpdateMapEntry { map, pin, entry } => (true, map, pin, entry),
+        Step::DeleteMapEntry { map, pin, entry } => (false, map, pin, entry),
+        _ => return None,
+    };
+    let undo = match op.undo.as_deref() {
+        None => "-".to_string(),
+        Some(Step::UpdateMapEntry {
+            map: m,
+            pin: p,
+            entry: e,
+        }) if m == map && p == pin && e.key() == entry.key() && e.shown() == entry.shown() => {
+            format!("set:{}", hex(e.value()))
+        }
+        Some(Step::DeleteMapEntry {
+            map: m,
+            pin: p,
+            entry: e,
+        }) if m == map && p == pin && e == entry && e.shown() == entry.shown() => "del".to_string(),
+        Some(_) => return None,
+    };
+    let verb = if set { "set" } else { "del" };
+    let text = format!("{verb} {}:{} {undo}", hex(entry.key()), hex(entry.value()));
+    Some((map, pin, entry.clone(), text))
+}
+
+pub fn serialize<S: Serializer>(ops: &[Op], s: S) -> Result<S::Ok, S::Error> {
+    let mut seq = s.serialize_seq(None)?;
+    let mut group: Option<Group> = None;
+    for op in ops {
+        match pack(op) {
+            Some((map, pin, entry, text)) => {
+                let same = group.as_ref().is_some_and(|g| {
+                    &g.map == map && &g.pin == pin && (g.key_type, g.value_type) == entry.shown()
+                });
+                if !same {
+                    if let Some(g) = group.take() {
+                        seq.serialize_element(&Element {
+                            entries: Some(g),
+                            step: None,
+                            undo: None,
+                        })?;
+                    }
+                    let (key_type, value_type) = entry.shown();
+                    group = Some(Group {
+                        map: map.clone(),
+                        pin: pin.clone(),
+                        key_type,
+                        value_type,
+                        ops: Vec::new(),
+                    });
+                }
+                if let Some(g) = group.as_mut() {
+                    g.ops.push(text);
+                }
+            }
+            None => {
+                if let Some(g) = group.take() {
+                    seq.serialize_element(&Element {
+                        entries: Some(g),
+                        step: None,
+                        undo: None,
+                    })?;
+                }
+                seq.serialize_element(&Element {
+                    entries: None,
+                    step: Some(op.step.clone()),
+                    undo: op.undo.clone(),
+                })?;
+            }
+        }
+    }
+    if let Some(g) = group.take() {
+        seq.serialize_element(&Element {
+            entries: Some(g),
+            step: None,
+            undo: None,
+        })?;
+    }
+    seq.end()
+}
+
+/// The ops of one packed string.
+fn unpack(g: &Group, text: &str) -> Option<Op> {
+    let mut words = text.split(' ');
+    let (verb, kv, undo) = (words.next()?, words.next()?, words.next()?);
+    let (k, v) = kv.split_once(':')?;
+    let shown = (g.key_type, g.value_type);
+    let (key, value) = (crate::util::unhex(k)?, crate::util::unhex(v)?);
+    let entry = Entry::new(&key, &value, shown);
+    let update = |entry| Step::UpdateMapEntry {
+        map: g.map.clone(),
+        pin: g.pin.clone(),
+        entry,
+    };
+    let delete = |entry| Step::DeleteMapEntry {
+        map: g.map.clone(),
+        pin: g.pin.clone(),
+        entry,
+    };
+    let undo = match undo {
+        "-" => None::<Step>,
+        "del" => Some(delete(entry.clone())),
+        old => Some(update(Entry::new(
+            &key,
+            &crate::util::unhex(old.strip_prefix("set:")?)?,
+            shown,
+        ))),
+    };
+    let step = match verb {
+        "set" => update(entry),
+        "del" => delete(entry),
+        _ => return None,
+    };
+    Some(Op {
+        step,
+        undo: undo.map(Box::new),
+    })
+}
+
+pub fn deserialize<'de, D: Deserializer<'de>>(d: D) -> Result<Vec<Op>, D::Error> {
+    struct List;
+    impl<'de> Visitor<'de> for List {
+        type Value = Vec<Op>;
+        fn expecting(&self, f: &mut std::fmt::Formatter) -> std::fmt::Result {
+            f.write_str("a run's ops")
+        }
+        fn visit_seq<A: SeqAccess<'de>>(self, mut seq: A) -> Result<Vec<Op>, A::Error> {
+            let mut ops = Vec::new();
+            while let Some(e) = seq.next_element::<Element>()? {
+                match (e.entries, e.step) {
+                    (Some(g), None) => {
+                        ops.reserve(g.ops.len());
+                        for text in &g.ops {
+                            ops.push(unpack(&g, text).ok_or_else(|| {
+                                serde::de::Error::custom(format!("`{text}` is not an entry op"))
+                            })?);
+                        }
+                    }
+                    (None, Some(step)) => ops.push(Op { step, undo: e.undo }),
+                    _ => {
+                        return Err(serde::de::Error::custom(
+                            "an op is a step or a group of entries",
+                        ));
+                    }
+                }
+            }
+            Ok(ops)
+        }
+    }
+    d.deserialize_seq(List)
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::manifest::model::ScalarType::{U8, U32};
+
+    #[derive(Serialize, Deserialize, PartialEq, Debug)]
+    struct Held(#[serde(with = "super")] Vec<Op>);
+
+    #[test]
+    fn entry_ops_pack_into_strings_and_come_back_the_same() {
+        let (map, pin) = (MapName::new("deny"), MapPin::new("/sys/fs/bpf/t/deny"));
+        let shown = (Some(U32), Some(U8));
+        let e = |k: u32, v: u8| Entry::new(&k.to_ne_bytes(), &[v], shown);
+        let set = |entry| Step::UpdateMapEntry {
+            map: map.clone(),
+            pin: pin.clone(),
+            entry,
+        };
+        let del = |entry| Step::DeleteMapEntry {
+            map: map.clone(),
+            pin: pin.clone(),
+            entry,
+        };
+        let other = Step::UnpinMap {
+            map: map.clone(),
+            pin: pin.clone(),
+        };
+        let ops = vec![
+            Op {
+                step: set(e(1, 1)),
+                undo: None,
+            },
+            Op {
+                step: set(e(2, 2)),
+                undo: Some(Box::new(set(e(2, 1)))),
+            },
+            Op {
+                step: set(e(3, 1)),
+                undo: Some(Box::new(del(e(3, 1)))),
+            },
+            Op {
+                step: del(e(4, 1)),
+                undo: Some(Box::new(set(e(4, 1)))),
+            },
+            Op {
+                step: other.clone(),
+                undo: None,
+            },
+            // An undo on another key is kept whole.
+            Op {
+                step: set(e(5, 1)),
+                undo: Some(Box::new(set(e(6, 1)))),
+            },
+            Op {
+                step: set(Entry::new(&[7], &[1], (None, None))),
+                undo: None,
+            },
+        ];
+        let json = serde_json::to_string(&Held(ops.clone())).unwrap();
+        assert!(json.contains(r#""ops":["set 01000000:01 -","set 02000000:02 set:01","set 03000000:01 del","del 04000000:01 set:01"]"#), "{json}");
+        let back: Held = serde_json::from_str(&json).unwrap();
+        assert_eq!(back.0, ops);
+        assert_eq!(
+            back.0.iter().map(|o| o.step.summary()).collect::<Vec<_>>(),
+            ops.iter().map(|o| o.step.summary()).collect::<Vec<_>>(),
+            "shown as before"
+        );
+    }
+}
