@@ -146,12 +146,9 @@ fn plan_out(target: &Target, format: Format, out: &Path) -> Result<(), Failure> 
 
 /// Print a saved plan's review: what `apply --plan` runs.
 fn show_saved(saved: &saved::SavedPlan, format: Format) -> Result<(), Failure> {
-    emit(&render::render_decided(
-        &saved.plan,
-        &saved.review,
-        format,
-        Direction::Apply,
-    )?)?;
+    emit_with(|w| {
+        render::render_decided_to(w, &saved.plan, &saved.review, format, Direction::Apply)
+    })?;
     Ok(())
 }
 
@@ -487,10 +484,26 @@ fn generate(what: crate::cli::Generated, out: &std::path::Path) -> anyhow::Resul
 /// error: what bpfplan did stands, and so does its exit code; any other
 /// failure to write (a full disk) is one.
 fn emit(text: &str) -> anyhow::Result<()> {
+    emit_with(|w| Ok(w.write_all(text.as_bytes())?))
+}
+
+/// Write to stdout as the output is made (a plan of a million steps is
+/// not held whole); a reader that went away (`| head`) is not an error.
+fn emit_with(
+    write: impl FnOnce(&mut dyn std::io::Write) -> anyhow::Result<()>,
+) -> anyhow::Result<()> {
     use std::io::Write;
-    let mut out = std::io::stdout().lock();
-    match out.write_all(text.as_bytes()).and_then(|()| out.flush()) {
-        Err(e) if e.kind() == std::io::ErrorKind::BrokenPipe => Ok(()),
+    let mut out = std::io::BufWriter::new(std::io::stdout().lock());
+    let result = write(&mut out).and_then(|()| Ok(out.flush()?));
+    match result {
+        Err(e)
+            if e.chain().any(|c| {
+                c.downcast_ref::<std::io::Error>()
+                    .is_some_and(|e| e.kind() == std::io::ErrorKind::BrokenPipe)
+            }) =>
+        {
+            Ok(())
+        }
         other => other.context("writing the output"),
     }
 }
@@ -512,7 +525,7 @@ fn plan_cmd(
         Direction::Destroy => plan.destroy(),
     };
     if manifest_only {
-        emit(&render::render(&manifest_plan(plan), format, dir)?)?;
+        emit_with(|w| render::render_to(w, &manifest_plan(plan), format, dir))?;
         return Ok(());
     }
     // Looking at the kernel needs root (bpf(2)) and bpftool.
@@ -530,14 +543,14 @@ fn plan_cmd(
                 Direction::Destroy => "destroy after it",
             }
         );
-        emit(&render::render(&manifest_plan(plan), format, dir)?)?;
+        emit_with(|w| render::render_to(w, &manifest_plan(plan), format, dir))?;
         return Ok(());
     }
     let review = match dir {
         Direction::Apply => apply::pending(&plan, &mut kernel())?,
         Direction::Destroy => destroy::pending(&plan, &mut kernel())?,
     };
-    emit(&render::render_decided(&plan, &review, format, dir)?)?;
+    emit_with(|w| render::render_decided_to(w, &plan, &review, format, dir))?;
     let changes = !matches!(
         review.decision,
         DecisionKind::Nothing | DecisionKind::NothingToDestroy
