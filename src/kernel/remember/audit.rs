@@ -381,15 +381,42 @@ pub fn read(path: &Path, deployment: Option<&str>, since: Option<f64>) -> Result
 /// The last `finish` line of `command` for exactly this deployment, if
 /// the log is there and readable.
 pub fn last_finish(path: &Path, deployment: &str, command: &str) -> Option<AuditLine> {
-    let bytes = trust::read_private(path).ok()??;
-    // Only a line that says "finish" is read as JSON: after an apply of a
-    // million entries, a million batch lines come before it.
-    String::from_utf8_lossy(&bytes)
-        .lines()
-        .rev()
-        .filter(|l| l.contains("\"finish\""))
-        .filter_map(|l| serde_json::from_str::<AuditLine>(l).ok())
-        .find(|l| l.phase == "finish" && l.command == command && l.deployment == deployment)
+    use std::io::{Read, Seek, SeekFrom};
+    let mut file = trust::open_private(path).ok()??;
+    // Read back from the end, a block at a time: after an apply of a
+    // million entries, a million batch lines come before its finish line.
+    // Only a line that says "finish" is read as JSON.
+    const BLOCK: u64 = 1 << 20;
+    let mut end = file.seek(SeekFrom::End(0)).ok()?;
+    let mut tail: Vec<u8> = Vec::new();
+    loop {
+        let start = end.saturating_sub(BLOCK);
+        let mut block = vec![0u8; (end - start) as usize];
+        file.seek(SeekFrom::Start(start)).ok()?;
+        file.read_exact(&mut block).ok()?;
+        block.extend_from_slice(&tail);
+        // The first line of a block may go on before it: kept for the next.
+        let whole = if start == 0 {
+            &block[..]
+        } else {
+            let cut = block
+                .iter()
+                .position(|b| *b == b'\n')
+                .map_or(block.len(), |i| i + 1);
+            tail = block[..cut].to_vec();
+            &block[cut..]
+        };
+        let found = whole
+            .split(|b| *b == b'\n')
+            .rev()
+            .filter(|l| l.windows(8).any(|w| w == b"\"finish\""))
+            .filter_map(|l| serde_json::from_slice::<AuditLine>(l).ok())
+            .find(|l| l.phase == "finish" && l.command == command && l.deployment == deployment);
+        if found.is_some() || start == 0 {
+            return found;
+        }
+        end = start;
+    }
 }
 
 /// `--since`: an RFC 3339 time (`2026-11-26T12:00:00Z`) or a duration ago
@@ -459,6 +486,49 @@ pub fn text(lines: &[AuditLine]) -> String {
 
 #[cfg(test)]
 mod tests {
+
+    /// The last finish line of a deployment is found from the end of the
+    /// log, across blocks, past lines longer than a block (a batch's).
+    #[test]
+    fn the_last_finish_is_read_back_from_the_end() {
+        use std::os::unix::fs::PermissionsExt;
+        let dir = tempfile::tempdir().unwrap();
+        let path = dir.path().join("audit.jsonl");
+        let line = |phase: &str, deployment: &str, exit: i32, lines: usize| {
+            serde_json::json!({
+                "time": "2026-12-01T00:00:00Z", "unix": exit as f64, "phase": phase,
+                "command": "apply", "user": "root", "uid": 0, "manifest": "/m/x.toml",
+                "deployment": deployment, "plan_hash": "h", "exit": exit,
+                "lines": vec!["map update pinned /sys/fs/bpf/x key hex 01 value hex 01"; lines],
+            })
+            .to_string()
+        };
+        let mut text = String::new();
+        for (phase, dep, exit, lines) in [
+            ("finish", "x-1", 1, 0),
+            ("finish", "x-1", 0, 0),
+            ("finish", "y-2", 5, 0),
+            // A batch line of about 3 MiB, then many short ones.
+            ("batch", "x-1", 0, 50_000),
+        ] {
+            text.push_str(&line(phase, dep, exit, lines));
+            text.push('\n');
+        }
+        for _ in 0..20_000 {
+            text.push_str(&line("start", "x-1", 0, 0));
+            text.push('\n');
+        }
+        std::fs::write(&path, &text).unwrap();
+        std::fs::set_permissions(&path, std::fs::Permissions::from_mode(0o600)).unwrap();
+        assert!(text.len() > 4 << 20, "more than a few blocks");
+        let found = last_finish(&path, "x-1", "apply").expect("found");
+        assert_eq!(found.exit, Some(0));
+        assert_eq!(
+            last_finish(&path, "y-2", "apply").and_then(|l| l.exit),
+            Some(5)
+        );
+        assert!(last_finish(&path, "z-3", "apply").is_none());
+    }
 
     /// A line torn by a kill (no newline at the end) does not swallow the
     /// next run's first line: `bpfplan log` shows every complete line.

@@ -101,6 +101,19 @@ pub(crate) fn private_dir(dir: &Path, what: &str) -> Result<()> {
 /// Read a file of a private directory, refusing a symlink or a file that
 /// someone other than root could have written. `None` when it is missing.
 pub(crate) fn read_private(path: &Path) -> Result<Option<Vec<u8>>> {
+    let Some(file) = open_private(path)? else {
+        return Ok(None);
+    };
+    let mut bytes = Vec::new();
+    (&file)
+        .read_to_end(&mut bytes)
+        .with_context(|| format!("reading {}", path.display()))?;
+    Ok(Some(bytes))
+}
+
+/// `read_private`'s file, open and checked, to read a part of (the end of
+/// an audit log of a million lines).
+pub(crate) fn open_private(path: &Path) -> Result<Option<fs::File>> {
     // O_NONBLOCK: opening a FIFO must not wait for a writer (it is then
     // refused as not a regular file).
     let file = match fs::OpenOptions::new()
@@ -125,11 +138,7 @@ pub(crate) fn read_private(path: &Path) -> Result<Option<Vec<u8>>> {
         bail!("{} is not a regular file", path.display());
     }
     check_meta(path, &meta, "file")?;
-    let mut bytes = Vec::new();
-    (&file)
-        .read_to_end(&mut bytes)
-        .with_context(|| format!("reading {}", path.display()))?;
-    Ok(Some(bytes))
+    Ok(Some(file))
 }
 
 /// Write a file of a private directory atomically (a temporary file, then
