@@ -386,12 +386,17 @@ fn sh(out: &mut Sink, manifest: &std::path::Path, steps: &[Step], dir: Direction
     Ok(())
 }
 
+/// At most this many entry changes go to one bpftool process, in the sh
+/// script as in apply (which runs the script's commands, grouped alike).
+pub const BATCH_MAX: usize = 50_000;
+
 /// How many steps from here on can be lines of one `bpftool batch file -`:
 /// map entry changes whose words need no quoting (bpftool's batch reader
 /// has its own quoting, and `#` starts a comment even inside quotes).
 fn batch_len(steps: &[Step]) -> usize {
     steps
         .iter()
+        .take(BATCH_MAX)
         .take_while(|s| {
             matches!(s, Step::UpdateMapEntry { .. } | Step::DeleteMapEntry { .. })
                 && s.argv().iter().all(|a| {

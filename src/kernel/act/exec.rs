@@ -17,8 +17,7 @@ use crate::kernel::remember::record::Journal;
 use crate::plan::step::Step;
 use crate::plan::{Op, Stage};
 
-/// At most this many entries go to one bpftool process.
-const BATCH_MAX: usize = 50_000;
+use crate::plan::render::BATCH_MAX;
 
 fn is_entry(step: &Step) -> bool {
     matches!(
