@@ -116,7 +116,7 @@ pub(crate) struct Printer {
     pending: String,
     /// Steps of the batch being gathered, and the last one not shown.
     batched: usize,
-    unshown: Option<String>,
+    unshown: Option<(usize, usize, Step)>,
 }
 
 /// How many steps of a batch the progress shows before it counts the rest.
@@ -137,7 +137,8 @@ impl Listener for Printer {
                 ..
             } if self.batched >= BATCH_SHOWN => {
                 self.batched += 1;
-                self.unshown = Some(format!("[{n}/{total}] {}", step.summary()));
+                // Shown only if it is the last: kept, not formatted.
+                self.unshown = Some((*n, *total, (*step).clone()));
                 hold = true;
             }
             Event::Started {
@@ -193,11 +194,12 @@ impl Listener for Printer {
             }
             Event::BatchStarted { .. } => hold = true,
             Event::Batch { lines, elapsed, .. } => {
-                if let Some(last) = self.unshown.take() {
+                if let Some((n, total, last)) = self.unshown.take() {
                     let more = self.batched - BATCH_SHOWN;
                     let _ = writeln!(
                         out,
-                        "      ... {more} more step(s) like these, the last:\n{last}"
+                        "      ... {more} more step(s) like these, the last:\n[{n}/{total}] {}",
+                        last.summary()
                     );
                 }
                 self.batched = 0;
