@@ -383,10 +383,20 @@ impl Step {
                 let verb = if update { "update" } else { "delete" };
                 let mut argv = words(&["bpftool", "map", verb, "pinned"]);
                 argv.extend([Arg::lit(pin.as_str()), Arg::lit("key"), Arg::lit("hex")]);
-                argv.extend(entry.key().iter().map(|b| Arg::lit(format!("{b:02x}"))));
+                argv.extend(
+                    entry
+                        .key()
+                        .iter()
+                        .map(|b| Arg::lit(crate::util::hex(&[*b]))),
+                );
                 if update {
                     argv.extend([Arg::lit("value"), Arg::lit("hex")]);
-                    argv.extend(entry.value().iter().map(|b| Arg::lit(format!("{b:02x}"))));
+                    argv.extend(
+                        entry
+                            .value()
+                            .iter()
+                            .map(|b| Arg::lit(crate::util::hex(&[*b]))),
+                    );
                 }
                 argv
             }

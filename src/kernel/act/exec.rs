@@ -480,7 +480,7 @@ impl<'a, 'k> Executor<'a, 'k> {
     fn batch(&mut self, at: At, group: &[Op], first: usize, total: usize) -> Result<(), Stop> {
         let mut lines = Vec::with_capacity(group.len());
         for (k, op) in group.iter().enumerate() {
-            let argv = seam::resolve(self.kernel, &op.step.argv()).map_err(|e| Stop::At(k, e))?;
+            let argv = seam::resolve(self.kernel, op.step.argv()).map_err(|e| Stop::At(k, e))?;
             self.emit_first(&Event::Started {
                 n: first + k,
                 total,
@@ -646,7 +646,7 @@ impl<'a, 'k> Executor<'a, 'k> {
     /// Run one step and report it.
     fn step(&mut self, at: At, step: &Step, n: usize, total: usize) -> Result<()> {
         let started = Instant::now();
-        let argv = match seam::resolve(self.kernel, &step.argv()) {
+        let argv = match seam::resolve(self.kernel, step.argv()) {
             Ok(argv) => argv,
             Err(e) => {
                 self.report_failure(step, (n, total), &[], started, None, &e);

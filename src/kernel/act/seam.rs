@@ -75,10 +75,10 @@ pub(crate) trait Kernel {
 }
 
 /// The words of a step with the run-time ones filled in.
-pub(crate) fn resolve(kernel: &mut dyn Kernel, argv: &[Arg]) -> Result<Vec<String>> {
-    argv.iter()
+pub(crate) fn resolve(kernel: &mut dyn Kernel, argv: Vec<Arg>) -> Result<Vec<String>> {
+    argv.into_iter()
         .map(|a| match a {
-            Arg::Lit(s) => Ok(s.clone()),
+            Arg::Lit(s) => Ok(s),
             Arg::MapId { program_pin, map } => kernel
                 .map_id(program_pin.as_str(), map.as_str())
                 .map(|id| id.to_string())
