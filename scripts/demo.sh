@@ -51,7 +51,7 @@ cat "/tmp/bpfplan-demo-$$.txt"
 # faster depends on the workload and the CPU (see `bpfplan bench`).
 awk '
     NR == 2 { lp = $(NF - 5); ls = $(NF - 1) }
-    NR == 3 { bp = $(NF - 5); bs = $(NF - 1) }
+    NR == 3 { bp = $(NF - 5); bs = $(NF - 1); blo = $(NF - 6) }
     END {
         rr = (lp - bp) / lp * 100; st = (bs - ls) / ls * 100
         printf "\non this machine: request/response p50 %s by %.0f%%; the 64 MiB stream %s by %.0f%%\n", \
@@ -60,5 +60,7 @@ awk '
             print "streams lose here (one wake-up per message on the tcp_bpf path): keep bulk-transfer ports out with skip_ports"
         if (rr > 5)
             print "request/response gains: that is what the bypass is for"
+        if (blo > 32 * 1048576)
+            print "the bypassed stream still crossed lo: its reader fell more than a receive buffer behind, so backpressure sent it back to TCP (max_queued; bulk_bytes would too, off by default), as it is made to; `bpfplan status` counts those demotions"
         print "one run of each: `bpfplan bench manifests/bypass.toml` measures with rounds and says what to bypass"
     }' "/tmp/bpfplan-demo-$$.txt"
