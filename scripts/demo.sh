@@ -14,7 +14,7 @@ cleanup() {
     # shellcheck disable=SC2086
     "$BPFPLAN" destroy manifests/bypass.toml $vars >/dev/null 2>&1 || true
     sandbox_remove
-    rm -f "/tmp/bpfplan-demo-$$.txt"
+    rm -f "/tmp/bpfplan-demo-$$.txt" "/tmp/bpfplan-demo-$$.stats"
 }
 trap cleanup EXIT INT TERM
 sandbox_create bpfplan-demo
@@ -38,7 +38,7 @@ echo
 echo "== what the bypass counted (a stream whose reader falls behind by more than its"
 echo "   receive buffer goes back to TCP: backpressure, demoted_backpressure)"
 # shellcheck disable=SC2086
-"$BPFPLAN" status manifests/bypass.toml $vars | grep -E 'redirected_bytes|demoted' || true
+"$BPFPLAN" status manifests/bypass.toml $vars | grep -E 'redirected_bytes|demoted' | tee "/tmp/bpfplan-demo-$$.stats" || true
 echo
 echo "== bpfplan destroy"
 # shellcheck disable=SC2086
@@ -49,7 +49,9 @@ cat "/tmp/bpfplan-demo-$$.txt"
 # What this machine says: the bypass keeps the bytes it redirects off lo (a
 # stream sent back to TCP by backpressure puts them there); whether it is
 # faster depends on the workload and the CPU (see `bpfplan bench`).
-awk '
+# The backpressure demotions status counted, for the last word on the stream.
+demoted=$(awk '$2 == "demoted_backpressure" { n += $3 } END { print n + 0 }' "/tmp/bpfplan-demo-$$.stats" 2>/dev/null || echo 0)
+awk -v demoted="$demoted" '
     NR == 2 { lp = $(NF - 5); ls = $(NF - 1) }
     NR == 3 { bp = $(NF - 5); bs = $(NF - 1); blo = $(NF - 6) }
     END {
@@ -60,7 +62,9 @@ awk '
             print "streams lose here (one wake-up per message on the tcp_bpf path): keep bulk-transfer ports out with skip_ports"
         if (rr > 5)
             print "request/response gains: that is what the bypass is for"
-        if (blo > 32 * 1048576)
-            print "the bypassed stream still crossed lo: its reader fell more than a receive buffer behind, so backpressure sent it back to TCP (max_queued; bulk_bytes would too, off by default), as it is made to; `bpfplan status` counts those demotions"
+        if (blo > 32 * 1048576 && demoted > 0)
+            printf "the bypassed stream still crossed lo: status counted %d backpressure demotion(s), the bypass sending a connection back to TCP (its reader fell more than a receive buffer behind: backpressure, max_queued), as it is made to\n", demoted
+        else if (blo > 32 * 1048576)
+            print "the bypassed stream still crossed lo, and status counted no backpressure demotion: look at `bpfplan status` and `bpfplan doctor`"
         print "one run of each: `bpfplan bench manifests/bypass.toml` measures with rounds and says what to bypass"
     }' "/tmp/bpfplan-demo-$$.txt"
