@@ -28,12 +28,6 @@ sandbox_create bpfplan-entries
 vars="--var pin_dir=$SANDBOX_PINS --build-dir $work/build"
 src="$(pwd)/tests/fixtures/kernel/big_map.c"
 
-gen() { # N [changed]: a manifest with N entries (the first one's value 2 if changed)
-    printf '[vars]\npin_dir = "/sys/fs/bpf"\n[[program]]\nname = "big_table"\nsource = "%s"\ntype = "cgroup/skb"\npin = "${pin_dir}/big_table"\n' "$src"
-    printf '[[map]]\nname = "blocked"\nprogram = "big_table"\npin = "${pin_dir}/blocked"\nkey = "u32"\nvalue = "u8"\nentries = [\n'
-    awk -v n="$1" -v c="${2:-}" 'BEGIN { for (i = 0; i < n; i++) printf "  { key = %d, value = %d },\n", i + 1, (c != "" && i == 0) ? 2 : 1 }'
-    printf ']\n'
-}
 ms() { s=$(date +%s%N); "$@" > /dev/null 2>&1 || { echo "failed: $*" >&2; exit 1; }; e=$(date +%s%N); echo $(( (e - s) / 1000 )); }
 median() { sort -n | awk '{ v[NR] = $1 } END { printf "%.1f", v[int((NR + 1) / 2)] / 1000 }'; }
 # shellcheck disable=SC2086
@@ -41,7 +35,7 @@ run_bpfplan() { "$BPFPLAN" "$@" "$m" $vars; }
 
 echo "entries applied (ms, median)   sh script   bpfplan cold build   bpfplan cached build"
 for n in $SIZES; do
-    gen "$n" > "$m"
+    entries_manifest "$src" "$n" > "$m"
     run_bpfplan plan --manifest-only --format sh > "$work/apply.sh"
     run_bpfplan plan --manifest-only --format sh --destroy > "$work/destroy.sh"
     rounds=$ROUNDS
@@ -58,9 +52,9 @@ for n in $SIZES; do
     printf '%-30s %10s %20s %22s\n' "$n" "$(median < "$work/sh")" "$(median < "$work/cold")" "$(median < "$work/warm")"
     if [ "$n" -eq 10000 ]; then
         run_bpfplan apply > /dev/null
-        gen "$n" changed > "$m"
+        entries_manifest "$src" "$n" changed > "$m"
         one=$(ms run_bpfplan apply)
-        gen "$n" > "$m"
+        entries_manifest "$src" "$n" > "$m"
         back=$(ms run_bpfplan apply)
         echo "  one entry of 10000 changed: $(echo "$one" | median) ms, and back: $(echo "$back" | median) ms"
         run_bpfplan destroy > /dev/null

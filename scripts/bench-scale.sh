@@ -32,12 +32,6 @@ mkdir -m 0700 "$SANDBOX_PINS"
 vars="--var pin_dir=$SANDBOX_PINS --build-dir $work/build"
 src="$(pwd)/tests/fixtures/kernel/big_map.c"
 
-gen() { # N [changed]: a manifest with N entries (the first one's value 2 if changed)
-    printf '[vars]\npin_dir = "/sys/fs/bpf"\n[[program]]\nname = "big_table"\nsource = "%s"\ntype = "cgroup/skb"\npin = "${pin_dir}/big_table"\n' "$src"
-    printf '[[map]]\nname = "blocked"\nprogram = "big_table"\npin = "${pin_dir}/blocked"\nkey = "u32"\nvalue = "u8"\nentries = [\n'
-    awk -v n="$1" -v c="${2:-}" 'BEGIN { for (i = 0; i < n; i++) printf "  { key = %d, value = %d },\n", i + 1, (c != "" && i == 0) ? 2 : 1 }'
-    printf ']\n'
-}
 # measure FILE CMD...: append "seconds kilobytes" of one run of CMD to FILE.
 measure() {
     out=$1; shift
@@ -58,8 +52,8 @@ echo "# bpfplan scale curve: $(grep -m1 'model name' /proc/cpuinfo | sed 's/.*: 
 echo "# median of $ROUNDS rounds; seconds (peak MB); the sh script and bpfplan apply interleaved in each round"
 printf '%-10s %16s %16s %7s %14s %14s %14s %14s %14s\n' entries "sh script" "bpfplan apply" ratio "no-op apply" status plan "one changed" destroy
 for n in $SIZES; do
-    gen "$n" > "$m"
-    gen "$n" changed > "$work/changed.toml"
+    entries_manifest "$src" "$n" > "$m"
+    entries_manifest "$src" "$n" changed > "$work/changed.toml"
     bp plan --manifest-only --format sh > "$work/apply.sh"
     bp plan --manifest-only --format sh --destroy > "$work/destroy.sh"
     for f in sh apply noop status plan one destroy; do : > "$work/$f"; done

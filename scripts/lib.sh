@@ -101,3 +101,14 @@ test_cleanup() {
     [ "$1" = 0 ] || echo "$TEST_NAME test: cleaned up after a failure (exit $1)" >&2
     exit "$1"
 }
+
+# entries_manifest SOURCE N [changed]: a manifest whose cgroup/skb program
+# (SOURCE, tests/fixtures/kernel/big_map.c) has a map `blocked` declaring N
+# entries (u32 -> u8; the first one's value 2 if changed). For the entries
+# benchmarks.
+entries_manifest() {
+    printf '[vars]\npin_dir = "/sys/fs/bpf"\n[[program]]\nname = "big_table"\nsource = "%s"\ntype = "cgroup/skb"\npin = "${pin_dir}/big_table"\n' "$1"
+    printf '[[map]]\nname = "blocked"\nprogram = "big_table"\npin = "${pin_dir}/blocked"\nkey = "u32"\nvalue = "u8"\nentries = [\n'
+    awk -v n="$2" -v c="${3:-}" 'BEGIN { for (i = 0; i < n; i++) printf "  { key = %d, value = %d },\n", i + 1, (c != "" && i == 0) ? 2 : 1 }'
+    printf ']\n'
+}

@@ -182,16 +182,22 @@ fn a_batch_that_dies_midway_is_read_back_from_the_map() {
         std::fs::set_permissions(&wrapper, std::fs::Permissions::from_mode(0o755)).unwrap();
     };
 
+    // An apply that fails, with the wrapper on PATH: its stderr.
+    let failing = || {
+        let out = sb
+            .bpfplan_cmd("apply", &manifest)
+            .env("PATH", &path)
+            .output()
+            .unwrap();
+        let err = String::from_utf8_lossy(&out.stderr).into_owned();
+        assert_eq!(out.status.code(), Some(1), "{err}");
+        err
+    };
+
     // Half the keys go, ten come; bpftool dies after five lines.
     dying("head -n 5");
     with_ports(&manifest, 40_500..41_010);
-    let out = sb
-        .bpfplan_cmd("apply", &manifest)
-        .env("PATH", &path)
-        .output()
-        .unwrap();
-    let err = String::from_utf8_lossy(&out.stderr).into_owned();
-    assert_eq!(out.status.code(), Some(1), "{err}");
+    let err = failing();
     assert!(
         err.contains("bpftool batch, line 6: its change is not in the map"),
         "{err}"
@@ -205,13 +211,7 @@ fn a_batch_that_dies_midway_is_read_back_from_the_map() {
 
     // It dies after its last line: every change landed, bpftool failed.
     dying("cat");
-    let out = sb
-        .bpfplan_cmd("apply", &manifest)
-        .env("PATH", &path)
-        .output()
-        .unwrap();
-    let err = String::from_utf8_lossy(&out.stderr).into_owned();
-    assert_eq!(out.status.code(), Some(1), "{err}");
+    let err = failing();
     assert!(
         err.contains("yet every line's change is in the kernel"),
         "{err}"

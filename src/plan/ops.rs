@@ -36,6 +36,16 @@ struct Element {
     undo: Option<Box<Step>>,
 }
 
+impl Element {
+    fn of(group: Group) -> Element {
+        Element {
+            entries: Some(group),
+            step: None,
+            undo: None,
+        }
+    }
+}
+
 /// An entry op's parts when it packs: its map, pin and the string.
 fn pack(op: &Op) -> Option<(&MapName, &MapPin, Entry, String)> {
     let hex = crate::util::hex;
@@ -76,11 +86,7 @@ pub fn serialize<S: Serializer>(ops: &[Op], s: S) -> Result<S::Ok, S::Error> {
                 });
                 if !same {
                     if let Some(g) = group.take() {
-                        seq.serialize_element(&Element {
-                            entries: Some(g),
-                            step: None,
-                            undo: None,
-                        })?;
+                        seq.serialize_element(&Element::of(g))?;
                     }
                     let (key_type, value_type) = entry.shown();
                     group = Some(Group {
@@ -97,11 +103,7 @@ pub fn serialize<S: Serializer>(ops: &[Op], s: S) -> Result<S::Ok, S::Error> {
             }
             None => {
                 if let Some(g) = group.take() {
-                    seq.serialize_element(&Element {
-                        entries: Some(g),
-                        step: None,
-                        undo: None,
-                    })?;
+                    seq.serialize_element(&Element::of(g))?;
                 }
                 seq.serialize_element(&Element {
                     entries: None,
@@ -112,11 +114,7 @@ pub fn serialize<S: Serializer>(ops: &[Op], s: S) -> Result<S::Ok, S::Error> {
         }
     }
     if let Some(g) = group.take() {
-        seq.serialize_element(&Element {
-            entries: Some(g),
-            step: None,
-            undo: None,
-        })?;
+        seq.serialize_element(&Element::of(g))?;
     }
     seq.end()
 }
