@@ -181,7 +181,7 @@ fn run_batch(argv: &[String], input: &[u8], steps: &[&Step]) -> BatchEnd {
 }
 
 /// A map's contents by key (none: the map could not be opened).
-type Contents = Option<rustc_hash::FxHashMap<Vec<u8>, Vec<u8>>>;
+type Contents = Option<std::collections::HashMap<Vec<u8>, Vec<u8>>>;
 
 /// The first entry step whose change the kernel does not hold, read with
 /// one dump of each map the steps name.
