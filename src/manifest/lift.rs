@@ -425,6 +425,36 @@ entries = [
     }
 
     #[test]
+    fn tight_spacing_crlf_and_comments_read_as_toml_reads_them() {
+        for text in [
+            "[[map]]\nname = \"a\"\nprogram = \"p\"\npin = \"/x\"\nentries=[{key=1,value=2},{ key = 3, value = 4, }]\n",
+            "[[map]]\r\nname = \"a\"\r\nprogram = \"p\"\r\npin = \"/x\"\r\nentries = [\r\n  { key = 1, value = 2 }, # one\r\n  # [[map]] in a comment\r\n  { key = 3, value = 4 }\r\n]\r\n",
+            "[[map]] # a map\nname = \"a\"\nprogram = \"p\"\npin = \"/x\"\nentries = [ { key = \"[[map]]\", value = '}' } ]\n",
+        ] {
+            let (raw, n) = read(text);
+            assert_eq!(n, 1, "{text:?}");
+            let whole: RawManifest = toml::from_str(text).unwrap();
+            let (ours, theirs) = (
+                &raw.maps[0].get_ref().entries,
+                &whole.maps[0].get_ref().entries,
+            );
+            assert_eq!(shown(ours), shown(theirs), "{text:?}");
+            // Errors point where toml would point.
+            let spans = |e: &Option<Spanned<Vec<Spanned<RawEntry>>>>| -> Vec<_> {
+                e.iter()
+                    .flat_map(|v| v.get_ref())
+                    .map(|e| (e.span(), e.get_ref().key.span(), e.get_ref().value.span()))
+                    .collect()
+            };
+            assert_eq!(spans(ours), spans(theirs), "{text:?}");
+            assert_eq!(
+                ours.as_ref().map(|e| e.span()),
+                theirs.as_ref().map(|e| e.span())
+            );
+        }
+    }
+
+    #[test]
     fn nothing_outside_a_map_table_is_lifted() {
         for text in [
             "entries = [{ key = 1, value = 1 }]\n",
