@@ -198,6 +198,37 @@ mod tests {
     #[derive(Serialize, Deserialize, PartialEq, Debug)]
     struct Held(#[serde(with = "super")] Vec<Op>);
 
+    /// What records of the earlier form hold is read as it was meant: a
+    /// run's ops as objects, a map's entries as a list of objects.
+    #[test]
+    fn records_of_the_earlier_form_are_read() {
+        let ops: Held = serde_json::from_str(
+            r#"[{"step": {"op": "update_map_entry", "map": "deny", "pin": "/sys/fs/bpf/t/deny",
+                 "entry": {"key": "e8030000", "value": "01", "key_text": "1000", "value_text": "1"}},
+                 "undo": null}]"#,
+        )
+        .unwrap();
+        assert_eq!(ops.0.len(), 1);
+        assert_eq!(ops.0[0].step.summary(), "set `deny`[0xe8030000] = 0x01");
+        #[derive(Deserialize)]
+        struct Map {
+            #[serde(with = "crate::manifest::model::entry_list")]
+            entries: Option<Vec<Entry>>,
+        }
+        let old: Map = serde_json::from_str(
+            r#"{"entries": [{"key": "e8030000", "value": "01", "key_text": "1000", "value_text": "1"}]}"#,
+        )
+        .unwrap();
+        let new: Map = serde_json::from_str(
+            r#"{"entries": {"key_type": "u32", "value_type": "u8", "hex": ["e8030000:01"]}}"#,
+        )
+        .unwrap();
+        assert_eq!(old.entries, new.entries, "the same bytes");
+        assert_eq!(new.entries.unwrap()[0].key_text(), "1000");
+        let none: Map = serde_json::from_str(r#"{"entries": null}"#).unwrap();
+        assert!(none.entries.is_none());
+    }
+
     #[test]
     fn entry_ops_pack_into_strings_and_come_back_the_same() {
         let (map, pin) = (MapName::new("deny"), MapPin::new("/sys/fs/bpf/t/deny"));
