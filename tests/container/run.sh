@@ -57,6 +57,11 @@ for h in /sys/fs/cgroup/*/ /sys/fs/cgroup/; do
     [ -d "${h}libpod_parent" ] || podman_cgroups="$podman_cgroups ${h}libpod_parent"
 done
 
+# podman keeps its blob-info cache under /var/lib/containers/cache whatever
+# the storage configuration says: removed at the end when this test made it.
+podman_var=""
+[ -e /var/lib/containers ] || podman_var=/var/lib/containers
+
 cleanup() {
     local rc=$?
     set +e
@@ -68,6 +73,10 @@ cleanup() {
     for d in $podman_cgroups; do
         [ -d "$d" ] && find "$d" -depth -type d -exec rmdir {} \; 2>/dev/null
     done
+    if [ -n "$podman_var" ] && [ -d "$podman_var" ] && [ ! -L "$podman_var" ]; then
+        rm -rf -- "$podman_var/cache"
+        rmdir -- "$podman_var" 2>/dev/null
+    fi
     test_cleanup "$rc"
 }
 trap cleanup EXIT
