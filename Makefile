@@ -1,8 +1,8 @@
 # bpfplan: run as root for anything that touches the kernel (test, demo).
 CARGO ?= cargo
-DEB_PACKAGES := clang bpftool libbpf-dev linux-libc-dev make iproute2 dpkg-dev systemd systemd-container mmdebstrap podman runc
+DEB_PACKAGES := clang bpftool libbpf-dev linux-libc-dev make iproute2 dpkg-dev systemd systemd-container mmdebstrap podman runc qemu-system-x86 e2fsprogs
 
-.PHONY: deps build test test-boot test-container lint demo bench deb
+.PHONY: deps build test test-boot test-vm test-container lint demo bench deb
 
 # Install what a fresh Debian machine lacks (apt-get only when something is missing).
 deps:
@@ -34,8 +34,9 @@ deb: build
 # ansible-playbook, the Kubernetes files (schema-validated, entrypoint run
 # on the host), the Prometheus metrics (promtool, a real node_exporter), the
 # audit trail in a real systemd-journald of the test's own, and the boot
-# unit under a real systemd (systemd-nspawn, test-boot). Each part says why it skips when it cannot run here (not
-# root); CI sets BPFPLAN_REQUIRE_KERNEL=1 so none skips.
+# unit under a real systemd (systemd-nspawn, test-boot) and under qemu on
+# Debian's own kernel, 6.1 (test-vm). Each part says why it skips when it
+# cannot run here (not root); CI sets BPFPLAN_REQUIRE_KERNEL=1 so none skips.
 test: deps
 	$(CARGO) build -p bpfplan-traffic
 	$(CARGO) test
@@ -46,6 +47,7 @@ test: deps
 	bash tests/prometheus/run.sh
 	bash tests/journal/run.sh
 	bash tests/boot/run.sh
+	bash tests/vm/run.sh
 	bash tests/container/run.sh
 
 # The DaemonSet's image, built offline from deploy/kubernetes/Containerfile,
@@ -57,6 +59,14 @@ test-container: deps deb
 # with systemd-nspawn, the .deb installed and bpfplan@bypass enabled.
 test-boot: deps deb
 	bash tests/boot/run.sh
+
+# A second kernel: the same rootfs written to a disk image and booted twice
+# under qemu (TCG) on Debian's kernel 6.1, with a real reboot; then the
+# essential kernel tests run inside the guest.
+test-vm: deps deb
+	$(CARGO) build -p bpfplan-traffic
+	$(CARGO) test --no-run --test lib
+	bash tests/vm/run.sh
 
 lint:
 	$(CARGO) fmt --check

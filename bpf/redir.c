@@ -7,6 +7,7 @@
  * the sender's send() fails with EACCES and the peer gets nothing.
  */
 #include "sock_key.h"
+#include <bpf/bpf_core_read.h>
 
 /*
  * Backpressure. The bypass queues each message at its receiver and checks no
@@ -19,8 +20,13 @@
  * whose flow control then holds the sender back. The receiver reads what
  * was redirected before what came by TCP, so no byte is reordered.
  *
- * The kernel's structs, only the fields read (CO-RE: libbpf finds them in
- * the running kernel's BTF). bpf_cast_to_kern_ctx needs Linux 6.2.
+ * The kernel's structs, only the fields read (CO-RE: libbpf finds their
+ * offsets in the running kernel's BTF). The verdict's context is the
+ * kernel's `struct sk_msg` itself (`struct sk_msg_md` is its view), so
+ * these are read with bpf_probe_read_kernel from the context's address
+ * (BPF_CORE_READ): that works from Linux 5.5 on, where the kfunc
+ * bpf_cast_to_kern_ctx, which would allow plain loads, needs 6.2 (Debian
+ * 12's kernel is 6.1).
  */
 typedef struct {
 	int counter;
@@ -36,8 +42,6 @@ struct sock___bpfplan {
 struct sk_msg___bpfplan {
 	struct sock___bpfplan *sk_redir;
 } __attribute__((preserve_access_index));
-
-extern void *bpf_cast_to_kern_ctx(void *) __ksym;
 
 /* What the verdict keeps per connection, on its sending socket. */
 struct conn {
@@ -193,10 +197,10 @@ int bpf_redir(struct sk_msg_md *msg)
 		return SK_PASS;
 	c->redirected += len;
 
-	struct sk_msg___bpfplan *kmsg = bpf_cast_to_kern_ctx(msg);
-	struct sock___bpfplan *peer = kmsg->sk_redir;
-	__s64 held = peer->sk_backlog.rmem_alloc.counter;
-	__s64 limit = bound(0) ? (__s64)bound(0) : peer->sk_rcvbuf;
+	struct sk_msg___bpfplan *kmsg = (void *)msg;
+	struct sock___bpfplan *peer = BPF_CORE_READ(kmsg, sk_redir);
+	__s64 held = BPF_CORE_READ(peer, sk_backlog.rmem_alloc.counter);
+	__s64 limit = bound(0) ? (__s64)bound(0) : BPF_CORE_READ(peer, sk_rcvbuf);
 
 	if (held + (__s64)len > limit) {
 		c->demoted = DEMOTED_BACKPRESSURE;

@@ -1,7 +1,8 @@
 #!/bin/sh
 # Runs inside the booted container (bpfplan-boot-check.service, after
 # multi-user.target): looks at what the boot did and writes it to /results,
-# then powers the container off. PHASE (first or second boot) comes from
+# then powers the container off (or, when BPFPLAN_BOOT_CHECK_THEN names a
+# command, as tests/vm does, runs that instead). PHASE (first or second boot) comes from
 # /results/phase. Each finding is one `key=value` line of /results/PHASE.
 set -u
 phase=$(cat /results/phase)
@@ -45,4 +46,5 @@ if [ "$phase" = second ]; then
     journalctl -u $unit -o json --no-pager > /results/second-journal-all.json 2>/dev/null
 fi
 mv "$out.tmp" "$out"
-systemctl poweroff
+sync
+exec ${BPFPLAN_BOOT_CHECK_THEN:-systemctl poweroff}
