@@ -81,6 +81,7 @@ bench: deps build
 	sh scripts/bench-replace.sh
 	sh scripts/bench-entries.sh | tee docs/bench-entries.txt
 	sh scripts/bench-scale.sh | tee docs/bench-scale.txt
+	sh scripts/bench-probe-read.sh | tee docs/bench-probe-read.txt
 	sh scripts/stream-experiments.sh | tee docs/stream-experiments.txt
 	sh scripts/bench-netns.sh
 	target/release/bpfplan bench manifests/bypass.toml --chart docs/bench.svg | tee docs/bench.txt

@@ -326,7 +326,14 @@ fn client(
         while pos < limit && deadline.is_none_or(|d| Instant::now() < d) {
             let n = CHUNK.min((limit - pos) as usize);
             fill(seed, pos, &mut buf[..n]);
-            write_all_retry(&mut w, &buf[..n]).context("client write")?;
+            if let Err(e) = write_all_retry(&mut w, &buf[..n]) {
+                // The reader must not wait for an echo that cannot come: a
+                // failed write (ENOMEM under TCP memory pressure, say) ends
+                // the connection both ways, so the run fails instead of
+                // hanging.
+                let _ = w.shutdown(std::net::Shutdown::Both);
+                return Err(e).context("client write");
+            }
             pos += n as u64;
             if !told {
                 let _ = flowing.send(());
