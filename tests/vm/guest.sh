@@ -2,8 +2,9 @@
 # Runs inside the qemu guest of tests/vm/run.sh, after tests/boot/check.sh
 # has looked at the boot (BPFPLAN_BOOT_CHECK_THEN). After the first boot it
 # reboots the guest for real; after the second it runs the kernel tests
-# named in /etc/bpfplan-vm-tests.env from the checkout copied to the same
-# path as on the host, writes their output to /results, and powers off.
+# named in /etc/bpfplan-vm-tests.env from the checkout copied into the
+# image, mounted at the same path as on the host; writes their output to
+# /results, and powers off.
 set -u
 phase=$(cat /results/phase)
 uname -r > "/results/$phase-kernel"
@@ -13,7 +14,13 @@ if [ "$phase" = first ]; then
     exec systemctl reboot
 fi
 . /etc/bpfplan-vm-tests.env
-cd "$VM_REPO" || exit 1
+# The checkout, at the path the test binary was built in.
+mkdir -p "$VM_REPO"
+if ! mount --bind /var/lib/bpfplan-vm/checkout "$VM_REPO" || ! cd "$VM_REPO"; then
+    echo "mounting the checkout at $VM_REPO" > /results/tests_failed
+    sync
+    exec systemctl poweroff
+fi
 start=$(date +%s)
 # One test per run, each bounded, its output also on the console.
 : > /results/tests.log

@@ -117,13 +117,20 @@ mount -t overlay overlay -o "lowerdir=$ROOTFS,upperdir=$work/upper,workdir=$work
 boot_install "$merged" "$deb" /sys/fs/cgroup "$work"
 ok "installed $(basename "$deb") in the rootfs, bpfplan@bypass enabled"
 
-# The checkout (its tracked files) and the test binaries, at the same path
-# as here: the tests name their files by the paths cargo compiled in.
-mkdir -p "$merged$ROOT/target/debug" "$merged$ROOT/target/tmp"
-git ls-files -z | tar --null -T - -cf - | tar -xf - -C "$merged$ROOT"
-cp target/debug/bpfplan target/debug/bpfplan-traffic "$merged$ROOT/target/debug/"
-mkdir -p "$merged$(dirname "$testbin")"
-cp "$testbin" "$merged$testbin"
+# The checkout (its tracked files) and the test binaries. The tests name
+# their files by the paths cargo compiled in, so the guest mounts this copy
+# at the same path as here (tests/vm/guest.sh), after boot: a checkout
+# under /tmp would be emptied by systemd-tmpfiles at boot.
+copy=$merged/var/lib/bpfplan-vm/checkout
+mkdir -p "$copy/target/debug" "$copy/target/tmp"
+git ls-files -z | tar --null -T - -cf - | tar -xf - -C "$copy"
+cp target/debug/bpfplan target/debug/bpfplan-traffic "$copy/target/debug/"
+case "$testbin" in
+    "$ROOT"/*) ;;
+    *) fail "the test binary $testbin is not under $ROOT" ;;
+esac
+mkdir -p "$copy$(dirname "${testbin#"$ROOT"}")"
+cp "$testbin" "$copy${testbin#"$ROOT"}"
 cp tests/vm/guest.sh "$merged/usr/local/bin/bpfplan-vm-next"
 chmod 0755 "$merged/usr/local/bin/bpfplan-vm-next"
 echo "BPFPLAN_BOOT_CHECK_THEN=/usr/local/bin/bpfplan-vm-next" > "$merged/etc/bpfplan-boot-check.env"
