@@ -1,6 +1,49 @@
 # Shared by the boot tests under systemd-nspawn (tests/boot/run.sh) and
 # qemu (tests/vm/run.sh); sourced, after scripts/lib.sh.
 
+# boot_sandbox NAME: a work directory (WORK), the overlay's mount point in
+# it (MERGED), and a cgroup of this shell's own (CG, under the cgroup v2
+# mount CG2) that the shell moves into, so that what nspawn starts is below
+# it. boot_sandbox_remove undoes all of it (call it from the EXIT trap):
+# back to the shell's cgroup, its processes killed and its directories
+# removed, the overlay unmounted, nspawn's state under /run/systemd/nspawn
+# removed when this test made it.
+boot_sandbox() {
+    BOOT_NAME=$1-$$
+    WORK=$(mktemp -d "/tmp/bpfplan-$1.XXXXXX")
+    MERGED=$WORK/$BOOT_NAME
+    BOOT_NSPAWN_STATE_WAS_THERE=""
+    [ -e /run/systemd/nspawn ] && BOOT_NSPAWN_STATE_WAS_THERE=yes
+    CG2=$(cgroup2_mount)
+    [ -n "$CG2" ] || fail "no cgroup v2 mount"
+    BOOT_HOME_CG=$CG2$(sed -n 's/^0:://p' /proc/self/cgroup)
+    CG=$CG2/$BOOT_NAME
+    mkdir "$CG"
+    echo $$ > "$CG/cgroup.procs"
+}
+boot_sandbox_remove() {
+    [ -n "${BOOT_NAME:-}" ] || return 0
+    [ -n "${MERGED:-}" ] && mountpoint -q "$MERGED" && umount "$MERGED"
+    if [ -n "${CG:-}" ] && [ -d "$CG" ]; then
+        echo $$ > "$BOOT_HOME_CG/cgroup.procs"
+        for procs in $(find "$CG" -name cgroup.procs); do
+            for pid in $(cat "$procs"); do kill -9 "$pid" 2>/dev/null; done
+        done
+        for _ in $(seq 1 50); do
+            find "$CG" -depth -type d -exec rmdir {} \; 2>/dev/null
+            [ -d "$CG" ] || break
+            sleep 0.1
+        done
+    fi
+    [ -n "${WORK:-}" ] && rm -rf "$WORK"
+    if [ -z "$BOOT_NSPAWN_STATE_WAS_THERE" ]; then
+        rm -rf /run/systemd/nspawn
+    else
+        rm -rf "/run/systemd/nspawn/propagate/$BOOT_NAME"
+    fi
+    return 0
+}
+
 # boot_install ROOT DEB CG2 WORK: in the root file system ROOT (an overlay
 # of the test's own), install the package and set the deployment up as an
 # operator would: /etc/bpfplan/bypass.toml from the packaged example,

@@ -29,50 +29,21 @@ t0=$(now)
 ROOTFS=$(bash scripts/boot-rootfs.sh) || fail "scripts/boot-rootfs.sh"
 ok "rootfs $ROOTFS ready in $(since "$t0")"
 
-work=$(mktemp -d /tmp/bpfplan-boot.XXXXXX)
-merged=$work/bpfplan-boot-$$
-# nspawn keeps its own state under /run/systemd/nspawn: removed at the end
-# when this test made it.
-nspawn_state_was_there=""
-[ -e /run/systemd/nspawn ] && nspawn_state_was_there=yes
-CG=""
-home_cg=""
 cleanup() {
     local rc=$?
     set +e
-    mountpoint -q "$merged" && umount "$merged"
-    if [ -n "$CG" ]; then
-        # Back to where this shell was, then remove the cgroup (and what
-        # nspawn made in it) once it is empty.
-        [ -n "$home_cg" ] && echo $$ > "$home_cg/cgroup.procs"
-        for procs in $(find "$CG" -name cgroup.procs); do
-            for pid in $(cat "$procs"); do kill -9 "$pid" 2>/dev/null; done
-        done
-        for _ in $(seq 1 50); do
-            find "$CG" -depth -type d -exec rmdir {} \; 2>/dev/null
-            [ -d "$CG" ] || break
-            sleep 0.1
-        done
-    fi
-    rm -rf "$work"
-    if [ -z "$nspawn_state_was_there" ]; then
-        rm -rf /run/systemd/nspawn
-    else
-        rm -rf "/run/systemd/nspawn/propagate/bpfplan-boot-$$"
-    fi
+    boot_sandbox_remove
     [ "$rc" = 0 ] || echo "boot test: cleaned up after a failure (exit $rc)" >&2
     exit "$rc"
 }
 trap cleanup EXIT
 trap 'exit 130' INT TERM
-
-# This shell's cgroup of its own: nspawn puts the container below it.
-cg2=$(cgroup2_mount)
-[ -n "$cg2" ] || fail "no cgroup v2 mount"
-home_cg=$cg2$(sed -n 's/^0:://p' /proc/self/cgroup)
-CG=$cg2/bpfplan-boot-$$
-mkdir "$CG"
-echo $$ > "$CG/cgroup.procs"
+# A work directory and a cgroup of this shell's own: nspawn puts the
+# container below it.
+boot_sandbox boot
+work=$WORK
+merged=$MERGED
+cg2=$CG2
 
 mkdir -p "$work/upper" "$work/ovl" "$merged" "$work/results"
 mount -t overlay overlay -o "lowerdir=$ROOTFS,upperdir=$work/upper,workdir=$work/ovl" "$merged"

@@ -65,51 +65,24 @@ initrd=$(readlink -f "$ROOTFS/initrd.img")
 [ -f "$kernel" ] && [ -f "$initrd" ] || fail "no kernel and initramfs in $ROOTFS"
 ok "rootfs $ROOTFS ready in $(since "$t0"), kernel $(basename "$kernel")"
 
-work=$(mktemp -d /tmp/bpfplan-vm.XXXXXX)
-merged=$work/bpfplan-vm-$$
-nspawn_state_was_there=""
-[ -e /run/systemd/nspawn ] && nspawn_state_was_there=yes
-CG=""
-home_cg=""
 qemu_pid=""
 cleanup() {
     local rc=$?
     set +e
     [ -n "$qemu_pid" ] && kill -9 "$qemu_pid" 2>/dev/null
-    mountpoint -q "$merged" && umount "$merged"
     # The guest's console stays for a look: target/vm/console.log.
-    [ -f "$work/console.log" ] && mkdir -p target/vm && cp "$work/console.log" target/vm/console.log
-    if [ -n "$CG" ]; then
-        [ -n "$home_cg" ] && echo $$ > "$home_cg/cgroup.procs"
-        for procs in $(find "$CG" -name cgroup.procs); do
-            for pid in $(cat "$procs"); do kill -9 "$pid" 2>/dev/null; done
-        done
-        for _ in $(seq 1 50); do
-            find "$CG" -depth -type d -exec rmdir {} \; 2>/dev/null
-            [ -d "$CG" ] || break
-            sleep 0.1
-        done
-    fi
-    rm -rf "$work"
-    if [ -z "$nspawn_state_was_there" ]; then
-        rm -rf /run/systemd/nspawn
-    else
-        rm -rf "/run/systemd/nspawn/propagate/bpfplan-vm-$$"
-    fi
+    [ -f "${WORK:-}/console.log" ] && mkdir -p target/vm && cp "$WORK/console.log" target/vm/console.log
+    boot_sandbox_remove
     [ "$rc" = 0 ] || echo "vm test: cleaned up after a failure (exit $rc)" >&2
     exit "$rc"
 }
 trap cleanup EXIT
 trap 'exit 130' INT TERM
-
-# This shell's cgroup of its own: the nspawn that installs the package runs
-# below it.
-cg2=$(cgroup2_mount)
-[ -n "$cg2" ] || fail "no cgroup v2 mount"
-home_cg=$cg2$(sed -n 's/^0:://p' /proc/self/cgroup)
-CG=$cg2/bpfplan-vm-$$
-mkdir "$CG"
-echo $$ > "$CG/cgroup.procs"
+# A work directory and a cgroup of this shell's own: the nspawn that
+# installs the package runs below it.
+boot_sandbox vm
+work=$WORK
+merged=$MERGED
 
 mkdir -p "$work/upper" "$work/ovl" "$merged"
 mount -t overlay overlay -o "lowerdir=$ROOTFS,upperdir=$work/upper,workdir=$work/ovl" "$merged"
