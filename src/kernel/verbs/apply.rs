@@ -123,12 +123,8 @@ pub(crate) fn apply(
     };
     // What apply foresees before it builds (a changed source stands for a
     // changed program, as `plan` shows it) numbers the mount and the build.
-    let foreseen = foresee(plan, mount, build, loaded.as_ref(), &obs)?.adopting(
-        plan,
-        loaded.as_ref(),
-        &obs,
-        &store.claims(),
-    );
+    let (foreseen, assumed) = foresee(plan, mount, build, loaded.as_ref(), &obs)?;
+    let foreseen = foreseen.adopting(plan, loaded.as_ref(), &obs, &store.claims());
     if let Some(r) = reviewed {
         check_reviewed(r, loaded.as_ref(), &obs)?;
         check_review(
@@ -179,11 +175,16 @@ pub(crate) fn apply(
         mount: foreseen.mount.clone(),
         build: foreseen.build.clone(),
     };
-    // Only what it takes to tell a different decision is kept: the
-    // foreseen ops of a million entries are not held while apply decides
-    // again.
-    let fingerprint = Foreseen::of(&foreseen.decision);
-    drop(foreseen);
+    // When nothing was mounted (the kernel was looked at once) and the
+    // objects are the ones foreseen, deciding again would take the same
+    // inputs to the same decision: it is kept. Otherwise only what it takes
+    // to tell a different decision is kept: the foreseen ops of a million
+    // entries are not held while apply decides again.
+    let prior = if reviewed.is_none() && foreseen.mount.is_empty() && assumed == inputs.built {
+        Prior::Decided(Box::new(foreseen))
+    } else {
+        Prior::Foreseen(Foreseen::of(&foreseen.decision))
+    };
     carry_out(
         &mut exec,
         &store,
@@ -192,8 +193,17 @@ pub(crate) fn apply(
         loaded,
         obs,
         inputs,
-        Some(fingerprint),
+        Some(prior),
     )
+}
+
+/// What apply decided before it built, handed to the decision after it.
+pub(crate) enum Prior {
+    /// Decided from other inputs: said when the decision after the build
+    /// differs.
+    Foreseen(Foreseen),
+    /// Decided from the same inputs as after the build: the decision.
+    Decided(Box<ApplyIntent>),
 }
 
 /// Mount bpffs where the pins need one (through the executor, like every
@@ -274,9 +284,9 @@ pub(crate) struct Inputs {
 }
 
 /// Decide with the objects as built, then carry the decision out: the
-/// recovery of a killed run, if any, then the apply stage. `foreseen` is
-/// what was decided before the build (from the sources), said when it
-/// differs. The part of apply the fake kernel runs.
+/// recovery of a killed run, if any, then the apply stage. `prior` is
+/// what was decided before the build: the decision itself when it was made
+/// from the same inputs, or else its fingerprint, said when it differs. The part of apply the fake kernel runs.
 #[allow(clippy::too_many_arguments)]
 pub(crate) fn carry_out(
     exec: &mut Executor,
@@ -286,13 +296,24 @@ pub(crate) fn carry_out(
     mut loaded: Option<Loaded>,
     mut obs: Observed,
     inputs: Inputs,
-    foreseen: Option<Foreseen>,
+    prior: Option<Prior>,
 ) -> Result<Applied> {
-    let decided = intent::apply(plan, None, pre.build, loaded.as_ref(), &obs, &inputs.built)
-        .adopting(plan, loaded.as_ref(), &obs, &store.claims());
-    let decided = ApplyIntent {
-        mount: pre.mount,
-        ..decided
+    let (decided, foreseen) = match prior {
+        Some(Prior::Decided(d)) => (*d, None),
+        prior => {
+            let decided =
+                intent::apply(plan, None, pre.build, loaded.as_ref(), &obs, &inputs.built)
+                    .adopting(plan, loaded.as_ref(), &obs, &store.claims());
+            let decided = ApplyIntent {
+                mount: pre.mount,
+                ..decided
+            };
+            let foreseen = match prior {
+                Some(Prior::Foreseen(f)) => Some(f),
+                _ => None,
+            };
+            (decided, foreseen)
+        }
     };
     if let Some(f) = foreseen
         && f != Foreseen::of(&decided.decision)
@@ -462,7 +483,7 @@ fn foresee(
     build: Vec<crate::plan::Op>,
     loaded: Option<&Loaded>,
     obs: &Observed,
-) -> Result<ApplyIntent> {
+) -> Result<(ApplyIntent, Built)> {
     let deployed = loaded.and_then(|l| l.record.deployed.as_ref());
     let rebuilt =
         deployed.is_some_and(|d| build::source_hashes(plan).ok().as_ref() != Some(&d.sources));
@@ -486,7 +507,7 @@ fn foresee(
     {
         *reason = Reason::SourceChanged;
     }
-    Ok(foreseen)
+    Ok((foreseen, objects))
 }
 
 /// A saved plan applies once, and only to the deployment it was made on.
@@ -593,6 +614,7 @@ pub(crate) fn pending(plan: &Plan, kernel: &mut dyn Kernel) -> Result<Review> {
         loaded.as_ref(),
         &obs,
     )?
+    .0
     .adopting(plan, loaded.as_ref(), &obs, &store.claims());
     Ok(intent::apply_review(plan, &foreseen, deployed, &obs))
 }
