@@ -8,13 +8,21 @@ use std::time::Duration;
 
 /// Lower-case hex of some bytes.
 pub fn hex(bytes: &[u8]) -> String {
+    let mut s = Vec::with_capacity(bytes.len() * 2);
+    hex_extend(bytes, &mut s);
+    // Hex digits are ASCII.
+    String::from_utf8(s).unwrap_or_default()
+}
+
+/// `bytes` in lower-case hex, appended to `out` (a buffer of the caller's:
+/// no allocation of its own).
+pub fn hex_extend(bytes: &[u8], out: &mut impl Extend<u8>) {
     const DIGITS: &[u8; 16] = b"0123456789abcdef";
-    let mut s = String::with_capacity(bytes.len() * 2);
-    for b in bytes {
-        s.push(DIGITS[usize::from(b >> 4)] as char);
-        s.push(DIGITS[usize::from(b & 15)] as char);
-    }
-    s
+    out.extend(
+        bytes
+            .iter()
+            .flat_map(|b| [DIGITS[usize::from(b >> 4)], DIGITS[usize::from(b & 15)]]),
+    );
 }
 
 /// Bytes from lower-case or upper-case hex.

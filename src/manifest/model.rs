@@ -780,12 +780,20 @@ pub mod entry_list {
         struct Seq<'a>(&'a [Entry]);
         impl Serialize for Seq<'_> {
             fn serialize<S: Serializer>(&self, s: S) -> Result<S::Ok, S::Error> {
-                s.collect_seq(self.0.iter().map(|e| {
-                    let mut text = crate::util::hex(e.key());
-                    text.push(':');
-                    text.push_str(&crate::util::hex(e.value()));
-                    text
-                }))
+                s.collect_seq(self.0.iter().map(Packed))
+            }
+        }
+        /// One entry as `KEY:VALUE` in hex, made in a buffer on the stack
+        /// (a record or a plan hash encodes a million of these).
+        struct Packed<'a>(&'a Entry);
+        impl Serialize for Packed<'_> {
+            fn serialize<S: Serializer>(&self, s: S) -> Result<S::Ok, S::Error> {
+                let mut text = smallvec::SmallVec::<[u8; 96]>::new();
+                crate::util::hex_extend(self.0.key(), &mut text);
+                text.push(b':');
+                crate::util::hex_extend(self.0.value(), &mut text);
+                let text = std::str::from_utf8(&text).map_err(serde::ser::Error::custom)?;
+                s.serialize_str(text)
             }
         }
         #[derive(Serialize)]
