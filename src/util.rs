@@ -8,21 +8,20 @@ use std::time::Duration;
 
 /// Lower-case hex of some bytes.
 pub fn hex(bytes: &[u8]) -> String {
-    let mut s = Vec::with_capacity(bytes.len() * 2);
-    hex_extend(bytes, &mut s);
+    let mut s = vec![0u8; bytes.len() * 2];
+    hex_to(bytes, &mut s);
     // Hex digits are ASCII.
     String::from_utf8(s).unwrap_or_default()
 }
 
-/// `bytes` in lower-case hex, appended to `out` (a buffer of the caller's:
-/// no allocation of its own).
-pub fn hex_extend(bytes: &[u8], out: &mut impl Extend<u8>) {
+/// `bytes` in lower-case hex, written to the start of `out`, which holds
+/// at least twice as many bytes (a buffer of the caller's: no allocation).
+pub fn hex_to(bytes: &[u8], out: &mut [u8]) {
     const DIGITS: &[u8; 16] = b"0123456789abcdef";
-    out.extend(
-        bytes
-            .iter()
-            .flat_map(|b| [DIGITS[usize::from(b >> 4)], DIGITS[usize::from(b & 15)]]),
-    );
+    for (pair, b) in out.chunks_exact_mut(2).zip(bytes) {
+        pair[0] = DIGITS[usize::from(b >> 4)];
+        pair[1] = DIGITS[usize::from(b & 15)];
+    }
 }
 
 /// Bytes from lower-case or upper-case hex.

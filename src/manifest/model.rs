@@ -788,11 +788,21 @@ pub mod entry_list {
         struct Packed<'a>(&'a Entry);
         impl Serialize for Packed<'_> {
             fn serialize<S: Serializer>(&self, s: S) -> Result<S::Ok, S::Error> {
-                let mut text = smallvec::SmallVec::<[u8; 96]>::new();
-                crate::util::hex_extend(self.0.key(), &mut text);
-                text.push(b':');
-                crate::util::hex_extend(self.0.value(), &mut text);
-                let text = std::str::from_utf8(&text).map_err(serde::ser::Error::custom)?;
+                let (key, value) = (self.0.key(), self.0.value());
+                let n = 2 * (key.len() + value.len()) + 1;
+                let mut stack = [0u8; 96];
+                let mut heap = Vec::new();
+                let text: &mut [u8] = if n <= stack.len() {
+                    &mut stack[..n]
+                } else {
+                    heap.resize(n, 0);
+                    &mut heap
+                };
+                let (k, v) = text.split_at_mut(2 * key.len());
+                crate::util::hex_to(key, k);
+                v[0] = b':';
+                crate::util::hex_to(value, &mut v[1..]);
+                let text = std::str::from_utf8(text).map_err(serde::ser::Error::custom)?;
                 s.serialize_str(text)
             }
         }

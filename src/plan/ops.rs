@@ -229,6 +229,44 @@ mod tests {
         assert!(none.entries.is_none());
     }
 
+    /// A map's entries are packed as `KEY:VALUE` hex, short ones made on
+    /// the stack and long ones (beyond 47 bytes in all) on the heap: both
+    /// read back as the same bytes.
+    #[test]
+    fn packed_entries_of_every_length_come_back_the_same() {
+        #[derive(Serialize, Deserialize, PartialEq, Debug)]
+        struct Map {
+            #[serde(with = "crate::manifest::model::entry_list")]
+            entries: Option<Vec<Entry>>,
+        }
+        let entries: Vec<Entry> = [(4, 1), (16, 16), (40, 7), (40, 8), (64, 64), (0, 3)]
+            .into_iter()
+            .enumerate()
+            .map(|(i, (k, v))| {
+                let key: Vec<u8> = (0..k).map(|j| (i * 31 + j) as u8).collect();
+                let value: Vec<u8> = (0..v).map(|j| (j * 7 + i) as u8).collect();
+                Entry::new(&key, &value, (None, None))
+            })
+            .collect();
+        let map = Map {
+            entries: Some(entries),
+        };
+        let text = serde_json::to_string(&map).unwrap();
+        assert!(text.contains(r#""hex":["00010203:00""#), "{text}");
+        // 40 + 7 bytes fill the stack buffer but for one byte (95
+        // characters); 40 + 8 and 64 + 64 are made on the heap.
+        for e in map.entries.as_ref().unwrap() {
+            let packed = format!(
+                "\"{}:{}\"",
+                crate::util::hex(e.key()),
+                crate::util::hex(e.value())
+            );
+            assert!(text.contains(&packed), "{packed} not in {text}");
+        }
+        let back: Map = serde_json::from_str(&text).unwrap();
+        assert_eq!(back, map);
+    }
+
     #[test]
     fn entry_ops_pack_into_strings_and_come_back_the_same() {
         let (map, pin) = (MapName::new("deny"), MapPin::new("/sys/fs/bpf/t/deny"));
