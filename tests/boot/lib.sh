@@ -4,12 +4,16 @@
 # boot_sandbox NAME: a work directory (WORK), the overlay's mount point in
 # it (MERGED), and a cgroup of this shell's own (CG, under the cgroup v2
 # mount CG2) that the shell moves into, so that what nspawn starts is below
-# it. boot_sandbox_remove undoes all of it (call it from the EXIT trap):
-# back to the shell's cgroup, its processes killed and its directories
-# removed, the overlay unmounted, nspawn's state under /run/systemd/nspawn
-# removed when this test made it.
+# it. On exit, whatever the exit, boot_sandbox_remove undoes all of it
+# (after BOOT_BEFORE_REMOVE, a command of the test's, if set): back to the
+# shell's cgroup, its processes killed and its directories removed (in the
+# named systemd hierarchy too, where nspawn makes one on a hybrid host), the
+# overlay unmounted, nspawn's state under /run/systemd/nspawn removed when
+# this test made it.
 boot_sandbox() {
-    BOOT_NAME=$1-$$
+    trap boot_exit EXIT
+    trap 'exit 130' INT TERM
+    BOOT_NAME=bpfplan-$1-$$
     WORK=$(mktemp -d "/tmp/bpfplan-$1.XXXXXX")
     MERGED=$WORK/$BOOT_NAME
     BOOT_NSPAWN_STATE_WAS_THERE=""
@@ -20,6 +24,14 @@ boot_sandbox() {
     CG=$CG2/$BOOT_NAME
     mkdir "$CG"
     echo $$ > "$CG/cgroup.procs"
+}
+boot_exit() {
+    local rc=$?
+    set +e
+    [ -n "${BOOT_BEFORE_REMOVE:-}" ] && $BOOT_BEFORE_REMOVE
+    boot_sandbox_remove
+    [ "$rc" = 0 ] || echo "${TEST_NAME:-boot} test: cleaned up after a failure (exit $rc)" >&2
+    exit "$rc"
 }
 boot_sandbox_remove() {
     [ -n "${BOOT_NAME:-}" ] || return 0
@@ -32,6 +44,17 @@ boot_sandbox_remove() {
         for _ in $(seq 1 50); do
             find "$CG" -depth -type d -exec rmdir {} \; 2>/dev/null
             [ -d "$CG" ] || break
+            sleep 0.1
+        done
+    fi
+    # On a hybrid host nspawn also makes the container's cgroup in the
+    # named systemd hierarchy (cgroup v1, name=systemd), at the same path.
+    local v1
+    v1=$(awk '{ for (i = 1; i <= NF; i++) if ($i == "-") { if ($(i + 1) == "cgroup" && $(i + 3) ~ /(^|,)name=systemd(,|$)/) print $5; break } }' /proc/self/mountinfo | head -n 1)
+    if [ -n "$v1" ] && [ -d "$v1/$BOOT_NAME" ]; then
+        for _ in $(seq 1 50); do
+            find "$v1/$BOOT_NAME" -depth -type d -exec rmdir {} \; 2>/dev/null
+            [ -d "$v1/$BOOT_NAME" ] || break
             sleep 0.1
         done
     fi

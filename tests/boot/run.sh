@@ -29,15 +29,6 @@ t0=$(now)
 ROOTFS=$(bash scripts/boot-rootfs.sh) || fail "scripts/boot-rootfs.sh"
 ok "rootfs $ROOTFS ready in $(since "$t0")"
 
-cleanup() {
-    local rc=$?
-    set +e
-    boot_sandbox_remove
-    [ "$rc" = 0 ] || echo "boot test: cleaned up after a failure (exit $rc)" >&2
-    exit "$rc"
-}
-trap cleanup EXIT
-trap 'exit 130' INT TERM
 # A work directory and a cgroup of this shell's own: nspawn puts the
 # container below it.
 boot_sandbox boot

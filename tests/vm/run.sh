@@ -66,18 +66,13 @@ initrd=$(readlink -f "$ROOTFS/initrd.img")
 ok "rootfs $ROOTFS ready in $(since "$t0"), kernel $(basename "$kernel")"
 
 qemu_pid=""
-cleanup() {
-    local rc=$?
-    set +e
+vm_before_remove() {
     [ -n "$qemu_pid" ] && kill -9 "$qemu_pid" 2>/dev/null
     # The guest's console stays for a look: target/vm/console.log.
     [ -f "${WORK:-}/console.log" ] && mkdir -p target/vm && cp "$WORK/console.log" target/vm/console.log
-    boot_sandbox_remove
-    [ "$rc" = 0 ] || echo "vm test: cleaned up after a failure (exit $rc)" >&2
-    exit "$rc"
+    return 0
 }
-trap cleanup EXIT
-trap 'exit 130' INT TERM
+BOOT_BEFORE_REMOVE=vm_before_remove
 # A work directory and a cgroup of this shell's own: the nspawn that
 # installs the package runs below it.
 boot_sandbox vm
