@@ -24,9 +24,12 @@
  * offsets in the running kernel's BTF). The verdict's context is the
  * kernel's `struct sk_msg` itself (`struct sk_msg_md` is its view), so
  * these are read with bpf_probe_read_kernel from the context's address
- * (BPF_CORE_READ): that works from Linux 5.5 on, where the kfunc
- * bpf_cast_to_kern_ctx, which would allow plain loads, needs 6.2 (Debian
- * 12's kernel is 6.1).
+ * (BPF_CORE_READ). That helper is in Linux 5.5; the kfunc
+ * bpf_cast_to_kern_ctx, which would allow plain loads, only in 6.2, and
+ * Debian 12's kernel is 6.1. The receiver's rmem_alloc counts redirected
+ * messages since "tcp_bpf: Charge receive socket buffer in
+ * bpf_tcp_ingress()" (6.1.123 in the 6.1 series): tested on 6.1.192 and
+ * 6.18 (tests/vm, tests/live.rs).
  */
 typedef struct {
 	int counter;

@@ -286,7 +286,8 @@ pub(crate) struct Inputs {
 /// Decide with the objects as built, then carry the decision out: the
 /// recovery of a killed run, if any, then the apply stage. `prior` is
 /// what was decided before the build: the decision itself when it was made
-/// from the same inputs, or else its fingerprint, said when it differs. The part of apply the fake kernel runs.
+/// from the same inputs, or else its fingerprint, said when it differs.
+/// The part of apply the fake kernel runs.
 #[allow(clippy::too_many_arguments)]
 pub(crate) fn carry_out(
     exec: &mut Executor,
