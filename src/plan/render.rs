@@ -394,16 +394,17 @@ pub const BATCH_MAX: usize = 50_000;
 /// map entry changes whose words need no quoting (bpftool's batch reader
 /// has its own quoting, and `#` starts a comment even inside quotes).
 fn batch_len(steps: &[Step]) -> usize {
+    // An entry step's other words are fixed ones and hex: only its pin can
+    // need quoting.
     steps
         .iter()
         .take(BATCH_MAX)
-        .take_while(|s| {
-            matches!(s, Step::UpdateMapEntry { .. } | Step::DeleteMapEntry { .. })
-                && s.argv().iter().all(|a| {
-                    matches!(a, Arg::Lit(w) if w
-                    .chars()
-                    .all(|c| c.is_ascii_alphanumeric() || "_-/.~".contains(c)))
-                })
+        .take_while(|s| match s {
+            Step::UpdateMapEntry { pin, .. } | Step::DeleteMapEntry { pin, .. } => pin
+                .as_str()
+                .chars()
+                .all(|c| c.is_ascii_alphanumeric() || "_-/.~".contains(c)),
+            _ => false,
         })
         .count()
 }
@@ -423,17 +424,11 @@ fn sh_batch(out: &mut Sink, steps: &[Step], first: usize) {
         let _ = writeln!(out, "#   {}. {}", first + k + 1, one_line(&step.summary()));
     }
     let _ = writeln!(out, "bpftool batch file - <<'BPFPLAN_ENTRIES'");
+    let mut line = String::new();
     for step in steps {
-        let words: Vec<String> = step
-            .argv()
-            .into_iter()
-            .skip(1)
-            .filter_map(|a| match a {
-                Arg::Lit(w) => Some(w),
-                Arg::MapId { .. } => None,
-            })
-            .collect();
-        let _ = writeln!(out, "{}", words.join(" "));
+        line.clear();
+        step.batch_line(&mut line);
+        let _ = writeln!(out, "{line}");
     }
     let _ = writeln!(out, "BPFPLAN_ENTRIES");
 }

@@ -316,7 +316,129 @@ impl Attachment {
     }
 }
 
+/// The lines of one `bpftool batch file -`, as the text bpftool reads: one
+/// line per map entry step, its command without the leading `bpftool`, each
+/// ended by a newline. One string for the whole batch: fifty thousand lines
+/// are one allocation, written as they are to bpftool's stdin, and split
+/// into lines only for the audit log and `--format json`.
+#[derive(Debug, Clone, Default, PartialEq, Eq)]
+pub struct BatchLines {
+    text: String,
+    count: usize,
+}
+
+impl BatchLines {
+    /// Add `step`'s line; false (and nothing added) when it is not a map
+    /// entry step.
+    pub fn push(&mut self, step: &Step) -> bool {
+        let added = step.batch_line(&mut self.text);
+        if added {
+            self.text.push('\n');
+            self.count += 1;
+        }
+        added
+    }
+
+    /// How many lines.
+    pub fn len(&self) -> usize {
+        self.count
+    }
+
+    pub fn is_empty(&self) -> bool {
+        self.count == 0
+    }
+
+    /// The text bpftool reads (every line newline-ended).
+    pub fn text(&self) -> &str {
+        &self.text
+    }
+
+    /// The lines, in order.
+    pub fn iter(&self) -> std::str::SplitTerminator<'_, char> {
+        self.text.split_terminator('\n')
+    }
+
+    /// Line `k` (from 0).
+    pub fn get(&self, k: usize) -> Option<&str> {
+        self.iter().nth(k)
+    }
+
+    /// The last line added.
+    pub fn last(&self) -> Option<&str> {
+        self.iter().next_back()
+    }
+
+    /// The first `k` lines.
+    pub fn prefix(&self, k: usize) -> BatchLines {
+        let end = match k {
+            0 => 0,
+            _ => self
+                .text
+                .match_indices('\n')
+                .nth(k - 1)
+                .map_or(self.text.len(), |(i, _)| i + 1),
+        };
+        BatchLines {
+            text: self.text[..end].to_string(),
+            count: k.min(self.count),
+        }
+    }
+}
+
+impl Serialize for BatchLines {
+    fn serialize<S: serde::Serializer>(&self, s: S) -> Result<S::Ok, S::Error> {
+        s.collect_seq(self.iter())
+    }
+}
+
+impl<'de> Deserialize<'de> for BatchLines {
+    fn deserialize<D: serde::Deserializer<'de>>(d: D) -> Result<Self, D::Error> {
+        let lines = Vec::<String>::deserialize(d)?;
+        let mut text = String::new();
+        for l in &lines {
+            text.push_str(l);
+            text.push('\n');
+        }
+        Ok(BatchLines {
+            text,
+            count: lines.len(),
+        })
+    }
+}
+
 impl Step {
+    /// A map entry step's line of a `bpftool batch file -`, appended to
+    /// `out`: its `argv` without the leading `bpftool`, joined by spaces
+    /// (every word is plain: bpftool's batch reader quotes otherwise), made
+    /// without an allocation per word. False for any other step.
+    pub fn batch_line(&self, out: &mut String) -> bool {
+        let (verb, pin, entry, value) = match self {
+            Step::UpdateMapEntry { pin, entry, .. } => ("update", pin, entry, true),
+            Step::DeleteMapEntry { pin, entry, .. } => ("delete", pin, entry, false),
+            _ => return false,
+        };
+        let hex_words = |out: &mut String, bytes: &[u8]| {
+            for b in bytes {
+                let mut pair = [0u8; 2];
+                crate::util::hex_to(&[*b], &mut pair);
+                out.push(' ');
+                out.push(char::from(pair[0]));
+                out.push(char::from(pair[1]));
+            }
+        };
+        out.push_str("map ");
+        out.push_str(verb);
+        out.push_str(" pinned ");
+        out.push_str(pin.as_str());
+        out.push_str(" key hex");
+        hex_words(out, entry.key());
+        if value {
+            out.push_str(" value hex");
+            hex_words(out, entry.value());
+        }
+        true
+    }
+
     /// The exact command this step runs.
     pub fn argv(&self) -> Vec<Arg> {
         use Step::*;
@@ -646,5 +768,69 @@ impl Step {
     /// Whether the step changes kernel state (not just the build directory).
     pub fn touches_kernel(&self) -> bool {
         !matches!(self, Step::MakeBuildDir { .. } | Step::Compile { .. })
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::manifest::model::ScalarType;
+
+    fn entry_steps(len: usize) -> [Step; 2] {
+        let key: Vec<u8> = (0..len).map(|i| (i * 37 + 5) as u8).collect();
+        let value: Vec<u8> = (0..len + 3).map(|i| (i * 91) as u8).collect();
+        let entry = Entry::new(&key, &value, (Some(ScalarType::U32), None));
+        let (map, pin) = (MapName("m".into()), MapPin::new("/sys/fs/bpf/x/m"));
+        [
+            Step::UpdateMapEntry {
+                map: map.clone(),
+                pin: pin.clone(),
+                entry: entry.clone(),
+            },
+            Step::DeleteMapEntry { map, pin, entry },
+        ]
+    }
+
+    fn joined(step: &Step) -> String {
+        let words: Vec<String> = step
+            .argv()
+            .into_iter()
+            .skip(1)
+            .map(|a| match a {
+                Arg::Lit(w) => w,
+                Arg::MapId { .. } => panic!("an entry step names no map id"),
+            })
+            .collect();
+        words.join(" ")
+    }
+
+    /// A batch line is the step's own command, word for word.
+    #[test]
+    fn a_batch_line_is_the_argv_without_bpftool() {
+        let mut lines = BatchLines::default();
+        let mut want = Vec::new();
+        for len in [1, 4, 16, 47, 64] {
+            for step in entry_steps(len) {
+                assert!(lines.push(&step));
+                want.push(joined(&step));
+                assert_eq!(lines.last(), want.last().map(String::as_str));
+            }
+        }
+        assert!(!lines.push(&Step::MakePinDir {
+            dir: PathBuf::from("/sys/fs/bpf/x"),
+        }));
+        assert_eq!(lines.iter().collect::<Vec<_>>(), want);
+        assert_eq!(lines.len(), want.len());
+        assert_eq!(lines.text(), format!("{}\n", want.join("\n")));
+        assert_eq!(lines.get(3), Some(want[3].as_str()));
+        assert_eq!(lines.get(want.len()), None);
+        for k in [0, 1, 5, want.len(), want.len() + 2] {
+            let p = lines.prefix(k);
+            assert_eq!(p.iter().collect::<Vec<_>>(), want[..k.min(want.len())]);
+            assert_eq!(p.len(), k.min(want.len()));
+        }
+        let json = serde_json::to_string(&lines).unwrap();
+        assert_eq!(json, serde_json::to_string(&want).unwrap());
+        assert_eq!(serde_json::from_str::<BatchLines>(&json).unwrap(), lines);
     }
 }

@@ -14,7 +14,7 @@ use crate::kernel::act::seam::{self, At, BatchEnd, Kernel, Ran};
 use crate::kernel::decide::recovery::Simulated;
 use crate::kernel::look::observe::{self, Observed, Query};
 use crate::kernel::remember::record::Journal;
-use crate::plan::step::Step;
+use crate::plan::step::{BatchLines, Step};
 use crate::plan::{Op, Stage};
 
 use crate::plan::render::BATCH_MAX;
@@ -60,7 +60,7 @@ pub(crate) enum Event<'a> {
         n: usize,
         total: usize,
         step: &'a Step,
-        argv: &'a [String],
+        argv: Words<'a>,
         /// It runs as a line of the next `Batch`.
         batched: bool,
     },
@@ -69,7 +69,7 @@ pub(crate) enum Event<'a> {
         n: usize,
         total: usize,
         step: &'a Step,
-        argv: &'a [String],
+        argv: Words<'a>,
         elapsed: Duration,
         outcome: Outcome<'a>,
         /// It ran as a line of the last `Batch` (whose time is its time).
@@ -79,12 +79,12 @@ pub(crate) enum Event<'a> {
     /// batch.
     BatchStarted {
         argv: &'a [String],
-        lines: &'a [String],
+        lines: &'a BatchLines,
     },
     /// The steps just started ran as the lines of one bpftool batch.
     Batch {
         argv: &'a [String],
-        lines: &'a [String],
+        lines: &'a BatchLines,
         elapsed: Duration,
         /// The line that failed (bpftool runs none after it).
         failed: Option<usize>,
@@ -95,6 +95,39 @@ pub(crate) enum Event<'a> {
     Note { text: &'a str },
     /// Something wrong that did not stop the command.
     Warning { text: &'a str },
+}
+
+/// The command an event names.
+#[derive(Debug, Clone, Copy)]
+pub(crate) enum Words<'a> {
+    /// Its words.
+    Argv(&'a [String]),
+    /// A line of a bpftool batch: the command is `bpftool` and its words.
+    BatchLine(&'a str),
+}
+
+impl<'a> Words<'a> {
+    /// The words, in order.
+    pub fn iter(self) -> impl Iterator<Item = &'a str> {
+        let (argv, line): (&[String], Option<&str>) = match self {
+            Words::Argv(argv) => (argv, None),
+            Words::BatchLine(line) => (&[], Some(line)),
+        };
+        argv.iter().map(String::as_str).chain(
+            line.into_iter()
+                .flat_map(|l| std::iter::once("bpftool").chain(l.split(' '))),
+        )
+    }
+
+    pub fn to_vec(self) -> Vec<String> {
+        self.iter().map(str::to_string).collect()
+    }
+}
+
+impl serde::Serialize for Words<'_> {
+    fn serialize<S: serde::Serializer>(&self, s: S) -> Result<S::Ok, S::Error> {
+        s.collect_seq(self.iter())
+    }
 }
 
 /// Something that hears every step.
@@ -474,22 +507,27 @@ impl<'a, 'k> Executor<'a, 'k> {
     }
 
     /// Run map entry changes as the lines of one `bpftool batch file -`
-    /// (still one plain bpftool command per entry). bpftool stops at the
-    /// first failing line; its JSON output says which one, so the error
-    /// names the entry.
+    /// (still one plain bpftool command per entry, made as the sh script
+    /// makes it: `Step::batch_line`). bpftool stops at the first failing
+    /// line; the kernel tells which one it was, so the error names the
+    /// entry.
     fn batch(&mut self, at: At, group: &[Op], first: usize, total: usize) -> Result<(), Stop> {
-        let mut lines = Vec::with_capacity(group.len());
+        let mut lines = BatchLines::default();
         for (k, op) in group.iter().enumerate() {
-            let argv = seam::resolve(self.kernel, op.step.argv()).map_err(|e| Stop::At(k, e))?;
+            if !lines.push(&op.step) {
+                return Err(Stop::At(
+                    k,
+                    anyhow::anyhow!("internal error: {} is not a batch line", op.step.summary()),
+                ));
+            }
             self.emit_first(&Event::Started {
                 n: first + k,
                 total,
                 step: &op.step,
-                argv: &argv,
+                argv: Words::BatchLine(lines.last().unwrap_or_default()),
                 batched: true,
             })
             .map_err(|e| Stop::At(0, e))?;
-            lines.push(argv[1..].join(" "));
         }
         let argv = seam::batch_argv();
         self.emit_first(&Event::BatchStarted {
@@ -526,7 +564,7 @@ impl<'a, 'k> Executor<'a, 'k> {
                 n: first + k,
                 total,
                 step: &op.step,
-                argv: &[],
+                argv: Words::Argv(&[]),
                 elapsed: Duration::ZERO,
                 outcome,
                 batched: true,
@@ -657,7 +695,7 @@ impl<'a, 'k> Executor<'a, 'k> {
             n,
             total,
             step,
-            argv: &argv,
+            argv: Words::Argv(&argv),
             batched: false,
         }) {
             let e = e.context("not run: it could not be put on record first");
@@ -670,7 +708,7 @@ impl<'a, 'k> Executor<'a, 'k> {
                     n,
                     total,
                     step,
-                    argv: &argv,
+                    argv: Words::Argv(&argv),
                     elapsed: started.elapsed(),
                     outcome: match ran {
                         Ran::Skipped(why) => Outcome::Skipped(why),
@@ -701,7 +739,7 @@ impl<'a, 'k> Executor<'a, 'k> {
             n,
             total,
             step,
-            argv,
+            argv: Words::Argv(argv),
             elapsed: started.elapsed(),
             outcome: Outcome::Failed {
                 exit,

@@ -16,7 +16,7 @@ use crate::kernel::act::seam::{At, BatchEnd, Kernel, Ran, StepError};
 use crate::kernel::look::inspect::{DumpEntry, MapInfo, PinState, ProgInfo};
 use crate::kernel::look::observe::{Observed, Query};
 use crate::manifest::model::{AttachKind, KernelProgType, MapShape, kernel_name};
-use crate::plan::step::{AttachPoint, Attachment, ProgRef, Step};
+use crate::plan::step::{AttachPoint, Attachment, BatchLines, ProgRef, Step};
 
 /// The directories there are before anything runs: bpffs and above it.
 const BASE_DIRS: [&str; 3] = ["/sys", "/sys/fs", "/sys/fs/bpf"];
@@ -546,8 +546,8 @@ impl Kernel for Fake {
         self.apply(step, argv)
     }
 
-    fn batch(&mut self, _: At, steps: &[&Step], lines: &[String]) -> BatchEnd {
-        for (k, (step, line)) in steps.iter().zip(lines).enumerate() {
+    fn batch(&mut self, _: At, steps: &[&Step], lines: &BatchLines) -> BatchEnd {
+        for (k, (step, line)) in steps.iter().zip(lines.iter()).enumerate() {
             let mut argv = vec!["bpftool".to_string()];
             argv.extend(line.split(' ').map(str::to_string));
             self.ran.push(argv.clone());

@@ -12,7 +12,7 @@ use crate::kernel::look::inspect;
 use crate::kernel::look::observe::{self, Observed, Query};
 use crate::kernel::look::sockets::{self, Socket};
 use crate::kernel::remember::build;
-use crate::plan::step::{Arg, Step};
+use crate::plan::step::{Arg, BatchLines, Step};
 
 /// Where a step stands in its run: faults are aimed by these.
 #[derive(Debug, Clone, Copy)]
@@ -68,7 +68,7 @@ pub(crate) trait Kernel {
     /// Run one step, whose words are `argv`.
     fn execute(&mut self, at: At, step: &Step, argv: &[String]) -> Result<Ran, StepError>;
     /// Run map entry steps as the lines of one `bpftool batch file -`.
-    fn batch(&mut self, at: At, steps: &[&Step], lines: &[String]) -> BatchEnd;
+    fn batch(&mut self, at: At, steps: &[&Step], lines: &BatchLines) -> BatchEnd;
     /// The TCP sockets of these cookies that still exist (the connections a
     /// sockhash holds).
     fn sockets(&mut self, cookies: &[u64]) -> Result<Vec<Socket>>;
@@ -142,10 +142,8 @@ impl Kernel for Live {
         Ok(Ran::Done)
     }
 
-    fn batch(&mut self, _: At, steps: &[&Step], lines: &[String]) -> BatchEnd {
-        let mut input = lines.join("\n");
-        input.push('\n');
-        run_batch(&batch_argv(), input.as_bytes(), steps)
+    fn batch(&mut self, _: At, steps: &[&Step], lines: &BatchLines) -> BatchEnd {
+        run_batch(&batch_argv(), lines.text().as_bytes(), steps)
     }
 }
 
@@ -304,7 +302,7 @@ impl<K: Kernel> Kernel for Faults<K> {
         Ok(ran)
     }
 
-    fn batch(&mut self, at: At, steps: &[&Step], lines: &[String]) -> BatchEnd {
+    fn batch(&mut self, at: At, steps: &[&Step], lines: &BatchLines) -> BatchEnd {
         self.maybe_die(Moment::Before, at, steps.len());
         let failing = self.fail_step.as_ref().and_then(|text| {
             steps
@@ -315,7 +313,7 @@ impl<K: Kernel> Kernel for Faults<K> {
             let text = self.fail_step.take().unwrap_or_default();
             // As bpftool does: the lines before the failing one run.
             if k > 0 {
-                match self.inner.batch(at, &steps[..k], &lines[..k]) {
+                match self.inner.batch(at, &steps[..k], &lines.prefix(k)) {
                     BatchEnd::Done => {}
                     other => return other,
                 }
@@ -348,7 +346,7 @@ impl<K: Kernel + ?Sized> Kernel for &mut K {
         (**self).execute(at, step, argv)
     }
 
-    fn batch(&mut self, at: At, steps: &[&Step], lines: &[String]) -> BatchEnd {
+    fn batch(&mut self, at: At, steps: &[&Step], lines: &BatchLines) -> BatchEnd {
         (**self).batch(at, steps, lines)
     }
 }

@@ -15,6 +15,7 @@ use std::time::{Duration, SystemTime};
 
 use crate::kernel::act::exec::{Event, Listener, Outcome};
 use crate::kernel::remember::{syslog, trust};
+use crate::plan::step::BatchLines;
 
 /// Where the log is kept unless `BPFPLAN_AUDIT_LOG` says otherwise.
 pub const DEFAULT_AUDIT_LOG: &str = "/var/log/bpfplan/audit.jsonl";
@@ -52,8 +53,13 @@ pub struct AuditLine {
     #[serde(default, skip_serializing_if = "Vec::is_empty")]
     pub argv: Vec<String>,
     /// The lines a `bpftool batch file -` read.
-    #[serde(default, skip_serializing_if = "Vec::is_empty")]
-    pub lines: Vec<String>,
+    /// A batch's lines, on its start line.
+    #[serde(default, skip_serializing_if = "BatchLines::is_empty")]
+    pub lines: BatchLines,
+    /// How many lines a batch had, on its end line (they are on its start
+    /// line: a batch of 50,000 lines is not logged twice).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub batch_lines: Option<usize>,
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub exit: Option<i32>,
     /// done, skipped or failed.
@@ -222,7 +228,8 @@ impl AuditLog {
             plan_hash: self.ctx.plan_hash.clone(),
             summary: None,
             argv: Vec::new(),
-            lines: Vec::new(),
+            lines: BatchLines::default(),
+            batch_lines: None,
             exit: None,
             outcome: None,
             duration_ms: None,
@@ -294,7 +301,7 @@ impl Listener for AuditLog {
             Event::BatchStarted { argv, lines } => {
                 let mut l = self.line("start");
                 l.argv = argv.to_vec();
-                l.lines = lines.to_vec();
+                l.lines = (*lines).clone();
                 l
             }
             Event::Batch {
@@ -305,15 +312,12 @@ impl Listener for AuditLog {
             } => {
                 let mut l = self.line("end");
                 l.argv = argv.to_vec();
+                l.batch_lines = Some(lines.len());
                 l.duration_ms = Some(ms(*elapsed));
                 l.outcome = Some(if failed.is_some() { "failed" } else { "done" }.into());
                 l.exit = Some(if failed.is_some() { 255 } else { 0 });
                 if let Some(k) = failed {
-                    l.error = Some(format!(
-                        "line {}: {}",
-                        k + 1,
-                        lines.get(*k).map_or("", String::as_str)
-                    ));
+                    l.error = Some(format!("line {}: {}", k + 1, lines.get(*k).unwrap_or("")));
                 }
                 l
             }
@@ -451,8 +455,11 @@ pub fn text(lines: &[AuditLine]) -> String {
         };
         let what = if !l.argv.is_empty() {
             let mut cmd = crate::kernel::act::cmd::shown(&l.argv);
-            if !l.lines.is_empty() {
-                cmd.push_str(&format!(" <<{} line(s)>>", l.lines.len()));
+            if let Some(n) = l
+                .batch_lines
+                .or((!l.lines.is_empty()).then(|| l.lines.len()))
+            {
+                cmd.push_str(&format!(" <<{n} line(s)>>"));
             }
             cmd
         } else {

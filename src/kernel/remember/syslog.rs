@@ -141,7 +141,7 @@ fn fields(l: &AuditLine, host: &str) -> Vec<(&'static str, String)> {
     opt("BPFPLAN_NOTE", l.note.clone());
     opt(
         "BPFPLAN_BATCH",
-        (!l.lines.is_empty()).then(|| l.lines.join("\n")),
+        (!l.lines.is_empty()).then(|| l.lines.text().trim_end_matches('\n').to_string()),
     );
     f
 }
@@ -190,7 +190,8 @@ mod tests {
             plan_hash: "ab".into(),
             summary: Some("load program `bpf_redir`".into()),
             argv: vec!["bpftool".into(), "prog".into(), "load".into(), "a b".into()],
-            lines: Vec::new(),
+            lines: Default::default(),
+            batch_lines: None,
             exit: Some(0),
             outcome: Some("done".into()),
             duration_ms: Some(1.5),

@@ -24,7 +24,7 @@ use crate::kernel::verbs::destroy::{self, Destroyed};
 use crate::manifest::diag::Source;
 use crate::manifest::model::{KernelMapType, MapShape};
 use crate::manifest::validate;
-use crate::plan::step::{Arg, Step};
+use crate::plan::step::{Arg, BatchLines, Step};
 use crate::plan::{DecisionKind, Plan, PlanOptions, Review};
 
 const MANIFEST: &str = r#"
@@ -610,7 +610,7 @@ impl Kernel for LateFailure<'_> {
         }
         Ok(ran)
     }
-    fn batch(&mut self, at: At, steps: &[&Step], lines: &[String]) -> BatchEnd {
+    fn batch(&mut self, at: At, steps: &[&Step], lines: &BatchLines) -> BatchEnd {
         self.fake.batch(at, steps, lines)
     }
 }
