@@ -13,8 +13,8 @@ use super::Op;
 use super::step::Step;
 use crate::manifest::model::{Entry, MapName, MapPin, ScalarType};
 
-/// A run of entry ops on one map.
-#[derive(Serialize, Deserialize)]
+/// A run of entry ops on one map, as read.
+#[derive(Deserialize)]
 struct Group {
     map: MapName,
     pin: MapPin,
@@ -25,8 +25,8 @@ struct Group {
     ops: Vec<String>,
 }
 
-/// One element of the stored list: a group, or an op whole.
-#[derive(Serialize, Deserialize)]
+/// One element of the stored list, as read: a group, or an op whole.
+#[derive(Deserialize)]
 struct Element {
     #[serde(default, skip_serializing_if = "Option::is_none")]
     entries: Option<Group>,
@@ -36,85 +36,132 @@ struct Element {
     undo: Option<Box<Step>>,
 }
 
-impl Element {
-    fn of(group: Group) -> Element {
-        Element {
-            entries: Some(group),
-            step: None,
-            undo: None,
-        }
-    }
-}
+/// How a map's entries are shown (key type, value type).
+type Shown = (Option<ScalarType>, Option<ScalarType>);
 
-/// An entry op's parts when it packs: its map, pin and the string.
-fn pack(op: &Op) -> Option<(&MapName, &MapPin, Entry, String)> {
-    let hex = crate::util::hex;
-    let (set, map, pin, entry) = match &op.step {
-        Step::UpdateMapEntry { map, pin, entry } => (true, map, pin, entry),
-        Step::DeleteMapEntry { map, pin, entry } => (false, map, pin, entry),
+/// The group an entry op packs into (its map, pin, and how its entries are
+/// shown), when it packs: its undo, if any, is on its own key.
+fn group_of(op: &Op) -> Option<(&MapName, &MapPin, Shown)> {
+    let (map, pin, entry) = match &op.step {
+        Step::UpdateMapEntry { map, pin, entry } | Step::DeleteMapEntry { map, pin, entry } => {
+            (map, pin, entry)
+        }
         _ => return None,
     };
-    let undo = match op.undo.as_deref() {
-        None => "-".to_string(),
+    let packs = match op.undo.as_deref() {
+        None => true,
         Some(Step::UpdateMapEntry {
             map: m,
             pin: p,
             entry: e,
-        }) if m == map && p == pin && e.key() == entry.key() && e.shown() == entry.shown() => {
-            format!("set:{}", hex(e.value()))
-        }
+        }) => m == map && p == pin && e.key() == entry.key() && e.shown() == entry.shown(),
         Some(Step::DeleteMapEntry {
             map: m,
             pin: p,
             entry: e,
-        }) if m == map && p == pin && e == entry && e.shown() == entry.shown() => "del".to_string(),
-        Some(_) => return None,
+        }) => m == map && p == pin && e == entry && e.shown() == entry.shown(),
+        Some(_) => false,
     };
-    let verb = if set { "set" } else { "del" };
-    let text = format!("{verb} {}:{} {undo}", hex(entry.key()), hex(entry.value()));
-    Some((map, pin, entry.clone(), text))
+    packs.then(|| (map, pin, entry.shown()))
+}
+
+/// `bytes` in hex, appended to `out`.
+fn push_hex(out: &mut String, bytes: &[u8]) {
+    for b in bytes {
+        let mut pair = [0u8; 2];
+        crate::util::hex_to(&[*b], &mut pair);
+        out.push(char::from(pair[0]));
+        out.push(char::from(pair[1]));
+    }
+}
+
+/// The packed string of an op that `group_of` packs, appended to `out`.
+fn pack_into(op: &Op, out: &mut String) {
+    let (verb, entry) = match &op.step {
+        Step::UpdateMapEntry { entry, .. } => ("set ", entry),
+        Step::DeleteMapEntry { entry, .. } => ("del ", entry),
+        _ => return,
+    };
+    out.push_str(verb);
+    push_hex(out, entry.key());
+    out.push(':');
+    push_hex(out, entry.value());
+    match op.undo.as_deref() {
+        None => out.push_str(" -"),
+        Some(Step::UpdateMapEntry { entry: e, .. }) => {
+            out.push_str(" set:");
+            push_hex(out, e.value());
+        }
+        Some(_) => out.push_str(" del"),
+    }
+}
+
+/// A group as written: its ops packed one at a time into one buffer.
+#[derive(Serialize)]
+struct GroupOut<'a> {
+    map: &'a MapName,
+    pin: &'a MapPin,
+    key_type: Option<ScalarType>,
+    value_type: Option<ScalarType>,
+    ops: Packed<'a>,
+}
+
+struct Packed<'a>(&'a [Op]);
+
+impl Serialize for Packed<'_> {
+    fn serialize<S: Serializer>(&self, s: S) -> Result<S::Ok, S::Error> {
+        let mut seq = s.serialize_seq(Some(self.0.len()))?;
+        let mut text = String::new();
+        for op in self.0 {
+            text.clear();
+            pack_into(op, &mut text);
+            seq.serialize_element(text.as_str())?;
+        }
+        seq.end()
+    }
+}
+
+/// An element as written (the fields of `Element`, borrowed).
+#[derive(Serialize)]
+struct ElementOut<'a> {
+    #[serde(skip_serializing_if = "Option::is_none")]
+    entries: Option<GroupOut<'a>>,
+    #[serde(skip_serializing_if = "Option::is_none")]
+    step: Option<&'a Step>,
+    #[serde(skip_serializing_if = "Option::is_none")]
+    undo: Option<&'a Step>,
 }
 
 pub fn serialize<S: Serializer>(ops: &[Op], s: S) -> Result<S::Ok, S::Error> {
     let mut seq = s.serialize_seq(None)?;
-    let mut group: Option<Group> = None;
-    for op in ops {
-        match pack(op) {
-            Some((map, pin, entry, text)) => {
-                let same = group.as_ref().is_some_and(|g| {
-                    &g.map == map && &g.pin == pin && (g.key_type, g.value_type) == entry.shown()
-                });
-                if !same {
-                    if let Some(g) = group.take() {
-                        seq.serialize_element(&Element::of(g))?;
-                    }
-                    let (key_type, value_type) = entry.shown();
-                    group = Some(Group {
-                        map: map.clone(),
-                        pin: pin.clone(),
-                        key_type,
-                        value_type,
-                        ops: Vec::new(),
-                    });
-                }
-                if let Some(g) = group.as_mut() {
-                    g.ops.push(text);
-                }
-            }
-            None => {
-                if let Some(g) = group.take() {
-                    seq.serialize_element(&Element::of(g))?;
-                }
-                seq.serialize_element(&Element {
-                    entries: None,
-                    step: Some(op.step.clone()),
-                    undo: op.undo.clone(),
-                })?;
-            }
-        }
-    }
-    if let Some(g) = group.take() {
-        seq.serialize_element(&Element::of(g))?;
+    let mut i = 0;
+    while i < ops.len() {
+        let Some(group) = group_of(&ops[i]) else {
+            seq.serialize_element(&ElementOut {
+                entries: None,
+                step: Some(&ops[i].step),
+                undo: ops[i].undo.as_deref(),
+            })?;
+            i += 1;
+            continue;
+        };
+        let len = ops[i..]
+            .iter()
+            .take_while(|op| group_of(op) == Some(group))
+            .count();
+        let (map, pin, (key_type, value_type)) = group;
+        seq.serialize_element(&ElementOut {
+            entries: Some(GroupOut {
+                map,
+                pin,
+                key_type,
+                value_type,
+                ops: Packed(&ops[i..i + len]),
+            }),
+            step: None,
+            undo: None,
+        })?;
+        i += len;
     }
     seq.end()
 }

@@ -180,7 +180,11 @@ pub(crate) fn apply(
     // inputs to the same decision: it is kept. Otherwise only what it takes
     // to tell a different decision is kept: the foreseen ops of a million
     // entries are not held while apply decides again.
-    let prior = if reviewed.is_none() && foreseen.mount.is_empty() && assumed == inputs.built {
+    // The objects' hashes are read only against a deployment on record.
+    let deployed = loaded.as_ref().is_some_and(|l| l.record.deployed.is_some());
+    let same_objects =
+        assumed.maps == inputs.built.maps && (!deployed || assumed.hashes == inputs.built.hashes);
+    let prior = if reviewed.is_none() && foreseen.mount.is_empty() && same_objects {
         Prior::Decided(Box::new(foreseen))
     } else {
         Prior::Foreseen(Foreseen::of(&foreseen.decision))
@@ -338,14 +342,24 @@ pub(crate) fn carry_out(
         },
         last_plan: inputs.last_plan,
     };
-    let mut decision = decided.decision.clone();
-    if let Some(r) = &decided.recover {
+    let (recover_first, probe_first, total) = (
+        decided.first(Stage::Recover),
+        decided.first(Stage::Probe),
+        decided.total(),
+    );
+    let ApplyIntent {
+        recover,
+        adopt,
+        mut decision,
+        ..
+    } = decided;
+    if let Some(r) = &recover {
         let Some(l) = loaded.take() else {
             bail!("internal error: a recovery without a record");
         };
         let numbering = Numbering {
-            first: decided.first(Stage::Recover),
-            total: decided.total(),
+            first: recover_first,
+            total,
         };
         carry::recover(exec, store, l, r, numbering)?;
         let again;
@@ -355,14 +369,13 @@ pub(crate) fn carry_out(
         }
         decision = again.decision;
     }
-    if let Some(p) = &decided.adopt {
+    if let Some(p) = &adopt {
         exec.note(&format!(
             "bpfplan has no record of the programs at {}'s pins: adopting the deployment if the \
              kernel holds exactly what the manifest makes",
             plan.manifest.display()
         ));
-        let first = decided.first(Stage::Probe);
-        let tags = crate::kernel::verbs::destroy::run_probe(exec, p, first, decided.total(), plan)?;
+        let tags = crate::kernel::verbs::destroy::run_probe(exec, p, probe_first, total, plan)?;
         crate::kernel::verbs::destroy::take_over(
             exec,
             store,
