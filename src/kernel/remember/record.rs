@@ -397,10 +397,22 @@ impl Store {
             if path == self.path || !is_record {
                 continue;
             }
+            // Only what a claim needs is read: a record's plan (a million
+            // entries, say) is skipped over, not built.
+            #[derive(Deserialize)]
+            struct Claimed {
+                manifest: PathBuf,
+                deployed: Option<ClaimedFacts>,
+            }
+            #[derive(Deserialize)]
+            struct ClaimedFacts {
+                programs: Vec<ProgramFact>,
+                maps: Vec<MapFact>,
+            }
             let Some(record) = trust::read_private(&path)
                 .ok()
                 .flatten()
-                .and_then(|b| serde_json::from_slice::<Record>(&b).ok())
+                .and_then(|b| serde_json::from_slice::<Claimed>(&b).ok())
             else {
                 continue;
             };
