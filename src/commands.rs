@@ -196,21 +196,18 @@ fn apply_saved(file: &Path, format: ReportFormat) -> Result<(), Failure> {
     let (saved, hash) = read_saved(file)?;
     let mut audit = AuditContext::for_plan("apply", &saved.plan)?;
     audit.plan_hash = hash.clone();
+    let plan = std::sync::Arc::new(saved.plan.clone());
     let reviewed = apply::Reviewed { saved, hash };
     change("apply", format, audit, &[], |listeners| {
-        apply::apply(
-            &reviewed.saved.plan,
-            &mut kernel(),
-            listeners,
-            Some(&reviewed),
-        )
-        .map(outcome)
+        apply::apply(&plan, &mut kernel(), listeners, Some(&reviewed)).map(outcome)
     })
 }
 
 fn apply_cmd(target: &Target, format: ReportFormat) -> Result<(), Failure> {
     let (plan, warnings) = load_plan_warned(target)?;
     let audit = AuditContext::for_plan("apply", &plan)?;
+    // Shared by the run and the record apply writes: not copied.
+    let plan = std::sync::Arc::new(plan);
     change("apply", format, audit, &warnings, |listeners| {
         apply::apply(&plan, &mut kernel(), listeners, None).map(outcome)
     })

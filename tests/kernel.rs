@@ -479,7 +479,7 @@ fn an_apply_interrupted_after_any_step_is_recovered() {
                 deployed: None,
                 run: Some(Run {
                     kind: RunKind::Fresh,
-                    plan: plan.clone(),
+                    plan: std::sync::Arc::new(plan.clone()),
                     ops,
                     commit_at: None,
                     sources: Vec::new(),

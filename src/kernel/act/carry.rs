@@ -6,6 +6,7 @@
 //! look at it.
 
 use anyhow::{Result, bail};
+use std::sync::Arc;
 use std::time::{Duration, Instant};
 
 use crate::kernel::act::exec::{Batch, Executor, Failed, Numbering, Policy};
@@ -49,7 +50,8 @@ pub(crate) fn stage(
 /// What carrying out an apply decision needs.
 pub(crate) struct Apply<'a> {
     pub store: &'a Store,
-    pub plan: &'a Plan,
+    /// Shared with the run and the record, not copied.
+    pub plan: &'a Arc<Plan>,
     pub sources: Vec<FileHash>,
     pub objects: Vec<FileHash>,
     pub started: Instant,
@@ -224,7 +226,7 @@ fn settle_nothing(exec: &mut Executor, mut record: Record, ctx: &Apply) -> Resul
     let new_plan = record
         .deployed
         .as_mut()
-        .filter(|d| d.plan != *ctx.plan)
+        .filter(|d| *d.plan != **ctx.plan)
         .map(|d| d.plan = ctx.plan.clone())
         .is_some();
     if ctx.last_plan.is_some() {

@@ -1439,7 +1439,7 @@ cgroup = "/sys/fs/cgroup/web"
 
     fn deployed(p: &Plan) -> Deployed {
         Deployed {
-            plan: p.clone(),
+            plan: std::sync::Arc::new(p.clone()),
             programs: vec![
                 ProgramFact {
                     name: crate::manifest::model::ProgName("ops".into()),
@@ -1484,7 +1484,7 @@ cgroup = "/sys/fs/cgroup/web"
     fn run_of(kind: RunKind, p: &Plan, ops: Vec<Op>, commit_at: Option<usize>) -> Run {
         Run {
             kind,
-            plan: p.clone(),
+            plan: std::sync::Arc::new(p.clone()),
             ops,
             commit_at,
             sources: vec![],

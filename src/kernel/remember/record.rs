@@ -5,6 +5,8 @@
 //! journal of the steps a run started, and a lock that keeps two runs of one
 //! deployment apart.
 
+use std::sync::Arc;
+
 use anyhow::{Context, Result, bail};
 use serde::{Deserialize, Serialize};
 use std::collections::BTreeSet;
@@ -55,8 +57,8 @@ pub struct FileHash {
 #[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
 pub struct Deployed {
     /// The plan that was applied; its `spec` holds the programs, maps,
-    /// entries and attachments.
-    pub plan: Plan,
+    /// entries and attachments. Shared with the run that brought it in.
+    pub plan: Arc<Plan>,
     /// The programs loaded, with their kernel ids and tags.
     pub programs: Vec<ProgramFact>,
     /// The maps pinned, with their kernel ids.
@@ -93,8 +95,9 @@ pub enum RunKind {
 #[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
 pub struct Run {
     pub kind: RunKind,
-    /// What the run brings in: the record's `deployed` when it completes.
-    pub plan: Plan,
+    /// What the run brings in: the record's `deployed` when it completes
+    /// (shared with the command's plan, not copied: a million entries).
+    pub plan: Arc<Plan>,
     /// The steps, each with its undo (entry ops packed, `plan::ops`).
     #[serde(with = "crate::plan::ops")]
     pub ops: Vec<Op>,

@@ -231,7 +231,7 @@ pub fn read(path: &Path) -> Result<(SavedPlan, String)> {
         deployed: None,
         run: Some(crate::kernel::remember::record::Run {
             kind: crate::kernel::remember::record::RunKind::Fresh,
-            plan: saved.plan.clone(),
+            plan: std::sync::Arc::new(saved.plan.clone()),
             ops: Vec::new(),
             commit_at: None,
             sources: Vec::new(),

@@ -101,7 +101,7 @@ impl std::error::Error for Mismatch {}
 /// Apply a plan; with `reviewed`, exactly the saved plan: its objects, and
 /// only if the kernel and the record are as they were when it was made.
 pub(crate) fn apply(
-    plan: &Plan,
+    plan: &std::sync::Arc<Plan>,
     kernel: &mut dyn Kernel,
     listeners: Vec<&mut dyn Listener>,
     reviewed: Option<&Reviewed>,
@@ -296,7 +296,7 @@ pub(crate) struct Inputs {
 pub(crate) fn carry_out(
     exec: &mut Executor,
     store: &Store,
-    plan: &Plan,
+    plan: &std::sync::Arc<Plan>,
     pre: Pre,
     mut loaded: Option<Loaded>,
     mut obs: Observed,

@@ -283,7 +283,7 @@ fn adopted_record(
         format_version: crate::kernel::remember::record::FORMAT_VERSION,
         manifest: plan.manifest.clone(),
         deployed: Some(Deployed {
-            plan: plan.clone(),
+            plan: std::sync::Arc::new(plan.clone()),
             programs,
             maps,
             sources: sources.to_vec(),

@@ -248,7 +248,7 @@ impl Twin {
         apply::carry_out(
             &mut exec,
             &store,
-            plan,
+            &std::sync::Arc::new(plan.clone()),
             Pre::default(),
             loaded,
             obs,
