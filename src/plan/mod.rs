@@ -139,6 +139,32 @@ struct StoredPlan {
     steps: Vec<Step>,
 }
 
+/// A plan as a record holds it, read back without its map entry steps:
+/// nothing reads those from a record (its spec holds the entries, and
+/// teardowns, replaces and recoveries go by the other steps and the run's
+/// ops), so a record of a million entries is not read into a million steps.
+pub fn recorded<'de, D: serde::Deserializer<'de>>(d: D) -> Result<std::sync::Arc<Plan>, D::Error> {
+    let p = StoredPlan::deserialize(d)?;
+    Ok(std::sync::Arc::new(Plan {
+        manifest: p.manifest,
+        spec: p.spec,
+        steps: p.steps,
+    }))
+}
+
+impl Plan {
+    /// The same plan as a record holds it: equal but for map entry steps,
+    /// which a record keeps as its spec's entries.
+    pub fn same_recorded(&self, other: &Plan) -> bool {
+        fn kept(p: &Plan) -> impl Iterator<Item = &Step> {
+            p.steps
+                .iter()
+                .filter(|s| !matches!(s, Step::UpdateMapEntry { .. }))
+        }
+        self.manifest == other.manifest && self.spec == other.spec && kept(self).eq(kept(other))
+    }
+}
+
 impl Serialize for Plan {
     fn serialize<S: serde::Serializer>(&self, s: S) -> Result<S::Ok, S::Error> {
         use serde::ser::SerializeStruct;

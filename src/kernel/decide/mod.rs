@@ -572,16 +572,36 @@ pub(crate) fn entry_ops(spec: &Spec, obs: &Observed, deployed: Option<&Deployed>
         // single value for.
         let is_array = info.map_type.is_array();
         // Keys of the manifest's types are at most 16 bytes: sorted and
-        // compared as numbers, not slices, a million times.
-        let short = dump.iter().all(|e| e.key.len() <= 16);
-        let (changed, gone) = if short {
-            diff(declared, dump, is_array, |k| {
-                let mut a = [0u8; 16];
+        // compared as numbers (big-endian, so in byte order), not slices, a
+        // million times; as 8-byte numbers when they fit, which halves what
+        // the two sorted lists hold. Keys of one length (a map's key size)
+        // need no length beside them.
+        let len = declared.first().map(|e| e.key().len());
+        let one_len = len.is_some_and(|n| {
+            declared.iter().all(|e| e.key().len() == n) && dump.iter().all(|e| e.key.len() == n)
+        });
+        let padded = |k: &[u8]| {
+            let mut a = [0u8; 16];
+            a[..k.len()].copy_from_slice(k);
+            a
+        };
+        let (changed, gone) = match len {
+            Some(n) if one_len && n <= 8 => diff(declared, dump, is_array, |k| {
+                let mut a = [0u8; 8];
                 a[..k.len()].copy_from_slice(k);
-                (u128::from_be_bytes(a), k.len() as u8)
-            })
-        } else {
-            diff(declared, dump, is_array, |k| k)
+                u64::from_be_bytes(a)
+            }),
+            Some(n) if one_len && n <= 16 => {
+                diff(declared, dump, is_array, |k| u128::from_be_bytes(padded(k)))
+            }
+            _ if dump.iter().all(|e| e.key.len() <= 16)
+                && declared.iter().all(|e| e.key().len() <= 16) =>
+            {
+                diff(declared, dump, is_array, |k| {
+                    (u128::from_be_bytes(padded(k)), k.len() as u8)
+                })
+            }
+            _ => diff(declared, dump, is_array, |k| k),
         };
         // A key the kernel holds is shown as the manifest types the map's
         // keys (now, or when it was deployed).

@@ -57,7 +57,9 @@ pub struct FileHash {
 #[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
 pub struct Deployed {
     /// The plan that was applied; its `spec` holds the programs, maps,
-    /// entries and attachments. Shared with the run that brought it in.
+    /// entries and attachments. Shared with the run that brought it in;
+    /// read back without its map entry steps (`plan::recorded`).
+    #[serde(deserialize_with = "crate::plan::recorded")]
     pub plan: Arc<Plan>,
     /// The programs loaded, with their kernel ids and tags.
     pub programs: Vec<ProgramFact>,
@@ -96,7 +98,9 @@ pub enum RunKind {
 pub struct Run {
     pub kind: RunKind,
     /// What the run brings in: the record's `deployed` when it completes
-    /// (shared with the command's plan, not copied: a million entries).
+    /// (shared with the command's plan, not copied: a million entries;
+    /// read back without its map entry steps, `plan::recorded`).
+    #[serde(deserialize_with = "crate::plan::recorded")]
     pub plan: Arc<Plan>,
     /// The steps, each with its undo (entry ops packed, `plan::ops`).
     #[serde(with = "crate::plan::ops")]
