@@ -86,7 +86,14 @@ pub(crate) fn destroy_on(
     built: &BTreeSet<PathBuf>,
 ) -> Result<Destroyed> {
     let (mut loaded, corrupt) = load(exec, store);
-    let mut obs = exec.observe(&query(plan, loaded.as_ref()))?;
+    let mut q = query(plan, loaded.as_ref());
+    // Map contents matter to destroy only to undo or finish a run on
+    // record; a million entries are not read to unpin their map.
+    if !loaded.as_ref().is_some_and(|l| l.record.run.is_some()) {
+        q.dumps.clear();
+        q.dump_ids.clear();
+    }
+    let mut obs = exec.observe(&q)?;
     let claims = store.claims();
     let foreseen = intent::destroy(plan, loaded.as_ref(), &obs, built, &claims);
     let total = foreseen.total();
