@@ -89,7 +89,7 @@ pub(crate) fn destroy_on(
     let mut q = query(plan, loaded.as_ref());
     // Map contents matter to destroy only to undo or finish a run on
     // record; a million entries are not read to unpin their map.
-    if !loaded.as_ref().is_some_and(|l| l.record.run.is_some()) {
+    if loaded.as_ref().is_none_or(|l| l.record.run.is_none()) {
         q.dumps.clear();
         q.dump_ids.clear();
     }
