@@ -135,7 +135,7 @@ fn kernel() -> Faults<Live> {
 /// `plan --out FILE`: build, save what was reviewed, print it: what
 /// `apply --plan FILE` runs (the objects are built and kept in the file).
 fn plan_out(target: &Target, format: Format, out: &Path) -> Result<(), Failure> {
-    let plan = load_plan(target)?;
+    let plan = std::sync::Arc::new(load_plan(target)?);
     trust::refuse_link(out)?;
     let saved = apply::save(&plan, &mut kernel(), &target.vars)?;
     let mut bytes = serde_json::to_vec_pretty(&saved).context("encoding the plan")?;
@@ -157,7 +157,7 @@ fn show_saved(saved: &saved::SavedPlan, format: Format) -> Result<(), Failure> {
 /// step, an object or a path its manifest does not. (What apply would run
 /// is checked against the file's review once apply has looked.)
 fn read_saved(file: &Path) -> Result<(saved::SavedPlan, String), Failure> {
-    let (saved, hash) = saved::read(file)?;
+    let (mut saved, hash) = saved::read(file)?;
     let build_dir = saved.plan.steps.iter().find_map(|s| match s {
         Step::MakeBuildDir { dir } => Some(dir.clone()),
         _ => None,
@@ -167,7 +167,8 @@ fn read_saved(file: &Path) -> Result<(saved::SavedPlan, String), Failure> {
         vars: saved.vars.clone(),
         build_dir,
     };
-    if load_plan(&target)? != saved.plan {
+    let today = load_plan(&target)?;
+    if !today.same_recorded(&saved.plan) {
         return Err(Failure::Runtime(anyhow::anyhow!(
             "{}: {} with the variables saved in the file no longer makes the plan the file \
              holds (the manifest changed since, or the file was edited); nothing was changed: \
@@ -176,6 +177,9 @@ fn read_saved(file: &Path) -> Result<(saved::SavedPlan, String), Failure> {
             saved.manifest.display()
         )));
     }
+    // The file holds the plan without its entry steps; today's plan is the
+    // same plan with them.
+    saved.plan = std::sync::Arc::new(today);
     Ok((saved, hash))
 }
 
@@ -196,7 +200,7 @@ fn apply_saved(file: &Path, format: ReportFormat) -> Result<(), Failure> {
     let (saved, hash) = read_saved(file)?;
     let mut audit = AuditContext::for_plan("apply", &saved.plan)?;
     audit.plan_hash = hash.clone();
-    let plan = std::sync::Arc::new(saved.plan.clone());
+    let plan = saved.plan.clone();
     let reviewed = apply::Reviewed { saved, hash };
     change("apply", format, audit, &[], |listeners| {
         apply::apply(&plan, &mut kernel(), listeners, Some(&reviewed)).map(outcome)

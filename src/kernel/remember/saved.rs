@@ -43,7 +43,11 @@ pub struct SavedPlan {
     pub vars: Vec<(String, String)>,
     /// The deployment's record name.
     pub deployment: String,
-    pub plan: Plan,
+    /// Shared with the command that made it, not copied. Read back
+    /// without its entry steps (`plan::recorded`): the reader checks it
+    /// against the plan its manifest makes today and goes on with that one.
+    #[serde(deserialize_with = "crate::plan::recorded")]
+    pub plan: std::sync::Arc<Plan>,
     pub objects: Vec<SavedObject>,
     /// The sources the objects were built from.
     pub sources: Vec<FileHash>,
@@ -231,7 +235,7 @@ pub fn read(path: &Path) -> Result<(SavedPlan, String)> {
         deployed: None,
         run: Some(crate::kernel::remember::record::Run {
             kind: crate::kernel::remember::record::RunKind::Fresh,
-            plan: std::sync::Arc::new(saved.plan.clone()),
+            plan: saved.plan.clone(),
             ops: Vec::new(),
             commit_at: None,
             sources: Vec::new(),
@@ -298,7 +302,7 @@ fn check_object(o: &SavedObject, prog_type: crate::manifest::model::ProgType) ->
 
 /// Build a saved plan.
 pub(crate) fn new(
-    plan: &Plan,
+    plan: &std::sync::Arc<Plan>,
     vars: &[(String, String)],
     deployment: String,
     objects: Vec<SavedObject>,

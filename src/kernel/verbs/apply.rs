@@ -539,7 +539,7 @@ fn check_reviewed(r: &Reviewed, loaded: Option<&Loaded>, obs: &Observed) -> Resu
 /// What `plan --out` saves: the plan built (objects kept under their
 /// hashes), what apply would run, and the fingerprint of the deployment.
 pub(crate) fn save(
-    plan: &Plan,
+    plan: &std::sync::Arc<Plan>,
     kernel: &mut dyn Kernel,
     vars: &[(String, String)],
 ) -> Result<SavedPlan> {
