@@ -1395,6 +1395,32 @@ cgroup = "/sys/fs/cgroup/web"
         plan_with(port, MANIFEST)
     }
 
+    /// A record's plan comes back without its entry steps, and is the same
+    /// plan as the manifest's for `same_recorded`, but not if anything else
+    /// differs.
+    #[test]
+    fn a_recorded_plan_is_read_without_its_entry_steps() {
+        let p = plan("1000");
+        let is_entry = |s: &Step| matches!(s, Step::UpdateMapEntry { .. });
+        assert!(
+            p.steps.iter().any(is_entry),
+            "the manifest declares entries"
+        );
+        let json = serde_json::to_string(&p).unwrap();
+        let mut de = serde_json::Deserializer::from_str(&json);
+        let back = crate::plan::recorded(&mut de).unwrap();
+        assert!(!back.steps.iter().any(is_entry));
+        assert_eq!(back.spec, p.spec, "the entries are in the spec");
+        assert!(back.same_recorded(&p) && p.same_recorded(&back));
+        assert!(!plan("1001").same_recorded(&back), "another entry");
+        let mut other = (*back).clone();
+        other.steps.pop();
+        assert!(!other.same_recorded(&p), "a step fewer");
+        // Read as a whole plan, the entry steps are back where they were.
+        let whole: Plan = serde_json::from_str(&json).unwrap();
+        assert_eq!(whole, p);
+    }
+
     fn prog(id: u32, kind: &str, name: &str, tag: &str) -> PinState {
         PinState::Program(ProgInfo {
             id,
