@@ -24,6 +24,16 @@ pub fn hex_to(bytes: &[u8], out: &mut [u8]) {
     }
 }
 
+/// `bytes` in lower-case hex, appended to `out` (no allocation of its own).
+pub fn push_hex(out: &mut String, bytes: &[u8]) {
+    for b in bytes {
+        let mut pair = [0u8; 2];
+        hex_to(&[*b], &mut pair);
+        out.push(char::from(pair[0]));
+        out.push(char::from(pair[1]));
+    }
+}
+
 /// Bytes from lower-case or upper-case hex.
 pub fn unhex(s: &str) -> Option<Vec<u8>> {
     if !s.len().is_multiple_of(2) {

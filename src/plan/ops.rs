@@ -65,18 +65,9 @@ fn group_of(op: &Op) -> Option<(&MapName, &MapPin, Shown)> {
     packs.then(|| (map, pin, entry.shown()))
 }
 
-/// `bytes` in hex, appended to `out`.
-fn push_hex(out: &mut String, bytes: &[u8]) {
-    for b in bytes {
-        let mut pair = [0u8; 2];
-        crate::util::hex_to(&[*b], &mut pair);
-        out.push(char::from(pair[0]));
-        out.push(char::from(pair[1]));
-    }
-}
-
 /// The packed string of an op that `group_of` packs, appended to `out`.
 fn pack_into(op: &Op, out: &mut String) {
+    use crate::util::push_hex;
     let (verb, entry) = match &op.step {
         Step::UpdateMapEntry { entry, .. } => ("set ", entry),
         Step::DeleteMapEntry { entry, .. } => ("del ", entry),

@@ -419,11 +419,8 @@ impl Step {
         };
         let hex_words = |out: &mut String, bytes: &[u8]| {
             for b in bytes {
-                let mut pair = [0u8; 2];
-                crate::util::hex_to(&[*b], &mut pair);
                 out.push(' ');
-                out.push(char::from(pair[0]));
-                out.push(char::from(pair[1]));
+                crate::util::push_hex(out, std::slice::from_ref(b));
             }
         };
         out.push_str("map ");
