@@ -158,7 +158,7 @@ fn show_saved(saved: &saved::SavedPlan, format: Format) -> Result<(), Failure> {
 /// is checked against the file's review once apply has looked.)
 fn read_saved(file: &Path) -> Result<(saved::SavedPlan, String), Failure> {
     let (mut saved, hash) = saved::read(file)?;
-    let build_dir = saved.plan.steps.iter().find_map(|s| match s {
+    let build_dir = saved.plan.outline().iter().find_map(|s| match s {
         Step::MakeBuildDir { dir } => Some(dir.clone()),
         _ => None,
     });
@@ -168,7 +168,7 @@ fn read_saved(file: &Path) -> Result<(saved::SavedPlan, String), Failure> {
         build_dir,
     };
     let today = load_plan(&target)?;
-    if !today.same_recorded(&saved.plan) {
+    if today != *saved.plan {
         return Err(Failure::Runtime(anyhow::anyhow!(
             "{}: {} with the variables saved in the file no longer makes the plan the file \
              holds (the manifest changed since, or the file was edited); nothing was changed: \

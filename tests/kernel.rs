@@ -445,8 +445,8 @@ fn an_apply_interrupted_after_any_step_is_recovered() {
     };
     let plan = sb.plan();
     let store = sb.store();
-    for n in 1..=plan.steps.len() {
-        for step in &plan.steps[..n] {
+    for n in 1..=plan.len() {
+        for step in &crate::common::steps(&plan)[..n] {
             let argv: Vec<String> = step
                 .argv()
                 .iter()
@@ -464,8 +464,7 @@ fn an_apply_interrupted_after_any_step_is_recovered() {
         }
         // The record apply writes before its first kernel step, and the
         // journal lines it appends before each one.
-        let ops: Vec<bpfplan::plan::Op> = plan
-            .steps
+        let ops: Vec<bpfplan::plan::Op> = crate::common::steps(&plan)
             .iter()
             .filter(|s| s.touches_kernel())
             .cloned()
@@ -489,7 +488,7 @@ fn an_apply_interrupted_after_any_step_is_recovered() {
                 last_plan: None,
             })
             .unwrap();
-        let kernel_steps = plan.steps[..n]
+        let kernel_steps = crate::common::steps(&plan)[..n]
             .iter()
             .filter(|s| s.touches_kernel())
             .count();

@@ -45,8 +45,7 @@ fn planning_is_deterministic() {
 #[test]
 fn bypass_order_is_the_classic_sequence_with_cgroup_attach_last() {
     let plan = common::plan_file("manifests/bypass.toml".as_ref(), &[]).unwrap();
-    let ops: Vec<String> = plan
-        .steps
+    let ops: Vec<String> = common::steps(&plan)
         .iter()
         .map(|s| {
             serde_json::to_value(s).unwrap()["op"]
@@ -78,7 +77,7 @@ fn bypass_order_is_the_classic_sequence_with_cgroup_attach_last() {
         ]
     );
     // The map attachment, then the cgroup one.
-    let points: Vec<String> = plan.steps[15..]
+    let points: Vec<String> = common::steps(&plan)[15..]
         .iter()
         .map(|s| {
             serde_json::to_value(s).unwrap()["point"]
@@ -91,7 +90,7 @@ fn bypass_order_is_the_classic_sequence_with_cgroup_attach_last() {
         })
         .collect();
     assert_eq!(points, ["map", "cgroup"]);
-    let last = bpfplan::plan::render::display_argv(&plan.steps[16].argv()).unwrap();
+    let last = bpfplan::plan::render::display_argv(&common::steps(&plan)[16].argv()).unwrap();
     assert_eq!(
         last,
         "bpftool cgroup attach /sys/fs/cgroup sock_ops pinned /sys/fs/bpf/bpf_sockops multi"
@@ -103,9 +102,13 @@ fn destroy_is_the_reverse_of_the_undos() {
     let plan = common::plan_file("manifests/bypass.toml".as_ref(), &[]).unwrap();
     let destroy = plan.destroy();
     // First the switch the programs read (`on_destroy`), then the undos.
-    let (switch, rest) = destroy.steps.split_at(1);
+    let (switch, rest) = destroy.outline().split_at(1);
     assert_eq!(switch[0].summary(), "set `bypass_ctl`[0] = 1");
-    let expected: Vec<_> = plan.steps.iter().rev().filter_map(|s| s.undo()).collect();
+    let expected: Vec<_> = common::steps(&plan)
+        .iter()
+        .rev()
+        .filter_map(|s| s.undo())
+        .collect();
     assert_eq!(rest, expected);
     assert_eq!(rest.len(), 11);
     assert!(rest.iter().all(|s| s.undo().is_none()));
@@ -133,7 +136,7 @@ program = "maker"
 pin = "/sys/fs/bpf/m"
 "#;
     let plan = common::plan_text("manifests/x.toml".as_ref(), text, &[]).unwrap();
-    let summaries: Vec<String> = plan.steps.iter().map(|s| s.summary()).collect();
+    let summaries: Vec<String> = common::steps(&plan).iter().map(|s| s.summary()).collect();
     assert_eq!(
         summaries,
         [
@@ -163,8 +166,7 @@ fn a_long_chain_of_map_reuse_plans_in_order() {
         ));
     }
     let plan = common::plan_text("manifests/chain.toml".as_ref(), &text, &[]).unwrap();
-    let loads: Vec<String> = plan
-        .steps
+    let loads: Vec<String> = common::steps(&plan)
         .iter()
         .filter_map(|s| match s {
             bpfplan::plan::step::Step::LoadProgram { program, .. } => Some(program.0.clone()),

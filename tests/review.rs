@@ -232,7 +232,10 @@ fn json_events_follow_every_step() {
         .filter(|e| e["event"] == "finished")
         .map(|e| e["summary"].as_str().unwrap())
         .collect();
-    let steps: Vec<String> = plan.steps.iter().map(|s| s.summary()).collect();
+    let steps: Vec<String> = crate::common::steps(&plan)
+        .iter()
+        .map(|s| s.summary())
+        .collect();
     assert_eq!(started, steps);
     assert_eq!(finished, steps);
     assert!(

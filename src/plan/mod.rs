@@ -7,6 +7,7 @@ pub mod render;
 pub mod step;
 
 use serde::{Deserialize, Serialize};
+use std::borrow::Cow;
 use std::collections::BTreeMap;
 use std::path::PathBuf;
 
@@ -119,19 +120,22 @@ impl Spec {
 }
 
 /// An ordered list of steps for one manifest, with the facts it sets up.
-/// Stored (in records and saved plans) without its entry steps, which are
-/// the spec's entries again: a plan of 100,000 entries holds them once.
+/// A managed map's entry steps (`UpdateMapEntry`, one per entry, right
+/// after the map's `PinMap`) are not held: they are the spec's entries
+/// again, made one at a time by `steps()` whenever the plan is read, so a
+/// plan of a million entries holds them once (as bytes, in the spec). It is
+/// stored (in records and saved plans) in this form too.
 #[derive(Debug, Clone, PartialEq, Eq, Deserialize)]
 #[serde(from = "StoredPlan")]
 pub struct Plan {
     /// The manifest the plan came from.
     pub manifest: PathBuf,
     pub spec: Spec,
-    pub steps: Vec<Step>,
+    /// The steps but the entry steps that follow a managed map's `PinMap`.
+    outline: Vec<Step>,
 }
 
-/// A plan as stored: the steps without `UpdateMapEntry`, which follow each
-/// managed map's `PinMap` in the spec's order.
+/// A plan as stored: its outline.
 #[derive(Deserialize)]
 struct StoredPlan {
     manifest: PathBuf,
@@ -139,84 +143,93 @@ struct StoredPlan {
     steps: Vec<Step>,
 }
 
-/// A plan as a record holds it, read back without its map entry steps:
-/// nothing reads those from a record (its spec holds the entries, and
-/// teardowns, replaces and recoveries go by the other steps and the run's
-/// ops), so a record of a million entries is not read into a million steps.
+impl From<StoredPlan> for Plan {
+    fn from(p: StoredPlan) -> Self {
+        Plan {
+            manifest: p.manifest,
+            spec: p.spec,
+            outline: p.steps,
+        }
+    }
+}
+
+/// A plan as a record holds it (the same form as any plan: kept for the
+/// records' `deserialize_with`, which shares it).
 pub fn recorded<'de, D: serde::Deserializer<'de>>(d: D) -> Result<std::sync::Arc<Plan>, D::Error> {
-    let p = StoredPlan::deserialize(d)?;
-    Ok(std::sync::Arc::new(Plan {
-        manifest: p.manifest,
-        spec: p.spec,
-        steps: p.steps,
-    }))
+    Plan::deserialize(d).map(std::sync::Arc::new)
 }
 
 impl Plan {
-    /// The same plan as a record holds it: equal but for map entry steps,
-    /// which a record keeps as its spec's entries.
-    pub fn same_recorded(&self, other: &Plan) -> bool {
-        fn kept(p: &Plan) -> impl Iterator<Item = &Step> {
-            p.steps
-                .iter()
-                .filter(|s| !matches!(s, Step::UpdateMapEntry { .. }))
+    /// A plan of these steps; `outline` holds no entry step of a managed
+    /// map right after its `PinMap` (those are the spec's entries, made by
+    /// `steps()`).
+    pub fn new(manifest: PathBuf, spec: Spec, outline: Vec<Step>) -> Plan {
+        Plan {
+            manifest,
+            spec,
+            outline,
         }
-        self.manifest == other.manifest && self.spec == other.spec && kept(self).eq(kept(other))
+    }
+
+    /// Every step, in order: the outline with each managed map's entry
+    /// steps after its `PinMap`, made as they are read.
+    pub fn steps(&self) -> impl DoubleEndedIterator<Item = Cow<'_, Step>> + Clone + '_ {
+        self.outline.iter().flat_map(move |step| {
+            let entries = self.entries_after(step).into_iter().flat_map(|m| {
+                m.entries.iter().flatten().map(move |e| {
+                    Cow::Owned(Step::UpdateMapEntry {
+                        map: m.name.clone(),
+                        pin: m.pin.clone(),
+                        entry: e.clone(),
+                    })
+                })
+            });
+            std::iter::once(Cow::Borrowed(step)).chain(entries)
+        })
+    }
+
+    /// How many steps `steps()` makes.
+    pub fn len(&self) -> usize {
+        self.outline.len()
+            + self
+                .outline
+                .iter()
+                .filter_map(|s| self.entries_after(s))
+                .map(|m| m.entries.as_ref().map_or(0, Vec::len))
+                .sum::<usize>()
+    }
+
+    pub fn is_empty(&self) -> bool {
+        self.outline.is_empty()
+    }
+
+    /// The steps without the entry steps of managed maps: what every reader
+    /// that looks for another kind of step needs, without making a million.
+    pub fn outline(&self) -> &[Step] {
+        &self.outline
+    }
+
+    /// The managed map whose entry steps follow this step.
+    fn entries_after(&self, step: &Step) -> Option<&MapSpec> {
+        match step {
+            Step::PinMap { pin, .. } => self
+                .spec
+                .maps
+                .iter()
+                .find(|m| &m.pin == pin && m.entries.is_some()),
+            _ => None,
+        }
     }
 }
 
 impl Serialize for Plan {
     fn serialize<S: serde::Serializer>(&self, s: S) -> Result<S::Ok, S::Error> {
         use serde::ser::SerializeStruct;
-        struct Steps<'a>(&'a [Step]);
-        impl Serialize for Steps<'_> {
-            fn serialize<S: serde::Serializer>(&self, s: S) -> Result<S::Ok, S::Error> {
-                s.collect_seq(
-                    self.0
-                        .iter()
-                        .filter(|s| !matches!(s, Step::UpdateMapEntry { .. })),
-                )
-            }
-        }
         let mut st = s.serialize_struct("Plan", 3)?;
         st.serialize_field("manifest", &self.manifest)?;
         st.serialize_field("spec", &self.spec)?;
-        st.serialize_field("steps", &Steps(&self.steps))?;
+        st.serialize_field("steps", &self.outline)?;
         st.end()
-    }
-}
-
-impl From<StoredPlan> for Plan {
-    fn from(p: StoredPlan) -> Self {
-        let mut steps = Vec::with_capacity(p.steps.len());
-        for step in p.steps {
-            let entries = match &step {
-                Step::PinMap { pin, .. } => p
-                    .spec
-                    .maps
-                    .iter()
-                    .find(|m| &m.pin == pin)
-                    .and_then(|m| m.entries.as_ref().map(|e| (m, e))),
-                _ => None,
-            };
-            let entry_steps: Vec<Step> = entries
-                .into_iter()
-                .flat_map(|(m, entries)| {
-                    entries.iter().map(move |e| Step::UpdateMapEntry {
-                        map: m.name.clone(),
-                        pin: m.pin.clone(),
-                        entry: e.clone(),
-                    })
-                })
-                .collect();
-            steps.push(step);
-            steps.extend(entry_steps);
-        }
-        Plan {
-            manifest: p.manifest,
-            spec: p.spec,
-            steps,
-        }
     }
 }
 
@@ -231,11 +244,12 @@ impl Plan {
                 entry: e.clone(),
             })
         });
-        let undos = self.steps.iter().rev().filter_map(Step::undo);
+        // An entry step has no undo (the map goes with its pin).
+        let undos = self.outline.iter().rev().filter_map(Step::undo);
         Plan {
             manifest: self.manifest.clone(),
             spec: self.spec.clone(),
-            steps: switches.chain(undos).collect(),
+            outline: switches.chain(undos).collect(),
         }
     }
 }
@@ -452,15 +466,9 @@ pub fn plan(model: &Model, opts: &PlanOptions) -> Plan {
                 program_pin: p.pin.clone(),
                 pin: m.pin.clone(),
             });
-            // Declared contents go in before anything attaches, so a policy
-            // holds from the first packet.
-            for e in m.entries.iter().flatten() {
-                steps.push(Step::UpdateMapEntry {
-                    map: m.name.clone(),
-                    pin: m.pin.clone(),
-                    entry: e.clone(),
-                });
-            }
+            // Declared contents go in right after, before anything
+            // attaches, so a policy holds from the first packet: the
+            // spec's entries, which `Plan::steps` makes into steps here.
         }
     }
 
@@ -477,7 +485,7 @@ pub fn plan(model: &Model, opts: &PlanOptions) -> Plan {
     Plan {
         manifest: model.manifest.clone(),
         spec,
-        steps,
+        outline: steps,
     }
 }
 

@@ -4,6 +4,7 @@
 
 use anyhow::{Context, Result};
 use serde::Serialize;
+use std::borrow::Cow;
 use std::fmt::Write as _;
 
 use super::step::{Arg, Step};
@@ -104,8 +105,8 @@ pub fn render_to(
 ) -> Result<()> {
     let mut out = Sink::new(w);
     match format {
-        Format::Text => text(&mut out, &plan.manifest, &plan.steps, dir, None)?,
-        Format::Sh => sh(&mut out, &plan.manifest, &plan.steps, dir)?,
+        Format::Text => text(&mut out, &plan.manifest, plan.steps(), dir, None)?,
+        Format::Sh => sh(&mut out, &plan.manifest, plan.steps(), dir)?,
         Format::Json => json(&mut out, plan, dir, None)?,
     }
     out.finish().context("writing the plan")
@@ -134,7 +135,7 @@ pub fn render_decided_to(
     dir: Direction,
 ) -> Result<()> {
     let mut out = Sink::new(w);
-    let (manifest, steps) = (&plan.manifest, &review.changes[..]);
+    let (manifest, steps) = (&plan.manifest, review.changes.iter().map(Cow::Borrowed));
     match format {
         Format::Text => text(&mut out, manifest, steps, dir, Some(review))?,
         Format::Sh if !review.applicable => out.push_str(&refused_sh(manifest, review)),
@@ -224,10 +225,10 @@ pub fn display_argv(argv: &[Arg]) -> Result<String> {
     Ok(words.join(" "))
 }
 
-fn text(
+fn text<'s>(
     out: &mut Sink,
     manifest: &std::path::Path,
-    steps: &[Step],
+    steps: impl Iterator<Item = Cow<'s, Step>> + Clone,
     dir: Direction,
     review: Option<&Review>,
 ) -> Result<()> {
@@ -235,8 +236,9 @@ fn text(
         Direction::Apply => "apply",
         Direction::Destroy => "destroy",
     };
-    let n = steps.len();
-    let kernel = steps.iter().filter(|s| s.touches_kernel()).count();
+    let (n, kernel) = steps.clone().fold((0, 0), |(n, k), s| {
+        (n + 1, k + usize::from(s.touches_kernel()))
+    });
     let _ = writeln!(
         out,
         "{verb} {}: {n} step{}, {kernel} changing the kernel",
@@ -259,7 +261,7 @@ fn text(
     };
     let width = n.to_string().len();
     let pad = " ".repeat(width + 2);
-    for (i, step) in steps.iter().enumerate() {
+    for (i, step) in steps.enumerate() {
         if let Some(stage) = stages.get(i)
             && (i == 0 || stages.get(i - 1) != Some(stage))
         {
@@ -304,7 +306,12 @@ bpfplan_map_id() {
 }
 "#;
 
-fn sh(out: &mut Sink, manifest: &std::path::Path, steps: &[Step], dir: Direction) -> Result<()> {
+fn sh<'s>(
+    out: &mut Sink,
+    manifest: &std::path::Path,
+    steps: impl Iterator<Item = Cow<'s, Step>> + Clone,
+    dir: Direction,
+) -> Result<()> {
     let what = match dir {
         Direction::Apply => "sets up",
         Direction::Destroy => "tears down",
@@ -325,63 +332,83 @@ fn sh(out: &mut Sink, manifest: &std::path::Path, steps: &[Step], dir: Direction
         }
     );
     let _ = writeln!(out, "set -eu");
+    // An entry step's words are all literal.
     if steps
-        .iter()
-        .any(|s| s.argv().iter().any(|a| matches!(a, Arg::MapId { .. })))
+        .clone()
+        .any(|s| !is_entry(&s) && s.argv().iter().any(|a| matches!(a, Arg::MapId { .. })))
     {
         let _ = write!(out, "\n{MAP_ID_FN}");
     }
     if dir == Direction::Destroy {
         let _ = writeln!(out, "\nbpfplan_failed=0");
     }
-    let mut i = 0;
-    while i < steps.len() {
-        let batch = batch_len(&steps[i..]);
-        if dir == Direction::Apply && batch > 1 {
-            sh_batch(out, &steps[i..i + batch], i);
-            i += batch;
-            continue;
-        }
-        let step = &steps[i];
-        let _ = writeln!(out, "\n# {}. {}", i + 1, one_line(&step.summary()));
-        if let Some(note) = step.note() {
-            let _ = writeln!(out, "# {note}");
-        }
-        let mut words = Vec::new();
-        for arg in step.argv() {
-            match arg {
-                Arg::Lit(s) => words.push(quote(&s)?),
-                Arg::MapId { program_pin, map } => {
-                    // An assignment on its own line, so `set -e` stops the
-                    // script when the lookup fails.
-                    // The kernel keeps the first 15 characters of a name.
-                    let _ = writeln!(
-                        out,
-                        "map_id=$(bpfplan_map_id {} {})",
-                        quote(program_pin.as_str())?,
-                        quote(crate::manifest::model::kernel_name(map.as_str()))?
-                    );
-                    words.push("\"$map_id\"".to_string());
-                }
+    let mut steps = steps.enumerate().peekable();
+    while let Some((i, step)) = steps.next() {
+        if dir == Direction::Apply && batchable(&step) {
+            let mut batch = vec![step];
+            while batch.len() < BATCH_MAX
+                && let Some((_, next)) = steps.next_if(|(_, s)| batchable(s))
+            {
+                batch.push(next);
             }
-        }
-        let line = words.join(" ");
-        match dir {
-            Direction::Apply => {
-                let _ = writeln!(out, "{line}");
+            if batch.len() > 1 {
+                sh_batch(out, &batch, i);
+                continue;
             }
-            Direction::Destroy => {
-                let _ = writeln!(
-                    out,
-                    "{line} || {{ echo 'bpfplan: step {} failed, going on' >&2; bpfplan_failed=1; }}",
-                    i + 1
-                );
-            }
+            sh_step(out, i, &batch[0], dir)?;
+        } else {
+            sh_step(out, i, &step, dir)?;
         }
-        i += 1;
     }
     if dir == Direction::Destroy {
         let _ = writeln!(out, "\nexit \"$bpfplan_failed\"");
+    }
+    Ok(())
+}
+
+fn is_entry(step: &Step) -> bool {
+    matches!(
+        step,
+        Step::UpdateMapEntry { .. } | Step::DeleteMapEntry { .. }
+    )
+}
+
+/// One step of the sh script (numbered `i + 1`), its own command line.
+fn sh_step(out: &mut Sink, i: usize, step: &Step, dir: Direction) -> Result<()> {
+    let _ = writeln!(out, "\n# {}. {}", i + 1, one_line(&step.summary()));
+    if let Some(note) = step.note() {
+        let _ = writeln!(out, "# {note}");
+    }
+    let mut words = Vec::new();
+    for arg in step.argv() {
+        match arg {
+            Arg::Lit(s) => words.push(quote(&s)?),
+            Arg::MapId { program_pin, map } => {
+                // An assignment on its own line, so `set -e` stops the
+                // script when the lookup fails.
+                // The kernel keeps the first 15 characters of a name.
+                let _ = writeln!(
+                    out,
+                    "map_id=$(bpfplan_map_id {} {})",
+                    quote(program_pin.as_str())?,
+                    quote(crate::manifest::model::kernel_name(map.as_str()))?
+                );
+                words.push("\"$map_id\"".to_string());
+            }
+        }
+    }
+    let line = words.join(" ");
+    match dir {
+        Direction::Apply => {
+            let _ = writeln!(out, "{line}");
+        }
+        Direction::Destroy => {
+            let _ = writeln!(
+                out,
+                "{line} || {{ echo 'bpfplan: step {} failed, going on' >&2; bpfplan_failed=1; }}",
+                i + 1
+            );
+        }
     }
     Ok(())
 }
@@ -390,29 +417,25 @@ fn sh(out: &mut Sink, manifest: &std::path::Path, steps: &[Step], dir: Direction
 /// script as in apply (which runs the script's commands, grouped alike).
 pub const BATCH_MAX: usize = 50_000;
 
-/// How many steps from here on can be lines of one `bpftool batch file -`:
-/// map entry changes whose words need no quoting (bpftool's batch reader
-/// has its own quoting, and `#` starts a comment even inside quotes).
-fn batch_len(steps: &[Step]) -> usize {
+/// Whether a step can be a line of one `bpftool batch file -`: a map
+/// entry change whose words need no quoting (bpftool's batch reader has its
+/// own quoting, and `#` starts a comment even inside quotes).
+fn batchable(step: &Step) -> bool {
     // An entry step's other words are fixed ones and hex: only its pin can
     // need quoting.
-    steps
-        .iter()
-        .take(BATCH_MAX)
-        .take_while(|s| match s {
-            Step::UpdateMapEntry { pin, .. } | Step::DeleteMapEntry { pin, .. } => pin
-                .as_str()
-                .chars()
-                .all(|c| c.is_ascii_alphanumeric() || "_-/.~".contains(c)),
-            _ => false,
-        })
-        .count()
+    match step {
+        Step::UpdateMapEntry { pin, .. } | Step::DeleteMapEntry { pin, .. } => pin
+            .as_str()
+            .chars()
+            .all(|c| c.is_ascii_alphanumeric() || "_-/.~".contains(c)),
+        _ => false,
+    }
 }
 
 /// Map entry changes as one `bpftool batch file -` fed by a here-document:
 /// each line is one step's command without its leading `bpftool`, so a
 /// reviewer still reads every entry, and bpftool runs them in one process.
-fn sh_batch(out: &mut Sink, steps: &[Step], first: usize) {
+fn sh_batch(out: &mut Sink, steps: &[Cow<'_, Step>], first: usize) {
     let _ = writeln!(
         out,
         "\n# {}-{}. {} map entry changes, one bpftool command per line, in one bpftool process:",
@@ -503,7 +526,7 @@ struct JsonStep<'a> {
     argv: Vec<Arg>,
     undo: Option<Vec<Arg>>,
     note: Option<&'static str>,
-    step: &'a Step,
+    step: Cow<'a, Step>,
 }
 
 #[derive(Serialize)]
@@ -513,33 +536,50 @@ struct JsonObject {
     place: String,
 }
 
-/// Steps as JSON, each made as it is written.
-struct JsonSteps<'a>(&'a [Step]);
+/// Steps as JSON, each made as it is written: a plan's (its entry steps
+/// made one at a time) or a decision's.
+enum JsonSteps<'a> {
+    Plan(&'a Plan),
+    Changes(&'a [Step]),
+}
 
 impl Serialize for JsonSteps<'_> {
     fn serialize<S: serde::Serializer>(&self, ser: S) -> std::result::Result<S::Ok, S::Error> {
-        ser.collect_seq(self.0.iter().enumerate().map(|(i, s)| {
-            let (kind, name, place) = s.object();
-            JsonStep {
-                index: i + 1,
-                action: s.action(),
-                object: JsonObject { kind, name, place },
-                summary: s.summary(),
-                argv: s.argv(),
-                undo: s.undo().map(|u| u.argv()),
-                note: s.note(),
-                step: s,
-            }
-        }))
+        match self {
+            JsonSteps::Plan(p) => json_steps(ser, p.steps()),
+            JsonSteps::Changes(c) => json_steps(ser, c.iter().map(Cow::Borrowed)),
+        }
     }
+}
+
+fn json_steps<'a, S: serde::Serializer>(
+    ser: S,
+    steps: impl Iterator<Item = Cow<'a, Step>>,
+) -> std::result::Result<S::Ok, S::Error> {
+    ser.collect_seq(steps.enumerate().map(|(i, s)| {
+        let (kind, name, place) = s.object();
+        JsonStep {
+            index: i + 1,
+            action: s.action(),
+            object: JsonObject { kind, name, place },
+            summary: s.summary(),
+            argv: s.argv(),
+            undo: s.undo().map(|u| u.argv()),
+            note: s.note(),
+            step: s,
+        }
+    }))
 }
 
 fn json(out: &mut Sink, plan: &Plan, dir: Direction, review: Option<&Review>) -> Result<()> {
     let mut summary = Summary::default();
     match review {
-        Some(r) if r.decision == DecisionKind::Nothing => summary.no_op = plan.steps.len(),
+        Some(r) if r.decision == DecisionKind::Nothing => summary.no_op = plan.len(),
         _ => {
-            let counted = review.map_or(&plan.steps[..], |r| &r.changes[..]);
+            let counted: Box<dyn Iterator<Item = Cow<'_, Step>>> = match review {
+                Some(r) => Box::new(r.changes.iter().map(Cow::Borrowed)),
+                None => Box::new(plan.steps()),
+            };
             for step in counted {
                 match step.action() {
                     "create" => summary.create += 1,
@@ -556,13 +596,13 @@ fn json(out: &mut Sink, plan: &Plan, dir: Direction, review: Option<&Review>) ->
             Direction::Apply => "apply",
             Direction::Destroy => "destroy",
         },
-        steps: JsonSteps(&plan.steps),
+        steps: JsonSteps::Plan(plan),
         summary,
         applicable: review.map(|r| r.applicable),
         changes: review.map(|r| JsonChanges {
             decision: r.decision.word(),
             reason: r.reason.as_deref(),
-            steps: JsonSteps(&r.changes),
+            steps: JsonSteps::Changes(&r.changes),
             stages: &r.stages,
             notes: &r.notes,
         }),

@@ -27,6 +27,11 @@ pub fn fixed_host() -> HostFacts {
     }
 }
 
+/// Every step of a plan, its entry steps made.
+pub fn steps(plan: &Plan) -> Vec<bpfplan::plan::step::Step> {
+    plan.steps().map(|s| s.into_owned()).collect()
+}
+
 /// Validate and plan a manifest file against `fixed_host`; on failure, the
 /// rendered diagnostics.
 pub fn plan_file(path: &Path, overrides: &[(&str, &str)]) -> Result<Plan, String> {

@@ -226,7 +226,7 @@ fn settle_nothing(exec: &mut Executor, mut record: Record, ctx: &Apply) -> Resul
     let new_plan = record
         .deployed
         .as_mut()
-        .filter(|d| !d.plan.same_recorded(ctx.plan))
+        .filter(|d| d.plan.as_ref() != ctx.plan.as_ref())
         .map(|d| d.plan = ctx.plan.clone())
         .is_some();
     if ctx.last_plan.is_some() {

@@ -176,7 +176,7 @@ pub(crate) fn run_ops(d: &Decision) -> &[Op] {
 
 /// The build stage of a plan: its steps that change no kernel object.
 pub(crate) fn build_ops(plan: &Plan) -> Vec<Op> {
-    plan.steps
+    plan.outline()
         .iter()
         .filter(|s| !s.touches_kernel())
         .cloned()

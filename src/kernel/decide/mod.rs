@@ -236,7 +236,7 @@ fn lookalike(
 
 /// Whether the program pinned at `prog` loads reusing the map at `map`.
 fn reuses(plan: &Plan, prog: &ProgPin, map: &MapPin) -> bool {
-    plan.steps.iter().any(|s| {
+    plan.outline().iter().any(|s| {
         matches!(s, Step::LoadProgram { pin, reuse, .. } if pin == prog && reuse.iter().any(|r| &r.pin == map))
     })
 }
@@ -370,7 +370,7 @@ fn repair(plan: &Plan, d: &Deployed, obs: &Observed) -> Option<Vec<Op>> {
     // The attachments in the plan's order (map attachments, then traffic),
     // judged by the recorded program: a program pinned again is attached
     // where it was.
-    for step in &plan.steps {
+    for step in plan.outline() {
         let Step::Attach(a) = step else { continue };
         let ProgRef::Pinned(pin) = &a.prog else {
             continue;
@@ -401,11 +401,9 @@ fn fresh(plan: &Plan, obs: &Observed) -> Decision {
         .map(|dir| Op::of(Step::MakePinDir { dir: dir.clone() }))
         .collect();
     ops.extend(
-        plan.steps
-            .iter()
+        plan.steps()
             .filter(|s| s.touches_kernel())
-            .cloned()
-            .map(Op::of),
+            .map(|s| Op::of(s.into_owned())),
     );
     Decision::Fresh { ops, pin_dirs }
 }
@@ -812,7 +810,8 @@ pub(crate) fn teardown(
             }));
         }
     }
-    for step in plan.steps.iter().rev() {
+    // Entry steps have nothing to undo: the outline is enough.
+    for step in plan.outline().iter().rev() {
         match step {
             Step::Attach(a) => {
                 let ProgRef::Pinned(pin) = &a.prog else {
@@ -1143,7 +1142,8 @@ impl Stager<'_> {
         deployed: &Deployed,
     ) -> Vec<Op> {
         let mut ops = Vec::new();
-        for step in plan.steps.iter().filter(|s| s.touches_kernel()) {
+        for step in plan.steps().filter(|s| s.touches_kernel()) {
+            let step: &Step = &step;
             match step {
                 Step::Attach(a) if !matches!(a.point, AttachPoint::Map { .. }) => {}
                 Step::PinMap { pin, .. } if self.keep.contains(pin) => {}
@@ -1395,30 +1395,47 @@ cgroup = "/sys/fs/cgroup/web"
         plan_with(port, MANIFEST)
     }
 
-    /// A record's plan comes back without its entry steps, and is the same
-    /// plan as the manifest's for `same_recorded`, but not if anything else
-    /// differs.
+    /// A plan holds its entry steps once, as the spec's entries: `steps()`
+    /// makes them right after their map's `PinMap`, in the manifest's order;
+    /// stored and read back (as a record reads it) it is the same plan, and
+    /// another entry or a step fewer is another plan.
     #[test]
-    fn a_recorded_plan_is_read_without_its_entry_steps() {
+    fn a_plan_makes_its_entry_steps_from_its_spec() {
         let p = plan("1000");
         let is_entry = |s: &Step| matches!(s, Step::UpdateMapEntry { .. });
-        assert!(
-            p.steps.iter().any(is_entry),
-            "the manifest declares entries"
-        );
+        assert!(!p.outline().iter().any(is_entry), "the outline holds none");
+        let steps: Vec<Step> = p.steps().map(|s| s.into_owned()).collect();
+        assert_eq!(steps.len(), p.len());
+        let mut made = 0;
+        for m in &p.spec.maps {
+            let Some(entries) = &m.entries else { continue };
+            let at = steps
+                .iter()
+                .position(|s| matches!(s, Step::PinMap { pin, .. } if pin == &m.pin))
+                .unwrap();
+            for (k, e) in entries.iter().enumerate() {
+                assert_eq!(
+                    steps[at + 1 + k],
+                    Step::UpdateMapEntry {
+                        map: m.name.clone(),
+                        pin: m.pin.clone(),
+                        entry: e.clone(),
+                    }
+                );
+            }
+            made += entries.len();
+        }
+        assert!(made > 0, "the manifest declares entries");
+        assert_eq!(steps.iter().filter(|s| is_entry(s)).count(), made);
         let json = serde_json::to_string(&p).unwrap();
         let mut de = serde_json::Deserializer::from_str(&json);
         let back = crate::plan::recorded(&mut de).unwrap();
-        assert!(!back.steps.iter().any(is_entry));
-        assert_eq!(back.spec, p.spec, "the entries are in the spec");
-        assert!(back.same_recorded(&p) && p.same_recorded(&back));
-        assert!(!plan("1001").same_recorded(&back), "another entry");
-        let mut other = (*back).clone();
-        other.steps.pop();
-        assert!(!other.same_recorded(&p), "a step fewer");
-        // Read as a whole plan, the entry steps are back where they were.
-        let whole: Plan = serde_json::from_str(&json).unwrap();
-        assert_eq!(whole, p);
+        assert_eq!(*back, p);
+        assert!(plan("1001") != *back, "another entry");
+        let mut outline = back.outline().to_vec();
+        outline.pop();
+        let other = Plan::new(back.manifest.clone(), back.spec.clone(), outline);
+        assert!(other != p, "a step fewer");
     }
 
     fn prog(id: u32, kind: &str, name: &str, tag: &str) -> PinState {
@@ -1876,11 +1893,9 @@ cgroup = "/sys/fs/cgroup/web"
     fn a_killed_run_is_undone_or_finished() {
         let p = plan("1000");
         let ops: Vec<Op> = p
-            .steps
-            .iter()
+            .steps()
             .filter(|s| s.touches_kernel())
-            .cloned()
-            .map(Op::of)
+            .map(|s| Op::of(s.into_owned()))
             .collect();
         let run = run_of(RunKind::Fresh, &p, ops, None);
         // Killed after the first two steps (load ops, pin socks): both are

@@ -90,7 +90,7 @@ pub(crate) fn up_to_date(argv: &[String], object: &Path) -> bool {
 /// clang (none means apply runs without a compiler).
 pub(crate) fn stale_compiles(plan: &Plan) -> Vec<&crate::plan::step::Step> {
     use crate::plan::step::{Arg, Step};
-    plan.steps
+    plan.outline()
         .iter()
         .filter(|s| match s {
             Step::Compile { object, .. } => {

@@ -141,12 +141,12 @@ impl Record {
         let mut dirs: Vec<&PathBuf> = Vec::new();
         if let Some(d) = &self.deployed {
             specs.push(&d.plan.spec);
-            steps.extend(&d.plan.steps);
+            steps.extend(d.plan.outline());
             dirs.extend(&d.pin_dirs);
         }
         if let Some(r) = &self.run {
             specs.push(&r.plan.spec);
-            steps.extend(&r.plan.steps);
+            steps.extend(r.plan.outline());
             steps.extend(
                 r.ops
                     .iter()

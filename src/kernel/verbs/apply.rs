@@ -460,7 +460,7 @@ pub(crate) fn build_stage(
     ops: &[crate::plan::Op],
     numbering: Numbering,
 ) -> Result<Vec<String>> {
-    for step in &plan.steps {
+    for step in plan.outline() {
         if let Step::MakeBuildDir { dir } = step {
             build::check_dir(dir)?;
         }

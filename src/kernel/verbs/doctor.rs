@@ -153,7 +153,11 @@ fn bpftool() -> Check {
 fn compiler(plan: &Plan) -> Vec<Check> {
     let to_build = crate::kernel::remember::build::stale_compiles(plan);
     if to_build.is_empty() {
-        let why = if plan.steps.iter().any(|s| matches!(s, Step::Compile { .. })) {
+        let why = if plan
+            .outline()
+            .iter()
+            .any(|s| matches!(s, Step::Compile { .. }))
+        {
             "every object is built and current in the cache: apply needs no compiler"
         } else {
             "the manifest compiles nothing (prebuilt objects)"
