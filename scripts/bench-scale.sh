@@ -3,7 +3,8 @@
 # N entries (u32 -> u8; 10,000, 100,000 and 1,000,000 by default), applied
 # by the sh script `plan --format sh` exports and by bpfplan, in the same
 # rounds (interleaved), then bpfplan's no-op apply, status, plan, a change
-# of one entry and destroy. Each figure is the median of ROUNDS runs: wall
+# of one entry (applied from the manifest, then as a saved plan: plan
+# --out, show, apply --plan) and destroy. Each figure is the median of ROUNDS runs: wall
 # seconds and peak resident memory (/usr/bin/time). Nothing is attached;
 # root; a pin directory, record and audit log of its own, removed at the end.
 set -eu
@@ -50,13 +51,13 @@ bp() { verb=$1; shift; "$BPFPLAN" "$verb" "$m" $vars "$@"; }
 
 echo "# bpfplan scale curve: $(grep -m1 'model name' /proc/cpuinfo | sed 's/.*: //'), $(nproc) cores, kernel $(uname -r), bpftool $(bpftool version | head -n 1 | awk '{ print $2 }')"
 echo "# median of $ROUNDS rounds; seconds (peak MB); the sh script and bpfplan apply interleaved in each round"
-printf '%-10s %16s %16s %7s %14s %14s %14s %14s %14s\n' entries "sh script" "bpfplan apply" ratio "no-op apply" status plan "one changed" destroy
+printf '%-10s %16s %16s %7s %14s %14s %14s %14s %14s %14s %14s %14s\n' entries "sh script" "bpfplan apply" ratio "no-op apply" status plan "one changed" "plan --out" show "apply --plan" destroy
 for n in $SIZES; do
     entries_manifest "$src" "$n" > "$m"
     entries_manifest "$src" "$n" changed > "$work/changed.toml"
     bp plan --manifest-only --format sh > "$work/apply.sh"
     bp plan --manifest-only --format sh --destroy > "$work/destroy.sh"
-    for f in sh apply noop status plan one destroy; do : > "$work/$f"; done
+    for f in sh apply noop status plan one out show applyplan destroy; do : > "$work/$f"; done
     bp apply > /dev/null   # the object built once: every round finds it up to date
     bp destroy > /dev/null
     i=0
@@ -72,12 +73,21 @@ for n in $SIZES; do
         cp "$work/changed.toml" "$m"
         measure_bp "$work/one" apply
         cp "$work/orig.toml" "$m"
+        # The same change as a saved plan: made, shown, applied; then back.
+        cp "$work/changed.toml" "$m"
+        # shellcheck disable=SC2086
+        measure "$work/out" "$BPFPLAN" plan "$m" $vars --out "$work/saved.json"
+        measure "$work/show" "$BPFPLAN" show "$work/saved.json"
+        measure "$work/applyplan" "$BPFPLAN" apply --plan "$work/saved.json"
+        rm -f "$work/saved.json"
+        cp "$work/orig.toml" "$m"
         bp apply > /dev/null
         measure_bp "$work/destroy" destroy
         i=$((i + 1))
     done
     cell() { printf '%s (%s)' "$(median "$work/$1" 1)" "$(mb "$(median "$work/$1" 2)")"; }
     ratio=$(awk -v a="$(median "$work/apply" 1)" -v s="$(median "$work/sh" 1)" 'BEGIN { printf "%.2fx", a / s }')
-    printf '%-10s %16s %16s %7s %14s %14s %14s %14s %14s\n' "$n" "$(cell sh)" "$(cell apply)" "$ratio" \
-        "$(cell noop)" "$(cell status)" "$(cell plan)" "$(cell one)" "$(cell destroy)"
+    printf '%-10s %16s %16s %7s %14s %14s %14s %14s %14s %14s %14s %14s\n' "$n" "$(cell sh)" "$(cell apply)" "$ratio" \
+        "$(cell noop)" "$(cell status)" "$(cell plan)" "$(cell one)" "$(cell out)" "$(cell show)" \
+        "$(cell applyplan)" "$(cell destroy)"
 done
