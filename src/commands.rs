@@ -12,6 +12,7 @@ use crate::kernel::act::carry::Applied;
 use crate::kernel::act::events::JsonLines;
 use crate::kernel::act::exec::{Event, Listener, Printer};
 use crate::kernel::act::seam::{Faults, Live};
+use crate::kernel::look::prefetch;
 use crate::kernel::remember::audit::{self, AuditContext, AuditLog};
 use crate::kernel::remember::{saved, trust};
 use crate::kernel::verbs::apply;
@@ -129,7 +130,24 @@ pub(crate) fn dispatch(cli: cli::Cli) -> Result<(), Failure> {
 /// The kernel bpfplan acts on: the live one, with the faults a test asks
 /// for through the environment.
 fn kernel() -> Faults<Live> {
-    Faults::from_env(Live)
+    Faults::from_env(Live::default())
+}
+
+/// Read ahead, on another core, the maps of the manifest's deployment on
+/// record while the manifest is read (`look::prefetch`; off with
+/// `BPFPLAN_PREFETCH=0`).
+fn ahead(target: &Target) -> Option<std::thread::JoinHandle<prefetch::Prefetch>> {
+    if std::env::var_os("BPFPLAN_PREFETCH").is_some_and(|v| v == "0") {
+        return None;
+    }
+    prefetch::start(&target.manifest)
+}
+
+/// `kernel()`, with what was read ahead.
+fn kernel_ahead(ahead: Option<std::thread::JoinHandle<prefetch::Prefetch>>) -> Faults<Live> {
+    Faults::from_env(Live {
+        prefetch: ahead.and_then(|h| h.join().ok()),
+    })
 }
 
 /// `plan --out FILE`: build, save what was reviewed, print it: what
@@ -208,12 +226,16 @@ fn apply_saved(file: &Path, format: ReportFormat) -> Result<(), Failure> {
 }
 
 fn apply_cmd(target: &Target, format: ReportFormat) -> Result<(), Failure> {
+    let ahead = ahead(target);
     let (plan, warnings) = load_plan_warned(target)?;
     let audit = AuditContext::for_plan("apply", &plan)?;
     // Shared by the run and the record apply writes: not copied.
     let plan = std::sync::Arc::new(plan);
+    // Joined before apply takes the deployment's lock (held shared while
+    // the maps were read).
+    let mut kernel = kernel_ahead(ahead);
     change("apply", format, audit, &warnings, |listeners| {
-        apply::apply(&plan, &mut kernel(), listeners, None).map(outcome)
+        apply::apply(&plan, &mut kernel, listeners, None).map(outcome)
     })
 }
 
@@ -520,6 +542,11 @@ fn plan_cmd(
     detailed_exitcode: bool,
     manifest_only: bool,
 ) -> Result<(), Failure> {
+    // A teardown reads no map's entries (but of a run on record).
+    let ahead = match dir {
+        Direction::Apply if !manifest_only => ahead(target),
+        _ => None,
+    };
     let plan = load_plan(target)?;
     let manifest_plan = |plan: Plan| match dir {
         Direction::Apply => plan,
@@ -547,9 +574,10 @@ fn plan_cmd(
         emit_with(|w| render::render_to(w, &manifest_plan(plan), format, dir))?;
         return Ok(());
     }
+    let mut kernel = kernel_ahead(ahead);
     let review = match dir {
-        Direction::Apply => apply::pending(&plan, &mut kernel())?,
-        Direction::Destroy => destroy::pending(&plan, &mut kernel())?,
+        Direction::Apply => apply::pending(&plan, &mut kernel)?,
+        Direction::Destroy => destroy::pending(&plan, &mut kernel)?,
     };
     emit_with(|w| render::render_decided_to(w, &plan, &review, format, dir))?;
     let changes = !matches!(
@@ -568,8 +596,9 @@ fn status_cmd(
     textfile: Option<&Path>,
     stats: Option<std::time::Duration>,
 ) -> Result<(), Failure> {
+    let ahead = ahead(target);
     let plan = load_plan(target)?;
-    let report = status::status(&plan, &mut kernel(), stats)?;
+    let report = status::status(&plan, &mut kernel_ahead(ahead), stats)?;
     if let Some(dir) = textfile {
         // node_exporter reads `*.prom` only, so the temporary file beside
         // it is never read half-written.

@@ -95,9 +95,12 @@ pub(crate) fn batch_argv() -> Vec<String> {
         .collect()
 }
 
-/// The real kernel.
+/// The real kernel; with the dumps a command made ahead of its first look
+/// (`look::prefetch`).
 #[derive(Debug, Default)]
-pub(crate) struct Live;
+pub(crate) struct Live {
+    pub prefetch: Option<crate::kernel::look::prefetch::Prefetch>,
+}
 
 impl Kernel for Live {
     fn sockets(&mut self, cookies: &[u64]) -> Result<Vec<Socket>> {
@@ -105,7 +108,7 @@ impl Kernel for Live {
     }
 
     fn observe(&mut self, q: &Query) -> Result<Observed> {
-        observe::observe(q)
+        observe::observe_with(q, self.prefetch.as_mut())
     }
 
     fn map_id(&mut self, program_pin: &str, map: &str) -> Result<u32> {

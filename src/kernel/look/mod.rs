@@ -3,5 +3,6 @@
 
 pub mod inspect;
 pub(crate) mod observe;
+pub(crate) mod prefetch;
 pub(crate) mod sockets;
 pub(crate) mod sys;

@@ -333,8 +333,12 @@ pub(crate) fn connections(
         .collect())
 }
 
-/// Look.
-pub(crate) fn observe(q: &Query) -> Result<Observed> {
+/// Look, taking a map's entries from dumps made ahead when they still stand for
+/// it (`prefetch`).
+pub(crate) fn observe_with(
+    q: &Query,
+    mut prefetch: Option<&mut super::prefetch::Prefetch>,
+) -> Result<Observed> {
     let mut o = Observed::default();
     for pin in &q.pins {
         if let Some(state) = inspect::pinned(pin)? {
@@ -368,8 +372,13 @@ pub(crate) fn observe(q: &Query) -> Result<Observed> {
         }
     }
     for pin in &q.dumps {
-        if matches!(o.pins.get(pin), Some(PinState::Map(_))) {
-            o.contents.insert(pin.clone(), inspect::map_dump(pin)?);
+        if let Some(PinState::Map(info)) = o.pins.get(pin) {
+            let ahead = prefetch.as_deref_mut().and_then(|p| p.take(pin, info.id));
+            let entries = match ahead {
+                Some(entries) => entries,
+                None => inspect::map_dump(pin)?,
+            };
+            o.contents.insert(pin.clone(), entries);
         }
     }
     if let Some(root) = &q.cgroup_tree {
