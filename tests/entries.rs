@@ -245,3 +245,74 @@ fn a_full_map_takes_new_keys_once_the_old_ones_are_gone() {
     assert_eq!(sb.prog_ids(), ids, "a program was reloaded");
     assert_eq!(sb.status(&[]).0, 0);
 }
+
+/// Entries changed by hand are seen alike whether apply, status and plan
+/// read the map ahead, on another core while the manifest is read, or when
+/// they look (`BPFPLAN_PREFETCH=0`), or find the deployment's lock held and
+/// read nothing ahead.
+#[test]
+fn entries_read_ahead_are_the_entries_read_when_looking() {
+    let (_dir, manifest) = checkout("bypass-policy.toml");
+    with_ports(&manifest, 20_000..20_100);
+    let Some(sb) = Sandbox::new("ahead", manifest.to_str().unwrap()) else {
+        return;
+    };
+    sb.must("apply");
+    assert_eq!(sb.status(&[]).0, 0);
+    // Port 20,000 (key 20 4e 00 00) removed by hand.
+    let out = Command::new("bpftool")
+        .args(["map", "delete", "pinned", &sb.pin("deny_ports")])
+        .args(["key", "hex", "20", "4e", "00", "00"])
+        .output()
+        .unwrap();
+    assert!(
+        out.status.success(),
+        "{}",
+        String::from_utf8_lossy(&out.stderr)
+    );
+    let status = |env: Option<&str>| {
+        let mut c = sb.bpfplan_cmd("status", &manifest);
+        c.args(["--format", "json"]);
+        if let Some(v) = env {
+            c.env("BPFPLAN_PREFETCH", v);
+        }
+        let out = c.output().unwrap();
+        let v: serde_json::Value = serde_json::from_slice(&out.stdout).unwrap();
+        (out.status.code(), v["in_sync"].clone(), v["drift"].clone())
+    };
+    let ahead = status(None);
+    assert_eq!(ahead.1, false, "{ahead:?}");
+    assert!(ahead.2.to_string().contains("deny_ports"), "{ahead:?}");
+    assert_eq!(status(Some("0")), ahead);
+    // The lock held (as by a run of this deployment): nothing is read ahead.
+    let lock = std::fs::read_dir(sb.state_dir())
+        .unwrap()
+        .flatten()
+        .map(|e| e.path())
+        .find(|p| p.extension().is_some_and(|x| x == "lock"))
+        .unwrap();
+    let held = std::fs::File::open(&lock).unwrap();
+    held.lock().unwrap();
+    assert_eq!(status(None), ahead);
+    drop(held);
+    // plan shows the same change either way, and apply puts it back.
+    let plan = |env: &str| {
+        let out = sb
+            .bpfplan_cmd("plan", &manifest)
+            .args(["--format", "json"])
+            .env("BPFPLAN_PREFETCH", env)
+            .output()
+            .unwrap();
+        let v: serde_json::Value = serde_json::from_slice(&out.stdout).unwrap();
+        v["changes"].clone()
+    };
+    let changes = plan("1");
+    assert!(changes.to_string().contains("deny_ports"), "{changes}");
+    assert_eq!(plan("0"), changes);
+    sb.must("apply");
+    assert_eq!(deny_keys(&sb), (20_000..20_100).collect::<Vec<_>>());
+    assert_eq!(sb.status(&[]).0, 0);
+    let ids = sb.prog_ids();
+    sb.must("destroy");
+    sb.assert_clean(&ids);
+}
