@@ -260,16 +260,10 @@ fn entries_read_ahead_are_the_entries_read_when_looking() {
     sb.must("apply");
     assert_eq!(sb.status(&[]).0, 0);
     // Port 20,000 (key 20 4e 00 00) removed by hand.
-    let out = Command::new("bpftool")
-        .args(["map", "delete", "pinned", &sb.pin("deny_ports")])
-        .args(["key", "hex", "20", "4e", "00", "00"])
-        .output()
-        .unwrap();
-    assert!(
-        out.status.success(),
-        "{}",
-        String::from_utf8_lossy(&out.stderr)
-    );
+    let pin = sb.pin("deny_ports");
+    crate::common::sandbox::bpftool_json(&[
+        "map", "delete", "pinned", &pin, "key", "hex", "20", "4e", "00", "00",
+    ]);
     let status = |env: Option<&str>| {
         let mut c = sb.bpfplan_cmd("status", &manifest);
         c.args(["--format", "json"]);

@@ -68,12 +68,20 @@ deployment=$(python3 -c 'import json,sys; print(json.loads(open(sys.argv[1]).rea
 
 # journalctl flushes what journald holds; poll until the lines are there.
 lines_in_file=$(wc -l < "$BPFPLAN_AUDIT_LOG")
-for _ in $(seq 1 100); do
+# Up to 30 s: the deployment's own lines, counted (not any line).
+for _ in $(seq 1 300); do
     journal SYSLOG_IDENTIFIER=bpfplan > "$work/journal.json"
-    [ "$(wc -l < "$work/journal.json")" -ge "$lines_in_file" ] && break
+    [ "$(grep -c "\"BPFPLAN_DEPLOYMENT\":\"$deployment\"" "$work/journal.json" || true)" -ge "$lines_in_file" ] && break
     sleep 0.1
 done
-python3 - "$work/journal.json" "$BPFPLAN_AUDIT_LOG" "$deployment" "$(cat /proc/sys/kernel/hostname)" <<'EOF' || fail "the journal does not hold the audit trail"
+journal_failed() {
+    echo "journal: $(wc -l < "$work/journal.json") bpfplan entries read; journald said:" >&2
+    tail -n 20 "$work/journald.log" >&2
+    journalctl --directory=/run/log/journal --header 2>&1 | head -n 20 >&2 || true
+    ls -la /run/log/journal /var/log/journal >&2 2>&1 || true
+    fail "the journal does not hold the audit trail"
+}
+python3 - "$work/journal.json" "$BPFPLAN_AUDIT_LOG" "$deployment" "$(cat /proc/sys/kernel/hostname)" <<'EOF' || journal_failed
 import json, sys
 journal = [json.loads(l) for l in open(sys.argv[1]) if l.strip()]
 audit = [json.loads(l) for l in open(sys.argv[2]) if l.strip()]
